@@ -1,0 +1,124 @@
+"""Saving and restoring Flax variables with orbax, plus a small JSON sidecar.
+
+A converted model lives in one directory::
+
+  <dir>/meta.json     {"kind": "stylegan2", "config": {...}, "source": ...}
+  <dir>/variables/    orbax checkpoint of the variables pytree
+
+Restoring goes against the abstract tree from ``jax.eval_shape(model.init)``
+so a checkpoint of the wrong model or size fails with a clear error instead of
+loading half a tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+_META = 'meta.json'
+_VARIABLES = 'variables'
+FORMAT_VERSION = 1
+
+
+class CheckpointMismatchError(ValueError):
+  """A saved checkpoint does not match the model asked for."""
+
+
+def save(directory: str | os.PathLike, variables: Any, *, kind: str,
+         config: Mapping[str, Any] | None = None,
+         source: str | None = None) -> str:
+  """Writes `variables` (any pytree of arrays) and metadata to `directory`.
+
+  Args:
+    directory: created if missing; an existing checkpoint there is replaced.
+    variables: pytree of arrays (e.g. ``{'params': ..., 'batch_stats': ...}``).
+    kind: model family, e.g. ``'stylegan2'``, ``'vggface2'``, ``'dlib'``.
+    config: JSON-serialisable model config needed to rebuild the module.
+    source: where the weights came from (shown to users; no paths required).
+
+  Returns:
+    The absolute directory path.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  os.makedirs(directory, exist_ok=True)
+  variables = jax.tree.map(np.asarray, variables)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(directory, _VARIABLES), variables, force=True)
+  meta = {'format_version': FORMAT_VERSION, 'kind': kind,
+          'config': dict(config or {}), 'source': source}
+  tmp = os.path.join(directory, _META + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, os.path.join(directory, _META))
+  return directory
+
+
+def _json_default(obj):
+  if isinstance(obj, (np.integer, np.floating)):
+    return obj.item()
+  if isinstance(obj, (tuple, np.ndarray)):
+    return list(np.asarray(obj).tolist())
+  raise TypeError(f'{type(obj).__name__} is not JSON serialisable')
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+  """Reads ``meta.json``; raises FileNotFoundError naming what is missing."""
+  directory = os.path.abspath(os.fspath(directory))
+  path = os.path.join(directory, _META)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'no converted checkpoint at {directory} (missing {_META}); convert '
+        'the original weights first (see README: "Using real checkpoints")')
+  with open(path) as f:
+    return json.load(f)
+
+
+def restore(directory: str | os.PathLike, abstract: Any, *,
+            kind: str | None = None) -> Any:
+  """Restores variables saved by `save` against an abstract tree.
+
+  Args:
+    directory: a directory written by `save`.
+    abstract: pytree of ``jax.ShapeDtypeStruct`` (``jax.eval_shape`` output).
+    kind: if given, the saved kind must equal it.
+
+  Raises:
+    FileNotFoundError: nothing saved there.
+    CheckpointMismatchError: wrong kind, or tree structure / shapes differ;
+      the message names the first offending leaves.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  meta = read_meta(directory)
+  if kind is not None and meta.get('kind') != kind:
+    raise CheckpointMismatchError(
+        f'{directory} holds a {meta.get("kind")!r} checkpoint, not {kind!r}')
+  with ocp.StandardCheckpointer() as ckptr:
+    saved = ckptr.metadata(os.path.join(directory, _VARIABLES))
+    saved_tree = getattr(saved, 'item_metadata', saved)
+    _check_same_tree(saved_tree, abstract, directory)
+    return ckptr.restore(os.path.join(directory, _VARIABLES), abstract)
+
+
+def _check_same_tree(saved: Any, abstract: Any, directory: str) -> None:
+  flat_saved = {jax.tree_util.keystr(p): v for p, v in
+                jax.tree_util.tree_leaves_with_path(saved)}
+  flat_want = {jax.tree_util.keystr(p): v for p, v in
+               jax.tree_util.tree_leaves_with_path(abstract)}
+  problems = [f'missing {k}' for k in sorted(set(flat_want) - set(flat_saved))]
+  problems += [f'unexpected {k}' for k in sorted(set(flat_saved) -
+                                                 set(flat_want))]
+  problems += [
+      f'{k}: saved {tuple(flat_saved[k].shape)}, model expects '
+      f'{tuple(flat_want[k].shape)}'
+      for k in sorted(set(flat_saved) & set(flat_want))
+      if tuple(flat_saved[k].shape) != tuple(flat_want[k].shape)]
+  if problems:
+    shown = '; '.join(problems[:10])
+    more = f' ... and {len(problems) - 10} more' if len(problems) > 10 else ''
+    raise CheckpointMismatchError(
+        f'checkpoint {directory} does not match the model: {shown}{more}')

@@ -1,0 +1,47 @@
+"""Small, named layout conversions from PyTorch/Caffe tensors to Flax.
+
+Each takes and returns numpy arrays; rule tables refer to them by name so a
+reader sees what happens to every checkpoint key.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+  return x
+
+
+def conv_oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+  """torch Conv2d weight [out, in, kh, kw] -> Flax Conv kernel [kh, kw, in, out]."""
+  if w.ndim != 4:
+    raise ValueError(f'conv weight must be 4-D [O, I, H, W], got {w.shape}')
+  return np.transpose(w, (2, 3, 1, 0))
+
+
+def linear_to_dense(w: np.ndarray) -> np.ndarray:
+  """torch Linear weight [out, in] -> Flax Dense kernel [in, out]."""
+  if w.ndim != 2:
+    raise ValueError(f'linear weight must be 2-D [out, in], got {w.shape}')
+  return w.T
+
+
+def reshape(*shape: int) -> Callable[[np.ndarray], np.ndarray]:
+  """A transform that reshapes (sizes must agree), e.g. a [1,C,1,1] bias -> [C]."""
+  def fn(x: np.ndarray) -> np.ndarray:
+    return np.reshape(x, shape)
+  fn.__name__ = f'reshape{shape}'
+  return fn
+
+
+def flatten(x: np.ndarray) -> np.ndarray:
+  """Any shape -> 1-D (e.g. [1, C, 1, 1] biases or per-channel scalars)."""
+  return np.reshape(x, (-1,))
+
+
+def chw_to_hwc(x: np.ndarray) -> np.ndarray:
+  """[..., C, H, W] constants/feature maps -> [..., H, W, C]."""
+  return np.moveaxis(x, -3, -1)
