@@ -1,0 +1,7 @@
+"""``python -m id2image_jax ...`` is the same as the ``id2image`` command."""
+
+import sys
+
+from id2image_jax.cli import main
+
+sys.exit(main())
