@@ -225,9 +225,9 @@ def test_integers_round_trip():
 
 def test_integer_errors_name_the_field():
   with pytest.raises(DlibFormatError, match=r'bad integer control byte 0x81 '
-                     r'for n \(a 8-byte unsigned'):
+                     r'for n \(8-byte unsigned'):
     dlib_format.Reader(Writer().int(-1).bytes()).uint('n')
-  with pytest.raises(DlibFormatError, match='a 4-byte signed'):
+  with pytest.raises(DlibFormatError, match='4-byte signed'):
     dlib_format.Reader(Writer().int(2**40).bytes()).int('n', nbytes=4)
   with pytest.raises(DlibFormatError, match='control byte 0x00'):
     dlib_format.Reader(b'\x00').int('n')
@@ -313,6 +313,27 @@ def test_bool_and_string():
     r.bool('c')
 
 
+def test_batch_norm_is_folded_like_affine_from_bn():
+  """affine_ also reads a saved bn_con2 and folds its running statistics."""
+  g, b = np.float32([2.0, -1.0]), np.float32([0.5, 0.25])
+  mean, var, eps = np.float32([1.0, -2.0]), np.float32([4.0, 0.25]), 1e-5
+  w = Writer().string('bn_con2')
+  w.tensor(np.concatenate([g, b]), (4, 1, 1, 1)).alias(1, 2).alias(1, 2)
+  for t in (mean, var, mean, var):  # means, invstds, running stats
+    w.tensor(t, (1, 2, 1, 1))
+  w.int(100, signed=False).float(1000.0, digits=53)
+  _multipliers(w)
+  w.float(eps, digits=53)
+  r = dlib_format.Reader(w.bytes())
+  kind, read = dlib_format.LAYER_READERS[r.string('version')]
+  attrs, arrays = read(r, 'bn_con2', 'bn')
+  assert kind == 'affine' and attrs['mode'] == 0
+  scale = g / np.sqrt(var + np.float32(eps))
+  np.testing.assert_allclose(arrays['gamma'], scale, rtol=1e-6)
+  np.testing.assert_allclose(arrays['beta'], b - scale * mean, rtol=1e-6)
+  assert r.pos == len(w.bytes())
+
+
 # --------------------------------------------------------------------------
 # Network structure on a tiny hand-written network.
 # --------------------------------------------------------------------------
@@ -347,7 +368,7 @@ def _expect_error(data, layout, pattern):
 def test_wrong_layer_version_string():
   data, _ = tiny_network(np.random.default_rng(2))
   bad = data.replace(b'\x05con_4', b'\x05con_9', 1)
-  _expect_error(bad, tiny_layout(), r"layer<8> \(conv1\): expected a con "
+  _expect_error(bad, tiny_layout(), r"layer<8> \(conv1\): expected con "
                 r"layer \('con_4' or 'con_5' or 'con_6'\), found 'con_9'")
 
 
@@ -355,8 +376,8 @@ def test_layout_mismatch_names_layer_and_kinds():
   data, _ = tiny_network(np.random.default_rng(3))
   layout = tiny_layout()
   layout[4] = Expect('con', 'not_affine')
-  _expect_error(data, layout, r"layer<5> \(not_affine\): expected a con "
-                r"layer .* found a affine layer \('affine_'\)")
+  _expect_error(data, layout, r"layer<5> \(not_affine\): expected con "
+                r"layer .* found affine layer \('affine_'\)")
 
 
 def test_attribute_mismatch():
@@ -374,7 +395,7 @@ def test_wrong_wrapper_version():
 def test_wrong_loss():
   data, _ = tiny_network(np.random.default_rng(6))
   bad = data.replace(b'loss_metric_2', b'loss_mmod_xx2', 1)
-  _expect_error(bad, tiny_layout(), r"layer<0>: expected a loss_metric layer "
+  _expect_error(bad, tiny_layout(), r"layer<0>: expected loss_metric layer "
                 r".*found 'loss_mmod_xx2'")
 
 

@@ -20,7 +20,8 @@ Primitive encodings (``dlib/serialize.h``):
   followed by n little-endian magnitude bytes; unsigned types reject bit 7;
 * floats (the *portable* format): the ``float_details`` pair, i.e. a signed
   integer mantissa followed by a signed 16-bit exponent, both as integers
-  above; the value is ``mantissa * 2**exponent`` except for the exponents
+  above (mantissa first: the comment in serialize.h says exponent first,
+  the code and the files disagree with it); the value is ``mantissa * 2**exponent`` except for the exponents
   32000 / 32001 / 32002 which mean +inf / -inf / NaN;
 * bool: the ASCII byte ``'1'`` or ``'0'``;
 * strings: an unsigned length then the raw bytes;
@@ -99,9 +100,9 @@ class Reader:
     else:  # dlib masks only the reserved bits, so a sign bit is an error.
       size, negative = ctrl & 0x8F, False
     if size == 0 or size > nbytes:
+      kind = 'signed' if signed else 'unsigned'
       raise self.error(f'bad integer control byte 0x{ctrl:02x} for {what} '
-                       f'(a {nbytes}-byte {"" if signed else "un"}signed '
-                       'integer)', start)
+                       f'({nbytes}-byte {kind} integer)', start)
     value = int.from_bytes(self._take(size, what), 'little')
     return -value if negative else value
 
@@ -427,10 +428,13 @@ def _read_fc(r: Reader, version: str, what: str):
   attrs['bias_mode'] = r.int(f'{what} bias_mode', nbytes=_INT)
   _multipliers(r, what, attrs)
   attrs['use_bias'] = r.bool(f'{what} use_bias') if version == 'fc_3' else True
-  parts = [('weights', (attrs['num_inputs'], attrs['num_outputs']))]
+  shape = (attrs['num_inputs'], attrs['num_outputs'])
+  if weights != shape + (1, 1):
+    raise r.error(f'{what}: weights view {weights} does not match '
+                  f'num_inputs x num_outputs {shape}')
+  parts = [('weights', shape)]
   if attrs['bias_mode'] == 0 and attrs['use_bias']:  # FC_HAS_BIAS
     parts.append(('biases', (math.prod(biases),)))
-  del weights
   return attrs, _split_params(r, what, params, parts)
 
 
@@ -507,9 +511,9 @@ def _read_details(r: Reader, index: int, expect: Expect,
   start = r.pos
   version = r.string(f'{label} version string', max_len=256)
   if version not in table or table[version][0] != expect.kind:
-    found = (f'a {table[version][0]} layer ({version!r})'
+    found = (f'{table[version][0]} layer ({version!r})'
              if version in table else f'{version!r}')
-    raise r.error(f'{label}: expected a {expect.kind} layer '
+    raise r.error(f'{label}: expected {expect.kind} layer '
                   f'({_versions_of(expect.kind, table) or "unsupported"}), '
                   f'found {found}', start)
   kind, reader = table[version]
