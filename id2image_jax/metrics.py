@@ -263,8 +263,9 @@ def verification_scores(
 
   Scores every reconstruction against every target descriptor (one [N, M]
   similarity matrix, computed at full float32 precision so that TF32
-  matmuls on GPU cannot shift thresholds). Impostor pairs are all pairs
-  whose identity labels differ, within the evaluation set.
+  matmuls on GPU cannot shift thresholds; N x M floats of memory, so score
+  very large sets in chunks). Impostor pairs are all pairs whose identity
+  labels differ, within the evaluation set.
 
   Args:
     reconstructed: [N, D] descriptors of the reconstructed images (usually

@@ -185,8 +185,8 @@ def test_impostor_threshold_edge_cases():
   scores = np.linspace(-1, 1, 100)
   with pytest.raises(ValueError, match='at least 1000'):
     metrics.impostor_threshold(scores, 1e-3)
-  # fmr = 1 / n: exactly the top score may pass... so the threshold lies
-  # just above the second highest.
+  # fmr = 1 / n allows one false match: the threshold lies just above the
+  # second highest score, so only the highest passes.
   assert metrics.impostor_threshold(scores, 1e-2) == np.nextafter(
       scores[-2], np.inf)
   # All tied: no threshold at or below the tie admits only 1%.
