@@ -29,6 +29,10 @@ def _state(tx, latents, active=None, key=None, names=('loss', 'id', 'prior'),
                               history_names=names, history_len=steps)
 
 
+def _row(tree, i):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
 def _loop_reference(tx, params, targets, latents, steps):
   """Each target alone: plain optax on one unbatched latent."""
   @jax.jit
@@ -40,8 +44,8 @@ def _loop_reference(tx, params, targets, latents, steps):
 
   out, losses = [], []
   for i in range(jax.tree.leaves(targets)[0].shape[0]):
-    latent = jax.tree.map(lambda x: jnp.asarray(x[i]), latents)
-    target = jax.tree.map(lambda x: jnp.asarray(x[i]), targets)
+    latent = jax.tree.map(jnp.asarray, _row(latents, i))
+    target = jax.tree.map(jnp.asarray, _row(targets, i))
     opt = tx.init(latent)
     trace = []
     for _ in range(steps):
@@ -177,7 +181,7 @@ def test_objective_contract_errors():
   tx = optax.adam(0.05)
 
   def vector_aux(params, latent, target):
-    loss, aux = toy.objective(params, latent, target)
+    loss, _ = toy.objective(params, latent, target)
     return loss, {'per_dim': latent['w']}
 
   with pytest.raises(ValueError, match='per_dim'):

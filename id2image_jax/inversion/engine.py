@@ -17,15 +17,15 @@ here so that row indices in every output refer to the caller's rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import dataclasses
 import functools
 import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
@@ -153,6 +153,20 @@ def _check_chunk_size(chunk_size: int, mesh: Mesh) -> None:
         f'got {chunk_size} (try {lower} or {lower + mesh.size})')
 
 
+def _pad(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """`rows` padded to `size` (repeating the first) and the real-row mask.
+
+  Padding rows are real data, so they compute finite values, and a ragged
+  last chunk keeps the shapes that the step was compiled for.
+  """
+  pad = np.full(size - len(rows), rows[0], rows.dtype)
+  return np.concatenate([rows, pad]), np.arange(size) < len(rows)
+
+
+def _take(tree: Any, index) -> Any:
+  return jax.tree.map(lambda x: x[index], tree)
+
+
 def _nonfinite_rows(tree: Any, n: int) -> dict[int, list[str]]:
   """row -> names of the leaves holding a NaN/inf in that row."""
   bad = {}
@@ -180,6 +194,34 @@ def _check_rows(targets, n, valid, given_latents) -> dict[int, str]:
     for r, names in _nonfinite_rows(given_latents, n).items():
       skipped.setdefault(r, 'non-finite initial latent in ' + ', '.join(names))
   return dict(sorted(skipped.items()))
+
+
+def _empty_result(n, one_latent, names, hist_len, history_steps,
+                  skipped) -> InversionResult:
+  """All-NaN host arrays for N rows, filled chunk by chunk by `_merge`."""
+  return InversionResult(
+      latents=jax.tree.map(
+          lambda x: np.full((n,) + tuple(np.shape(x)), np.nan, np.float32),
+          one_latent),
+      history={k: np.full((n, hist_len), np.nan, np.float32) for k in names},
+      history_steps=np.asarray(history_steps),
+      final={k: np.full((n,), np.nan, np.float32) for k in names},
+      done=np.zeros((n,), bool), diverged=np.zeros((n,), bool),
+      skipped=skipped, stats={})
+
+
+def _merge(out: InversionResult, res: Mapping[str, Any]) -> None:
+  """Writes one chunk's results (rows without padding) into `out`."""
+  rows = np.asarray(res['rows'])
+
+  def put(dst, src):
+    dst[rows] = src
+  jax.tree.map(put, out.latents, res['latents'])
+  for k in out.history:
+    out.history[k][rows] = res['history'][k]
+    out.final[k][rows] = res['final'][k]
+  out.diverged[rows] = ~np.asarray(res['active'], bool)
+  out.done[rows] = True
 
 
 def _sha1(tree: Any) -> str:
@@ -381,7 +423,8 @@ def invert(
   tx = step_lib.default_optimizer() if tx is None else tx
   log_every = log_every or max(1, steps // 20)
 
-  given_latents = None if callable(init) else jax.tree.map(np.asarray, init)
+  given_latents = None if callable(init) else jax.tree.map(
+      lambda x: np.asarray(x, np.float32), init)
   if given_latents is not None and _num_rows(given_latents, 'init') != n:
     raise ValueError(f'per-target init latents must have {n} rows')
   skipped = _check_rows(targets, n, valid, given_latents)
@@ -402,8 +445,7 @@ def invert(
                               mesh, replicate=True)
   one_target = jax.tree.map(lambda x: x[0], targets)
   if given_latents is not None:
-    one_latent = jax.tree.map(lambda x: x[0].astype(np.float32),
-                              given_latents)
+    one_latent = _take(given_latents, 0)
   else:
     one_latent = jax.eval_shape(init_fn, init_key, one_target)
   names = step_lib.history_names(objective, params, one_latent, one_target,
@@ -422,44 +464,16 @@ def invert(
                           compute_dtype=compute_dtype, mesh=mesh)
 
   def chunk_inputs(rows):
-    padded = np.concatenate(
-        [rows, np.full(chunk_size - len(rows), rows[0], rows.dtype)])
-    active = np.arange(chunk_size) < len(rows)
+    padded, active = _pad(rows, chunk_size)
     latents = None
     if given_latents is not None:
-      latents = sharding.to_global(
-          jax.tree.map(lambda x: x[padded].astype(np.float32), given_latents),
-          mesh)
-    return (latents,
-            sharding.to_global(jax.tree.map(lambda x: x[padded], targets),
-                               mesh),
+      latents = sharding.to_global(_take(given_latents, padded), mesh)
+    return (latents, sharding.to_global(_take(targets, padded), mesh),
             sharding.to_global(padded.astype(np.int32), mesh),
             sharding.to_global(active, mesh))
 
-  # Host-side results, filled chunk by chunk.
-  latent_template = jax.eval_shape(
-      lambda x: jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), x),
-      one_latent)
-  out = InversionResult(
-      latents=jax.tree.map(
-          lambda s: np.full((n,) + s.shape, np.nan, np.float32),
-          latent_template),
-      history={k: np.full((n, hist_len), np.nan, np.float32) for k in names},
-      history_steps=np.asarray(step_lib.history_steps(steps, history_every)),
-      final={k: np.full((n,), np.nan, np.float32) for k in names},
-      done=np.zeros((n,), bool), diverged=np.zeros((n,), bool),
-      skipped=skipped, stats={})
-
-  def merge(res):
-    rows = np.asarray(res['rows'])
-    def put(dst, src):
-      dst[rows] = src
-    jax.tree.map(put, out.latents, res['latents'])
-    for k in names:
-      out.history[k][rows] = res['history'][k]
-      out.final[k][rows] = res['final'][k]
-    out.diverged[rows] = ~np.asarray(res['active'], bool)
-    out.done[rows] = True
+  out = _empty_result(n, one_latent, names, hist_len,
+                      step_lib.history_steps(steps, history_every), skipped)
 
   store = None
   if workdir is not None:
@@ -470,8 +484,8 @@ def invert(
         'targets_sha1': _sha1(targets),
         'init': ('per-target latents ' + _sha1(given_latents)
                  if given_latents is not None else 'function'),
-        'latent_shapes': jax.tree.map(lambda s: list(s.shape),
-                                      latent_template),
+        'latent_shapes': jax.tree.map(lambda x: list(np.shape(x)),
+                                      one_latent),
         'stochastic': stochastic,
         'compute_dtype': None if compute_dtype is None
                          else jnp.dtype(compute_dtype).name,
@@ -483,7 +497,7 @@ def invert(
   try:
     finished = store.finished() if store else set()
     for k in sorted(finished & set(range(len(chunks)))):
-      merge(store.load_chunk(k))
+      _merge(out, store.load_chunk(k))
       stats['chunks_restored'] += 1
     todo = [k for k in range(len(chunks)) if k not in finished]
     if max_chunks is not None:
@@ -505,9 +519,10 @@ def invert(
             abstract)
         st = store.load_state(k, abstract)
       if st is None:
-        st = start(init_fn, latents, chunk_targets, rows_dev, active)
-      s = int(st.step)
-      bar.update(s)
+        st, s = start(init_fn, latents, chunk_targets, rows_dev, active), 0
+      else:
+        s = int(st.step)
+        bar.update(s)
       while s < steps:
         st, metrics = step_fn(st, params, chunk_targets)
         s += 1
@@ -526,9 +541,9 @@ def invert(
       final = evaluate(st, params, chunk_targets)
       host = sharding.to_host({'latents': st.latents, 'history': st.history,
                                'final': final, 'active': st.active})
-      res = jax.tree.map(lambda x: x[:len(rows)], host)
+      res = _take(host, slice(len(rows)))
       res['rows'] = rows
-      merge(res)
+      _merge(out, res)
       if store is not None:
         store.save_chunk(k, res)
       stats['chunks_run'] += 1
@@ -573,15 +588,17 @@ def map_targets(fn: Callable[[Any, Any], Any], params: Any, inputs: Any, *,
   _check_chunk_size(chunk_size, mesh)
   params = sharding.to_global(step_lib.cast_floating(params, compute_dtype),
                               mesh, replicate=True)
-  apply = jax.jit(lambda p, x: sharding.constrain(
-      jax.vmap(fn, in_axes=(None, 0))(
-          p, step_lib.cast_floating(x, compute_dtype)), mesh))
   outs = []
   for i in range(0, n, chunk_size):
     rows = np.arange(i, min(i + chunk_size, n))
-    padded = np.concatenate([rows, np.full(chunk_size - len(rows), rows[0])])
-    x = sharding.to_global(jax.tree.map(lambda a: a[padded], inputs), mesh)
-    outs.append(jax.tree.map(lambda a: a[:len(rows)],
-                             sharding.to_host(apply(params, x))))
-  chex.assert_tree_shape_prefix(outs[0], (min(chunk_size, n),))
+    padded, _ = _pad(rows, chunk_size)
+    x = sharding.to_global(_take(inputs, padded), mesh)
+    y = _apply(params, x, fn=fn, compute_dtype=compute_dtype, mesh=mesh)
+    outs.append(_take(sharding.to_host(y), slice(len(rows))))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+@functools.partial(jax.jit, static_argnames=('fn', 'compute_dtype', 'mesh'))
+def _apply(params, x, *, fn, compute_dtype, mesh):
+  x = step_lib.cast_floating(x, compute_dtype)
+  return sharding.constrain(jax.vmap(fn, in_axes=(None, 0))(params, x), mesh)

@@ -47,7 +47,7 @@ def initialize_distributed(**kwargs) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def make_mesh(devices=None) -> Mesh:
+def make_mesh(*, devices=None) -> Mesh:
   """A 1-D mesh named ``'targets'`` over `devices` (default: all devices)."""
   devices = jax.devices() if devices is None else list(devices)
   return Mesh(np.asarray(devices), (AXIS,))

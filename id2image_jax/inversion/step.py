@@ -21,7 +21,8 @@ stay per target (STYLE.md, note on batched inversion).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import chex
 import jax
@@ -209,7 +210,7 @@ def make_eval_fn(loss_fn: LossFn, *, stochastic: bool = False,
   return jax.jit(evaluate)
 
 
-def default_optimizer(learning_rate: float | optax.Schedule = 1e-3
+def default_optimizer(*, learning_rate: float | optax.Schedule = 1e-3
                       ) -> optax.GradientTransformation:
   """Adam as in the paper (lr 1e-3); `learning_rate` may be a schedule.
 
