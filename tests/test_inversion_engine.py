@@ -197,3 +197,20 @@ def test_map_targets_equals_vmap(problem):
   want = jax.vmap(toy.render, in_axes=(None, 0))(params['g'], latents)
   assert images.shape == (N, 8, 8, 3)
   np.testing.assert_allclose(images, want, rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_chunk_runs_what_invert_runs(problem):
+  params, targets, latents = problem
+  rows = slice(0, 4)
+  step, st, p, t = inversion.prepare_chunk(
+      toy.noisy_objective, params, jax.tree.map(lambda x: x[rows], targets),
+      jax.tree.map(lambda x: x[rows], latents), steps=STEPS, tx=TX,
+      stochastic=True, key=jax.random.key(5))
+  compiled = step.lower(st, p, t).compile()
+  for _ in range(STEPS):
+    st, _ = compiled(st, p, t)
+  want = inversion.invert(toy.noisy_objective, params, targets, init=latents,
+                          steps=STEPS, chunk_size=4, tx=TX, stochastic=True,
+                          key=jax.random.key(5), progress=False)
+  np.testing.assert_allclose(st.latents['w'], want.latents['w'][rows],
+                             rtol=1e-6, atol=1e-7)

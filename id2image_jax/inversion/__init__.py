@@ -12,6 +12,7 @@ from id2image_jax.inversion.engine import ResumeMismatchError
 from id2image_jax.inversion.engine import broadcast_init
 from id2image_jax.inversion.engine import invert
 from id2image_jax.inversion.engine import map_targets
+from id2image_jax.inversion.engine import prepare_chunk
 from id2image_jax.inversion.engine import random_init
 from id2image_jax.inversion.sharding import initialize_distributed
 from id2image_jax.inversion.sharding import make_mesh
@@ -28,5 +29,6 @@ __all__ = [
     'InversionResult', 'InversionState', 'Progress', 'ResumeMismatchError',
     'broadcast_init', 'default_optimizer', 'history_names', 'init_state',
     'initialize_distributed', 'invert', 'jit_step', 'make_eval_fn',
-    'make_mesh', 'make_step', 'make_step_fn', 'map_targets', 'random_init',
+    'make_mesh', 'make_step', 'make_step_fn', 'map_targets', 'prepare_chunk',
+    'random_init',
 ]

@@ -291,6 +291,10 @@ class _Store:
     self._chunks.save(k, args=ocp.args.StandardSave(result))
 
   def save_state(self, k: int, step: int, st: state_lib.InversionState):
+    # A state of chunk k may only exist once chunk k-1's results are on
+    # disk: state checkpoint ids then only grow, and a resumed run never
+    # finds a later chunk's state while an earlier chunk is unfinished.
+    self._chunks.wait_until_finished()
     self._state.save(
         k * self._steps_per_chunk + step,
         args=ocp.args.Composite(
@@ -426,7 +430,8 @@ def invert(
   given_latents = None if callable(init) else jax.tree.map(
       lambda x: np.asarray(x, np.float32), init)
   if given_latents is not None and _num_rows(given_latents, 'init') != n:
-    raise ValueError(f'per-target init latents must have {n} rows')
+    raise ValueError(f'per-target init latents must have {n} rows (one '
+                     'latent for all targets: use broadcast_init)')
   skipped = _check_rows(targets, n, valid, given_latents)
   schedule = np.asarray([r for r in range(n) if r not in skipped], np.int64)
   chunks = [schedule[i:i + chunk_size]
@@ -560,6 +565,60 @@ def invert(
   stats['seconds'] = time.perf_counter() - started
   out.stats = stats
   return out
+
+
+def prepare_chunk(objective: step_lib.LossFn, params: Any, targets: Any,
+                  latents: Any, *, steps: int,
+                  tx: optax.GradientTransformation | None = None,
+                  key: jax.Array | None = None, stochastic: bool = False,
+                  compute_dtype=None, history_every: int = 1,
+                  mesh: Mesh | None = None):
+  """One chunk exactly as `invert` runs it, for benchmarks and profiling.
+
+  Example::
+
+    step, state, params, targets = prepare_chunk(obj, variables, targets,
+                                                 latents, steps=100)
+    compiled = step.lower(state, params, targets).compile()  # compile time
+    state, metrics = compiled(state, params, targets)        # steady state
+
+  Args:
+    objective, params, tx, key, stochastic, compute_dtype, history_every,
+    mesh: as in `invert`.
+    targets: pytree of host arrays, leaves [C, ...]; C is the chunk size (a
+      multiple of the device count).
+    latents: pytree of initial latents, leaves [C, ...].
+    steps: history length the state is sized for.
+
+  Returns:
+    ``(step, state, params, targets)``: the jitted step (state donated),
+    the initial state and the inputs placed on `mesh`.
+  """
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  c = _num_rows(targets, 'targets')
+  _check_chunk_size(c, mesh)
+  if stochastic and key is None:
+    raise ValueError('a stochastic objective needs `key`')
+  tx = step_lib.default_optimizer() if tx is None else tx
+  # The same keys as `invert` derives for rows 0..C-1.
+  init_key, loss_key = jax.random.split(
+      jax.random.key(0) if key is None else key)
+  params = sharding.to_global(step_lib.cast_floating(params, compute_dtype),
+                              mesh, replicate=True)
+  latents = jax.tree.map(lambda x: np.asarray(x, np.float32), latents)
+  names = step_lib.history_names(objective, params, _take(latents, 0),
+                                 _take(targets, 0), stochastic=stochastic)
+  targets = sharding.to_global(targets, mesh)
+  st = _start_chunk(
+      None, sharding.to_global(latents, mesh), targets,
+      sharding.to_global(np.arange(c, dtype=np.int32), mesh),
+      sharding.to_global(np.ones(c, bool), mesh), init_key=init_key,
+      loss_key=loss_key if stochastic else None, tx=tx, names=names,
+      hist_len=state_lib.history_length(steps, history_every), mesh=mesh)
+  step = _cached_step(objective, tx, stochastic=stochastic,
+                      compute_dtype=compute_dtype,
+                      history_every=history_every, mesh=mesh)
+  return step, st, params, targets
 
 
 def map_targets(fn: Callable[[Any, Any], Any], params: Any, inputs: Any, *,
