@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from id2image_jax import inversion
-from id2image_jax.inversion import step as step_lib
+from id2image_jax.inversion import state as state_lib
 import inversion_toy as toy
 
 N = 5
@@ -135,7 +135,7 @@ def test_history_every_subsamples_the_full_history():
   for _ in range(STEPS):
     full, _ = step1(full, params, targets)
     sub, _ = step4(sub, params, targets)
-  assert step_lib.history_steps(STEPS, 4) == [0, 4, 8, 12]
+  assert state_lib.history_steps(STEPS, 4) == [0, 4, 8, 12]
   np.testing.assert_array_equal(sub.history['id'],
                                 np.asarray(full.history['id'])[:, ::4])
 

@@ -324,6 +324,31 @@ _cached_step = functools.lru_cache(maxsize=16)(step_lib.make_step)
 _cached_eval = functools.lru_cache(maxsize=16)(step_lib.make_eval_fn)
 
 
+def _setup(objective, params, *, chunk_size, tx, key, stochastic,
+           compute_dtype, history_every, mesh):
+  """Checks and placements shared by `invert` and `prepare_chunk`.
+
+  Returns:
+    ``(mesh, tx, params, init_key, loss_key, step)``: `params` cast to the
+    compute dtype once and replicated; `loss_key` None if not `stochastic`;
+    `step` the (cached) jitted step.
+  """
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  _check_chunk_size(chunk_size, mesh)
+  if stochastic and key is None:
+    raise ValueError('a stochastic objective needs `key`')
+  tx = step_lib.default_optimizer() if tx is None else tx
+  init_key, loss_key = jax.random.split(
+      jax.random.key(0) if key is None else key)
+  params = sharding.to_global(step_lib.cast_floating(params, compute_dtype),
+                              mesh, replicate=True)
+  step = _cached_step(objective, tx, stochastic=stochastic,
+                      compute_dtype=compute_dtype,
+                      history_every=history_every, mesh=mesh)
+  return (mesh, tx, params, init_key, loss_key if stochastic else None,
+          step)
+
+
 @functools.partial(jax.jit,
                    static_argnames=('tx', 'names', 'hist_len', 'mesh'))
 def _start_chunk(init_fn, latents, targets, rows, active, *, init_key,
@@ -418,13 +443,13 @@ def invert(
   n = _num_rows(targets, 'targets')
   if n == 0:
     raise ValueError('no targets to invert')
-  mesh = sharding.make_mesh() if mesh is None else mesh
-  _check_chunk_size(chunk_size, mesh)
-  if stochastic and key is None:
-    raise ValueError('a stochastic objective needs `key`')
   if checkpoint_every is not None and workdir is None:
     raise ValueError('checkpoint_every needs a workdir')
-  tx = step_lib.default_optimizer() if tx is None else tx
+  mesh, tx, params, init_key, loss_key, default_step = _setup(
+      objective, params, chunk_size=chunk_size, tx=tx, key=key,
+      stochastic=stochastic, compute_dtype=compute_dtype,
+      history_every=history_every, mesh=mesh)
+  step_fn = default_step if step_fn is None else step_fn
   log_every = log_every or max(1, steps // 20)
 
   given_latents = None if callable(init) else jax.tree.map(
@@ -437,17 +462,11 @@ def invert(
   chunks = [schedule[i:i + chunk_size]
             for i in range(0, len(schedule), chunk_size)]
 
-  if key is None:
-    key = jax.random.key(0)
-  init_key, loss_key = jax.random.split(key)
   init_fn = None
   if given_latents is None:
     init_fn = (init if isinstance(init, jax.tree_util.Partial)
                else jax.tree_util.Partial(init))
 
-  # Model variables: cast once for mixed precision, replicated everywhere.
-  params = sharding.to_global(step_lib.cast_floating(params, compute_dtype),
-                              mesh, replicate=True)
   one_target = jax.tree.map(lambda x: x[0], targets)
   if given_latents is not None:
     one_latent = _take(given_latents, 0)
@@ -458,13 +477,8 @@ def invert(
   hist_len = state_lib.history_length(steps, history_every)
 
   start = functools.partial(
-      _start_chunk, init_key=init_key,
-      loss_key=loss_key if stochastic else None, tx=tx, names=names,
+      _start_chunk, init_key=init_key, loss_key=loss_key, tx=tx, names=names,
       hist_len=hist_len, mesh=mesh)
-  if step_fn is None:
-    step_fn = _cached_step(objective, tx, stochastic=stochastic,
-                           compute_dtype=compute_dtype,
-                           history_every=history_every, mesh=mesh)
   evaluate = _cached_eval(objective, stochastic=stochastic,
                           compute_dtype=compute_dtype, mesh=mesh)
 
@@ -478,7 +492,7 @@ def invert(
             sharding.to_global(active, mesh))
 
   out = _empty_result(n, one_latent, names, hist_len,
-                      step_lib.history_steps(steps, history_every), skipped)
+                      state_lib.history_steps(steps, history_every), skipped)
 
   store = None
   if workdir is not None:
@@ -594,17 +608,11 @@ def prepare_chunk(objective: step_lib.LossFn, params: Any, targets: Any,
     ``(step, state, params, targets)``: the jitted step (state donated),
     the initial state and the inputs placed on `mesh`.
   """
-  mesh = sharding.make_mesh() if mesh is None else mesh
   c = _num_rows(targets, 'targets')
-  _check_chunk_size(c, mesh)
-  if stochastic and key is None:
-    raise ValueError('a stochastic objective needs `key`')
-  tx = step_lib.default_optimizer() if tx is None else tx
-  # The same keys as `invert` derives for rows 0..C-1.
-  init_key, loss_key = jax.random.split(
-      jax.random.key(0) if key is None else key)
-  params = sharding.to_global(step_lib.cast_floating(params, compute_dtype),
-                              mesh, replicate=True)
+  # The same set-up, hence the same keys for rows 0..C-1, as `invert`.
+  mesh, tx, params, init_key, loss_key, step = _setup(
+      objective, params, chunk_size=c, tx=tx, key=key, stochastic=stochastic,
+      compute_dtype=compute_dtype, history_every=history_every, mesh=mesh)
   latents = jax.tree.map(lambda x: np.asarray(x, np.float32), latents)
   names = step_lib.history_names(objective, params, _take(latents, 0),
                                  _take(targets, 0), stochastic=stochastic)
@@ -613,11 +621,8 @@ def prepare_chunk(objective: step_lib.LossFn, params: Any, targets: Any,
       None, sharding.to_global(latents, mesh), targets,
       sharding.to_global(np.arange(c, dtype=np.int32), mesh),
       sharding.to_global(np.ones(c, bool), mesh), init_key=init_key,
-      loss_key=loss_key if stochastic else None, tx=tx, names=names,
+      loss_key=loss_key, tx=tx, names=names,
       hist_len=state_lib.history_length(steps, history_every), mesh=mesh)
-  step = _cached_step(objective, tx, stochastic=stochastic,
-                      compute_dtype=compute_dtype,
-                      history_every=history_every, mesh=mesh)
   return step, st, params, targets
 
 

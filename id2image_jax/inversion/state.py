@@ -43,12 +43,17 @@ class InversionState:
     return self.active.shape[0]
 
 
-def history_length(steps: int, every: int) -> int:
-  """Number of history slots for `steps` steps recorded every `every`."""
+def history_steps(steps: int, every: int) -> list[int]:
+  """The step recorded in each history slot: 0, every, 2 * every, ..."""
   if steps < 1 or every < 1:
     raise ValueError(f'steps and history_every must be >= 1, got {steps}, '
                      f'{every}')
-  return -(-steps // every)
+  return list(range(0, steps, every))
+
+
+def history_length(steps: int, every: int) -> int:
+  """Number of history slots T for `steps` steps recorded every `every`."""
+  return len(history_steps(steps, every))
 
 
 def init_state(tx: optax.GradientTransformation, latents: Any, *,

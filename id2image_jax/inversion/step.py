@@ -21,7 +21,7 @@ stay per target (STYLE.md, note on batched inversion).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import chex
@@ -218,7 +218,3 @@ def default_optimizer(*, learning_rate: float | optax.Schedule = 1e-3
   """
   return optax.adam(learning_rate)
 
-
-def history_steps(steps: int, every: int) -> Sequence[int]:
-  """The step index recorded in each history slot."""
-  return list(range(0, steps, every))
