@@ -1,0 +1,668 @@
+"""Streams a whole test set through one compiled inversion step, in chunks.
+
+``invert`` splits the N targets into chunks of ``chunk_size`` (the last one
+padded and masked, so it reuses the same compiled step), shards every chunk
+over all devices along the target axis, runs ``steps`` optimiser steps on it,
+and keeps the results on the host. With a ``workdir`` it checkpoints with
+orbax: each finished chunk's results, and optionally the running chunk's
+state every ``checkpoint_every`` steps, so that a run interrupted at any
+point resumes without redoing or losing finished targets.
+
+Bad rows: a row whose target holds a NaN/inf (or whose given initial latent
+does), or that the caller marks ``valid=False``, is never optimised. It is
+reported in ``InversionResult.skipped`` with its row index and reason, its
+outputs are NaN, and every other row is inverted as usual. Filtering happens
+here so that row indices in every output refer to the caller's rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from id2image_jax.inversion import sharding
+from id2image_jax.inversion import state as state_lib
+from id2image_jax.inversion import step as step_lib
+
+InitFn = Callable[[jax.Array, Any], Any]
+
+_RUN_FILE = 'run.json'
+
+
+class ResumeMismatchError(ValueError):
+  """A work directory holds a different run than the one asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """Passed to `invert`'s callback at log points and after each chunk.
+
+  Attributes:
+    chunk: index of the chunk being run.
+    num_chunks: number of chunks in the whole run.
+    step: steps done in this chunk.
+    steps: steps per chunk.
+    rows: [c] the caller's row indices in this chunk (no padding).
+    loss: [c] loss of each row at the last step (host numpy).
+    chunk_done: True once the chunk's results are stored.
+  """
+  chunk: int
+  num_chunks: int
+  step: int
+  steps: int
+  rows: np.ndarray
+  loss: np.ndarray
+  chunk_done: bool
+
+
+@dataclasses.dataclass
+class InversionResult:
+  """Everything `invert` found, as host numpy, indexed by the caller's rows.
+
+  Attributes:
+    latents: pytree like the latents, leaves [N, ...]; NaN where not done.
+    history: name -> [N, T]: ``'loss'`` and each aux term at the steps in
+      `history_steps` (values before that step's update).
+    history_steps: [T] step index of each history column.
+    final: name -> [N]: loss and aux terms at the returned latents.
+    done: [N] bool, results present (False for skipped rows and for chunks
+      not reached when stopped early with ``max_chunks``).
+    diverged: [N] bool, the loss or gradient became non-finite; the row was
+      frozen at that point.
+    skipped: row -> reason, for rows that were never optimised.
+    stats: run statistics (chunks run / restored, steps run, seconds).
+  """
+  latents: Any
+  history: dict[str, np.ndarray]
+  history_steps: np.ndarray
+  final: dict[str, np.ndarray]
+  done: np.ndarray
+  diverged: np.ndarray
+  skipped: dict[int, str]
+  stats: dict[str, Any]
+
+
+def _broadcast(latent, key, target):
+  del key, target
+  return latent
+
+
+def broadcast_init(latent: Any) -> InitFn:
+  """Every target starts from the same latent (e.g. ``{'w': w_avg}``)."""
+  return jax.tree_util.Partial(_broadcast, latent)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RandomInit:
+  treedef: Any
+  shapes: tuple[tuple[int, ...], ...]
+  scale: float
+
+  def __call__(self, key, target):
+    del target
+    keys = jax.random.split(key, len(self.shapes))
+    return jax.tree.unflatten(self.treedef, [
+        self.scale * jax.random.normal(k, s, jnp.float32)
+        for k, s in zip(keys, self.shapes)])
+
+
+def random_init(like: Any, *, scale: float = 1.0) -> InitFn:
+  """Every target starts from its own N(0, scale^2) draw of shape `like`.
+
+  Args:
+    like: pytree of arrays or ``jax.ShapeDtypeStruct`` giving ONE target's
+      latent shapes (e.g. ``{'z': jax.ShapeDtypeStruct((512,), jnp.float32)}``).
+    scale: standard deviation.
+  """
+  leaves, treedef = jax.tree.flatten(like)
+  # Hashable, so repeated calls reuse the compiled initialisation.
+  return _RandomInit(treedef, tuple(tuple(jnp.shape(x)) for x in leaves),
+                     float(scale))
+
+
+def _num_rows(tree: Any, what: str) -> int:
+  sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None
+           for x in jax.tree.leaves(tree)}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(f'every leaf of {what} needs the same leading target '
+                     f'axis, got leading sizes {sorted(map(str, sizes))}')
+  return sizes.pop()
+
+
+def _check_chunk_size(chunk_size: int, mesh: Mesh) -> None:
+  if chunk_size < 1 or chunk_size % mesh.size:
+    lower = max(mesh.size, chunk_size // mesh.size * mesh.size)
+    raise ValueError(
+        f'chunk_size must be a positive multiple of the number of devices '
+        f'({mesh.size}) so every device holds the same number of targets; '
+        f'got {chunk_size} (try {lower} or {lower + mesh.size})')
+
+
+def _pad(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """`rows` padded to `size` (repeating the first) and the real-row mask.
+
+  Padding rows are real data, so they compute finite values, and a ragged
+  last chunk keeps the shapes that the step was compiled for.
+  """
+  pad = np.full(size - len(rows), rows[0], rows.dtype)
+  return np.concatenate([rows, pad]), np.arange(size) < len(rows)
+
+
+def _take(tree: Any, index) -> Any:
+  return jax.tree.map(lambda x: x[index], tree)
+
+
+def _nonfinite_rows(tree: Any, n: int) -> dict[int, list[str]]:
+  """row -> names of the leaves holding a NaN/inf in that row."""
+  bad = {}
+  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.inexact):
+      continue
+    rows = np.flatnonzero(~np.isfinite(x.reshape(n, -1)).all(axis=1))
+    for r in rows:
+      bad.setdefault(int(r), []).append(jax.tree_util.keystr(path) or 'value')
+  return bad
+
+
+def _check_rows(targets, n, valid, given_latents) -> dict[int, str]:
+  skipped = {}
+  if valid is not None:
+    valid = np.asarray(valid, bool)
+    if valid.shape != (n,):
+      raise ValueError(f'valid must have shape ({n},), got {valid.shape}')
+    for r in np.flatnonzero(~valid):
+      skipped[int(r)] = 'excluded by the caller (valid=False)'
+  for r, names in _nonfinite_rows(targets, n).items():
+    skipped.setdefault(r, f'non-finite target values in {", ".join(names)}')
+  if given_latents is not None:
+    for r, names in _nonfinite_rows(given_latents, n).items():
+      skipped.setdefault(r, 'non-finite initial latent in ' + ', '.join(names))
+  return dict(sorted(skipped.items()))
+
+
+def _empty_result(n, one_latent, names, hist_len, history_steps,
+                  skipped) -> InversionResult:
+  """All-NaN host arrays for N rows, filled chunk by chunk by `_merge`."""
+  return InversionResult(
+      latents=jax.tree.map(
+          lambda x: np.full((n,) + tuple(np.shape(x)), np.nan, np.float32),
+          one_latent),
+      history={k: np.full((n, hist_len), np.nan, np.float32) for k in names},
+      history_steps=np.asarray(history_steps),
+      final={k: np.full((n,), np.nan, np.float32) for k in names},
+      done=np.zeros((n,), bool), diverged=np.zeros((n,), bool),
+      skipped=skipped, stats={})
+
+
+def _merge(out: InversionResult, res: Mapping[str, Any]) -> None:
+  """Writes one chunk's results (rows without padding) into `out`."""
+  rows = np.asarray(res['rows'])
+
+  def put(dst, src):
+    dst[rows] = src
+  jax.tree.map(put, out.latents, res['latents'])
+  for k in out.history:
+    out.history[k][rows] = res['history'][k]
+    out.final[k][rows] = res['final'][k]
+  out.diverged[rows] = ~np.asarray(res['active'], bool)
+  out.done[rows] = True
+
+
+def _sha1(tree: Any) -> str:
+  h = hashlib.sha1()
+  for x in jax.tree.leaves(tree):
+    x = np.ascontiguousarray(x)
+    h.update(f'{x.dtype}{x.shape}'.encode())
+    h.update(x.tobytes())
+  return h.hexdigest()
+
+
+class _Store:
+  """Orbax checkpoints of one run in `workdir`.
+
+  Layout::
+
+    run.json        what the run is (sizes, hashes); resuming checks it
+    chunks/<k>/     results of finished chunk k (numpy, rows without padding)
+    state/<i>/      the running chunk's state (latest only) + {chunk, step}
+
+  Orbax writes each checkpoint under a temporary name and renames it when
+  complete, so a chunk listed in ``chunks/`` is finished, whatever killed
+  the previous run.
+  """
+
+  def __init__(self, workdir: str, fingerprint: Mapping[str, Any]):
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    self._check_run(workdir, dict(fingerprint))
+    self._chunks = ocp.CheckpointManager(
+        os.path.join(workdir, 'chunks'),
+        options=ocp.CheckpointManagerOptions(create=True))
+    self._state = ocp.CheckpointManager(
+        os.path.join(workdir, 'state'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    self._steps_per_chunk = int(fingerprint['steps']) + 1
+
+  @staticmethod
+  def _check_run(workdir, fingerprint):
+    path = os.path.join(workdir, _RUN_FILE)
+    want = json.loads(json.dumps(fingerprint))
+    if os.path.exists(path):
+      with open(path) as f:
+        have = json.load(f)
+      if have != want:
+        diff = sorted(k for k in set(have) | set(want)
+                      if have.get(k) != want.get(k))
+        raise ResumeMismatchError(
+            f'{workdir} holds a different run (differs in: '
+            f'{", ".join(diff)}); use a new workdir or delete this one')
+    elif jax.process_index() == 0:
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump(want, f, indent=2, sort_keys=True)
+      os.replace(tmp, path)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('id2image_jax.inversion.run_json')
+
+  def finished(self) -> set[int]:
+    return set(self._chunks.all_steps())
+
+  def load_chunk(self, k: int) -> dict[str, Any]:
+    return self._chunks.restore(k, args=ocp.args.StandardRestore())
+
+  def save_chunk(self, k: int, result: dict[str, Any]) -> None:
+    # Asynchronous: the next chunk computes while this one is written.
+    self._chunks.save(k, args=ocp.args.StandardSave(result))
+
+  def save_state(self, k: int, step: int, st: state_lib.InversionState):
+    # A state of chunk k may only exist once chunk k-1's results are on
+    # disk: state checkpoint ids then only grow, and a resumed run never
+    # finds a later chunk's state while an earlier chunk is unfinished.
+    self._chunks.wait_until_finished()
+    self._state.save(
+        k * self._steps_per_chunk + step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(st),
+            meta=ocp.args.JsonSave({'chunk': k, 'step': step})))
+
+  def load_state(self, k: int, abstract) -> state_lib.InversionState | None:
+    latest = self._state.latest_step()
+    if latest is None or latest // self._steps_per_chunk != k:
+      return None
+    got = self._state.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        meta=ocp.args.JsonRestore()))
+    assert got['meta']['chunk'] == k, got['meta']
+    return got['state']
+
+  def close(self):
+    for manager in (self._chunks, self._state):
+      manager.wait_until_finished()
+      manager.close()
+
+
+# The compiled functions are cached across `invert` calls with the same
+# objective, optimiser and options (and shapes), so inverting several test
+# sets in one process compiles once.
+_cached_step = functools.lru_cache(maxsize=16)(step_lib.make_step)
+_cached_eval = functools.lru_cache(maxsize=16)(step_lib.make_eval_fn)
+
+
+def _setup(objective, params, *, chunk_size, tx, key, stochastic,
+           compute_dtype, history_every, mesh):
+  """Checks and placements shared by `invert` and `prepare_chunk`.
+
+  Returns:
+    ``(mesh, tx, params, init_key, loss_key, step)``: `params` cast to the
+    compute dtype once and replicated; `loss_key` None if not `stochastic`;
+    `step` the (cached) jitted step.
+  """
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  _check_chunk_size(chunk_size, mesh)
+  if stochastic and key is None:
+    raise ValueError('a stochastic objective needs `key`')
+  tx = step_lib.default_optimizer() if tx is None else tx
+  init_key, loss_key = jax.random.split(
+      jax.random.key(0) if key is None else key)
+  params = sharding.to_global(step_lib.cast_floating(params, compute_dtype),
+                              mesh, replicate=True)
+  step = _cached_step(objective, tx, stochastic=stochastic,
+                      compute_dtype=compute_dtype,
+                      history_every=history_every, mesh=mesh)
+  return (mesh, tx, params, init_key, loss_key if stochastic else None,
+          step)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('tx', 'names', 'hist_len', 'mesh'))
+def _start_chunk(init_fn, latents, targets, rows, active, *, init_key,
+                 loss_key, tx, names, hist_len, mesh):
+  """The initial state of a chunk; per-target keys from the global rows."""
+  fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+  if latents is None:
+    latents = jax.vmap(init_fn)(fold(init_key, rows), targets)
+  st = state_lib.init_state(
+      tx, latents, active=active,
+      key=None if loss_key is None else fold(loss_key, rows),
+      history_names=names, history_len=hist_len)
+  return sharding.constrain(st, mesh)
+
+
+def invert(
+    objective: step_lib.LossFn,
+    params: Any,
+    targets: Any,
+    *,
+    init: InitFn | Any,
+    steps: int,
+    chunk_size: int,
+    key: jax.Array | None = None,
+    tx: optax.GradientTransformation | None = None,
+    stochastic: bool = False,
+    compute_dtype=None,
+    valid: np.ndarray | None = None,
+    mesh: Mesh | None = None,
+    workdir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    history_every: int = 1,
+    log_every: int | None = None,
+    max_chunks: int | None = None,
+    callback: Callable[[Progress], None] | None = None,
+    progress: bool = True,
+    step_fn: Callable[..., Any] | None = None,
+    run_config: Mapping[str, Any] | None = None,
+) -> InversionResult:
+  """Inverts N targets with one compiled, sharded step, chunk by chunk.
+
+  Args:
+    objective: per-target ``loss_fn(params, latent, target) -> (loss, aux)``
+      (``loss_fn(key, params, latent, target)`` if `stochastic`); see
+      `step.py`. ``aux`` is a dict of per-target scalars, all recorded.
+    params: model variables shared by all targets (replicated on devices).
+    targets: pytree of host arrays, leaves [N, ...] (e.g.
+      ``{'descriptor': [N, D], 'landmarks': [N, 68, 2]}``).
+    init: where each target starts: a pytree of arrays with leaves [N, ...]
+      (one latent per target), or a function ``init(key, target) -> latent``
+      for ONE target (see `broadcast_init`, `random_init`; an ID->latent
+      regressor goes here). Pass a function's large arrays through
+      ``jax.tree_util.Partial(fn, variables)`` so they become inputs of the
+      compiled program, not constants in it.
+    steps: optimiser steps per target.
+    chunk_size: targets per compiled step; a multiple of the device count.
+    key: typed PRNG key for random initialisation and stochastic objectives;
+      each target's keys derive from ``fold_in(key, row)`` so they do not
+      depend on chunking. Required if `stochastic`; init functions get keys
+      from ``jax.random.key(0)`` when it is None.
+    tx: optimiser (default ``optax.adam(1e-3)``); one state per target.
+    stochastic: the objective takes a key first.
+    compute_dtype: e.g. ``jnp.bfloat16`` for the objective's compute;
+      latents and optimiser state stay float32.
+    valid: optional [N] bool; False rows are skipped (as are rows with
+      non-finite targets or initial latents).
+    mesh: 1-D device mesh with axis ``'targets'`` (default: all devices).
+    workdir: where to checkpoint and resume (None: no checkpoints).
+    checkpoint_every: also checkpoint the running chunk every this many
+      steps (needs `workdir`).
+    history_every: record loss and aux terms every this many steps.
+    log_every: progress-bar / callback period in steps (one host sync each;
+      default: 20 updates per chunk).
+    max_chunks: compute at most this many chunks in this call, then return
+      (the rest stay not `done`; a later call with the same `workdir`
+      resumes).
+    callback: called with a `Progress` at every log point and after every
+      finished chunk; an exception raised there aborts the run after
+      pending checkpoints are written.
+    progress: show a tqdm progress bar (process 0 only).
+    step_fn: a pre-built jitted step (`step.make_step` with the same
+      objective, optimiser and options); default builds one.
+    run_config: JSON-able settings stored in ``run.json`` and compared on
+      resume (e.g. loss weights, learning rate), so a changed setting cannot
+      silently resume an old run.
+
+  Returns:
+    An `InversionResult`.
+  """
+  started = time.perf_counter()
+  targets = jax.tree.map(np.asarray, targets)
+  n = _num_rows(targets, 'targets')
+  if n == 0:
+    raise ValueError('no targets to invert')
+  if checkpoint_every is not None and workdir is None:
+    raise ValueError('checkpoint_every needs a workdir')
+  mesh, tx, params, init_key, loss_key, default_step = _setup(
+      objective, params, chunk_size=chunk_size, tx=tx, key=key,
+      stochastic=stochastic, compute_dtype=compute_dtype,
+      history_every=history_every, mesh=mesh)
+  step_fn = default_step if step_fn is None else step_fn
+  log_every = log_every or max(1, steps // 20)
+
+  given_latents = None if callable(init) else jax.tree.map(
+      lambda x: np.asarray(x, np.float32), init)
+  if given_latents is not None and _num_rows(given_latents, 'init') != n:
+    raise ValueError(f'per-target init latents must have {n} rows (one '
+                     'latent for all targets: use broadcast_init)')
+  skipped = _check_rows(targets, n, valid, given_latents)
+  schedule = np.asarray([r for r in range(n) if r not in skipped], np.int64)
+  chunks = [schedule[i:i + chunk_size]
+            for i in range(0, len(schedule), chunk_size)]
+
+  init_fn = None
+  if given_latents is None:
+    init_fn = (init if isinstance(init, jax.tree_util.Partial)
+               else jax.tree_util.Partial(init))
+
+  one_target = jax.tree.map(lambda x: x[0], targets)
+  if given_latents is not None:
+    one_latent = _take(given_latents, 0)
+  else:
+    one_latent = jax.eval_shape(init_fn, init_key, one_target)
+  names = step_lib.history_names(objective, params, one_latent, one_target,
+                                 stochastic=stochastic)
+  hist_len = state_lib.history_length(steps, history_every)
+
+  start = functools.partial(
+      _start_chunk, init_key=init_key, loss_key=loss_key, tx=tx, names=names,
+      hist_len=hist_len, mesh=mesh)
+  evaluate = _cached_eval(objective, stochastic=stochastic,
+                          compute_dtype=compute_dtype, mesh=mesh)
+
+  def chunk_inputs(rows):
+    padded, active = _pad(rows, chunk_size)
+    latents = None
+    if given_latents is not None:
+      latents = sharding.to_global(_take(given_latents, padded), mesh)
+    return (latents, sharding.to_global(_take(targets, padded), mesh),
+            sharding.to_global(padded.astype(np.int32), mesh),
+            sharding.to_global(active, mesh))
+
+  out = _empty_result(n, one_latent, names, hist_len,
+                      state_lib.history_steps(steps, history_every), skipped)
+
+  store = None
+  if workdir is not None:
+    store = _Store(workdir, {
+        'format': 1, 'num_targets': n, 'chunk_size': chunk_size,
+        'steps': steps, 'history_every': history_every,
+        'history_names': list(names), 'skipped': sorted(skipped),
+        'targets_sha1': _sha1(targets),
+        'init': ('per-target latents ' + _sha1(given_latents)
+                 if given_latents is not None else 'function'),
+        'latent_shapes': jax.tree.map(lambda x: list(np.shape(x)),
+                                      one_latent),
+        'stochastic': stochastic,
+        'compute_dtype': None if compute_dtype is None
+                         else jnp.dtype(compute_dtype).name,
+        'run_config': dict(run_config or {})})
+
+  stats = {'chunks_total': len(chunks), 'chunks_restored': 0,
+           'chunks_run': 0, 'steps_run': 0, 'targets_run': 0}
+  bar = None
+  try:
+    finished = store.finished() if store else set()
+    for k in sorted(finished & set(range(len(chunks)))):
+      _merge(out, store.load_chunk(k))
+      stats['chunks_restored'] += 1
+    todo = [k for k in range(len(chunks)) if k not in finished]
+    if max_chunks is not None:
+      todo = todo[:max_chunks]
+    bar = tqdm.tqdm(total=len(todo) * steps, unit='step', disable=(
+        not progress or jax.process_index() != 0))
+
+    for k in todo:
+      rows = chunks[k]
+      latents, chunk_targets, rows_dev, active = chunk_inputs(rows)
+      st = None
+      if store is not None and checkpoint_every:
+        abstract = jax.eval_shape(start, init_fn, latents, chunk_targets,
+                                  rows_dev, active)
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(
+                s.shape, s.dtype,
+                sharding=sharding.target_sharding(mesh, len(s.shape))),
+            abstract)
+        st = store.load_state(k, abstract)
+      if st is None:
+        st, s = start(init_fn, latents, chunk_targets, rows_dev, active), 0
+      else:
+        s = int(st.step)
+        bar.update(s)
+      while s < steps:
+        st, metrics = step_fn(st, params, chunk_targets)
+        s += 1
+        stats['steps_run'] += 1
+        if checkpoint_every and s % checkpoint_every == 0 and s < steps:
+          store.save_state(k, s, st)
+        if s % log_every == 0 or s == steps:
+          # The only host sync inside a chunk: a few bytes per log point.
+          loss = sharding.to_host(metrics['loss'])[:len(rows)]
+          bar.set_postfix(chunk=f'{k + 1}/{len(chunks)}',
+                          loss=f'{np.nanmean(loss):.4g}', refresh=False)
+          if callback is not None:
+            callback(Progress(k, len(chunks), s, steps, rows, loss, False))
+        bar.update(1)
+
+      final = evaluate(st, params, chunk_targets)
+      host = sharding.to_host({'latents': st.latents, 'history': st.history,
+                               'final': final, 'active': st.active})
+      res = _take(host, slice(len(rows)))
+      res['rows'] = rows
+      _merge(out, res)
+      if store is not None:
+        store.save_chunk(k, res)
+      stats['chunks_run'] += 1
+      stats['targets_run'] += len(rows)
+      if callback is not None:
+        callback(Progress(k, len(chunks), steps, steps, rows,
+                          res['final']['loss'], True))
+  finally:
+    if bar is not None:
+      bar.close()
+    if store is not None:
+      store.close()
+
+  stats['seconds'] = time.perf_counter() - started
+  out.stats = stats
+  return out
+
+
+def prepare_chunk(objective: step_lib.LossFn, params: Any, targets: Any,
+                  latents: Any, *, steps: int,
+                  tx: optax.GradientTransformation | None = None,
+                  key: jax.Array | None = None, stochastic: bool = False,
+                  compute_dtype=None, history_every: int = 1,
+                  mesh: Mesh | None = None):
+  """One chunk exactly as `invert` runs it, for benchmarks and profiling.
+
+  Example::
+
+    step, state, params, targets = prepare_chunk(obj, variables, targets,
+                                                 latents, steps=100)
+    compiled = step.lower(state, params, targets).compile()  # compile time
+    state, metrics = compiled(state, params, targets)        # steady state
+
+  Args:
+    objective, params, tx, key, stochastic, compute_dtype, history_every,
+    mesh: as in `invert`.
+    targets: pytree of host arrays, leaves [C, ...]; C is the chunk size (a
+      multiple of the device count).
+    latents: pytree of initial latents, leaves [C, ...].
+    steps: history length the state is sized for.
+
+  Returns:
+    ``(step, state, params, targets)``: the jitted step (state donated),
+    the initial state and the inputs placed on `mesh`.
+  """
+  c = _num_rows(targets, 'targets')
+  # The same set-up, hence the same keys for rows 0..C-1, as `invert`.
+  mesh, tx, params, init_key, loss_key, step = _setup(
+      objective, params, chunk_size=c, tx=tx, key=key, stochastic=stochastic,
+      compute_dtype=compute_dtype, history_every=history_every, mesh=mesh)
+  latents = jax.tree.map(lambda x: np.asarray(x, np.float32), latents)
+  names = step_lib.history_names(objective, params, _take(latents, 0),
+                                 _take(targets, 0), stochastic=stochastic)
+  targets = sharding.to_global(targets, mesh)
+  st = _start_chunk(
+      None, sharding.to_global(latents, mesh), targets,
+      sharding.to_global(np.arange(c, dtype=np.int32), mesh),
+      sharding.to_global(np.ones(c, bool), mesh), init_key=init_key,
+      loss_key=loss_key, tx=tx, names=names,
+      hist_len=state_lib.history_length(steps, history_every), mesh=mesh)
+  return step, st, params, targets
+
+
+def map_targets(fn: Callable[[Any, Any], Any], params: Any, inputs: Any, *,
+                chunk_size: int, mesh: Mesh | None = None,
+                compute_dtype=None) -> Any:
+  """Applies a per-target ``fn(params, x)`` to N inputs, sharded, chunked.
+
+  For the work around an inversion, e.g. rendering the final latents and
+  embedding the renders: ``images = map_targets(render, g_vars, latents,
+  chunk_size=64)``.
+
+  Args:
+    fn: function of ONE input (no leading axis).
+    params: shared variables (replicated; cast to `compute_dtype`).
+    inputs: pytree of host arrays, leaves [N, ...].
+    chunk_size: inputs per compiled call (a multiple of the device count).
+    mesh: as in `invert`.
+    compute_dtype: optional dtype for `params` and floating inputs.
+
+  Returns:
+    ``fn``'s outputs stacked on a leading axis N, as host numpy.
+  """
+  inputs = jax.tree.map(np.asarray, inputs)
+  n = _num_rows(inputs, 'inputs')
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  _check_chunk_size(chunk_size, mesh)
+  params = sharding.to_global(step_lib.cast_floating(params, compute_dtype),
+                              mesh, replicate=True)
+  outs = []
+  for i in range(0, n, chunk_size):
+    rows = np.arange(i, min(i + chunk_size, n))
+    padded, _ = _pad(rows, chunk_size)
+    x = sharding.to_global(_take(inputs, padded), mesh)
+    y = _apply(params, x, fn=fn, compute_dtype=compute_dtype, mesh=mesh)
+    outs.append(_take(sharding.to_host(y), slice(len(rows))))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+@functools.partial(jax.jit, static_argnames=('fn', 'compute_dtype', 'mesh'))
+def _apply(params, x, *, fn, compute_dtype, mesh):
+  x = step_lib.cast_floating(x, compute_dtype)
+  return sharding.constrain(jax.vmap(fn, in_axes=(None, 0))(params, x), mesh)

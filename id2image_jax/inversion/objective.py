@@ -1,0 +1,174 @@
+"""The ID2image per-target objective (paper eq. 4), built from parts.
+
+::
+
+  loss = w_id * ||embed(render(latent)) - d||^2
+       + w_lm * ||landmarks_fn(render(latent)) - target_landmarks||^2
+       + w_hist * ||histogram_fn(render(latent)) - target_histogram||^2
+
+with paper weights 1, 0.0006, 0.01. The parts are callables so that the
+engine does not depend on particular models:
+
+* ``render(variables, latent) -> image [H, W, 3]`` in [-1, 1], ONE target;
+  `stylegan2_render` builds it from the Flax StyleGAN2 generator for the
+  'z', 'w' and 'w+' latent spaces, with fixed or optimised noise.
+* ``embed(variables, image) -> descriptor [D]``; `encoder_embed` builds it
+  from an encoder module and its `InputSpec`.
+* ``landmarks_fn(variables, image) -> [68, 2]`` (the image->landmark CNN).
+* ``histogram_fn(image) -> [3, bins]`` (default: the soft histogram).
+
+Model variables travel in the objective's ``params`` argument as
+``{'generator': ..., 'encoder': ..., 'landmarks': ...}`` (the last only with
+`landmarks_fn`). A target is ``{'descriptor': [D]}`` plus optionally
+``'landmarks': [68, 2]`` and ``'histogram': [3, bins]`` (predicted from the
+descriptor by the heads); a term is active when its target is present and
+its weight is non-zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+# TODO(lead): swap for `from id2image_jax import losses` once merged.
+from id2image_jax.inversion import _fallback_losses as losses
+from id2image_jax.preprocess import InputSpec
+from id2image_jax.preprocess import to_encoder_input
+
+LatentSpace = Literal['z', 'w', 'w+']
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+  """Loss weights of paper eq. 4."""
+  id: float = 1.0
+  landmarks: float = 0.0006
+  histogram: float = 0.01
+
+
+def make_id2image_objective(
+    render: Callable[[Any, Any], jax.Array],
+    embed: Callable[[Any, jax.Array], jax.Array],
+    *,
+    landmarks_fn: Callable[[Any, jax.Array], jax.Array] | None = None,
+    histogram_fn: Callable[[jax.Array], jax.Array] | None = None,
+    weights: Weights = Weights(),
+):
+  """Builds ``loss_fn(params, latent, target) -> (loss, terms)`` for `invert`.
+
+  Args:
+    render: ``render(params['generator'], latent) -> [H, W, 3]``.
+    embed: ``embed(params['encoder'], image) -> [D]``.
+    landmarks_fn: ``landmarks_fn(params['landmarks'], image) -> [68, 2]``;
+      needed when targets carry ``'landmarks'``.
+    histogram_fn: ``histogram_fn(image) -> [3, bins]``; default the soft
+      histogram (10 bins, sigma 1.85).
+    weights: term weights.
+
+  Returns:
+    The per-target objective; its aux dict holds the unweighted terms
+    (``'id'``, and ``'landmarks'`` / ``'histogram'`` when active).
+  """
+  histogram_fn = histogram_fn or losses.image_soft_histogram
+
+  def loss_fn(params, latent, target):
+    image = render(params['generator'], latent)
+    terms = {'id': losses.identity_loss(embed(params['encoder'], image),
+                                        target['descriptor'])}
+    if 'landmarks' in target and weights.landmarks:
+      if landmarks_fn is None:
+        raise ValueError('targets have landmarks but no landmarks_fn given')
+      terms['landmarks'] = losses.landmark_loss(
+          landmarks_fn(params['landmarks'], image), target['landmarks'])
+    if 'histogram' in target and weights.histogram:
+      terms['histogram'] = losses.histogram_loss(histogram_fn(image),
+                                                 target['histogram'])
+    total = sum(getattr(weights, name) * value
+                for name, value in terms.items())
+    return total, terms
+
+  return loss_fn
+
+
+def stylegan2_render(generator, *, latent_space: LatentSpace = 'w+',
+                     num_ws: int | None = None,
+                     noise_mode: str = 'const',
+                     truncation_psi: float = 1.0):
+  """``render(variables, latent)`` for one target from a Flax StyleGAN2.
+
+  Latents (ONE target, no batch axis):
+
+  * ``'z'``: ``{'z': [z_dim]}``, mapped with `truncation_psi`;
+  * ``'w'``: ``{'w': [w_dim]}``, broadcast to all `num_ws` layers;
+  * ``'w+'``: ``{'w': [num_ws, w_dim]}``, one w per layer;
+
+  plus optionally ``'noise'``: a list of per-layer noise maps (no batch
+  axis) that are optimised too; without it the generator's `noise_mode`
+  applies ('const' = its fixed buffers).
+
+  Args:
+    generator: the linen module with methods ``mapping(z, truncation_psi=)
+      -> ws [B, num_ws, w_dim]`` and ``synthesis(ws, noise_mode=, noise=)
+      -> [B, H, W, 3]``.
+    latent_space: 'z', 'w' or 'w+'.
+    num_ws: number of w layers; needed for 'w'.
+    noise_mode: passed to synthesis.
+    truncation_psi: for 'z'.
+  """
+  if latent_space not in ('z', 'w', 'w+'):
+    raise ValueError(f"latent_space must be 'z', 'w' or 'w+', got "
+                     f'{latent_space!r}')
+  if latent_space == 'w' and num_ws is None:
+    raise ValueError("latent_space 'w' needs num_ws")
+
+  def render(variables, latent):
+    if latent_space == 'z':
+      ws = generator.apply(variables, latent['z'][None], method='mapping',
+                           truncation_psi=truncation_psi)
+    elif latent_space == 'w':
+      w = latent['w']
+      ws = jnp.broadcast_to(w, (1, num_ws) + w.shape)
+    else:
+      ws = latent['w'][None]
+    noise = latent.get('noise')
+    if noise is not None:
+      noise = [n[None] for n in noise]
+    image = generator.apply(variables, ws, method='synthesis',
+                            noise_mode=noise_mode, noise=noise)
+    return image[0]
+
+  return render
+
+
+def encoder_embed(encoder, spec: InputSpec):
+  """``embed(variables, image [H, W, 3]) -> descriptor [D]`` from a module.
+
+  The encoder follows the project contract ``__call__(x) -> (descriptor
+  [B, D], intermediates)`` on inputs prepared by `to_encoder_input`.
+  """
+  def embed(variables, image):
+    descriptor, _ = encoder.apply(variables, to_encoder_input(image[None],
+                                                              spec))
+    return descriptor[0]
+  return embed
+
+
+def initial_latent(w_avg: jax.Array, *, latent_space: LatentSpace,
+                   num_ws: int | None = None) -> dict[str, jax.Array]:
+  """The usual starting point, w_avg, shaped for `latent_space` ('w'/'w+').
+
+  Use with ``engine.broadcast_init(initial_latent(...))``. (For 'z' start
+  from ``random_init`` or a regressor instead.)
+  """
+  w_avg = jnp.asarray(w_avg, jnp.float32)
+  if latent_space == 'w':
+    return {'w': w_avg}
+  if latent_space == 'w+':
+    if num_ws is None:
+      raise ValueError("latent_space 'w+' needs num_ws")
+    return {'w': jnp.broadcast_to(w_avg, (num_ws,) + w_avg.shape)}
+  raise ValueError(f"w_avg initialises 'w' or 'w+', not {latent_space!r}")

@@ -1,0 +1,216 @@
+"""invert(): chunking, bad rows, initialisation, checkpoint/resume."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from id2image_jax import inversion
+from id2image_jax.inversion import sharding
+import inversion_toy as toy
+
+N = 10
+STEPS = 12
+TX = optax.adam(0.05)
+
+
+class Interrupt(Exception):
+  pass
+
+
+@pytest.fixture(scope='module')
+def problem():
+  params = toy.make_params()
+  targets, _ = toy.make_targets(N, params=params)
+  return params, targets, toy.init_latents(N)
+
+
+def _invert(problem, **kwargs):
+  params, targets, latents = problem
+  kwargs.setdefault('init', latents)
+  kwargs.setdefault('steps', STEPS)
+  kwargs.setdefault('chunk_size', 4)
+  return inversion.invert(toy.objective, params, targets, tx=TX,
+                          progress=False, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def reference(problem):
+  """All N targets in one chunk, no checkpoints."""
+  return _invert(problem, chunk_size=N)
+
+
+def _assert_same(a, b, rows=slice(None), **tol):
+  tol = tol or {'rtol': 1e-5, 'atol': 1e-6}
+  chex.assert_trees_all_close(jax.tree.map(lambda x: x[rows], a.latents),
+                              jax.tree.map(lambda x: x[rows], b.latents),
+                              **tol)
+  for name in a.history:
+    np.testing.assert_allclose(a.history[name][rows], b.history[name][rows],
+                               **tol)
+    np.testing.assert_allclose(a.final[name][rows], b.final[name][rows],
+                               **tol)
+
+
+def test_loss_decreases_on_toy_problem(reference):
+  assert reference.done.all() and not reference.diverged.any()
+  first = reference.history['loss'][:, 0]
+  assert np.all(reference.final['loss'] < 0.5 * first)
+  assert reference.history['loss'].shape == (N, STEPS)
+  assert set(reference.history) == {'loss', 'id', 'prior'}
+
+
+def test_ragged_chunks_compile_once_and_match_one_chunk(problem, reference,
+                                                        monkeypatch):
+  fetches = []
+  to_host = sharding.to_host
+  monkeypatch.setattr(sharding, 'to_host',
+                      lambda x: fetches.append(1) or to_host(x))
+  chex.clear_trace_counter()
+  step = inversion.jit_step(chex.assert_max_traces(
+      inversion.make_step_fn(toy.objective, TX, mesh=inversion.make_mesh()),
+      n=1))
+  seen = []
+  got = _invert(problem, chunk_size=4, step_fn=step, log_every=5,
+                callback=seen.append)     # chunks of 4, 4, 2 (+2 padding)
+  assert got.stats['chunks_run'] == 3 and got.stats['targets_run'] == N
+  _assert_same(got, reference)
+  done_chunks = [p.rows.tolist() for p in seen if p.chunk_done]
+  assert done_chunks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+  assert [p.step for p in seen if p.chunk == 0] == [5, 10, 12, 12]
+  # No per-step host sync: per chunk, one fetch per log point + the results.
+  assert len(fetches) == 3 * (3 + 1)
+
+
+def test_bad_rows_are_reported_and_skipped(problem, reference):
+  params, targets, latents = problem
+  targets = jax.tree.map(np.array, targets)
+  targets['descriptor'][3, 1] = np.inf
+  valid = np.ones(N, bool)
+  valid[6] = False
+  got = inversion.invert(toy.objective, params, targets, init=latents,
+                         steps=STEPS, chunk_size=4, tx=TX, valid=valid,
+                         progress=False)
+  assert sorted(got.skipped) == [3, 6]
+  assert 'non-finite' in got.skipped[3] and "['descriptor']" in got.skipped[3]
+  assert 'valid=False' in got.skipped[6]
+  assert not got.done[[3, 6]].any() and got.done.sum() == N - 2
+  assert np.isnan(got.latents['w'][[3, 6]]).all()
+  assert got.stats['chunks_run'] == 2       # 8 good rows, chunks of 4
+  good = np.array([r for r in range(N) if r not in (3, 6)])
+  _assert_same(got, reference, rows=good)
+
+
+def test_initialisers(problem):
+  _, targets, _ = problem
+  w0 = np.full((toy.LATENT_DIM,), 0.2, np.float32)
+  got = _invert(problem, init=inversion.broadcast_init({'w': w0}), steps=1)
+  np.testing.assert_array_equal(got.history['prior'][:, 0],
+                                np.full(N, 1e-3 * np.sum(w0 ** 2), np.float32))
+
+  like = {'w': jax.ShapeDtypeStruct((toy.LATENT_DIM,), jnp.float32)}
+  a = _invert(problem, init=inversion.random_init(like), steps=1,
+              key=jax.random.key(7))
+  b = _invert(problem, init=inversion.random_init(like), steps=1,
+              key=jax.random.key(7), chunk_size=2)
+  # A target's random start depends on its row, not on the chunking.
+  np.testing.assert_array_equal(a.history['prior'], b.history['prior'])
+  assert len(np.unique(a.history['prior'])) == N
+
+  # A "regressor": descriptor -> latent with its own variables, passed as a
+  # Partial so they are inputs of the compiled program.
+  proj = np.random.default_rng(0).normal(
+      size=(toy.DESCRIPTOR_DIM, toy.LATENT_DIM)).astype(np.float32)
+  regress = jax.tree_util.Partial(
+      lambda m, key, t: {'w': t['descriptor'] @ m}, proj)
+  got = _invert(problem, init=regress, steps=1)
+  want = 1e-3 * np.sum((targets['descriptor'] @ proj) ** 2, axis=1)
+  np.testing.assert_allclose(got.history['prior'][:, 0], want, rtol=1e-5)
+
+
+def test_stochastic_results_do_not_depend_on_chunking(problem):
+  params, targets, latents = problem
+  runs = [inversion.invert(toy.noisy_objective, params, targets,
+                           init=latents, steps=4, chunk_size=c, tx=TX,
+                           stochastic=True, key=jax.random.key(1),
+                           progress=False) for c in (2, 4)]
+  _assert_same(*runs)
+  with pytest.raises(ValueError, match='needs `key`'):
+    inversion.invert(toy.noisy_objective, params, targets, init=latents,
+                     steps=1, chunk_size=2, stochastic=True, progress=False)
+
+
+def test_resume_after_finished_chunk(problem, reference, tmp_path):
+  def stop_after_first_chunk(p):
+    if p.chunk_done and p.chunk == 0:
+      raise Interrupt
+  with pytest.raises(Interrupt):
+    _invert(problem, workdir=tmp_path, callback=stop_after_first_chunk)
+  seen = []
+  got = _invert(problem, workdir=tmp_path, callback=seen.append)
+  # Chunk 0 came from disk, only chunks 1 and 2 were computed.
+  assert got.stats['chunks_restored'] == 1 and got.stats['chunks_run'] == 2
+  assert got.stats['steps_run'] == 2 * STEPS
+  assert {p.chunk for p in seen} == {1, 2}
+  _assert_same(got, reference)
+
+
+def test_max_chunks_then_resume_mid_chunk(problem, reference, tmp_path):
+  part = _invert(problem, workdir=tmp_path, max_chunks=1)
+  assert part.done.tolist() == [True] * 4 + [False] * 6
+  assert np.isnan(part.latents['w'][4:]).all()
+
+  def kill_in_chunk_1(p):
+    if p.chunk == 1 and p.step == 8:
+      raise Interrupt
+  with pytest.raises(Interrupt):
+    _invert(problem, workdir=tmp_path, checkpoint_every=5, log_every=1,
+            callback=kill_in_chunk_1)
+  got = _invert(problem, workdir=tmp_path, checkpoint_every=5)
+  # Chunk 1 restarts from its step-5 checkpoint, chunk 2 runs whole.
+  assert got.stats['chunks_restored'] == 1
+  assert got.stats['steps_run'] == (STEPS - 5) + STEPS
+  _assert_same(got, reference)
+
+
+def test_resume_refuses_a_different_run(problem, tmp_path):
+  _invert(problem, workdir=tmp_path, max_chunks=1, steps=2)
+  with pytest.raises(inversion.ResumeMismatchError, match='chunk_size'):
+    _invert(problem, workdir=tmp_path, steps=2, chunk_size=2)
+
+
+def test_argument_errors(problem):
+  with pytest.raises(ValueError, match='multiple of the number of devices'):
+    _invert(problem, chunk_size=0)
+  with pytest.raises(ValueError, match='checkpoint_every needs a workdir'):
+    _invert(problem, checkpoint_every=2)
+  with pytest.raises(ValueError, match='same leading target axis'):
+    _invert(problem, init={'w': np.zeros((N, 8)), 'v': np.zeros((3, 1))})
+
+
+def test_map_targets_equals_vmap(problem):
+  params, _, latents = problem
+  images = inversion.map_targets(toy.render, params['g'], latents,
+                                 chunk_size=4)
+  want = jax.vmap(toy.render, in_axes=(None, 0))(params['g'], latents)
+  assert images.shape == (N, 8, 8, 3)
+  np.testing.assert_allclose(images, want, rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_chunk_runs_what_invert_runs(problem):
+  params, targets, latents = problem
+  rows = slice(0, 4)
+  step, st, p, t = inversion.prepare_chunk(
+      toy.noisy_objective, params, jax.tree.map(lambda x: x[rows], targets),
+      jax.tree.map(lambda x: x[rows], latents), steps=STEPS, tx=TX,
+      stochastic=True, key=jax.random.key(5))
+  compiled = step.lower(st, p, t).compile()
+  for _ in range(STEPS):
+    st, _ = compiled(st, p, t)
+  want = inversion.invert(toy.noisy_objective, params, targets, init=latents,
+                          steps=STEPS, chunk_size=4, tx=TX, stochastic=True,
+                          key=jax.random.key(5), progress=False)
+  np.testing.assert_allclose(st.latents['w'], want.latents['w'][rows],
+                             rtol=1e-6, atol=1e-7)

@@ -1,0 +1,169 @@
+"""The ID2image objective and its StyleGAN2 / encoder adapters (toy models)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from id2image_jax import inversion
+from id2image_jax.inversion import _fallback_losses as losses
+from id2image_jax.inversion import objective as obj
+from id2image_jax.preprocess import InputSpec
+from id2image_jax.preprocess import to_encoder_input
+import inversion_toy as toy
+
+NUM_WS, W_DIM, Z_DIM = 3, 4, 5
+
+
+class FakeStyleGAN2(nn.Module):
+  """The generator contract: mapping(z) -> ws, synthesis(ws) -> images."""
+
+  def setup(self):
+    self.map = nn.Dense(W_DIM)
+    self.syn = nn.Dense(8 * 8 * 3)
+
+  def mapping(self, z, truncation_psi=1.0):
+    w = self.map(z) * truncation_psi
+    return jnp.broadcast_to(w[:, None], (z.shape[0], NUM_WS, W_DIM))
+
+  def synthesis(self, ws, noise_mode='const', noise=None):
+    x = self.syn(ws.reshape(ws.shape[0], -1)).reshape(-1, 8, 8, 3)
+    if noise is not None:                 # per-layer maps [B, 8, 8, 1]
+      x = x + 0.1 * sum(noise)
+    elif noise_mode == 'const':
+      x = x + 0.01
+    return jnp.tanh(x)
+
+  def __call__(self, z):
+    return self.synthesis(self.mapping(z))
+
+
+G = FakeStyleGAN2()
+
+
+@pytest.fixture(scope='module')
+def g_vars():
+  # numpy draws in init's shapes: compiling flax's initialisers is slow.
+  rng = np.random.default_rng(0)
+  return jax.tree.map(
+      lambda s: (0.5 * rng.normal(size=s.shape)).astype(np.float32),
+      jax.eval_shape(G.init, jax.random.key(0), jnp.zeros((1, Z_DIM))))
+
+
+def test_latent_spaces(g_vars):
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(W_DIM,)).astype(np.float32)
+  z = rng.normal(size=(Z_DIM,)).astype(np.float32)
+  w_space = obj.stylegan2_render(G, latent_space='w', num_ws=NUM_WS)
+  wplus = obj.stylegan2_render(G, latent_space='w+')
+  z_space = obj.stylegan2_render(G, latent_space='z')
+  image = w_space(g_vars, {'w': w})
+  assert image.shape == (8, 8, 3)
+  np.testing.assert_allclose(
+      image, wplus(g_vars, {'w': np.tile(w, (NUM_WS, 1))}), rtol=1e-6)
+  np.testing.assert_allclose(z_space(g_vars, {'z': z}),
+                             G.apply(g_vars, z[None])[0], rtol=1e-6)
+  # Optimised noise reaches the image and gets a gradient.
+  noise = [np.zeros((8, 8, 1), np.float32)] * 2
+  grad = jax.grad(lambda n: jnp.sum(wplus(
+      g_vars, {'w': jnp.tile(w, (NUM_WS, 1)), 'noise': n})))(noise)
+  assert all(np.abs(g).sum() > 0 for g in grad)
+  with pytest.raises(ValueError, match='num_ws'):
+    obj.stylegan2_render(G, latent_space='w')
+  with pytest.raises(ValueError, match='latent_space'):
+    obj.stylegan2_render(G, latent_space='s')
+  assert obj.initial_latent(w, latent_space='w+',
+                            num_ws=NUM_WS)['w'].shape == (NUM_WS, W_DIM)
+
+
+def _landmarks(m, image):
+  return (image.reshape(-1) @ m).reshape(68, 2)
+
+
+def test_weighted_terms_match_hand_computation(g_vars):
+  params = toy.make_params()
+  rng = np.random.default_rng(1)
+  lm_proj = rng.normal(size=(8 * 8 * 3, 136)).astype(np.float32) * 0.1
+  render = obj.stylegan2_render(G, latent_space='w+')
+  embed = lambda v, image: toy.embed(v, image)
+  loss_fn = obj.make_id2image_objective(render, embed,
+                                        landmarks_fn=_landmarks)
+  latent = {'w': rng.normal(size=(NUM_WS, W_DIM)).astype(np.float32)}
+  target = {'descriptor': rng.normal(size=(6,)).astype(np.float32),
+            'landmarks': rng.normal(size=(68, 2)).astype(np.float32),
+            'histogram': np.full((3, 10), 0.1, np.float32)}
+  p = {'generator': g_vars, 'encoder': params['e'], 'landmarks': lm_proj}
+  total, terms = loss_fn(p, latent, target)
+
+  image = np.asarray(render(g_vars, latent))
+  d = np.asarray(toy.embed(params['e'], image))
+  lm = image.reshape(-1) @ lm_proj
+  x = (image + 1) * 127.5
+  c = 25.5 * (np.arange(10) + 0.5)
+  sig = lambda v: 1 / (1 + np.exp(-1.85 * v))
+  hist = np.stack([(sig(x[..., ch].reshape(-1, 1) - c + 12.75)
+                    - sig(x[..., ch].reshape(-1, 1) - c - 12.75)).mean(0)
+                   for ch in range(3)])
+  want = {'id': np.sum((d - target['descriptor']) ** 2),
+          'landmarks': np.sum((lm - target['landmarks'].reshape(-1)) ** 2),
+          'histogram': np.sum((hist - 0.1) ** 2)}
+  for k, v in want.items():
+    np.testing.assert_allclose(terms[k], v, rtol=2e-4)
+  np.testing.assert_allclose(
+      total, want['id'] + 0.0006 * want['landmarks'] + 0.01 *
+      want['histogram'], rtol=2e-4)
+
+  # Terms follow the targets present and the non-zero weights.
+  _, only_id = loss_fn(p, latent, {'descriptor': target['descriptor']})
+  assert set(only_id) == {'id'}
+  no_lm = obj.make_id2image_objective(
+      render, embed, weights=obj.Weights(landmarks=0.0))
+  assert set(no_lm(p, latent, target)[1]) == {'id', 'histogram'}
+  with pytest.raises(ValueError, match='landmarks_fn'):
+    obj.make_id2image_objective(render, embed)(p, latent, target)
+
+
+def test_soft_histogram_approaches_hard_histogram():
+  image = np.random.default_rng(2).uniform(-1, 1, (16, 16, 3))
+  soft = np.asarray(losses.image_soft_histogram(image, sigma=200.0))
+  hard = np.stack([np.histogram((image[..., c] + 1) * 127.5, bins=10,
+                                range=(0, 255))[0] / 256 for c in range(3)])
+  np.testing.assert_allclose(soft, hard, atol=1e-3)
+  np.testing.assert_allclose(
+      losses.image_soft_histogram(image).sum(-1), 1.0, atol=0.02)
+
+
+def test_encoder_embed_preprocesses():
+  params = toy.make_params()
+  spec = InputSpec(size=(8, 8), mean=(127.5,) * 3, std=(127.5,) * 3)
+  image = np.random.default_rng(3).uniform(-1, 1, (16, 16, 3)).astype(
+      np.float32)
+  got = obj.encoder_embed(toy.E, spec)(params['e'], image)
+  want = toy.E.apply(params['e'], to_encoder_input(image[None], spec))[0][0]
+  assert got.shape == (toy.DESCRIPTOR_DIM,)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_id2image_inversion_end_to_end(g_vars):
+  """Descriptors of known w+ latents are matched better after inversion."""
+  params = toy.make_params()
+  render = obj.stylegan2_render(G, latent_space='w+')
+  loss_fn = obj.make_id2image_objective(render, toy.embed)
+  rng = np.random.default_rng(4)
+  true_w = rng.normal(size=(6, NUM_WS, W_DIM)).astype(np.float32)
+  p = {'generator': g_vars, 'encoder': params['e']}
+  descriptors = jax.vmap(lambda w: toy.embed(params['e'], render(
+      g_vars, {'w': w})))(true_w)
+  images = jax.vmap(lambda w: render(g_vars, {'w': w}))(true_w)
+  targets = {'descriptor': np.asarray(descriptors),
+             'histogram': np.asarray(jax.vmap(losses.image_soft_histogram)(
+                 images))}
+  init = inversion.broadcast_init(obj.initial_latent(
+      np.zeros(W_DIM, np.float32), latent_space='w+', num_ws=NUM_WS))
+  result = inversion.invert(loss_fn, p, targets, init=init, steps=40,
+                            chunk_size=4, tx=optax.adam(0.05),
+                            compute_dtype=jnp.bfloat16, progress=False)
+  assert set(result.history) == {'loss', 'id', 'histogram'}
+  assert np.all(result.final['loss'] < 0.5 * result.history['loss'][:, 0])
