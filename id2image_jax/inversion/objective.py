@@ -34,8 +34,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-# TODO(lead): swap for `from id2image_jax import losses` once merged.
-from id2image_jax.inversion import _fallback_losses as losses
+from id2image_jax import losses
 from id2image_jax.preprocess import InputSpec
 from id2image_jax.preprocess import to_encoder_input
 
@@ -44,10 +43,10 @@ LatentSpace = Literal['z', 'w', 'w+']
 
 @dataclasses.dataclass(frozen=True)
 class Weights:
-  """Loss weights of paper eq. 4."""
-  id: float = 1.0
-  landmarks: float = 0.0006
-  histogram: float = 0.01
+  """Loss weights of paper eq. 4 (defaults: `losses.DEFAULT_WEIGHTS`)."""
+  id: float = losses.DEFAULT_WEIGHTS['id']
+  landmarks: float = losses.DEFAULT_WEIGHTS['landmarks']
+  histogram: float = losses.DEFAULT_WEIGHTS['histogram']
 
 
 def make_id2image_objective(
@@ -65,15 +64,16 @@ def make_id2image_objective(
     embed: ``embed(params['encoder'], image) -> [D]``.
     landmarks_fn: ``landmarks_fn(params['landmarks'], image) -> [68, 2]``;
       needed when targets carry ``'landmarks'``.
-    histogram_fn: ``histogram_fn(image) -> [3, bins]``; default the soft
-      histogram (10 bins, sigma 1.85).
+    histogram_fn: ``histogram_fn(image) -> [3, bins]``; default the
+      normalised soft histogram of the [-1, 1] image on the 0..255 scale
+      (10 bins, sigma 1.85), matching the histogram head's softmax output.
     weights: term weights.
 
   Returns:
     The per-target objective; its aux dict holds the unweighted terms
     (``'id'``, and ``'landmarks'`` / ``'histogram'`` when active).
   """
-  histogram_fn = histogram_fn or losses.image_soft_histogram
+  histogram_fn = histogram_fn or _soft_histogram_of_generator_image
 
   def loss_fn(params, latent, target):
     image = render(params['generator'], latent)
@@ -87,11 +87,13 @@ def make_id2image_objective(
     if 'histogram' in target and weights.histogram:
       terms['histogram'] = losses.histogram_loss(histogram_fn(image),
                                                  target['histogram'])
-    total = sum(getattr(weights, name) * value
-                for name, value in terms.items())
-    return total, terms
+    return losses.objective(terms, weights=dataclasses.asdict(weights))
 
   return loss_fn
+
+
+def _soft_histogram_of_generator_image(image: jax.Array) -> jax.Array:
+  return losses.image_soft_histogram(image, value_range=(-1.0, 1.0))
 
 
 def stylegan2_render(generator, *, latent_space: LatentSpace = 'w+',
