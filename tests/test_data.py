@@ -1,0 +1,237 @@
+"""Input pipelines on tiny data the tests write themselves."""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from id2image_jax import data
+from id2image_jax.data import celeba
+from id2image_jax.data import pipeline
+
+tfds = pytest.importorskip('tensorflow_datasets')
+
+
+def _jpeg(rng, size=celeba.IMAGE_SIZE):
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, size + (3,), np.uint8)).save(
+      buf, format='JPEG')
+  return buf.getvalue()
+
+
+def write_fake_celeba(directory, *, num=10, as_zip=True, seed=0):
+  """The five CelebA files, with `num` images; partition 0/1/2 cycling."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory, exist_ok=True)
+  names = [f'{i + 1:06d}.jpg' for i in range(num)]
+  images = {n: _jpeg(rng) for n in names}
+  if as_zip:
+    with zipfile.ZipFile(os.path.join(directory, celeba.IMAGES_ZIP), 'w') as z:
+      for n, b in images.items():
+        z.writestr(f'img_align_celeba/{n}', b)
+  else:
+    os.makedirs(os.path.join(directory, celeba.IMAGES_DIR))
+    for n, b in images.items():
+      with open(os.path.join(directory, celeba.IMAGES_DIR, n), 'wb') as f:
+        f.write(b)
+  attributes = rng.choice([-1, 1], (num, 40))
+  landmarks = rng.integers(10, 170, (num, 10))
+  identity = rng.integers(1, 5, num)
+  with open(os.path.join(directory, celeba.PARTITION_FILE), 'w') as f:
+    f.writelines(f'{n} {i % 3}\n' for i, n in enumerate(names))
+  with open(os.path.join(directory, celeba.ATTRIBUTE_FILE), 'w') as f:
+    f.write(f'{num}\n{" ".join(celeba.ATTRIBUTE_NAMES)}\n')
+    f.writelines(n + ' ' + ' '.join(f'{v:2d}' for v in a) + '\n'
+                 for n, a in zip(names, attributes))
+  with open(os.path.join(directory, celeba.LANDMARK_FILE), 'w') as f:
+    f.write(f'{num}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y '
+            'leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n')
+    f.writelines(n + ' ' + ' '.join(str(v) for v in l) + '\n'
+                 for n, l in zip(names, landmarks))
+  with open(os.path.join(directory, celeba.IDENTITY_FILE), 'w') as f:
+    f.writelines(f'{n} {i}\n' for n, i in zip(names, identity))
+  return {'names': names, 'attributes': attributes > 0,
+          'landmarks': landmarks.reshape(num, 5, 2), 'identity': identity}
+
+
+def write_png_folder(directory, num=5, size=(20, 16), seed=0, csv=True):
+  rng = np.random.default_rng(seed)
+  os.makedirs(os.path.join(directory, 'sub'), exist_ok=True)
+  names = [f'img{i}.png' for i in range(num - 1)] + ['sub/last.png']
+  images = {}
+  for n in names:
+    images[n] = rng.integers(0, 256, size + (3,), np.uint8)
+    Image.fromarray(images[n]).save(os.path.join(directory, n))
+  csv_path = None
+  if csv:
+    csv_path = os.path.join(directory, '..', 'labels.csv')
+    with open(csv_path, 'w') as f:
+      f.write('filename,smiling,score,who\n')
+      for i, n in enumerate(reversed(names)):  # order must not matter
+        f.write(f'{n.split("/")[-1]},{i % 2},{i / 2},p{i}\n')
+  return names, images, csv_path
+
+
+@pytest.mark.parametrize('as_zip', [True, False])
+def test_celeba_manual_files(tmp_path, as_zip):
+  truth = write_fake_celeba(tmp_path, num=10, as_zip=as_zip)
+  src = data.celeb_a('train', data_dir=str(tmp_path / 'none'),
+                     manual_dir=str(tmp_path))
+  want = [i for i in range(10) if i % 3 == 0]  # partition 0
+  assert src.num_examples == len(want)
+  got = list(data.batches(src, 3))
+  assert len(got) == 2
+  first, last = got
+  assert first['image'].shape == (3, 218, 178, 3)
+  assert first['image'].dtype == np.uint8
+  assert list(first['key']) == [truth['names'][i] for i in want[:3]]
+  np.testing.assert_array_equal(first['attributes'],
+                                truth['attributes'][want[:3]])
+  np.testing.assert_array_equal(first['identity'], truth['identity'][want[:3]])
+  np.testing.assert_allclose(
+      first['landmarks5'],
+      truth['landmarks'][want[:3]] / np.array([178, 218]), rtol=1e-6)
+  # The last batch is padded to the batch size and masked.
+  np.testing.assert_array_equal(last['valid'], [True, False, False])
+  assert last['key'][1] == ''
+  # Resuming from an index gives the same examples as skipping.
+  resumed = next(data.batches(src, 3, start=2))
+  assert list(resumed['key'][:2]) == [truth['names'][i] for i in want[2:]]
+  np.testing.assert_array_equal(resumed['image'][0], first['image'][2])
+
+
+def test_celeba_missing_files_error_names_them(tmp_path):
+  write_fake_celeba(tmp_path, num=4)
+  os.remove(tmp_path / celeba.IDENTITY_FILE)
+  os.remove(tmp_path / celeba.IMAGES_ZIP)
+  with pytest.raises(data.DataNotFoundError) as e:
+    data.celeb_a('test', data_dir=str(tmp_path / 'tfds'),
+                 manual_dir=str(tmp_path))
+  msg = str(e.value)
+  assert f'Missing from {tmp_path}: img_align_celeba.zip, identity_CelebA.txt'\
+      in msg
+  for name in celeba.MANUAL_FILES:
+    assert name in msg
+  assert os.path.join(str(tmp_path / 'tfds'), 'celeb_a', '2.1.0') in msg
+  # prepare=True needs the zip itself, not the extracted folder.
+  os.makedirs(tmp_path / 'm' / celeba.IMAGES_DIR)
+  with pytest.raises(data.DataNotFoundError, match='img_align_celeba.zip'):
+    data.celeb_a('test', manual_dir=str(tmp_path / 'm'), prepare=True,
+                 data_dir=str(tmp_path / 'tfds'))
+
+
+def test_celeba_tfds_missing_is_clear(tmp_path):
+  with pytest.raises(data.DataNotFoundError, match='list_eval_partition.txt'):
+    src = data.celeb_a('test', data_dir=str(tmp_path), mode='tfds')
+    next(data.batches(src, 2))
+
+
+def test_celeba_tfds_mock():
+  with tfds.testing.mock_data(num_examples=5):
+    src = data.celeb_a('validation', mode='tfds', data_dir='/nonexistent')
+    assert src.num_examples == 5
+    got = list(data.batches(src, 4, image_size=(32, 24)))
+  assert [b['valid'].sum() for b in got] == [4, 1]
+  batch = got[0]
+  assert batch['image'].shape == (4, 32, 24, 3)
+  assert batch['attributes'].shape == (4, 40)
+  assert batch['attributes'].dtype == bool
+  assert batch['landmarks5'].shape == (4, 5, 2)
+  assert batch['identity'].dtype == np.int32
+  assert batch['key'][0].startswith('celeb_a-validation')
+
+
+def test_lfw_tfds_mock_and_missing(tmp_path):
+  with tfds.testing.mock_data(num_examples=3):
+    src = data.lfw(mode='tfds', data_dir='/nonexistent')
+    batch = next(data.batches(src, 3))
+  assert batch['image'].shape == (3, 250, 250, 3)
+  assert batch['name'].dtype.kind == 'U'
+  with pytest.raises(data.DataNotFoundError, match='lfw.tgz'):
+    data.lfw(data_dir=str(tmp_path), manual_dir=str(tmp_path))
+
+
+def test_lfw_extracted_folder(tmp_path):
+  root = tmp_path / 'lfw'
+  for person in ('Ann_A', 'Bob_B'):
+    os.makedirs(root / person)
+    for i in range(2):
+      Image.new('RGB', (250, 250), (i, 0, 0)).save(
+          root / person / f'{person}_{i + 1:04d}.jpg')
+  src = data.lfw(manual_dir=str(tmp_path), data_dir=str(tmp_path / 'x'))
+  batch = next(data.batches(src, 4))
+  assert list(batch['name']) == ['Ann_A', 'Ann_A', 'Bob_B', 'Bob_B']
+  assert batch['key'][0] == 'Ann_A/Ann_A_0001.jpg'
+
+
+def test_image_folder_with_csv(tmp_path):
+  names, images, csv_path = write_png_folder(tmp_path / 'imgs')
+  src = data.image_folder(str(tmp_path / 'imgs'), labels_csv=csv_path)
+  keys = sorted(names)
+  batch = next(data.batches(src, 8))
+  assert list(batch['key'][:5]) == keys
+  np.testing.assert_array_equal(batch['image'][0], images[keys[0]])
+  # CSV rows were written in reverse order of `names`.
+  rank = {n: len(names) - 1 - i for i, n in enumerate(names)}
+  np.testing.assert_array_equal(batch['smiling'][:5],
+                                [rank[k] % 2 for k in keys])
+  assert batch['score'].dtype == np.float32
+  assert batch['who'][0] == f'p{rank[keys[0]]}'
+  assert batch['valid'].sum() == 5
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(data.DataNotFoundError, match='does not exist'):
+    data.image_folder(str(tmp_path / 'nope'))
+  names, _, csv_path = write_png_folder(tmp_path / 'imgs')
+  Image.new('RGB', (20, 16)).save(tmp_path / 'imgs' / 'extra.png')
+  with pytest.raises(ValueError, match=r"no row for 1 image.*extra\.png"):
+    data.image_folder(str(tmp_path / 'imgs'), labels_csv=csv_path)
+
+
+def test_image_folder_mixed_sizes_resized(tmp_path):
+  os.makedirs(tmp_path / 'f')
+  Image.new('RGB', (30, 20), (255, 0, 0)).save(tmp_path / 'f' / 'a.png')
+  Image.new('RGB', (10, 40), (0, 0, 255)).save(tmp_path / 'f' / 'b.png')
+  src = data.image_folder(str(tmp_path / 'f'))
+  batch = next(data.batches(src, 2, image_size=(16, 16)))
+  assert batch['image'].shape == (2, 16, 16, 3)
+  np.testing.assert_array_equal(batch['image'][0, 5, 5], [255, 0, 0])
+  np.testing.assert_array_equal(batch['image'][1, 5, 5], [0, 0, 255])
+
+
+def test_shuffle_is_a_seeded_permutation(tmp_path):
+  write_png_folder(tmp_path / 'imgs', num=6, csv=False)
+  src = data.image_folder(str(tmp_path / 'imgs'))
+  keys = lambda **kw: [k for b in data.batches(src, 4, **kw)
+                       for k, v in zip(b['key'], b['valid']) if v]
+  plain = keys()
+  a, b = keys(shuffle_buffer=10, seed=1), keys(shuffle_buffer=10, seed=1)
+  assert a == b and sorted(a) == plain and a != plain
+
+
+def test_pad_batch_and_prefetch_to_device():
+  batch = {'image': np.ones((2, 4, 4, 3), np.uint8),
+           'key': np.asarray(['a', 'b'])}
+  padded = pipeline.pad_batch(batch, 3)
+  assert padded['image'].shape == (3, 4, 4, 3)
+  assert padded['image'][2].sum() == 0
+  np.testing.assert_array_equal(padded['valid'], [True, True, False])
+  out = list(data.prefetch_to_device(iter([padded] * 3), size=2))
+  assert len(out) == 3
+  assert hasattr(out[0]['image'], 'devices')  # a jax.Array
+  assert isinstance(out[0]['key'], np.ndarray)
+  with pytest.raises(ValueError, match='larger than'):
+    pipeline.pad_batch(batch, 1)
+
+
+def test_from_config(tmp_path):
+  write_png_folder(tmp_path / 'imgs', csv=False)
+  src = data.from_config({'name': 'folder', 'root': str(tmp_path / 'imgs'),
+                          'labels_csv': None})
+  assert src.num_examples == 5
+  with pytest.raises(ValueError, match='unknown dataset'):
+    data.from_config({'name': 'imagenet'})
