@@ -1,8 +1,6 @@
 """Input pipelines on tiny data the tests write themselves."""
 
-import io
 import os
-import zipfile
 
 import numpy as np
 from PIL import Image
@@ -11,68 +9,10 @@ import pytest
 from id2image_jax import data
 from id2image_jax.data import celeba
 from id2image_jax.data import pipeline
+from fake_data import write_fake_celeba
+from fake_data import write_png_folder
 
 tfds = pytest.importorskip('tensorflow_datasets')
-
-
-def _jpeg(rng, size=celeba.IMAGE_SIZE):
-  buf = io.BytesIO()
-  Image.fromarray(rng.integers(0, 256, size + (3,), np.uint8)).save(
-      buf, format='JPEG')
-  return buf.getvalue()
-
-
-def write_fake_celeba(directory, *, num=10, as_zip=True, seed=0):
-  """The five CelebA files, with `num` images; partition 0/1/2 cycling."""
-  rng = np.random.default_rng(seed)
-  os.makedirs(directory, exist_ok=True)
-  names = [f'{i + 1:06d}.jpg' for i in range(num)]
-  images = {n: _jpeg(rng) for n in names}
-  if as_zip:
-    with zipfile.ZipFile(os.path.join(directory, celeba.IMAGES_ZIP), 'w') as z:
-      for n, b in images.items():
-        z.writestr(f'img_align_celeba/{n}', b)
-  else:
-    os.makedirs(os.path.join(directory, celeba.IMAGES_DIR))
-    for n, b in images.items():
-      with open(os.path.join(directory, celeba.IMAGES_DIR, n), 'wb') as f:
-        f.write(b)
-  attributes = rng.choice([-1, 1], (num, 40))
-  landmarks = rng.integers(10, 170, (num, 10))
-  identity = rng.integers(1, 5, num)
-  with open(os.path.join(directory, celeba.PARTITION_FILE), 'w') as f:
-    f.writelines(f'{n} {i % 3}\n' for i, n in enumerate(names))
-  with open(os.path.join(directory, celeba.ATTRIBUTE_FILE), 'w') as f:
-    f.write(f'{num}\n{" ".join(celeba.ATTRIBUTE_NAMES)}\n')
-    f.writelines(n + ' ' + ' '.join(f'{v:2d}' for v in a) + '\n'
-                 for n, a in zip(names, attributes))
-  with open(os.path.join(directory, celeba.LANDMARK_FILE), 'w') as f:
-    f.write(f'{num}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y '
-            'leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n')
-    f.writelines(n + ' ' + ' '.join(str(v) for v in l) + '\n'
-                 for n, l in zip(names, landmarks))
-  with open(os.path.join(directory, celeba.IDENTITY_FILE), 'w') as f:
-    f.writelines(f'{n} {i}\n' for n, i in zip(names, identity))
-  return {'names': names, 'attributes': attributes > 0,
-          'landmarks': landmarks.reshape(num, 5, 2), 'identity': identity}
-
-
-def write_png_folder(directory, num=5, size=(20, 16), seed=0, csv=True):
-  rng = np.random.default_rng(seed)
-  os.makedirs(os.path.join(directory, 'sub'), exist_ok=True)
-  names = [f'img{i}.png' for i in range(num - 1)] + ['sub/last.png']
-  images = {}
-  for n in names:
-    images[n] = rng.integers(0, 256, size + (3,), np.uint8)
-    Image.fromarray(images[n]).save(os.path.join(directory, n))
-  csv_path = None
-  if csv:
-    csv_path = os.path.join(directory, '..', 'labels.csv')
-    with open(csv_path, 'w') as f:
-      f.write('filename,smiling,score,who\n')
-      for i, n in enumerate(reversed(names)):  # order must not matter
-        f.write(f'{n.split("/")[-1]},{i % 2},{i / 2},p{i}\n')
-  return names, images, csv_path
 
 
 @pytest.mark.parametrize('as_zip', [True, False])
@@ -93,7 +33,7 @@ def test_celeba_manual_files(tmp_path, as_zip):
   np.testing.assert_array_equal(first['identity'], truth['identity'][want[:3]])
   np.testing.assert_allclose(
       first['landmarks5'],
-      truth['landmarks'][want[:3]] / np.array([178, 218]), rtol=1e-6)
+      (truth['landmarks'][want[:3]] + 0.5) / np.array([178, 218]), rtol=1e-6)
   # The last batch is padded to the batch size and masked.
   np.testing.assert_array_equal(last['valid'], [True, False, False])
   assert last['key'][1] == ''
@@ -230,8 +170,14 @@ def test_pad_batch_and_prefetch_to_device():
 
 def test_from_config(tmp_path):
   write_png_folder(tmp_path / 'imgs', csv=False)
-  src = data.from_config({'name': 'folder', 'root': str(tmp_path / 'imgs'),
-                          'labels_csv': None})
+  src = data.from_config({'source': 'folder', 'root': str(tmp_path / 'imgs'),
+                          'labels_csv': None, 'split': 'test'})
   assert src.num_examples == 5
+  assert data.from_config({'source': str(tmp_path / 'imgs')}).num_examples == 5
   with pytest.raises(ValueError, match='unknown dataset'):
-    data.from_config({'name': 'imagenet'})
+    data.from_config({'source': 'imagenet'})
+  write_fake_celeba(tmp_path / 'celeba', num=6)
+  src = data.from_config({'source': 'celeb_a', 'split': 'validation',
+                          'manual_dir': str(tmp_path / 'celeba'),
+                          'data_dir': str(tmp_path / 'none'), 'root': None})
+  assert src.name == 'celeb_a/validation' and src.num_examples == 2

@@ -65,7 +65,8 @@ _INFO = {
     'attribute_names': list(ATTRIBUTE_NAMES),
     'landmark5_names': list(LANDMARK_NAMES),
     'image_size': list(IMAGE_SIZE),
-    'landmarks5': 'normalised (x / width, y / height) of the stored image',
+    'landmarks5': '(x + 0.5, y + 0.5) / (width, height): pixel centres in '
+                  'image coordinates normalised to [0, 1]',
 }
 
 
@@ -125,7 +126,9 @@ def celeb_a(split: str, *, data_dir: str | None = None,
 
   Labels per example: ``attributes`` bool [40] (order `ATTRIBUTE_NAMES`),
   ``identity`` int32 (CelebA identity number), ``landmarks5`` float32 [5, 2]
-  as (x, y) divided by the image (width, height), so in [0, 1].
+  as (x, y) normalised to [0, 1]: a point on pixel column i lies at
+  (i + 0.5) / width (pixel centres; the same convention as the 68 dlib
+  landmarks of `id2image_jax.analysis.landmarks`).
 
   Args:
     split: ``'train'``, ``'validation'`` or ``'test'`` (official partition).
@@ -183,7 +186,8 @@ def _from_tfds(split: str, data_dir: str,
         pipeline.KEY: ex['tfds_id'],
         'attributes': t.stack([ex['attributes'][n] for n in ATTRIBUTE_NAMES]),
         'identity': t.cast(ex['identity']['Identity_No'], t.int32),
-        'landmarks5': t.cast(xy, t.float32) / t.constant(scale, t.float32),
+        'landmarks5': (t.cast(xy, t.float32) + 0.5) / t.constant(scale,
+                                                                  t.float32),
     }
 
   return _tfds.source(TFDS_NAME, split, data_dir=data_dir, convert=convert,
@@ -246,7 +250,8 @@ def read_annotations(manual_dir: str, split: str) -> dict[str, np.ndarray]:
       pipeline.KEY: np.asarray(keys, dtype=np.str_),
       'attributes': attributes > 0,  # the files say -1 / 1
       'identity': identity[:, 0].astype(np.int32),
-      'landmarks5': landmarks.reshape(-1, 5, 2).astype(np.float32) / scale,
+      'landmarks5': (landmarks.reshape(-1, 5, 2).astype(np.float32) + 0.5) /
+                    scale,
   }
 
 

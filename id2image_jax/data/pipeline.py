@@ -16,7 +16,7 @@ import collections
 import dataclasses
 import functools
 import itertools
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -210,9 +210,10 @@ def _is_numeric(value: np.ndarray) -> bool:
   return value.dtype.kind in 'biuf'
 
 
-def prefetch_to_device(iterator: Iterable[Mapping[str, np.ndarray]],
-                       size: int = 2, *,
-                       sharding: jax.sharding.Sharding | None = None
+def prefetch_to_device(iterator: Iterable[Mapping[str, np.ndarray]], *,
+                       size: int = 2,
+                       sharding: jax.sharding.Sharding | None = None,
+                       keys: Sequence[str] | None = None
                        ) -> Iterator[dict[str, Any]]:
   """Moves numeric arrays of each batch to device `size` batches ahead.
 
@@ -225,16 +226,18 @@ def prefetch_to_device(iterator: Iterable[Mapping[str, np.ndarray]],
     size: how many batches to keep in flight (>= 1).
     sharding: where to put the arrays; default: the default device. Use a
       ``NamedSharding`` over a batch axis to split batches across devices.
+    keys: the entries to move; default every numeric one. Others stay numpy.
 
   Yields:
-    The same dicts with numeric arrays as ``jax.Array``.
+    The same dicts with the moved arrays as ``jax.Array``.
   """
   if size < 1:
     raise ValueError(f'size must be >= 1, got {size}')
   queue = collections.deque()
 
   def put(batch):
-    return {k: (jax.device_put(v, sharding) if _is_numeric(v) else v)
+    return {k: (jax.device_put(v, sharding) if (
+        _is_numeric(v) if keys is None else k in keys) else v)
             for k, v in batch.items()}
 
   iterator = iter(iterator)
@@ -244,3 +247,46 @@ def prefetch_to_device(iterator: Iterable[Mapping[str, np.ndarray]],
     yield queue.popleft()
     for batch in itertools.islice(iterator, 1):
       queue.append(put(batch))
+
+
+def with_labels(source: Source, keys: Sequence[str],
+                labels: Mapping[str, np.ndarray], *,
+                name: str | None = None) -> Source:
+  """The examples of `source` whose key is in `keys`, with extra labels.
+
+  Joins labels computed elsewhere (e.g. the dlib landmarks stored with the
+  descriptors) back onto the images, by key, inside tf.data.
+
+  Args:
+    source: the images.
+    keys: [M] keys to keep; each must occur in `source` exactly once.
+    labels: ``{name: [M, ...] array}`` aligned with `keys`.
+    name: the new source's name; default the old one.
+
+  Returns:
+    A `Source` of M examples (in `source`'s order) with the extra labels.
+  """
+  t = tf()
+  keys = np.asarray(keys, np.str_)
+  if len(set(keys.tolist())) != len(keys):
+    raise ValueError('keys must be unique')
+  for label, value in labels.items():
+    if len(value) != len(keys):
+      raise ValueError(f'label {label!r} has {len(value)} rows for '
+                       f'{len(keys)} keys')
+  columns = {k: t.constant(np.asarray(v)) for k, v in labels.items()}
+
+  def make_dataset(start: int):
+    table = t.lookup.StaticHashTable(
+        t.lookup.KeyValueTensorInitializer(
+            t.constant(keys.tolist(), t.string),
+            t.range(len(keys), dtype=t.int64)), default_value=-1)
+    ds = source.make_dataset(0).map(
+        lambda ex: (ex, table.lookup(ex[KEY])))
+    ds = ds.filter(lambda ex, row: row >= 0)
+    ds = ds.map(lambda ex, row: {
+        **ex, **{k: t.gather(v, row) for k, v in columns.items()}})
+    return ds.skip(start)
+
+  return Source(name=name or source.name, num_examples=len(keys),
+                make_dataset=make_dataset, info=source.info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 from id2image_jax.data import celeba
@@ -11,28 +12,38 @@ from id2image_jax.data import pipeline
 
 
 def from_config(config: Mapping[str, Any]) -> pipeline.Source:
-  """A `Source` from a dict / ConfigDict.
+  """A `Source` from a dict / ConfigDict (the ``data`` field of a job).
 
   Args:
-    config: ``name`` is ``'celeb_a'``, ``'lfw'`` or ``'folder'``; the other
-      fields are the keyword arguments of `celeba.celeb_a` (``split``,
-      ``data_dir``, ``manual_dir``, ``mode``, ``prepare``), `lfw.lfw` or
-      `folder.image_folder` (``root``, ``labels_csv``, ``key_column``, ...).
-      Fields set to None are left at their defaults.
+    config: ``source`` is ``'celeb_a'``, ``'lfw'``, ``'folder'`` or the path
+      of an image folder; the other fields are keyword arguments of
+      `celeba.celeb_a` (``split``, ``data_dir``, ``manual_dir``, ``mode``,
+      ``prepare``), `lfw.lfw` or `folder.image_folder` (``root``,
+      ``labels_csv``, ``key_column``, ...). Fields that do not apply to the
+      chosen source, or are None, are ignored.
 
   Returns:
     The source.
   """
-  config = dict(config)
-  name = config.pop('name')
-  kwargs = {k: v for k, v in config.items() if v is not None}
+  config = {k: v for k, v in dict(config).items() if v is not None}
+  name = config.pop('source', None) or config.pop('name', None)
+  if name is None:
+    raise ValueError('data config needs a `source` (celeb_a, lfw, folder or '
+                     'a folder path)')
+
+  def pick(*fields):
+    return {k: config[k] for k in fields if k in config}
+
   if name == 'celeb_a':
-    split = kwargs.pop('split', 'test')
-    return celeba.celeb_a(split, **kwargs)
+    return celeba.celeb_a(config.get('split', 'test'),
+                          **pick('data_dir', 'manual_dir', 'mode', 'prepare'))
   if name == 'lfw':
-    kwargs.pop('split', None)
-    return lfw.lfw(**kwargs)
-  if name == 'folder':
-    kwargs.pop('split', None)
-    return folder.image_folder(kwargs.pop('root'), **kwargs)
-  raise ValueError(f'unknown dataset {name!r}: use celeb_a, lfw or folder')
+    return lfw.lfw(**pick('data_dir', 'manual_dir', 'mode', 'prepare'))
+  if name == 'folder' or os.path.isdir(os.path.expanduser(str(name))):
+    root = config.get('root', name if name != 'folder' else None)
+    if root is None:
+      raise ValueError('data.source=folder needs data.root')
+    return folder.image_folder(
+        root, **pick('labels_csv', 'key_column', 'recursive', 'parent_label'))
+  raise ValueError(f'unknown dataset {name!r}: use celeb_a, lfw, folder or '
+                   'an existing folder path')
