@@ -27,6 +27,7 @@ def get_config(arg: str = 'celeb_a') -> ml_collections.ConfigDict:
   # Face box (top, left, bottom, right fractions) of the dataset's images fed
   # to the encoder's input spec; (0, 0, 1, 1): already aligned for it.
   config.crop = (0.0, 0.0, 1.0, 1.0)
+  config.dtype = 'float32'  # encoder compute dtype (or bfloat16)
 
   config.data = ml_collections.ConfigDict({
       'source': arg,
@@ -41,6 +42,8 @@ def get_config(arg: str = 'celeb_a') -> ml_collections.ConfigDict:
   })
   config.out = 'descriptors/{encoder}_{split}.npz'
 
+  # Split over all local devices when there are several (a multiple of
+  # their number).
   config.batch_size = 128
   # (height, width) to resize images to first; None keeps the stored size
   # (the encoder's input spec resizes for the network anyway).

@@ -45,8 +45,8 @@ def write_fake_celeba(directory, *, num=10, as_zip=True, seed=0,
   with open(os.path.join(directory, celeba.LANDMARK_FILE), 'w') as f:
     f.write(f'{num}\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y '
             'leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n')
-    f.writelines(n + ' ' + ' '.join(str(v) for v in l) + '\n'
-                 for n, l in zip(names, landmarks))
+    f.writelines(n + ' ' + ' '.join(str(v) for v in row) + '\n'
+                 for n, row in zip(names, landmarks))
   with open(os.path.join(directory, celeba.IDENTITY_FILE), 'w') as f:
     f.writelines(f'{n} {i}\n' for n, i in zip(names, identity))
   return {'names': names, 'attributes': attributes > 0,

@@ -146,8 +146,11 @@ def test_image_folder_mixed_sizes_resized(tmp_path):
 def test_shuffle_is_a_seeded_permutation(tmp_path):
   write_png_folder(tmp_path / 'imgs', num=6, csv=False)
   src = data.image_folder(str(tmp_path / 'imgs'))
-  keys = lambda **kw: [k for b in data.batches(src, 4, **kw)
-                       for k, v in zip(b['key'], b['valid']) if v]
+
+  def keys(**kw):
+    return [k for b in data.batches(src, 4, **kw)
+            for k, v in zip(b['key'], b['valid']) if v]
+
   plain = keys()
   a, b = keys(shuffle_buffer=10, seed=1), keys(shuffle_buffer=10, seed=1)
   assert a == b and sorted(a) == plain and a != plain

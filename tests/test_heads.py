@@ -257,9 +257,11 @@ def test_emd_and_nme_and_accuracy():
 
 
 def test_optional_arguments_are_keyword_only():
-  from id2image_jax import data  # pylint: disable=g-import-not-at-top
-  from id2image_jax import analysis  # pylint: disable=g-import-not-at-top
-  from id2image_jax.analysis import report  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from id2image_jax import analysis
+  from id2image_jax import data
+  from id2image_jax.analysis import report
+  # pylint: enable=g-import-not-at-top
   fns = [getattr(analysis, n) for n in analysis.__all__]
   fns += [getattr(data, n) for n in data.__all__ if n[0].islower()]
   fns += [heads.head_config, heads.build, report.landmark_figure,

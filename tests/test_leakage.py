@@ -13,6 +13,7 @@ from id2image_jax import data
 from id2image_jax.analysis import _metrics
 from id2image_jax.analysis import embed
 from id2image_jax.analysis import jobs
+from id2image_jax.analysis import landmarks
 from id2image_jax.analysis import train as train_lib
 from fake_data import write_fake_celeba
 
@@ -201,7 +202,6 @@ def test_run_leakage_image_baseline_needs_data(tmp_path):
 def test_dlib_landmarks_on_a_real_face():
   pytest.importorskip('dlib')
   skimage_data = pytest.importorskip('skimage.data')
-  from id2image_jax.analysis import landmarks  # pylint: disable=g-import-not-at-top
   face = skimage_data.astronaut()[:256, 96:352]  # Eileen Collins, 256x256
   images = np.stack([face, np.zeros_like(face)])
   with landmarks.Dlib68() as label:

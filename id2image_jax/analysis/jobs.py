@@ -12,10 +12,12 @@ import os
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax import data as data_lib
 from id2image_jax.analysis import embed as embed_lib
+from id2image_jax.analysis import landmarks
 from id2image_jax.analysis import leakage
 from id2image_jax.analysis import report
 from id2image_jax.analysis import train as train_lib
@@ -62,19 +64,22 @@ def run_embed(config: Any, *, embed_fn: embed_lib.EmbedFn | None = None,
   """
   cfg = _plain(config)
   if embed_fn is None:
-    embed_fn = embed_lib.load_encoder(cfg['encoder'],
-                                      crop=tuple(cfg.get('crop') or
-                                                 (0, 0, 1, 1)))
+    if not cfg.get('encoder'):
+      raise ValueError('set config.encoder (--encoder): a converted encoder '
+                       'checkpoint directory')
+    embed_fn = embed_lib.load_encoder(
+        cfg['encoder'], crop=tuple(cfg.get('crop') or (0, 0, 1, 1)),
+        dtype=jnp.dtype(cfg.get('dtype') or 'float32'))
   name = _encoder_name(cfg)
   lm = cfg.get('landmarks') or {}
   own_landmarker = landmarker is None and lm.get('enabled', False)
   if own_landmarker:
-    from id2image_jax.analysis import landmarks  # pylint: disable=g-import-not-at-top
     landmarker = landmarks.Dlib68(
         face_box=lm.get('face_box', 'detector'),
         upsample=int(lm.get('upsample', 1)),
         num_workers=int(lm.get('num_workers', 0)))
   image_size = cfg.get('image_size')
+  batch_size = int(cfg['batch_size'])
   paths = []
   try:
     for split in _names(cfg['data'].get('split') or 'test'):
@@ -83,7 +88,8 @@ def run_embed(config: Any, *, embed_fn: embed_lib.EmbedFn | None = None,
       log.info('embedding %s (%d images) -> %s', source.name,
                source.num_examples, out)
       paths.append(embed_lib.embed_dataset(
-          embed_fn, source, out, batch_size=int(cfg['batch_size']),
+          embed_fn, source, out, batch_size=batch_size,
+          sharding=batch_sharding(batch_size),
           image_size=tuple(image_size) if image_size else None,
           histogram_bins=int(cfg.get('histogram_bins', 10)),
           landmarker=landmarker, save_every=int(cfg.get('save_every', 50)),
@@ -93,6 +99,24 @@ def run_embed(config: Any, *, embed_fn: embed_lib.EmbedFn | None = None,
     if own_landmarker:
       landmarker.close()
   return paths
+
+
+def batch_sharding(batch_size: int) -> jax.sharding.Sharding | None:
+  """Splits batches over all local devices (data parallel), if several.
+
+  Returns:
+    A ``NamedSharding`` over the leading axis, or None on one device or when
+    `batch_size` does not divide evenly.
+  """
+  devices = jax.local_devices()
+  if len(devices) < 2:
+    return None
+  if batch_size % len(devices):
+    log.warning('batch_size %d is not a multiple of the %d devices: using '
+                'one device', batch_size, len(devices))
+    return None
+  mesh = jax.sharding.Mesh(np.asarray(devices), ('batch',))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch'))
 
 
 def _load(pattern: str, encoder: str, splits: Sequence[str]
@@ -198,15 +222,15 @@ def run_leakage(config: Any) -> dict[str, Any]:
 
   if first is None:
     raise ValueError('config.encoders is empty')
-  baseline = {}
-  for name, d in details.items():
-    baseline = {
-        'attributes': {n: r['baseline'] for n, r in
-                       d.get('attributes', {}).items()},
-        'landmarks': d.get('landmarks', {}).get('baseline'),
-        'histogram': d.get('histogram', {}).get('baseline'),
-    }
-    break  # labels are the same images whichever the encoder
+  # Labels come from the same images whichever the encoder: the first
+  # encoder's baselines stand for all.
+  d = details[encoders[0]]
+  baseline = {
+      'attributes': {n: r['baseline'] for n, r in
+                     d.get('attributes', {}).items()},
+      'landmarks': d.get('landmarks', {}).get('baseline'),
+      'histogram': d.get('histogram', {}).get('baseline'),
+  }
   image_row = {'histogram': 0.0 if hist_cfg['enabled'] else None}
   notes.append('From image, histogram: computed exactly from the image '
                '(EMD 0), as in the paper.')
@@ -250,6 +274,8 @@ def _image_rows(key, cfg, sources, train, test, attribute_names, details,
   common = dict(channels=tuple(img_cfg['channels']),
                 input_size=tuple(img_cfg['input_size']),
                 shuffle_buffer=int(img_cfg.get('shuffle_buffer', 10_000)),
+                seed=int(cfg.get('seed', 0)),
+                cache=bool(img_cfg.get('cache_images', False)),
                 progress=progress)
   if img_cfg.get('landmarks', True) and cfg['landmarks']['enabled']:
     req = bool(cfg['landmarks']['require_detection'])

@@ -226,14 +226,8 @@ def landmark_leakage(key: jax.Array, train: Mapping[str, Any],
 # From images: the landmark CNN (and optionally an attribute CNN).
 
 
-def _image_batches(source: pipeline.Source, label: str, batch_size: int,
-                   size: Sequence[int], *, seed: int,
-                   shuffle_buffer: int):
-  for b in pipeline.batches(source, batch_size, image_size=tuple(size),
-                            shuffle_buffer=shuffle_buffer, seed=seed,
-                            drop_remainder=True, pad=False):
-    yield (b[pipeline.IMAGE].astype(np.float32) / 127.5 - 1.0,
-           b[label].astype(np.float32))
+def _float_images(images: np.ndarray) -> np.ndarray:
+  return images.astype(np.float32) / 127.5 - 1.0  # uint8 -> [-1, 1]
 
 
 def predict_images(model, params, source: pipeline.Source,
@@ -244,7 +238,7 @@ def predict_images(model, params, source: pipeline.Source,
   keys, preds = [], []
   for b in pipeline.batches(source, batch_size, image_size=tuple(size)):
     n = int(b[pipeline.VALID].sum())
-    x = b[pipeline.IMAGE].astype(np.float32) / 127.5 - 1.0
+    x = _float_images(b[pipeline.IMAGE])
     preds.append(np.asarray(apply(params, x))[:n])
     keys.append(b[pipeline.KEY][:n])
   return np.concatenate(keys), np.concatenate(preds)
@@ -255,8 +249,8 @@ def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
                train_keys: np.ndarray, test_keys: np.ndarray,
                training: Training, *, channels: Sequence[int],
                input_size: Sequence[int], out_shape: Sequence[int],
-               shuffle_buffer: int = 10_000, progress: bool = False
-               ) -> Trained:
+               shuffle_buffer: int = 10_000, seed: int = 0,
+               cache: bool = False, progress: bool = False) -> Trained:
   """Trains an image CNN (`heads.ImageCNN`) and predicts `test_keys`.
 
   Args:
@@ -271,7 +265,9 @@ def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
     channels: conv widths.
     input_size: (height, width) the CNN runs at.
     out_shape: output shape.
-    shuffle_buffer: tf.data shuffle buffer over (undecoded) examples.
+    shuffle_buffer: tf.data shuffle buffer (decoded images).
+    seed: shuffle seed (tf.data's order is seeded, not keyed).
+    cache: keep decoded training images in host memory across epochs.
     progress: show a progress bar.
 
   Returns:
@@ -285,11 +281,16 @@ def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
   src = pipeline.with_labels(train_source, train_keys,
                              {'target': train_targets})
   batch_size = min(training.batch_size, src.num_examples)
+  new_epoch = pipeline.training_epochs(
+      src, batch_size, image_size=input_size, shuffle_buffer=shuffle_buffer,
+      seed=seed, cache=cache)
+
+  def epoch_batches(unused_key, unused_epoch):
+    for b in new_epoch():
+      yield _float_images(b[pipeline.IMAGE]), b['target'].astype(np.float32)
+
   params, history = train_lib.fit(
-      key, model, training.tx(), train_lib.LOSSES[kind],
-      lambda k, epoch: _image_batches(src, 'target', batch_size, input_size,
-                                      seed=epoch,
-                                      shuffle_buffer=shuffle_buffer),
+      key, model, training.tx(), train_lib.LOSSES[kind], epoch_batches,
       example=jax.ShapeDtypeStruct((batch_size, *input_size, 3), np.float32),
       num_epochs=training.num_epochs, progress=progress, desc=kind)
   test_src = pipeline.with_labels(test_source, test_keys, {})

@@ -243,6 +243,7 @@ def __getattr__(name):
   # `run_leakage` is importable from here, as the issue asks, without a
   # circular import at module load.
   if name == 'run_leakage':
-    from id2image_jax.analysis import jobs  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from id2image_jax.analysis import jobs
     return jobs.run_leakage
   raise AttributeError(name)

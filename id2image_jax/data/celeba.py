@@ -84,7 +84,7 @@ def default_manual_dir(data_dir: str | None = None) -> str:
 def instructions(data_dir: str, manual_dir: str) -> str:
   """What to put where; part of every "not found" error."""
   lines = [
-      f'CelebA was not found. Nothing is downloaded; either',
+      'CelebA was not found. Nothing is downloaded; either',
       f'  (a) put a prepared TFDS dataset at '
       f'{os.path.join(data_dir, TFDS_NAME, TFDS_VERSION)} '
       f'(e.g. `tfds build celeb_a --manual_dir={manual_dir}`), or',

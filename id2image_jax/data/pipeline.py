@@ -112,6 +112,13 @@ def make_tf_dataset(source: Source, batch_size: int, *, start: int = 0,
   ds = source.make_dataset(start)
   if shuffle_buffer > 0:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+  ds = ds.map(_decoder(image_size), num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder,
+                num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
+  return ds.prefetch(t.data.AUTOTUNE)
+
+
+def _decoder(image_size):
   size = None if image_size is None else tuple(int(s) for s in image_size)
 
   def decode(example):
@@ -119,13 +126,47 @@ def make_tf_dataset(source: Source, batch_size: int, *, start: int = 0,
     example[IMAGE] = _decode(example[IMAGE], size)
     return example
 
-  ds = ds.map(decode, num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder,
-                num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
-  options = t.data.Options()
-  options.deterministic = True
-  options.threading.private_threadpool_size = 0  # share TF's pool
-  return ds.with_options(options).prefetch(t.data.AUTOTUNE)
+  return decode
+
+
+def training_epochs(source: Source, batch_size: int, *,
+                    image_size: Sequence[int] | None = None,
+                    shuffle_buffer: int = 10_000, seed: int = 0,
+                    cache: bool = False
+                    ) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+  """Epochs of shuffled, full batches for training on images.
+
+  One tf.data pipeline serves every epoch, so with `cache` the decoded and
+  resized images are kept in host memory after the first epoch (e.g. CelebA
+  at 128x128: 9 GB) instead of being decoded again each epoch; the shuffle
+  order changes every epoch.
+
+  Args:
+    source: the images.
+    batch_size: examples per batch; a last, smaller batch is dropped.
+    image_size: (height, width) to resize to.
+    shuffle_buffer: examples in the shuffle buffer (decoded images).
+    seed: shuffle seed.
+    cache: keep decoded images in memory.
+
+  Returns:
+    ``new_epoch()``, which iterates one epoch of numpy dict batches.
+  """
+  t = tf()
+  ds = source.make_dataset(0).map(_decoder(image_size),
+                                  num_parallel_calls=t.data.AUTOTUNE)
+  if cache:
+    ds = ds.cache()
+  if shuffle_buffer > 0:
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  ds = ds.batch(batch_size, drop_remainder=True,
+                num_parallel_calls=t.data.AUTOTUNE).prefetch(t.data.AUTOTUNE)
+
+  def new_epoch():
+    for batch in ds.as_numpy_iterator():
+      yield _to_numpy(batch)
+
+  return new_epoch
 
 
 def _to_numpy(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
