@@ -237,6 +237,12 @@ def test_hard_histogram_bins_like_the_paper():
       [2, 1, 0, 0, 0, 5, 0, 0, 0, 2]) / 10)
   np.testing.assert_allclose(h[0, 1], np.eye(10)[0])  # all zeros -> bin 0
   np.testing.assert_allclose(h.sum(-1), 1.0)
+  # Values on bin edges go to the upper bin, exactly.
+  edges = np.array([51, 102, 153, 204, 50, 101, 152, 203, 255, 0], np.uint8)
+  img = np.broadcast_to(edges[None, :, None], (1, 10, 3))
+  np.testing.assert_allclose(
+      np.asarray(_metrics.hard_histogram(img))[0, 0] * 10,
+      np.bincount([2, 4, 6, 8, 1, 3, 5, 7, 9, 0], minlength=10))
 
 
 def test_emd_and_nme_and_accuracy():

@@ -3,13 +3,18 @@
 import importlib.util
 import json
 import os
+import sys
+import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from id2image_jax import checkpoints
 from id2image_jax import data
+from id2image_jax import preprocess
 from id2image_jax.analysis import _metrics
 from id2image_jax.analysis import embed
 from id2image_jax.analysis import jobs
@@ -232,3 +237,42 @@ def test_dlib_landmarks_on_a_real_face():
     pooled, found = label(images)
   np.testing.assert_array_equal(pooled, points)
   np.testing.assert_array_equal(found, detected)
+
+
+def test_load_encoder_follows_the_encoder_contract(tmp_path, monkeypatch):
+  class Toy(nn.Module):
+    dim: int
+    dtype: object = None
+
+    @nn.compact
+    def __call__(self, x):
+      d = nn.Dense(self.dim, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+      return d, {'input': x}
+
+  seen = {}
+
+  def input_spec(config, *, crop):
+    seen['crop'] = crop
+    return preprocess.InputSpec(size=(8, 8), crop=crop)
+
+  module = types.SimpleNamespace(
+      build=lambda config, *, dtype: Toy(config['dim'], dtype),
+      input_spec=input_spec)
+  monkeypatch.setitem(sys.modules, 'id2image_jax.models.toyenc', module)
+  net = Toy(5)
+  variables = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  checkpoints.save(tmp_path / 'enc', variables, kind='toyenc',
+                   config={'dim': 5})
+  embed_fn = embed.load_encoder(str(tmp_path / 'enc'),
+                                crop=(0.0, 0.0, 0.5, 1.0))
+  assert seen['crop'] == (0.0, 0.0, 0.5, 1.0)
+  images = np.random.default_rng(0).integers(0, 256, (2, 16, 8, 3),
+                                             np.uint8)
+  spec = preprocess.InputSpec(size=(8, 8), crop=(0.0, 0.0, 0.5, 1.0))
+  want, _ = net.apply(variables, preprocess.to_encoder_input(
+      preprocess.uint8_to_unit_range(images), spec))
+  np.testing.assert_allclose(jax.jit(embed_fn)(images), want, rtol=1e-5,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match='no id2image_jax.models.nothing'):
+    checkpoints.save(tmp_path / 'bad', variables, kind='nothing')
+    embed.load_encoder(str(tmp_path / 'bad'))

@@ -220,16 +220,10 @@ def embed_dataset(embed_fn: EmbedFn, source: pipeline.Source, out_path: str,
   stream = ({**b, '_device_image': b[pipeline.IMAGE]} for b in
             pipeline.batches(source, batch_size, start=start,
                              image_size=image_size))
-  for batch in pipeline.prefetch_to_device(stream, size=2, sharding=sharding,
-                                           keys=('_device_image',)):
-    images = batch.pop(pipeline.IMAGE)
-    descriptors, histograms = step(batch.pop('_device_image'))  # async
-    n = int(batch.pop(pipeline.VALID).sum())  # padding sits at the end
-    rows = {k: v[:n] for k, v in batch.items()}
-    if landmarker is not None:  # runs while the device embeds
-      rows['landmarks68'], rows['landmarks68_detected'] = landmarker(
-          images[:n])
-    fed_size = images.shape[1:3]
+  pending = None  # the previous batch, whose results are still on device
+
+  def finish(rows, n, descriptors, histograms):
+    nonlocal done
     rows['descriptor'] = np.asarray(descriptors, np.float32)[:n]
     rows['histogram'] = np.asarray(histograms)[:n]
     chunk.append(rows)
@@ -238,6 +232,24 @@ def embed_dataset(embed_fn: EmbedFn, source: pipeline.Source, out_path: str,
     bar.set_postfix(img_per_s=f'{done / (time.perf_counter() - t0):.0f}')
     if len(chunk) >= save_every:
       flush()
+
+  for batch in pipeline.prefetch_to_device(stream, size=2, sharding=sharding,
+                                           keys=('_device_image',)):
+    images = batch.pop(pipeline.IMAGE)
+    # Dispatch batch i, then collect batch i - 1: reading results waits for
+    # the device, so the device always has the next batch queued.
+    outputs = step(batch.pop('_device_image'))
+    if pending is not None:
+      finish(*pending)
+    n = int(batch.pop(pipeline.VALID).sum())  # padding sits at the end
+    rows = {k: v[:n] for k, v in batch.items()}
+    if landmarker is not None:  # runs while the device embeds
+      rows['landmarks68'], rows['landmarks68_detected'] = landmarker(
+          images[:n])
+    fed_size = images.shape[1:3]
+    pending = (rows, n, *outputs)
+  if pending is not None:
+    finish(*pending)
   flush()
   bar.close()
 
