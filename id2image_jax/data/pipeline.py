@@ -112,7 +112,8 @@ def make_tf_dataset(source: Source, batch_size: int, *, start: int = 0,
   ds = source.make_dataset(start)
   if shuffle_buffer > 0:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-  ds = ds.map(_decoder(image_size), num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(_decoder(image_size), num_parallel_calls=t.data.AUTOTUNE,
+              deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder,
                 num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(t.data.AUTOTUNE)
