@@ -206,6 +206,7 @@ def run_leakage(config: Any) -> dict[str, Any]:
           jax.random.fold_in(ekey, 2), train, test,
           leakage.Training.from_config(lm_cfg),
           require_detection=bool(lm_cfg['require_detection']),
+          pixel_scale=float(lm_cfg.get('pixel_scale', 1.0)),
           progress=progress)
       row['landmarks'], det['landmarks'] = res['nme'], res
       trained.append(head)
@@ -284,7 +285,9 @@ def _image_rows(key, cfg, sources, train, test, attribute_names, details,
     head = leakage.image_head(
         jax.random.fold_in(key, 0), 'landmarks_cnn', train_src, test_src,
         train['landmarks68'][tr].astype(np.float32), train['key'][tr],
-        test['key'][te], training, out_shape=(68, 2), **common)
+        test['key'][te], training, out_shape=(68, 2),
+        pixel_scale=float(cfg['landmarks'].get('pixel_scale', 1.0)),
+        **common)
     nme = leakage.nme_percent(head.test_pred, test['landmarks68'][te],
                               leakage.image_scale(test))
     row['landmarks'] = nme

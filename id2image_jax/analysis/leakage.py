@@ -184,7 +184,8 @@ def nme_percent(pred: np.ndarray, target: np.ndarray,
 
 def landmark_leakage(key: jax.Array, train: Mapping[str, Any],
                      test: Mapping[str, Any], training: Training, *,
-                     require_detection: bool = True, progress: bool = False
+                     require_detection: bool = True, pixel_scale: float = 1.0,
+                     progress: bool = False
                      ) -> tuple[dict[str, Any], Trained]:
   """Landmark regression from descriptors (paper 3.3) and the mean baseline.
 
@@ -194,6 +195,9 @@ def landmark_leakage(key: jax.Array, train: Mapping[str, Any],
     test: test descriptors with ``landmarks68``.
     training: hyper-parameters.
     require_detection: leave out images where dlib's detector found no face.
+    pixel_scale: the head's last layer works in, and the MSE is measured
+      in, pixels of an image this size (`heads.ImageCNN`, `train.scaled`);
+      the paper's SGD 1e-3 assumes pixels of 224-pixel images.
     progress: show a progress bar.
 
   Returns:
@@ -207,10 +211,11 @@ def landmark_leakage(key: jax.Array, train: Mapping[str, Any],
   target = train['landmarks68'][tr].astype(np.float32)
   config = heads.head_config(
       'landmarks', hidden=training.hidden, input_norm=training.input_norm,
-      input_dim=train['descriptor'].shape[1])
+      input_dim=train['descriptor'].shape[1], output_scale=pixel_scale)
   model, params, history = train_lib.train_head(
       key, config, train['descriptor'][tr], target, tx=training.tx(),
       batch_size=training.batch_size, num_epochs=training.num_epochs,
+      loss_fn=train_lib.scaled(train_lib.mse_loss, pixel_scale),
       progress=progress)
   pred = train_lib.predict(model, params, test['descriptor'][te])
   gt = test['landmarks68'][te]
@@ -250,7 +255,8 @@ def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
                training: Training, *, channels: Sequence[int],
                input_size: Sequence[int], out_shape: Sequence[int],
                shuffle_buffer: int = 10_000, seed: int = 0,
-               cache: bool = False, progress: bool = False) -> Trained:
+               cache: bool = False, pixel_scale: float = 1.0,
+               progress: bool = False) -> Trained:
   """Trains an image CNN (`heads.ImageCNN`) and predicts `test_keys`.
 
   Args:
@@ -268,6 +274,7 @@ def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
     shuffle_buffer: tf.data shuffle buffer (decoded images).
     seed: shuffle seed (tf.data's order is seeded, not keyed).
     cache: keep decoded training images in host memory across epochs.
+    pixel_scale: output and loss units, as in `landmark_leakage`.
     progress: show a progress bar.
 
   Returns:
@@ -276,7 +283,8 @@ def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
   config = heads.head_config(kind, channels=tuple(channels),
                              hidden=int(training.hidden[0]),
                              input_size=tuple(input_size),
-                             out_shape=tuple(out_shape))
+                             out_shape=tuple(out_shape),
+                             output_scale=pixel_scale)
   model = heads.build(config)
   src = pipeline.with_labels(train_source, train_keys,
                              {'target': train_targets})
@@ -290,7 +298,8 @@ def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
       yield _float_images(b[pipeline.IMAGE]), b['target'].astype(np.float32)
 
   params, history = train_lib.fit(
-      key, model, training.tx(), train_lib.LOSSES[kind], epoch_batches,
+      key, model, training.tx(),
+      train_lib.scaled(train_lib.LOSSES[kind], pixel_scale), epoch_batches,
       example=jax.ShapeDtypeStruct((batch_size, *input_size, 3), np.float32),
       num_epochs=training.num_epochs, progress=progress, desc=kind)
   test_src = pipeline.with_labels(test_source, test_keys, {})

@@ -21,7 +21,9 @@ coordinates, latents) by default and its pre-activation outputs with
 ``logits=True``, which the losses use for numerical stability.
 
 Landmark coordinates are (x, y) normalised to [0, 1] of the image (pixel
-centres at (i + 0.5) / size; see `id2image_jax.analysis.landmarks`).
+centres at (i + 0.5) / size; see `id2image_jax.analysis.landmarks`). Their
+heads may set ``output_scale`` (e.g. 224) so that the last layer works in
+pixels, as the paper's did; predictions stay normalised.
 """
 
 from __future__ import annotations
@@ -80,12 +82,15 @@ class MLP(nn.Module):
     output: activation of the prediction (`activate`).
     input_norm: ``'l2'`` rescales each descriptor to norm sqrt(D) first;
       ``'none'`` uses it as is.
+    output_scale: the last layer's outputs are divided by this, i.e. it
+      works in units of 1 / output_scale (see `ImageCNN`).
     dtype: compute dtype (parameters stay float32).
   """
   hidden: Sequence[int]
   out_shape: Sequence[int]
   output: Output = 'linear'
   input_norm: InputNorm = 'l2'
+  output_scale: float = 1.0
   dtype: Any = None
 
   @nn.compact
@@ -99,6 +104,7 @@ class MLP(nn.Module):
       size *= int(s)
     x = nn.Dense(size, dtype=self.dtype, name='out')(x)
     x = x.astype(jnp.float32).reshape(x.shape[:1] + tuple(self.out_shape))
+    x = x / self.output_scale
     return x if logits else activate(x, self.output)
 
 
@@ -116,6 +122,10 @@ class ImageCNN(nn.Module):
     hidden: width of the first fully connected layer.
     input_size: (height, width) the network runs at.
     output: activation of the prediction (`activate`).
+    output_scale: the last layer's outputs are divided by this. Landmark
+      heads predict [0, 1] coordinates; with output_scale=224 the last layer
+      works in pixels of a 224-pixel image, as the paper's regressors did,
+      so that its optimiser settings (SGD 1e-3 on a pixel MSE) carry over.
     dtype: compute dtype.
   """
   out_shape: Sequence[int]
@@ -123,6 +133,7 @@ class ImageCNN(nn.Module):
   hidden: int = 256
   input_size: Sequence[int] = (128, 128)
   output: Output = 'linear'
+  output_scale: float = 1.0
   dtype: Any = None
 
   @nn.compact
@@ -146,6 +157,7 @@ class ImageCNN(nn.Module):
       n *= int(s)
     x = nn.Dense(n, dtype=self.dtype, name='out')(x)
     x = x.astype(jnp.float32).reshape(x.shape[:1] + tuple(self.out_shape))
+    x = x / self.output_scale
     return x if logits else activate(x, self.output)
 
 
@@ -211,13 +223,17 @@ def build(config: Mapping[str, Any], *, dtype: Any = None) -> nn.Module:
   if arch == 'mlp':
     return MLP(hidden=tuple(int(h) for h in config['hidden']),
                out_shape=out_shape, output=config.get('output', 'linear'),
-               input_norm=config.get('input_norm', 'l2'), dtype=dtype)
+               input_norm=config.get('input_norm', 'l2'),
+               output_scale=float(config.get('output_scale', 1.0)),
+               dtype=dtype)
   if arch == 'cnn':
     return ImageCNN(out_shape=out_shape,
                     channels=tuple(int(c) for c in config['channels']),
                     hidden=int(config['hidden']),
                     input_size=tuple(int(s) for s in config['input_size']),
-                    output=config.get('output', 'linear'), dtype=dtype)
+                    output=config.get('output', 'linear'),
+                    output_scale=float(config.get('output_scale', 1.0)),
+                    dtype=dtype)
   raise ValueError(f'unknown head arch {arch!r}')
 
 
