@@ -58,5 +58,6 @@ def get_config(arg: str = 'celeb_a') -> ml_collections.ConfigDict:
       'num_workers': 4,        # processes for dlib (it holds the GIL)
   })
   config.save_every = 50       # batches between partial saves
+  config.overwrite = False     # False: keep finished files (rerun = resume)
   config.progress = True
   return config.lock()

@@ -119,6 +119,14 @@ def test_embed_dataset_resumes(celeba_dir, tmp_path):
   embed.embed_dataset(toy_embed, src, out, batch_size=2, save_every=1,
                       landmarker=second, progress=False)
   assert second.calls == 2  # only the 4 remaining images
+  # A finished file is kept, unless asked to overwrite.
+  third = ToyLandmarker()
+  embed.embed_dataset(toy_embed, src, out, batch_size=2, landmarker=third,
+                      progress=False)
+  assert third.calls == 0
+  embed.embed_dataset(toy_embed, src, out, batch_size=2, landmarker=third,
+                      progress=False, overwrite=True)
+  assert third.calls == 4
   resumed = embed.load_descriptors(out)
   whole = embed.load_descriptors(embed.embed_dataset(
       toy_embed, src, str(tmp_path / 'w.npz'), batch_size=2,

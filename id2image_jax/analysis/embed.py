@@ -156,7 +156,8 @@ def embed_dataset(embed_fn: EmbedFn, source: pipeline.Source, out_path: str,
                   histogram_bins: int = 10, landmarker: Any = None,
                   save_every: int = 50, progress: bool = True,
                   sharding: jax.sharding.Sharding | None = None,
-                  meta: Mapping[str, Any] | None = None) -> str:
+                  meta: Mapping[str, Any] | None = None,
+                  overwrite: bool = False) -> str:
   """Embeds every image of `source`, with labels, into `out_path` (.npz).
 
   Args:
@@ -174,6 +175,9 @@ def embed_dataset(embed_fn: EmbedFn, source: pipeline.Source, out_path: str,
     progress: show a progress bar.
     sharding: optional input sharding (e.g. split the batch over devices).
     meta: extra JSON-able facts stored in the ``meta`` entry (encoder name).
+    overwrite: embed again even if `out_path` exists; otherwise a finished
+      file is kept and returned at once, so rerunning a multi-split job
+      skips the splits already done.
 
   Returns:
     `out_path`.
@@ -181,6 +185,8 @@ def embed_dataset(embed_fn: EmbedFn, source: pipeline.Source, out_path: str,
   out_path = os.fspath(out_path)
   if not out_path.endswith('.npz'):
     raise ValueError(f'out_path must end in .npz, got {out_path}')
+  if os.path.isfile(out_path) and not overwrite:
+    return out_path
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   partial_dir = out_path + _PARTIAL
   manifest = _manifest(source, batch_size, image_size, histogram_bins,

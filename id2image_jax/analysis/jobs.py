@@ -55,7 +55,7 @@ def run_embed(config: Any, *, embed_fn: embed_lib.EmbedFn | None = None,
       comma-separated), ``out`` (pattern with ``{encoder}`` and
       ``{split}``), ``batch_size``, ``image_size``, ``histogram_bins``,
       ``landmarks`` (``enabled``, ``face_box``, ``upsample``,
-      ``num_workers``), ``save_every``, ``progress``.
+      ``num_workers``), ``save_every``, ``progress``, ``overwrite``.
     embed_fn: use this instead of loading ``config.encoder``.
     landmarker: use this instead of dlib (tests, other labellers).
 
@@ -94,6 +94,7 @@ def run_embed(config: Any, *, embed_fn: embed_lib.EmbedFn | None = None,
           histogram_bins=int(cfg.get('histogram_bins', 10)),
           landmarker=landmarker, save_every=int(cfg.get('save_every', 50)),
           progress=bool(cfg.get('progress', True)),
+          overwrite=bool(cfg.get('overwrite', False)),
           meta={'encoder': name, 'encoder_path': str(cfg.get('encoder'))}))
   finally:
     if own_landmarker:
