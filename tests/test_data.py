@@ -184,3 +184,29 @@ def test_from_config(tmp_path):
                           'manual_dir': str(tmp_path / 'celeba'),
                           'data_dir': str(tmp_path / 'none'), 'root': None})
   assert src.name == 'celeb_a/validation' and src.num_examples == 2
+
+
+def test_with_labels_joins_by_key(tmp_path):
+  names, _, _ = write_png_folder(tmp_path / 'imgs', num=5, csv=False)
+  src = data.image_folder(str(tmp_path / 'imgs'))
+  keys = np.asarray(['sub/last.png', 'img1.png', 'img3.png'])
+  labelled = pipeline.with_labels(src, keys, {'y': np.asarray([7, 1, 3])})
+  assert labelled.num_examples == 3
+  batch = next(data.batches(labelled, 4))
+  # The source's order (sorted keys), each with its own label.
+  assert list(batch['key'][:3]) == ['img1.png', 'img3.png', 'sub/last.png']
+  np.testing.assert_array_equal(batch['y'][:3], [1, 3, 7])
+  resumed = next(data.batches(labelled, 4, start=1))
+  assert list(resumed['key'][:2]) == ['img3.png', 'sub/last.png']
+  with pytest.raises(ValueError, match='unique'):
+    pipeline.with_labels(src, ['a', 'a'], {})
+
+
+def test_training_epochs_reshuffle_and_cache(tmp_path):
+  write_png_folder(tmp_path / 'imgs', num=6, csv=False)
+  src = data.image_folder(str(tmp_path / 'imgs'))
+  new_epoch = pipeline.training_epochs(src, 4, image_size=(8, 8),
+                                       shuffle_buffer=6, seed=0, cache=True)
+  epochs = [[list(b['key']) for b in new_epoch()] for _ in range(3)]
+  assert all(len(e) == 1 and len(e[0]) == 4 for e in epochs)  # drop rest
+  assert len({tuple(e[0]) for e in epochs}) > 1  # a new order each epoch

@@ -170,10 +170,13 @@ def run_leakage(config: Any) -> dict[str, Any]:
   fig_cfg = cfg.get('figures') or {}
   need_images = img_cfg['enabled'] or fig_cfg.get('images', True)
   if need_images and cfg.get('data'):
+    # The figures need the test images only; the image baseline all splits.
+    splits = train_splits + [test_split] if img_cfg['enabled'] else [
+        test_split]
     try:
       image_sources = {
           s: data_lib.from_config({**cfg['data'], 'split': s})
-          for s in train_splits + [test_split]}
+          for s in splits}
     except pipeline.DataNotFoundError:
       if img_cfg['enabled']:
         raise
@@ -240,11 +243,12 @@ def run_leakage(config: Any) -> dict[str, Any]:
   if img_cfg['enabled']:
     image_row.update(_image_rows(
         jax.random.fold_in(key, 1000), cfg, image_sources, train, test,
-        attribute_names, details, notes, workdir, progress))
+        attribute_names, details, workdir, progress))
   else:
     notes.append('From image: image baselines disabled '
                  '(image_baseline.enabled=False).')
-  if not (img_cfg['enabled'] and img_cfg.get('attributes')):
+  if attribute_names and not (img_cfg['enabled'] and
+                              img_cfg.get('attributes')):
     notes.append('From image, attributes: n/a (no image->attribute network '
                  'trained; set image_baseline.attributes=True for a CNN '
                  'baseline). The paper quotes [20]: 92 / 99 / 99 %.')
@@ -264,7 +268,7 @@ def run_leakage(config: Any) -> dict[str, Any]:
 
 
 def _image_rows(key, cfg, sources, train, test, attribute_names, details,
-                notes, workdir, progress) -> dict[str, Any]:
+                workdir, progress) -> dict[str, Any]:
   """The "From image" row: landmark CNN (and optional attribute CNN)."""
   img_cfg = cfg['image_baseline']
   training = leakage.Training.from_config(img_cfg)
