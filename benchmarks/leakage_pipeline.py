@@ -103,6 +103,8 @@ def main():
             'device_kind': jax.devices()[0].device_kind,
             'backend': jax.default_backend(),
             'host_cpus': os.cpu_count(), 'python': platform.python_version(),
+            # Other jobs on the host skew CPU numbers; recorded, not fixed.
+            'host_load_avg_1min_at_start': os.getloadavg()[0],
             'num_images': args.num_images, 'batch_size': args.batch_size,
             'dtype': 'float32'}
   with tempfile.TemporaryDirectory() as tmp:
