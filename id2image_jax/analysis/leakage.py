@@ -1,0 +1,313 @@
+"""Non-ID leakage (paper section 3): what heads recover from descriptors.
+
+Each function trains a head on training descriptors (or images, for the
+"from image" row), evaluates it on test descriptors and computes the trivial
+baseline of Table 1 from the training labels:
+
+* attributes: accuracy (%) vs. always predicting the training majority class;
+* landmarks: mean point error as % of the interocular distance (outer eye
+  corners, points 36 and 45) vs. the mean training landmarks;
+* histogram: 1-D earth mover's distance per channel (in bins), summed over
+  R, G, B, vs. the mean training histogram.
+
+Inputs are descriptor dicts from `embed.load_descriptors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+import optax
+
+from id2image_jax.analysis import _metrics
+from id2image_jax.analysis import train as train_lib
+from id2image_jax.data import pipeline
+from id2image_jax.models import heads
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """How one head is trained (the paper's values live in configs/)."""
+  hidden: tuple[int, ...]
+  optimizer: str = 'adam'
+  learning_rate: float = 1e-3
+  batch_size: int = 256
+  num_epochs: int = 20
+  input_norm: str = 'l2'
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> 'Training':
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in dict(config).items() if k in fields}
+    if 'hidden' in kwargs:
+      kwargs['hidden'] = tuple(int(h) for h in kwargs['hidden'])
+    return cls(**kwargs)
+
+  def tx(self) -> optax.GradientTransformation:
+    return train_lib.optimizer(self.optimizer, self.learning_rate)
+
+
+@dataclasses.dataclass
+class Trained:
+  """A trained head: what to save and what it predicted on the test set."""
+  name: str
+  config: dict[str, Any]
+  params: Any
+  test_pred: np.ndarray
+  history: train_lib.History
+  # Rows of the test descriptors that `test_pred` belongs to (None: all).
+  test_rows: np.ndarray | None = None
+
+
+def subset(arrays: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
+  """Rows of every array of a descriptor dict (``meta`` passes through)."""
+  return {k: (v[rows] if isinstance(v, np.ndarray) else v)
+          for k, v in arrays.items()}
+
+
+def image_scale(arrays: Mapping[str, Any]) -> tuple[float, float]:
+  """(width, height) of the embedded images, to measure landmark errors in
+  pixels (CelebA's 178x218 crops are not square)."""
+  size = arrays['meta'].get('image_size')
+  if not size:
+    return (1.0, 1.0)
+  return (float(size[1]), float(size[0]))
+
+
+def attribute_labels(arrays: Mapping[str, Any], name: str) -> np.ndarray:
+  """bool [N] labels of one attribute.
+
+  Looked up as a column of its own (e.g. from a folder's CSV) or by name in
+  the ``attributes`` matrix (CelebA's 40, names in the metadata).
+  """
+  if name in arrays and isinstance(arrays[name], np.ndarray):
+    values = arrays[name]
+  else:
+    names = arrays['meta'].get('source_info', {}).get('attribute_names')
+    if names is None or name not in names or 'attributes' not in arrays:
+      raise KeyError(f'no attribute {name!r} in the descriptors (known: '
+                     f'{names})')
+    values = arrays['attributes'][:, list(names).index(name)]
+  if values.dtype.kind not in 'biuf':
+    raise ValueError(f'attribute {name!r} is not numeric ({values.dtype})')
+  return values > 0
+
+
+def attribute_leakage(key: jax.Array, train: Mapping[str, Any],
+                      test: Mapping[str, Any], names: Sequence[str],
+                      training: Training, *, progress: bool = False
+                      ) -> tuple[dict[str, dict[str, float]], list[Trained]]:
+  """One binary head per attribute (paper 3.1), with majority baselines.
+
+  Returns:
+    ({attribute: {'accuracy', 'baseline', 'positive_rate'}} in %, heads).
+  """
+  results, trained = {}, []
+  dim = train['descriptor'].shape[1]
+  for i, name in enumerate(names):
+    y_train = attribute_labels(train, name)
+    y_test = attribute_labels(test, name)
+    config = heads.head_config(
+        'attribute', hidden=training.hidden, input_norm=training.input_norm,
+        out_shape=(1,), input_dim=dim, attributes=[name])
+    model, params, history = train_lib.train_head(
+        jax.random.fold_in(key, i), config, train['descriptor'],
+        y_train[:, None].astype(np.float32), tx=training.tx(),
+        batch_size=training.batch_size, num_epochs=training.num_epochs,
+        progress=progress)
+    probs = train_lib.predict(model, params, test['descriptor'])[:, 0]
+    majority = bool(y_train.mean() >= 0.5)
+    results[name] = {
+        'accuracy': 100 * float(np.mean(
+            _metrics.binary_accuracy(probs, y_test))),
+        'baseline': 100 * float(np.mean(y_test == majority)),
+        'positive_rate': 100 * float(y_test.mean()),
+    }
+    trained.append(Trained(f'attribute_{name}', config, params, probs,
+                           history))
+  return results, trained
+
+
+def _emd(pred: np.ndarray, target: np.ndarray) -> tuple[float, list[float]]:
+  per_channel = np.asarray(_metrics.emd_1d(pred, target))  # [N, 3]
+  return (float(per_channel.sum(-1).mean()),
+          [float(v) for v in per_channel.mean(0)])
+
+
+def histogram_leakage(key: jax.Array, train: Mapping[str, Any],
+                      test: Mapping[str, Any], training: Training, *,
+                      progress: bool = False
+                      ) -> tuple[dict[str, Any], Trained]:
+  """Histogram regression (paper 3.2) and the mean-histogram baseline.
+
+  Returns:
+    ({'emd', 'emd_per_channel', 'baseline', 'baseline_per_channel'}, head);
+    EMD in bins per channel, ``emd`` summed over the channels.
+  """
+  target = train['histogram'].astype(np.float32)
+  config = heads.head_config(
+      'histogram', hidden=training.hidden, input_norm=training.input_norm,
+      out_shape=target.shape[1:], input_dim=train['descriptor'].shape[1])
+  model, params, history = train_lib.train_head(
+      key, config, train['descriptor'], target, tx=training.tx(),
+      batch_size=training.batch_size, num_epochs=training.num_epochs,
+      progress=progress)
+  pred = train_lib.predict(model, params, test['descriptor'])
+  emd, emd_c = _emd(pred, test['histogram'])
+  mean = np.broadcast_to(target.mean(0), test['histogram'].shape)
+  base, base_c = _emd(mean, test['histogram'])
+  return ({'emd': emd, 'emd_per_channel': emd_c, 'baseline': base,
+           'baseline_per_channel': base_c},
+          Trained('histogram', config, params, pred, history))
+
+
+def landmark_rows(arrays: Mapping[str, Any], require_detection: bool
+                  ) -> np.ndarray:
+  """Indices of rows with usable 68-point labels."""
+  if 'landmarks68' not in arrays:
+    raise KeyError('the descriptors have no landmarks68 (embed with '
+                   'landmarks enabled)')
+  ok = np.ones(len(arrays['landmarks68']), bool)
+  if require_detection and 'landmarks68_detected' in arrays:
+    ok &= arrays['landmarks68_detected']
+  return np.flatnonzero(ok)
+
+
+def nme_percent(pred: np.ndarray, target: np.ndarray,
+                scale: tuple[float, float]) -> float:
+  return 100 * float(np.mean(_metrics.landmark_nme(pred, target,
+                                                   scale=scale)))
+
+
+def landmark_leakage(key: jax.Array, train: Mapping[str, Any],
+                     test: Mapping[str, Any], training: Training, *,
+                     require_detection: bool = True, pixel_scale: float = 1.0,
+                     progress: bool = False
+                     ) -> tuple[dict[str, Any], Trained]:
+  """Landmark regression from descriptors (paper 3.3) and the mean baseline.
+
+  Args:
+    key: a ``jax.random.key``.
+    train: training descriptors with ``landmarks68``.
+    test: test descriptors with ``landmarks68``.
+    training: hyper-parameters.
+    require_detection: leave out images where dlib's detector found no face.
+    pixel_scale: the head's last layer works in, and the MSE is measured
+      in, pixels of an image this size (`heads.ImageCNN`, `train.scaled`);
+      the paper's SGD 1e-3 assumes pixels of 224-pixel images.
+    progress: show a progress bar.
+
+  Returns:
+    ({'nme', 'baseline', 'num_train', 'num_test'} with NME in % of the
+    interocular distance, head; its ``test_rows`` are the test rows used).
+  """
+  tr = landmark_rows(train, require_detection)
+  te = landmark_rows(test, require_detection)
+  if len(tr) == 0 or len(te) == 0:
+    raise ValueError('no images with detected landmarks to train/test on')
+  target = train['landmarks68'][tr].astype(np.float32)
+  config = heads.head_config(
+      'landmarks', hidden=training.hidden, input_norm=training.input_norm,
+      input_dim=train['descriptor'].shape[1], output_scale=pixel_scale)
+  model, params, history = train_lib.train_head(
+      key, config, train['descriptor'][tr], target, tx=training.tx(),
+      batch_size=training.batch_size, num_epochs=training.num_epochs,
+      loss_fn=train_lib.scaled(train_lib.mse_loss, pixel_scale),
+      progress=progress)
+  pred = train_lib.predict(model, params, test['descriptor'][te])
+  gt = test['landmarks68'][te]
+  scale = image_scale(test)
+  mean = np.broadcast_to(target.mean(0), gt.shape)
+  return ({'nme': nme_percent(pred, gt, scale),
+           'baseline': nme_percent(mean, gt, scale),
+           'num_train': int(len(tr)), 'num_test': int(len(te))},
+          Trained('landmarks', config, params, pred, history, te))
+
+
+# ----------------------------------------------------------------------------
+# From images: the landmark CNN (and optionally an attribute CNN).
+
+
+def _float_images(images: np.ndarray) -> np.ndarray:
+  return images.astype(np.float32) / 127.5 - 1.0  # uint8 -> [-1, 1]
+
+
+def predict_images(model, params, source: pipeline.Source,
+                   size: Sequence[int], *, batch_size: int = 64
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """(keys [N], predictions [N, ...]) of an image head over a source."""
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  keys, preds = [], []
+  for b in pipeline.batches(source, batch_size, image_size=tuple(size)):
+    n = int(b[pipeline.VALID].sum())
+    x = _float_images(b[pipeline.IMAGE])
+    preds.append(np.asarray(apply(params, x))[:n])
+    keys.append(b[pipeline.KEY][:n])
+  return np.concatenate(keys), np.concatenate(preds)
+
+
+def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
+               test_source: pipeline.Source, train_targets: np.ndarray,
+               train_keys: np.ndarray, test_keys: np.ndarray,
+               training: Training, *, channels: Sequence[int],
+               input_size: Sequence[int], out_shape: Sequence[int],
+               shuffle_buffer: int = 10_000, seed: int = 0,
+               cache: bool = False, pixel_scale: float = 1.0,
+               progress: bool = False) -> Trained:
+  """Trains an image CNN (`heads.ImageCNN`) and predicts `test_keys`.
+
+  Args:
+    key: a ``jax.random.key``.
+    kind: ``'landmarks_cnn'`` or ``'attribute_cnn'`` (picks loss/output).
+    train_source: training images.
+    test_source: test images.
+    train_targets: [M, *out_shape] targets of `train_keys`.
+    train_keys: keys of the training images to use.
+    test_keys: keys of the test images to predict, in the wanted order.
+    training: hyper-parameters (``hidden`` is one int: the FC width).
+    channels: conv widths.
+    input_size: (height, width) the CNN runs at.
+    out_shape: output shape.
+    shuffle_buffer: tf.data shuffle buffer (decoded images).
+    seed: shuffle seed (tf.data's order is seeded, not keyed).
+    cache: keep decoded training images in host memory across epochs.
+    pixel_scale: output and loss units, as in `landmark_leakage`.
+    progress: show a progress bar.
+
+  Returns:
+    The trained head with ``test_pred`` in the order of `test_keys`.
+  """
+  config = heads.head_config(kind, channels=tuple(channels),
+                             hidden=int(training.hidden[0]),
+                             input_size=tuple(input_size),
+                             out_shape=tuple(out_shape),
+                             output_scale=pixel_scale)
+  model = heads.build(config)
+  src = pipeline.with_labels(train_source, train_keys,
+                             {'target': train_targets})
+  batch_size = min(training.batch_size, src.num_examples)
+  new_epoch = pipeline.training_epochs(
+      src, batch_size, image_size=input_size, shuffle_buffer=shuffle_buffer,
+      seed=seed, cache=cache)
+
+  def epoch_batches(unused_key, unused_epoch):
+    for b in new_epoch():
+      yield _float_images(b[pipeline.IMAGE]), b['target'].astype(np.float32)
+
+  params, history = train_lib.fit(
+      key, model, training.tx(),
+      train_lib.scaled(train_lib.LOSSES[kind], pixel_scale), epoch_batches,
+      example=jax.ShapeDtypeStruct((batch_size, *input_size, 3), np.float32),
+      num_epochs=training.num_epochs, progress=progress, desc=kind)
+  test_src = pipeline.with_labels(test_source, test_keys, {})
+  keys, pred = predict_images(model, params, test_src, input_size)
+  order = {k: i for i, k in enumerate(keys)}
+  missing = [k for k in test_keys if k not in order]
+  if missing:
+    raise ValueError(f'test images not found in {test_source.name}: '
+                     f'{missing[:3]}')
+  pred = pred[[order[k] for k in test_keys]]
+  return Trained(kind, config, params, pred, history)

@@ -1,0 +1,249 @@
+"""The Table-1 report: markdown, JSON and figures (paper Table 1, Fig. 3).
+
+`table` lays out results from `leakage` as the paper does (one row per
+encoder "From ID (...)", "From image", "Baseline"; columns: the attributes,
+landmark error, histogram EMD); `to_markdown` renders it next to the paper's
+published numbers; `landmark_figure` and `histogram_figure` draw Fig. 3's
+rows. `run_leakage` (the ``id2image leakage`` job) lives in
+`id2image_jax.analysis.jobs` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+# The paper's Table 1 (VGGFace2 / ArcFace descriptors of CelebA), for
+# comparison in every report. Landmarks: % of interocular distance;
+# histogram: EMD (the paper does not state its units).
+PAPER_TABLE1 = {
+    'columns': ['Smiling', 'Wearing_Hat', 'Eyeglasses', 'Landmarks',
+                'Histogram'],
+    'rows': {
+        'From ID (VGGFace2)': [91.0, 99.0, 99.7, 9.3, 2.68],
+        'From ID (ArcFace)': [81.7, 96.7, 96.7, 7.3, 2.45],
+        'From image [20]': [92.0, 99.0, 99.0, 8.2, 0.0],
+        'Baseline': [50.4, 96.7, 94.0, 11.0, 2.97],
+    },
+}
+
+UNITS = {
+    'attributes': 'accuracy, % of test images (higher is better)',
+    'landmarks': 'mean point-to-point error of the 68 points, % of the '
+                 'ground-truth interocular distance (outer eye corners, '
+                 'points 36 and 45), measured in pixels (lower is better)',
+    'histogram': 'earth mover\'s distance between 10-bin normalised '
+                 'histograms, in bins, per channel and summed over R, G, B '
+                 '(lower is better)',
+}
+
+
+def table(attribute_names: Sequence[str],
+          encoders: Mapping[str, Mapping[str, Any]],
+          image: Mapping[str, Any] | None,
+          baseline: Mapping[str, Any]) -> dict[str, Any]:
+  """Arranges results as Table 1.
+
+  Args:
+    attribute_names: the attribute columns, in order.
+    encoders: ``{row label: {'attributes': {name: acc %}, 'landmarks': nme
+      %, 'histogram': emd}}`` for the "From ID" rows.
+    image: the "From image" row in the same form (None entries: not run).
+    baseline: the baseline row in the same form.
+
+  Returns:
+    ``{'columns': [...], 'rows': {label: [values or None]}}``.
+  """
+  columns = list(attribute_names) + ['Landmarks', 'Histogram']
+
+  def row(r):
+    r = r or {}
+    attrs = r.get('attributes') or {}
+    return [attrs.get(n) for n in attribute_names] + [
+        r.get('landmarks'), r.get('histogram')]
+
+  rows = {label: row(r) for label, r in encoders.items()}
+  rows['From image'] = row(image)
+  rows['Baseline'] = row(baseline)
+  return {'columns': columns, 'rows': rows}
+
+
+def _fmt(value: Any, column: str) -> str:
+  if value is None:
+    return 'n/a'
+  if column == 'Histogram':
+    return f'{value:.2f}'
+  return f'{value:.1f}%'
+
+
+def _markdown_table(tab: Mapping[str, Any]) -> list[str]:
+  cols = tab['columns']
+  lines = ['| | ' + ' | '.join(c.replace('_', ' ') for c in cols) + ' |',
+           '|---|' + '---:|' * len(cols)]
+  for label, values in tab['rows'].items():
+    lines.append(f'| {label} | ' + ' | '.join(
+        _fmt(v, c) for v, c in zip(values, cols)) + ' |')
+  return lines
+
+
+def to_markdown(results: Mapping[str, Any]) -> str:
+  """The report page: our table, units, notes, the paper's table, figures.
+
+  Args:
+    results: as written by `run_leakage` (keys ``table``, ``notes``,
+      ``details``, ``figures``).
+
+  Returns:
+    Markdown text.
+  """
+  lines = ['# Non-ID leakage into face descriptors (ID2image Table 1)', '']
+  lines += _markdown_table(results['table'])
+  lines += ['', 'Units:', '']
+  lines += [f'- {k}: {v}' for k, v in UNITS.items()]
+  notes = results.get('notes') or []
+  if notes:
+    lines += ['', 'Notes:', '']
+    lines += [f'- {n}' for n in notes]
+  lines += ['', '## Paper (Li, Smith & Huber 2023, Table 1)', '']
+  lines += _markdown_table(PAPER_TABLE1)
+  for title, path in (results.get('figures') or {}).items():
+    lines += ['', f'## {title}', '', f'![{title}]({path})']
+  lines += ['', '## Details', '', '```json',
+            json.dumps(results.get('details', {}), indent=2, default=str),
+            '```', '']
+  return '\n'.join(lines)
+
+
+def write(results: Mapping[str, Any], workdir: str) -> dict[str, str]:
+  """Writes ``leakage.md`` and ``leakage.json`` into `workdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  paths = {'markdown': os.path.join(workdir, 'leakage.md'),
+           'json': os.path.join(workdir, 'leakage.json')}
+  with open(paths['markdown'], 'w') as f:
+    f.write(to_markdown(results))
+  with open(paths['json'], 'w') as f:
+    json.dump(results, f, indent=2, default=_json_default)
+  return paths
+
+
+def _json_default(obj):
+  if isinstance(obj, (np.integer, np.floating, np.bool_)):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  return str(obj)
+
+
+# ----------------------------------------------------------------------------
+# Figures (paper Fig. 3).
+
+
+def _plt():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _to_pixels(points: np.ndarray, height: int, width: int) -> np.ndarray:
+  # Normalised (i + 0.5) / size -> imshow's axes, where pixel i is centred
+  # on coordinate i.
+  return points * np.asarray([width, height]) - 0.5
+
+
+def landmark_figure(path: str, images: np.ndarray | None, gt: np.ndarray,
+                    pred: np.ndarray, *, image_size: Sequence[int],
+                    titles: Sequence[str] | None = None) -> str:
+  """Fig. 3 rows 1-2: ground-truth (top) and predicted (bottom) landmarks.
+
+  Args:
+    path: PNG to write.
+    images: uint8 [K, H, W, 3] images, or None to draw on a blank canvas.
+    gt: [K, 68, 2] normalised ground truth.
+    pred: [K, 68, 2] normalised predictions.
+    image_size: (height, width) of the canvas when `images` is None.
+    titles: optional per-column titles.
+
+  Returns:
+    `path`.
+  """
+  plt = _plt()
+  k = len(gt)
+  if images is not None:  # normalised points fit any size of the image
+    image_size = images.shape[1:3]
+  h, w = int(image_size[0]), int(image_size[1])
+  fig, axes = plt.subplots(2, k, figsize=(2.0 * k, 2.0 * 2 * h / w),
+                           squeeze=False)
+  for j in range(k):
+    for i, (points, colour, label) in enumerate(
+        ((gt[j], 'lime', 'dlib (pseudo GT)'), (pred[j], 'red', 'from ID'))):
+      ax = axes[i, j]
+      if images is not None:
+        ax.imshow(images[j], extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+      else:
+        ax.imshow(np.full((h, w, 3), 235, np.uint8))
+      xy = _to_pixels(points, h, w)
+      ax.scatter(xy[:, 0], xy[:, 1], s=4, c=colour, label=label)
+      ax.set_xlim(-0.5, w - 0.5)
+      ax.set_ylim(h - 0.5, -0.5)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0 and titles is not None:
+        ax.set_title(titles[j], fontsize=7)
+      if j == 0:
+        ax.set_ylabel(label, fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def histogram_figure(path: str, gt: np.ndarray, pred: np.ndarray, *,
+                     titles: Sequence[str] | None = None) -> str:
+  """Fig. 3 row 3: ground-truth (dotted) and predicted (solid) histograms.
+
+  Args:
+    path: PNG to write.
+    gt: [K, 3, bins] ground-truth histograms (R, G, B).
+    pred: [K, 3, bins] predictions.
+    titles: optional per-panel titles.
+
+  Returns:
+    `path`.
+  """
+  plt = _plt()
+  k, channels, bins = gt.shape
+  centres = (np.arange(bins) + 0.5) * 255.0 / bins
+  fig, axes = plt.subplots(1, k, figsize=(2.4 * k, 2.0), squeeze=False)
+  colours = ('red', 'green', 'blue')
+  for j in range(k):
+    ax = axes[0, j]
+    for c in range(channels):
+      ax.plot(centres, gt[j, c], ':', color=colours[c % 3], lw=1.5)
+      ax.plot(centres, pred[j, c], '-', color=colours[c % 3], lw=1.2)
+    ax.set_xlim(0, 255)
+    ax.tick_params(labelsize=6)
+    if titles is not None:
+      ax.set_title(titles[j], fontsize=7)
+  axes[0, 0].set_ylabel('fraction of pixels', fontsize=7)
+  fig.text(0.5, 0.01, 'intensity  (dotted: image, solid: from ID)',
+           ha='center', fontsize=7)
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def __getattr__(name):
+  # `run_leakage` is importable from here, as the issue asks, without a
+  # circular import at module load.
+  if name == 'run_leakage':
+    # pylint: disable-next=g-import-not-at-top
+    from id2image_jax.analysis import jobs
+    return jobs.run_leakage
+  raise AttributeError(name)
