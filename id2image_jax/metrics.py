@@ -175,7 +175,7 @@ def histogram_emd(
     target_hist: chex.Array,
     *,
     bin_width: float = 1.0,
-    channel_reduction: Literal['mean', 'sum'] = 'mean',
+    channel_reduction: Literal['mean', 'sum', 'none'] = 'mean',
 ) -> jax.Array:
   """Earth mover's distance between per-channel histograms.
 
@@ -199,16 +199,17 @@ def histogram_emd(
       frequencies; each channel is normalised here).
     target_hist: [..., C, bins] likewise.
     bin_width: distance between adjacent bin centres, in the unit wanted.
-    channel_reduction: 'mean' or 'sum' of the per-channel EMDs.
+    channel_reduction: 'mean' or 'sum' of the per-channel EMDs, or 'none'
+      to keep them.
 
   Returns:
-    [...] EMD, reduced over the C channels.
+    [...] EMD reduced over the C channels ([..., C] for 'none').
   """
   pred_hist, target_hist = _float(pred_hist), _float(target_hist)
   chex.assert_equal_shape([pred_hist, target_hist])
   chex.assert_shape(pred_hist, (..., None, None))
-  if channel_reduction not in ('mean', 'sum'):
-    raise ValueError("channel_reduction must be 'mean' or 'sum', got "
+  if channel_reduction not in ('mean', 'sum', 'none'):
+    raise ValueError("channel_reduction must be 'mean', 'sum' or 'none', got "
                      f'{channel_reduction!r}')
 
   def cdf(h):
@@ -218,8 +219,25 @@ def histogram_emd(
   # The last CDF value is 1 for both, so it contributes nothing.
   per_channel = jnp.sum(jnp.abs(cdf(pred_hist) - cdf(target_hist))[..., :-1],
                         axis=-1) * bin_width
+  if channel_reduction == 'none':
+    return per_channel
   reduce = jnp.mean if channel_reduction == 'mean' else jnp.sum
   return reduce(per_channel, axis=-1)
+
+
+def binary_accuracy(probs: chex.Array, labels: chex.Array) -> jax.Array:
+  """1.0 where ``probs > 0.5`` agrees with the boolean `labels`, else 0.0.
+
+  Args:
+    probs: [...] predicted probability of the positive class.
+    labels: [...] booleans (or 0 / 1).
+
+  Returns:
+    [...] float32 correctness (its mean is the accuracy).
+  """
+  chex.assert_equal_shape([probs, labels])
+  predicted = jnp.asarray(probs) > 0.5
+  return (predicted == jnp.asarray(labels).astype(bool)).astype(jnp.float32)
 
 
 def landmark_nme(pred: chex.Array, target: chex.Array, *,

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from id2image_jax.analysis import _metrics
+from id2image_jax import losses
+from id2image_jax import metrics
 from id2image_jax.analysis import leakage
 from id2image_jax.analysis import train as train_lib
 from id2image_jax.models import heads
@@ -233,7 +234,7 @@ def test_hard_histogram_bins_like_the_paper():
   img = np.zeros((1, 2, 5, 3), np.uint8)
   img[0, 0, :, 0] = [0, 25, 26, 254, 255]  # 25.5-wide bins: 0, 0, 1, 9, 9
   img[0, 1, :, 0] = [128, 128, 128, 128, 128]  # bin 5
-  h = np.asarray(_metrics.hard_histogram(img))
+  h = np.asarray(losses.image_histogram(img, value_range=(0.0, 255.0)))
   assert h.shape == (1, 3, 10)
   np.testing.assert_allclose(h[0, 0], np.array(
       [2, 1, 0, 0, 0, 5, 0, 0, 0, 2]) / 10)
@@ -243,24 +244,24 @@ def test_hard_histogram_bins_like_the_paper():
   edges = np.array([51, 102, 153, 204, 50, 101, 152, 203, 255, 0], np.uint8)
   img = np.broadcast_to(edges[None, :, None], (1, 10, 3))
   np.testing.assert_allclose(
-      np.asarray(_metrics.hard_histogram(img))[0, 0] * 10,
+      np.asarray(losses.image_histogram(img, value_range=(0.0, 255.0)))[0, 0] * 10,
       np.bincount([2, 4, 6, 8, 1, 3, 5, 7, 9, 0], minlength=10))
 
 
 def test_emd_and_nme_and_accuracy():
   p = np.eye(10)[[0]]
   q = np.eye(10)[[3]]
-  np.testing.assert_allclose(_metrics.emd_1d(p, q), [3.0])
-  np.testing.assert_allclose(_metrics.emd_1d(p, p), [0.0])
+  np.testing.assert_allclose(metrics.histogram_emd(p, q, channel_reduction='none'), [3.0])
+  np.testing.assert_allclose(metrics.histogram_emd(p, p, channel_reduction='none'), [0.0])
   target = np.zeros((68, 2), np.float32)
   target[45, 0] = 0.5  # interocular distance 0.5 * width
   pred = target + np.array([0.0, 0.1], np.float32)
   # 0.1 * 200 px of error over 0.5 * 100 px between the eyes.
   np.testing.assert_allclose(
-      _metrics.landmark_nme(pred, target, scale=(100.0, 200.0)), 0.4,
+      leakage.nme_percent(pred[None], target[None], (100.0, 200.0)), 40.0,
       rtol=1e-6)
   np.testing.assert_array_equal(
-      _metrics.binary_accuracy(np.array([0.9, 0.2, 0.6]),
+      metrics.binary_accuracy(np.array([0.9, 0.2, 0.6]),
                                np.array([True, True, False])), [1, 0, 0])
 
 

@@ -15,7 +15,7 @@ import pytest
 from id2image_jax import checkpoints
 from id2image_jax import data
 from id2image_jax import preprocess
-from id2image_jax.analysis import _metrics
+from id2image_jax import losses
 from id2image_jax.analysis import embed
 from id2image_jax.analysis import jobs
 from id2image_jax.analysis import landmarks
@@ -90,7 +90,7 @@ def test_embed_dataset_contents(celeba_dir, tmp_path):
   np.testing.assert_allclose(got['descriptor'], toy_embed(images),
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(got['histogram'],
-                             _metrics.hard_histogram(images))
+                             losses.image_histogram(images, value_range=(0.0, 255.0)))
   assert got['landmarks68'].shape == (n, 68, 2)
   assert got['landmarks68_detected'].dtype == bool
   assert got['attributes'].shape == (n, 40)

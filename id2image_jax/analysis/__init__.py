@@ -1,10 +1,6 @@
 """Non-ID leakage analysis (paper section 3): descriptor datasets, trained
 heads and the Table-1 report."""
 
-from id2image_jax.analysis._metrics import binary_accuracy
-from id2image_jax.analysis._metrics import emd_1d
-from id2image_jax.analysis._metrics import hard_histogram
-from id2image_jax.analysis._metrics import landmark_nme
 from id2image_jax.analysis.embed import embed_dataset
 from id2image_jax.analysis.embed import encoder_embed_fn
 from id2image_jax.analysis.embed import load_descriptors
@@ -19,8 +15,8 @@ from id2image_jax.analysis.train import train_head
 from id2image_jax.analysis.train import train_id_to_latent
 
 __all__ = [
-    'binary_accuracy', 'emd_1d', 'embed_dataset', 'encoder_embed_fn', 'fit',
-    'hard_histogram', 'landmark_nme', 'load_descriptors', 'load_encoder',
+    'embed_dataset', 'encoder_embed_fn', 'fit', 'load_descriptors',
+    'load_encoder',
     'load_head', 'predict', 'run_embed', 'run_leakage', 'save_head',
     'train_head', 'train_id_to_latent',
 ]

@@ -37,7 +37,7 @@ import tqdm
 
 from id2image_jax import checkpoints
 from id2image_jax import preprocess
-from id2image_jax.analysis import _metrics
+from id2image_jax import losses
 from id2image_jax.data import pipeline
 
 EmbedFn = Callable[[jax.Array], jax.Array]
@@ -201,8 +201,8 @@ def embed_dataset(embed_fn: EmbedFn, source: pipeline.Source, out_path: str,
 
   @jax.jit
   def step(images):
-    return embed_fn(images), _metrics.hard_histogram(images,
-                                                    num_bins=histogram_bins)
+    return embed_fn(images), losses.image_histogram(
+        images, value_range=(0.0, 255.0), bins=histogram_bins)
 
   chunk, chunk_start = [], start
   fed_size = None

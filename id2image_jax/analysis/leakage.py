@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import optax
 
-from id2image_jax.analysis import _metrics
+from id2image_jax import metrics
 from id2image_jax.analysis import train as train_lib
 from id2image_jax.data import pipeline
 from id2image_jax.models import heads
@@ -122,7 +122,7 @@ def attribute_leakage(key: jax.Array, train: Mapping[str, Any],
     majority = bool(y_train.mean() >= 0.5)
     results[name] = {
         'accuracy': 100 * float(np.mean(
-            _metrics.binary_accuracy(probs, y_test))),
+            metrics.binary_accuracy(probs, y_test))),
         'baseline': 100 * float(np.mean(y_test == majority)),
         'positive_rate': 100 * float(y_test.mean()),
     }
@@ -132,7 +132,8 @@ def attribute_leakage(key: jax.Array, train: Mapping[str, Any],
 
 
 def _emd(pred: np.ndarray, target: np.ndarray) -> tuple[float, list[float]]:
-  per_channel = np.asarray(_metrics.emd_1d(pred, target))  # [N, 3]
+  per_channel = np.asarray(metrics.histogram_emd(
+      pred, target, channel_reduction='none'))  # [N, 3], in bins
   return (float(per_channel.sum(-1).mean()),
           [float(v) for v in per_channel.mean(0)])
 
@@ -178,8 +179,10 @@ def landmark_rows(arrays: Mapping[str, Any], require_detection: bool
 
 def nme_percent(pred: np.ndarray, target: np.ndarray,
                 scale: tuple[float, float]) -> float:
-  return 100 * float(np.mean(_metrics.landmark_nme(pred, target,
-                                                   scale=scale)))
+  # Coordinates are fractions of (width, height): scale to pixels first so
+  # distances are isotropic on non-square crops.
+  s = np.asarray(scale, np.float32)
+  return 100 * float(np.mean(metrics.landmark_nme(pred * s, target * s)))
 
 
 def landmark_leakage(key: jax.Array, train: Mapping[str, Any],
