@@ -10,6 +10,7 @@ from id2image_jax.inversion.engine import InversionResult
 from id2image_jax.inversion.engine import Progress
 from id2image_jax.inversion.engine import ResumeMismatchError
 from id2image_jax.inversion.engine import broadcast_init
+from id2image_jax.inversion.engine import initial_latents
 from id2image_jax.inversion.engine import invert
 from id2image_jax.inversion.engine import map_targets
 from id2image_jax.inversion.engine import prepare_chunk
@@ -28,7 +29,7 @@ from id2image_jax.inversion.step import make_step_fn
 __all__ = [
     'InversionResult', 'InversionState', 'Progress', 'ResumeMismatchError',
     'broadcast_init', 'default_optimizer', 'history_names', 'init_state',
-    'initialize_distributed', 'invert', 'jit_step', 'make_eval_fn',
+    'initial_latents', 'initialize_distributed', 'invert', 'jit_step', 'make_eval_fn',
     'make_mesh', 'make_step', 'make_step_fn', 'map_targets', 'prepare_chunk',
     'random_init',
 ]

@@ -135,6 +135,29 @@ def random_init(like: Any, *, scale: float = 1.0) -> InitFn:
                      float(scale))
 
 
+def initial_latents(init: InitFn | Any, targets: Any, rows: np.ndarray, *,
+                    key: jax.Array | None = None) -> Any:
+  """The latents `invert` starts `rows` from (same keys), as host numpy.
+
+  Args:
+    init: as for `invert`.
+    targets: as for `invert` (leaves [N, ...]).
+    rows: [K] row indices.
+    key: the key passed to `invert`.
+
+  Returns:
+    Pytree of [K, ...] numpy leaves.
+  """
+  rows = np.asarray(rows)
+  if not callable(init):
+    return jax.tree.map(lambda x: np.asarray(x)[rows], init)
+  init_key, _ = jax.random.split(jax.random.key(0) if key is None else key)
+  fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+  picked = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[rows]), targets)
+  return jax.tree.map(np.asarray, jax.vmap(init)(
+      fold(init_key, jnp.asarray(rows)), picked))
+
+
 def _num_rows(tree: Any, what: str) -> int:
   sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None
            for x in jax.tree.leaves(tree)}

@@ -1,0 +1,79 @@
+"""The ``id2image invert`` job (the README's first command).
+
+Default: the self-check on the embedded default models. Descriptors (dlib's
+real pretrained encoder) of images generated from known latents of the demo
+generator (a randomly initialised StyleGAN2: no pretrained StyleGAN2 can be
+shipped) are inverted, and the identity similarity and PSNR reached are
+reported. Runs in a few minutes on a 2-core CPU::
+
+  id2image invert
+
+The paper's setting (StyleGAN2-FFHQ + VGGFace2 ResNet-50, Adam 1e-3, W+,
+initialised from the ID->latent regressor, landmark + histogram terms)::
+
+  id2image invert --config configs/invert.py:paper \
+      --generator ffhq.pkl --encoder resnet50_ft_weight.pkl \
+      --targets descriptors.npz --set init=runs/leakage/heads/id_to_latent \
+      --set heads.landmarks=runs/leakage/heads/landmarks \
+      --set heads.image_landmarks=runs/leakage/heads/landmarks_cnn \
+      --set heads.histogram=runs/leakage/heads/histogram
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
+  """Returns the config of `variant`: 'default' or 'paper'."""
+  c = ml_collections.ConfigDict()
+  # Models: 'demo' = randomly initialised StyleGAN2 (demo-64); or a
+  # stylegan2-ada .pkl / rosinality .pt / converted directory.
+  c.generator = 'demo'
+  c.generator_seed = 0
+  # 'dlib' (embedded, real weights), a checkpoint file, or KIND:PATH.
+  c.encoder = 'dlib'
+  c.encoder_crop = ()  # (top, left, bottom, right); () = encoder's FFHQ box
+  # '' = self-check; a .npy/.npz of descriptors; a folder of aligned faces.
+  c.targets = ''
+  c.num_targets = 8  # self-check only
+  c.self_check_truncation = 0.7
+  c.seed = 0
+
+  # Optimisation (paper 4.1: Adam, lr 1e-3).
+  c.latent_space = 'w+'  # 'z' | 'w' | 'w+'
+  c.noise_mode = 'const'  # generator noise: 'const' | 'none'
+  c.init = 'w_avg'  # 'w_avg' | 'random' | directory of an ID->latent head
+  c.steps = 120
+  c.learning_rate = 0.05
+  c.lr_schedule = 'cosine'  # 'constant' | 'cosine'
+  c.chunk_size = 8  # targets per compiled step (multiple of device count)
+  c.compute_dtype = 'float32'  # or 'bfloat16' (params/latents stay f32)
+  c.identity_loss = 'l2'  # eq. 1 squared L2; 'cosine' = on unit vectors
+
+  # Paper eq. 4 weights; a term is used when its target exists.
+  c.weights = ml_collections.ConfigDict(
+      {'id': 1.0, 'landmarks': 0.0006, 'histogram': 0.01})
+  # Heads trained by `id2image leakage` (directories; '' = unused).
+  c.heads = ml_collections.ConfigDict(
+      {'landmarks': '', 'image_landmarks': '', 'histogram': ''})
+  c.landmark_pixel_scale = 224.0
+
+  # Output, resume and scale.
+  c.workdir = 'runs/invert'
+  c.resume = True  # checkpoint finished chunks under workdir/state
+  c.checkpoint_every = 0  # also every K steps inside a chunk (0 = off)
+  c.history_every = 1
+  c.progress = True
+  c.distributed = False  # multi-host: call jax.distributed.initialize()
+
+  if variant == 'paper':
+    c.generator = ''
+    c.encoder = ''
+    c.steps = 1000
+    c.learning_rate = 1e-3
+    c.lr_schedule = 'constant'
+    c.chunk_size = 64
+    c.compute_dtype = 'bfloat16'
+    c.workdir = 'runs/invert_paper'
+  elif variant != 'default':
+    raise ValueError(f"unknown variant {variant!r}: 'default' or 'paper'")
+  return c.lock()
