@@ -28,8 +28,9 @@ from id2image_jax.models import stylegan2 as sg
 F32 = {'rtol': 0.0, 'atol': 1e-5}
 BF16_ATOL = 5e-2
 
-TINY = sg.StyleGAN2Config(resolution=16, z_dim=16, w_dim=24,
-                          mapping_layers=2, channel_base=128, channel_max=16)
+# 8 px keeps compiles short; the porting tests cover 16 px against torch.
+TINY = sg.StyleGAN2Config(resolution=8, z_dim=16, w_dim=24,
+                          mapping_layers=2, channel_base=64, channel_max=16)
 
 
 # --------------------------------------------------------------------------
@@ -166,16 +167,16 @@ def test_modulated_conv2d_forms_agree_and_vmap():
   x = jax.random.normal(keys[0], (4, 8, 8, 8))
   weight = jax.random.normal(keys[1], (3, 3, 8, 5))
   styles = jax.random.uniform(keys[2], (4, 8), minval=0.5, maxval=1.5)
-  f = sg.setup_filter((1, 3, 3, 1))
-  for up in (1, 2):
-    conv = jax.jit(functools.partial(sg.modulated_conv2d, up=up,
-                                     resample_filter=f),
-                   static_argnames='fused')
-    a = conv(x, weight, styles, fused=True)
-    b = conv(x, weight, styles, fused=False)
-    chex.assert_trees_all_close(a, b, **F32)
-    per_example = jax.jit(jax.vmap(lambda xi, si, conv=conv: conv(
-        xi[None], weight, si[None])[0]))
+  conv = jax.jit(functools.partial(
+      sg.modulated_conv2d, up=2, resample_filter=sg.setup_filter((1, 3, 3,
+                                                                  1))),
+                 static_argnames='fused')
+  a = conv(x, weight, styles, fused=True)
+  b = conv(x, weight, styles, fused=False)
+  chex.assert_trees_all_close(a, b, **F32)
+  for fused in (False, True):
+    per_example = jax.jit(jax.vmap(lambda xi, si, fused=fused: conv(
+        xi[None], weight, si[None], fused=fused)[0]))
     chex.assert_trees_all_close(per_example(x, styles), b, **F32)
 
 
@@ -272,12 +273,12 @@ def test_init_variables_structure(tiny):
   abstract = sg.abstract_variables(TINY)
   chex.assert_trees_all_equal_shapes_and_dtypes(variables, abstract)
   syn = variables['params']['synthesis']
-  assert set(syn) == {'b4', 'b8', 'b16'}
+  assert set(syn) == {'b4', 'b8'}
   assert syn['b4']['const'].shape == (4, 4, 16)
-  assert syn['b16']['conv0']['weight'].shape == (3, 3, 16, 8)
-  assert syn['b16']['torgb']['weight'].shape == (1, 1, 8, 3)
-  assert variables['buffers']['synthesis']['b16']['conv1'][
-      'noise_const'].shape == (16, 16)
+  assert syn['b8']['conv0']['weight'].shape == (3, 3, 16, 8)
+  assert syn['b8']['torgb']['weight'].shape == (1, 1, 8, 3)
+  assert variables['buffers']['synthesis']['b8']['conv1'][
+      'noise_const'].shape == (8, 8)
   # w_avg is the mean mapped w, not zeros.
   assert float(jnp.abs(variables['buffers']['mapping']['w_avg']).max()) > 0
 
@@ -287,8 +288,9 @@ def test_init_variables_follows_module_initialisers():
                               mapping_layers=2, channel_base=32,
                               channel_max=8, lr_multiplier=0.1)
   ours = sg.init_variables(jax.random.key(20), config, w_avg_samples=0)
-  theirs = sg.build(config).init({'params': jax.random.key(21)},
-                                 jnp.zeros((1, 8)))
+  # rbg keys: threefry makes XLA compile this init ~5x slower.
+  theirs = jax.jit(lambda k: sg.build(config).init(
+      {'params': k}, jnp.zeros((1, 8))))(jax.random.key(21, impl='rbg'))
   chex.assert_trees_all_equal_shapes_and_dtypes(ours, theirs)
   for v in (ours, theirs):
     conv = v['params']['synthesis']['b4']['conv1']
@@ -327,7 +329,7 @@ def test_w_equals_broadcast_w_plus_and_call_equals_parts(tiny):
   chex.assert_trees_all_close(synth(variables, ws[:, 0]), from_wplus, **F32)
   full = _jitted('__call__')(variables, z)
   chex.assert_trees_all_close(full, from_wplus, **F32)
-  assert full.shape == (3, 16, 16, 3) and full.dtype == jnp.float32
+  assert full.shape == (3, 8, 8, 3) and full.dtype == jnp.float32
 
 
 def test_noise_modes_and_explicit_noise(tiny):
@@ -338,10 +340,9 @@ def test_noise_modes_and_explicit_noise(tiny):
   explicit = _jitted()
   const = explicit(variables, ws)
   chex.assert_trees_all_close(explicit(variables, ws, consts), const, **F32)
+  # (noise_mode='none' is checked against torch in test_stylegan2_porting.)
   zeros = [jnp.zeros(s) for s in sg.noise_shapes(TINY)]
-  none = _jitted(noise_mode='none')(variables, ws)
-  chex.assert_trees_all_close(explicit(variables, ws, zeros), none, **F32)
-  assert float(jnp.abs(none - const).max()) > 1e-3
+  assert float(jnp.abs(explicit(variables, ws, zeros) - const).max()) > 1e-3
   # Per-example [B, H, W] noise: example b sees its own maps.
   k1, k2 = jax.random.split(jax.random.key(5))
   batched = [jax.random.normal(k, (3,) + s) for k, s in zip(
@@ -364,13 +365,13 @@ def test_noise_modes_and_explicit_noise(tiny):
   with pytest.raises(ValueError, match='noise_mode'):
     jax.eval_shape(lambda: gen.apply(variables, ws, method='synthesis',
                                      noise_mode='const2'))
-  with pytest.raises(ValueError, match='list of 5'):
+  with pytest.raises(ValueError, match='list of 3'):
     jax.eval_shape(lambda: gen.apply(variables, ws, method='synthesis',
                                      noise=consts[:-1]))
-  with pytest.raises(ValueError, match='16x16'):
+  with pytest.raises(ValueError, match='8x8'):
     jax.eval_shape(lambda: gen.apply(
         variables, ws, method='synthesis',
-        noise=consts[:-1] + [jnp.zeros((8, 8))]))
+        noise=consts[:-1] + [jnp.zeros((4, 4))]))
 
 
 def test_fused_and_shared_generators_agree(tiny):

@@ -544,9 +544,19 @@ def load(path_or_dir: str | os.PathLike
 
   Returns:
     ``(StyleGAN2Config, variables)``.
+
+  Raises:
+    FileNotFoundError: nothing there.
+    CheckpointMismatchError: a directory of another kind, or whose saved
+      tree does not match its config.
+    CheckpointError / PortingError: see `convert`.
   """
   if os.path.isdir(path_or_dir):
     meta = checkpoints.read_meta(path_or_dir)
+    if meta.get('kind') != KIND:
+      raise checkpoints.CheckpointMismatchError(
+          f'{path_or_dir} holds a {meta.get("kind")!r} checkpoint, not '
+          f'{KIND!r}')
     config = stylegan2.as_config(meta.get('config') or {})
     variables = checkpoints.restore(
         path_or_dir, stylegan2.abstract_variables(config), kind=KIND)
