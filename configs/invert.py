@@ -39,11 +39,11 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   c.seed = 0
 
   # Optimisation (paper 4.1: Adam, lr 1e-3).
-  c.latent_space = 'w+'  # 'z' | 'w' | 'w+'
+  c.latent_space = 'w'  # 'z' | 'w' | 'w+' (paper variant: 'w+')
   c.noise_mode = 'const'  # generator noise: 'const' | 'none'
   c.init = 'w_avg'  # 'w_avg' | 'random' | directory of an ID->latent head
   c.steps = 120
-  c.learning_rate = 0.05
+  c.learning_rate = 0.02
   c.lr_schedule = 'cosine'  # 'constant' | 'cosine'
   c.chunk_size = 8  # targets per compiled step (multiple of device count)
   c.compute_dtype = 'float32'  # or 'bfloat16' (params/latents stay f32)
@@ -66,6 +66,7 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   c.distributed = False  # multi-host: call jax.distributed.initialize()
 
   if variant == 'paper':
+    c.latent_space = 'w+'
     c.generator = ''
     c.encoder = ''
     c.steps = 1000
