@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# torch's OpenMP threads spin after each op by default, which starves the
+# other pytest-xdist worker (and XLA) on a 2-core CI machine.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import jax  # pylint: disable=g-import-not-at-top
 

@@ -29,7 +29,8 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -404,8 +405,9 @@ def run(config: Any) -> dict[str, Any]:
       checkpoint_every=config.checkpoint_every or None,
       history_every=config.history_every, progress=config.progress,
       run_config=config.to_dict())
-  for row, reason in targets.skipped.items():
-    result.skipped.setdefault(row, reason)
+  # The job knows why it excluded a row (e.g. an unreadable file); the
+  # engine only knows that it was excluded.
+  result.skipped.update(targets.skipped)
 
   images, descriptors = _reconstructions(result, render, generator, encoder)
   report = quality(targets, descriptors, images, result.done)
@@ -428,7 +430,8 @@ def run(config: Any) -> dict[str, Any]:
                                 descriptors=descriptors, extra=summary_extra)
   if jax.process_index() == 0 and result.done.any():
     plot_history(os.path.join(config.workdir, 'loss.png'), result)
-  _print_report(report, initial, result, config.workdir, generator)
+  _print_report(report, initial, result, config.workdir, generator,
+                targets.names)
   with open(paths.get('summary', os.devnull)) as f:
     return json.load(f) if paths else {}
 
@@ -470,7 +473,8 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _print_report(report, initial, result, workdir, generator) -> None:
+def _print_report(report, initial, result, workdir, generator,
+                  names) -> None:
   if jax.process_index() != 0:
     return
   mean = report.get('mean', {})
@@ -478,7 +482,7 @@ def _print_report(report, initial, result, workdir, generator) -> None:
            f'skipped {len(result.skipped)}; diverged '
            f'{int(result.diverged.sum())}']
   for row, reason in sorted(result.skipped.items()):
-    lines.append(f'  skipped row {row}: {reason}')
+    lines.append(f'  skipped row {row} ({names[row]}): {reason}')
   for key, label in (('id_cosine', 'identity cosine (target vs recon)'),
                      ('id_l2', 'descriptor L2 distance'),
                      ('psnr', 'PSNR vs source [dB]'),

