@@ -20,7 +20,8 @@ from ml_collections import config_dict
 def get_config(arg: str = 'celeb_a') -> ml_collections.ConfigDict:
   """``arg``: 'celeb_a' (all three splits), 'lfw' or 'folder'."""
   config = ml_collections.ConfigDict()
-  # A converted encoder checkpoint directory (id2image_jax.checkpoints).
+  # 'dlib' (embedded), a public checkpoint file, KIND:PATH, or a converted
+  # checkpoint directory (see id2image_jax.models.registry).
   config.encoder = config_dict.placeholder(str)
   # Used in `out`; default: the checkpoint directory's name.
   config.encoder_name = config_dict.placeholder(str)

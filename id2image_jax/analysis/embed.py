@@ -23,7 +23,6 @@ end.
 from __future__ import annotations
 
 import glob
-import importlib
 import json
 import os
 import shutil
@@ -35,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from id2image_jax import checkpoints
 from id2image_jax import preprocess
 from id2image_jax import losses
 from id2image_jax.data import pipeline
@@ -71,38 +69,28 @@ def encoder_embed_fn(module: Any, variables: Any,
   return embed_fn
 
 
-def load_encoder(directory: str, *, crop: Sequence[float] = (0, 0, 1, 1),
-                 dtype: Any = jnp.float32) -> EmbedFn:
-  """An ``embed_fn`` from a converted encoder checkpoint directory.
-
-  The checkpoint's ``kind`` names the module file
-  ``id2image_jax/models/<kind>.py``, which provides ``build(config)`` and
-  ``input_spec(config, crop=...)``.
+def load_encoder(spec: str, *,
+                 crop: Sequence[float] | None = (0, 0, 1, 1),
+                 dtype: Any = None) -> EmbedFn:
+  """An ``embed_fn`` for any encoder the registry knows.
 
   Args:
-    directory: written by ``id2image_jax.checkpoints.save``.
+    spec: what `id2image_jax.models.registry.load_encoder` takes: ``dlib``,
+      a public checkpoint file, ``KIND:PATH``, or a converted checkpoint
+      directory (whose ``kind`` names ``id2image_jax/models/<kind>.py``).
     crop: face box (top, left, bottom, right fractions) of the dataset's
       images; the default whole image suits datasets aligned for the
-      encoder already.
+      encoder already; None keeps the encoder's FFHQ box.
     dtype: compute dtype.
 
   Returns:
     An ``embed_fn`` (see `encoder_embed_fn`).
   """
-  meta = checkpoints.read_meta(directory)
-  kind = meta['kind']
-  try:
-    module_lib = importlib.import_module(f'id2image_jax.models.{kind}')
-  except ImportError as e:
-    raise ValueError(f'{directory} holds a {kind!r} checkpoint but there is '
-                     f'no id2image_jax.models.{kind}') from e
-  config = meta['config']
-  module = module_lib.build(config, dtype=dtype)
-  spec = module_lib.input_spec(config, crop=tuple(crop))
-  example = jnp.zeros((1, *spec.size, 3), jnp.float32)
-  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), example))
-  variables = checkpoints.restore(directory, abstract, kind=kind)
-  return encoder_embed_fn(module, variables, spec)
+  # pylint: disable-next=g-import-not-at-top
+  from id2image_jax.models import registry
+  encoder = registry.load_encoder(
+      spec, dtype=dtype, crop=None if crop is None else tuple(crop))
+  return encoder_embed_fn(encoder.module, encoder.variables, encoder.spec)
 
 
 def _manifest(source: pipeline.Source, batch_size: int, image_size,

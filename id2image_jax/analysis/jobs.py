@@ -65,7 +65,8 @@ def run_embed(config: Any, *, embed_fn: embed_lib.EmbedFn | None = None,
   cfg = _plain(config)
   if embed_fn is None:
     if not cfg.get('encoder'):
-      raise ValueError('set config.encoder (--encoder): a converted encoder '
+      raise ValueError('set config.encoder (--encoder): dlib, a public '
+                       'encoder checkpoint file, KIND:PATH or a converted '
                        'checkpoint directory')
     embed_fn = embed_lib.load_encoder(
         cfg['encoder'], crop=tuple(cfg.get('crop') or (0, 0, 1, 1)),

@@ -54,7 +54,12 @@ DEMO_DESCRIPTION = (
 
 
 def _model_module(kind: str):
-  return importlib.import_module(f'id2image_jax.models.{_MODEL_MODULE[kind]}')
+  name = _MODEL_MODULE.get(kind, kind)
+  try:
+    return importlib.import_module(f'id2image_jax.models.{name}')
+  except ImportError as e:
+    raise ValueError(f'no encoder module id2image_jax.models.{name} for '
+                     f'kind {kind!r} (known kinds: {ENCODER_KINDS})') from e
 
 
 def _porting_module(kind: str):
@@ -145,8 +150,12 @@ def detect_encoder_kind(path: str) -> str:
     kind = checkpoints.read_meta(path).get('kind')
     kind = _ALIASES.get(kind, kind)
     if kind not in ENCODER_KINDS:
-      raise ValueError(f'{path} holds a {kind!r} checkpoint, not a face '
-                       f'encoder ({ENCODER_KINDS})')
+      # A user-defined encoder module (models/<kind>.py with build and
+      # input_spec) saved with id2image_jax.checkpoints is fine too.
+      module = _model_module(str(kind))
+      if not (hasattr(module, 'build') and hasattr(module, 'input_spec')):
+        raise ValueError(f'{path} holds a {kind!r} checkpoint, not a face '
+                         f'encoder ({ENCODER_KINDS})')
     return kind
   if path.endswith('.dat'):
     return 'dlib'
@@ -215,7 +224,10 @@ def load_encoder(spec: str = 'dlib', *, dtype: Any = None,
   input_spec = model.input_spec(config)
   if crop is not None:
     input_spec = dataclasses.replace(input_spec, crop=tuple(crop))
-  dim = int(config.get('num_features', 0) or model.DESCRIPTOR_DIM)
+  dim = int(config.get('num_features', 0)
+            or getattr(model, 'DESCRIPTOR_DIM', 0)
+            or jax.eval_shape(module.apply, variables, jnp.zeros(
+                (1, *input_spec.size, 3)))[0].shape[-1])
   return Encoder(kind=kind, config=dict(config), module=module,
                  variables=variables, spec=input_spec, dim=dim, source=source)
 
