@@ -1,10 +1,11 @@
 """VGG-Face VGG-16 face encoder (Parkhi, Vedaldi & Zisserman, BMVC 2015).
 
-This is the network the ID2image paper uses for its evaluation (Sec. 4.3,
+This is the network the ID2image paper uses for its evaluation (Sec. 4.4,
 Fig. 9: cosine similarity of VGG-Face descriptors between a real image and
 its reconstruction). The layout is pinned to Samuel Albanie's PyTorch import
-of the MatConvNet model, ``vgg_face_dag.py`` / ``vgg_face_dag.pth`` (from
-his "pytorch-mcn" model zoo), whose state dict holds
+of the MatConvNet model, ``vgg_face_dag.py`` / ``vgg_face_dag.pth`` (made
+with his pytorch-mcn converter, listed at
+robots.ox.ac.uk/~albanie/pytorch-models.html), whose state dict holds
 
   conv1_1 .. conv5_3:  13 Conv2d 3x3, stride 1, padding 1, with bias, each
                        followed by ReLU; stages of 2, 2, 3, 3, 3 convs with
@@ -29,7 +30,7 @@ describe faces by the output of the last layer before the classifier, which
 is fc7 (their learnt triplet-loss projection is not part of the public
 model), and VGG-Face verification codes compare it by cosine. The
 ``descriptor_layer`` config field selects 'fc6' (also after ReLU) instead;
-both are always computed (fc7 costs 0.1% of the network's FLOPs) and both
+both are always computed (fc7 is ~0.2% of the network's FLOPs) and both
 are in the intermediates. Dropout is the identity (inference only).
 
 fc6 layout: this module flattens pool5 in NHWC order, so its fc6 kernel is
