@@ -88,6 +88,29 @@ def test_layout_conversions_are_checked():
   assert layout.flatten(np.zeros((1, 5, 1, 1))).shape == (5,)
 
 
+def test_linear_chw_to_dense_matches_torch_flatten_order():
+  rng = np.random.default_rng(0)
+  c, h, w, out = 3, 2, 4, 5
+  weight = rng.normal(size=(out, c * h * w))
+  feature = rng.normal(size=(c, h, w))
+  # torch: Linear(flatten(NCHW)) reads the map channel-major.
+  want = weight @ feature.reshape(-1)
+  kernel = layout.linear_chw_to_dense(weight, c, h, w)
+  assert kernel.shape == (h * w * c, out)
+  # Flax: Dense(flatten(NHWC)).
+  got = feature.transpose(1, 2, 0).reshape(-1) @ kernel
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  # A plain transpose would be wrong unless H = W = 1.
+  assert not np.allclose(feature.transpose(1, 2, 0).reshape(-1) @ weight.T,
+                         want)
+  np.testing.assert_array_equal(layout.linear_chw_to_dense(weight, 24, 1, 1),
+                                weight.T)
+  with pytest.raises(ValueError, match=r'\[out, 3\*2\*5=30\]'):
+    layout.linear_chw_to_dense(weight, c, h, 5)
+  with pytest.raises(ValueError, match='2-D'):
+    layout.linear_chw_to_dense(np.zeros(24), c, h, w)
+
+
 # --- safe loading --------------------------------------------------------
 
 

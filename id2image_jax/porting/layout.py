@@ -6,7 +6,7 @@ reader sees what happens to every checkpoint key.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -45,3 +45,28 @@ def flatten(x: np.ndarray) -> np.ndarray:
 def chw_to_hwc(x: np.ndarray) -> np.ndarray:
   """[..., C, H, W] constants/feature maps -> [..., H, W, C]."""
   return np.moveaxis(x, -3, -1)
+
+
+def linear_chw_to_dense(w: np.ndarray, channels: int, height: int,
+                        width: int) -> np.ndarray:
+  """torch Linear after ``flatten`` of NCHW -> Dense after flatten of NHWC.
+
+  torch flattens a [C, H, W] feature map channel-major, so input column
+  ``c * H * W + h * W + w`` of the Linear weight [out, C*H*W] meets feature
+  (c, h, w). A Flax model flattening NHWC feeds row ``(h * W + w) * C + c``
+  of its Dense kernel instead; this reorders the columns accordingly and
+  transposes, giving [H*W*C, out]. (VGG's fc6 on the 512x7x7 pool5 map.)
+
+  Args:
+    w: [out, channels * height * width] torch Linear weight.
+    channels, height, width: the feature map that torch flattened.
+
+  Returns:
+    [height * width * channels, out] Dense kernel for an NHWC flatten.
+  """
+  if w.ndim != 2 or w.shape[1] != channels * height * width:
+    raise ValueError(f'linear weight must be 2-D [out, {channels}*{height}*'
+                     f'{width}={channels * height * width}], got {w.shape}')
+  out = w.shape[0]
+  w = np.reshape(w, (out, channels, height, width))
+  return np.reshape(np.transpose(w, (2, 3, 1, 0)), (-1, out))

@@ -1,0 +1,223 @@
+"""Ports VGG-Face ``vgg_face_dag.pth`` state dicts to Flax variables.
+
+Reads the file of Samuel Albanie's PyTorch import of VGG-Face (a
+``torch.save(model.state_dict())`` of ``Vgg_face_dag``: keys
+``conv1_1.weight`` / ``.bias`` .. ``conv5_3``, ``fc6``, ``fc7``, ``fc8``) with
+the restricted `id2image_jax.porting.load_file` (no torch needed). A state
+dict whose every key carries DataParallel's ``module.`` prefix, or one
+wrapped in ``{'state_dict': ...}``, is accepted too.
+
+Rules (torch key, full match -> Flax leaf, transform):
+
+  convI_J.weight [O, I, 3, 3] -> params/convI_J/conv/kernel  OIHW -> HWIO
+  convI_J.bias   [O]          -> params/convI_J/conv/bias    as is
+  fc6.weight     [4096, 25088] -> params/fc6/kernel           columns
+                                  (C, H, W) -> rows (H, W, C), transposed
+  fc7.weight / fc8.weight      -> params/fcK/kernel           transposed
+  fcK.bias                     -> params/fcK/bias             as is
+
+fc8 (the 2622-identity classifier) is ignored by default (the descriptor is
+fc7; see `id2image_jax.models.vggface`); ``convert(path, classifier=True)``
+ports it and the config then has ``num_classes = 2622``. The architecture
+(channels and convs per stage, fc width) is read off the keys and shapes,
+so the public file gives the 'vgg16' variant and any other VGG in the same
+naming ports as 'custom'.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from id2image_jax.models import vggface
+from id2image_jax.porting import layout
+from id2image_jax.porting.rules import PortingError
+from id2image_jax.porting.rules import Rule
+from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import require_keys
+from id2image_jax.porting.safe_load import CheckpointError
+from id2image_jax.porting.safe_load import flatten_arrays
+from id2image_jax.porting.safe_load import load as load_file
+
+_CONV = r'(conv[1-5]_\d+)'
+_POOL5 = vggface.INPUT_SIZE[0] // 2**5  # 7: pool5's height and width.
+
+
+def rules(config: Mapping[str, Any]) -> tuple[Rule, ...]:
+  """The rule table for `config` (fc6's reordering needs pool5's shape).
+
+  Args:
+    config: a `vggface` config (``stages``; ``num_classes``).
+
+  Returns:
+    Rules mapping every torch key of the config to its Flax leaf (fc8 only
+    when ``num_classes`` > 0).
+  """
+  pool5_channels = int(config['stages'][-1][0])
+  table = [
+      Rule(rf'{_CONV}\.weight', r'params/\1/conv/kernel',
+           layout.conv_oihw_to_hwio),
+      Rule(rf'{_CONV}\.bias', r'params/\1/conv/bias'),
+      Rule(r'fc6\.weight', 'params/fc6/kernel',
+           functools.partial(layout.linear_chw_to_dense,
+                             channels=pool5_channels, height=_POOL5,
+                             width=_POOL5)),
+      Rule(r'fc6\.bias', 'params/fc6/bias'),
+      Rule(r'fc7\.weight', 'params/fc7/kernel', layout.linear_to_dense),
+      Rule(r'fc7\.bias', 'params/fc7/bias'),
+  ]
+  if config.get('num_classes'):
+    # Without fc8 its keys fall through to `ignored` instead.
+    table += [Rule(r'fc8\.weight', 'params/fc8/kernel',
+                   layout.linear_to_dense),
+              Rule(r'fc8\.bias', 'params/fc8/bias')]
+  return tuple(table)
+
+
+def ignored(config: Mapping[str, Any]) -> tuple[str, ...]:
+  """Checkpoint keys deliberately unused: fc8 unless `config` keeps it."""
+  return () if config.get('num_classes') else (r'fc8\.(weight|bias)',)
+
+
+def state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a vgg_face_dag checkpoint file to a flat ``{key: array}``.
+
+  Raises:
+    FileNotFoundError: no such file.
+    CheckpointError: unreadable file, or not a state dict.
+  """
+  obj = load_file(path)
+  if (isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping)
+      and 'conv1_1.weight' not in obj):
+    obj = obj['state_dict']
+  if not isinstance(obj, Mapping):
+    raise CheckpointError(f'{os.fspath(path)}: expected a state dict, found '
+                          f'{type(obj).__name__}')
+  source = flatten_arrays(obj)
+  if source and all(k.startswith('module.') for k in source):
+    source = {k[len('module.'):]: v for k, v in source.items()}
+  return source
+
+
+def infer_config(source: Mapping[str, Any], what: str = 'checkpoint', *,
+                 classifier: bool = False) -> dict[str, Any]:
+  """Reads the architecture off the state dict keys and shapes.
+
+  Args:
+    source: flat ``{torch key: array}``.
+    what: names the checkpoint in errors.
+    classifier: keep fc8 (``num_classes`` = its outputs) if present.
+
+  Returns:
+    A JSON-able config for `id2image_jax.models.vggface.build`: ``variant``
+    ('vgg16' or 'custom'), ``stages``, ``num_features``, ``num_classes``,
+    ``descriptor_layer`` ('fc7').
+
+  Raises:
+    PortingError: not a vgg_face_dag state dict, or inconsistent shapes.
+  """
+  if 'conv1_1.weight' not in source:
+    raise PortingError(f'{what} lacks conv1_1.weight: not a VGG-Face '
+                       'vgg_face_dag state dict (first keys: '
+                       f'{sorted(source)[:5]})')
+  stages = []
+  for i in range(1, 6):
+    indices = {int(m.group(1)) for k in source
+               if (m := re.fullmatch(rf'conv{i}_(\d+)\.weight', k))}
+    if not indices:
+      raise PortingError(f'{what} has no conv{i}_* weights: not a VGG-Face '
+                         'vgg_face_dag state dict')
+    if indices != set(range(1, len(indices) + 1)):
+      gaps = sorted(set(range(1, max(indices) + 1)) - indices)
+      raise PortingError(f'{what}: conv{i}_* indices are not contiguous '
+                         f'(missing conv{i}_{gaps})')
+    shape = np.shape(source[f'conv{i}_1.weight'])
+    if len(shape) != 4:
+      raise PortingError(f'{what}: conv{i}_1.weight has shape {shape}, '
+                         'expected [out, in, 3, 3]')
+    stages.append([int(shape[0]), len(indices)])
+  if 'fc6.weight' not in source:
+    raise PortingError(f'{what} lacks required key(s): fc6.weight')
+  shape = np.shape(source['fc6.weight'])
+  if len(shape) != 2:
+    raise PortingError(f'{what}: fc6.weight has shape {shape}, expected '
+                       '[num_features, 25088]')
+  num_classes = 0
+  if classifier:
+    if 'fc8.weight' not in source:
+      raise PortingError(f'{what} lacks fc8.weight, needed for '
+                         'classifier=True')
+    num_classes = int(np.shape(source['fc8.weight'])[0])
+  variant = ('vgg16' if (tuple(map(tuple, stages)) == vggface.VARIANTS['vgg16']
+                         and shape[0] == vggface.DESCRIPTOR_DIM) else 'custom')
+  return {'variant': variant, 'stages': stages, 'num_features': int(shape[0]),
+          'num_classes': num_classes, 'descriptor_layer': 'fc7'}
+
+
+def expected_keys(config: Mapping[str, Any]) -> list[str]:
+  """The torch keys a vgg_face_dag state dict for `config` must hold."""
+  keys = []
+  for i, (_, convs) in enumerate(config['stages'], start=1):
+    for j in range(1, convs + 1):
+      keys += [f'conv{i}_{j}.weight', f'conv{i}_{j}.bias']
+  keys += ['fc6.weight', 'fc6.bias', 'fc7.weight', 'fc7.bias']
+  if config.get('num_classes'):
+    keys += ['fc8.weight', 'fc8.bias']
+  return keys
+
+
+def convert_state_dict(source: Mapping[str, Any], *, what: str = 'checkpoint',
+                       classifier: bool = False,
+                       descriptor_layer: str = 'fc7') -> tuple[dict, dict]:
+  """`convert` for an already-read flat state dict.
+
+  Returns:
+    (config, variables) as `convert`.
+  """
+  if descriptor_layer not in vggface.DESCRIPTOR_LAYERS:
+    raise ValueError(f'descriptor_layer must be one of '
+                     f'{vggface.DESCRIPTOR_LAYERS}, got {descriptor_layer!r}')
+  config = infer_config(source, what, classifier=classifier)
+  config['descriptor_layer'] = descriptor_layer
+  # Name missing entries by their torch keys; `port` then checks shapes,
+  # unknown keys and full coverage of the Flax tree.
+  require_keys(source, expected_keys(config), what)
+  model = vggface.build(config)
+  abstract = jax.eval_shape(
+      model.init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1,) + vggface.INPUT_SIZE + (3,), jnp.float32))
+  variables = port(source, rules(config), abstract, ignore=ignored(config),
+                   what=what)
+  return config, jax.tree.map(jnp.asarray, variables)
+
+
+def convert(path: str | os.PathLike, *, classifier: bool = False,
+            descriptor_layer: str = 'fc7') -> tuple[dict[str, Any], dict]:
+  """Reads a vgg_face_dag checkpoint and ports it.
+
+  Args:
+    path: ``vgg_face_dag.pth`` (``torch.save(model.state_dict())``).
+    classifier: also port fc8 (the 2622-identity logits, in the
+      intermediates as ``fc8``); by default fc8 is ignored.
+    descriptor_layer: 'fc7' (default) or 'fc6', stored in the config.
+
+  Returns:
+    config: JSON-able dict for `id2image_jax.models.vggface.build`.
+    variables: ``{'params': ...}`` float32 jax arrays.
+
+  Raises:
+    FileNotFoundError: no such file.
+    CheckpointError: the file cannot be read safely.
+    PortingError: a key or shape does not match the vgg_face_dag layout
+      (the message names the keys).
+  """
+  return convert_state_dict(state_dict(path), what=os.fspath(path),
+                            classifier=classifier,
+                            descriptor_layer=descriptor_layer)
