@@ -161,7 +161,7 @@ def detect_encoder_kind(path: str) -> str:
     return 'dlib'
   obj = safe_load.load(path)
   if isinstance(obj, dict):
-    for wrapper in ('state_dict_backbone', 'state_dict'):
+    for wrapper in ('state_dict_backbone', 'state_dict', 'model_state_dict'):
       if isinstance(obj.get(wrapper), dict):
         obj = obj[wrapper]
   keys = {k.removeprefix('module.') for k in safe_load.flatten_arrays(obj)}
