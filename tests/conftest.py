@@ -14,3 +14,14 @@ import jax  # pylint: disable=g-import-not-at-top
 jax.config.update('jax_debug_key_reuse', True)
 # Parity tests compare float32 maths; keep matmuls/convs at full precision.
 jax.config.update('jax_default_matmul_precision', 'highest')
+
+import chex  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+@pytest.fixture(autouse=True)
+def _fresh_trace_counters():
+  # chex.assert_max_traces counts per function name across the session;
+  # two test files that both jit a local `embed` would otherwise collide.
+  chex.clear_trace_counter()
+  yield

@@ -299,7 +299,7 @@ def test_checkpoint_keys_are_the_vgg_face_dag_keys(tiny):
     ('missing', r'lacks required key.*conv4_3\.bias'),
     ('extra', r'match no rule: conv5_4_bn\.weight'),
     ('fc6', r'fc6\.weight: .*16\*7\*7=784\], got \(32, 392\)'),
-    ('gap', r'conv2_\* indices are not contiguous.*\[2\]'),
+    ('gap', r'conv2_\* block numbers are not contiguous.*\[2\]'),
     ('fc8', r'lacks fc8\.weight'),
 ])
 def test_mismatched_checkpoint_names_the_key(tiny, edit, message):

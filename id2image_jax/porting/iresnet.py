@@ -17,7 +17,6 @@ TreB1eN IR-SE files are recognised and refused with a message saying so.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Mapping
 
 import jax
@@ -28,6 +27,9 @@ from id2image_jax.models import iresnet
 from id2image_jax.porting import layout
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
+from id2image_jax.porting.rules import batch_norm
+from id2image_jax.porting.rules import conv2d
+from id2image_jax.porting.rules import count_numbered
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.safe_load import CheckpointError
@@ -37,40 +39,24 @@ from id2image_jax.porting.safe_load import load as load_file
 _BLOCK = r'layer([1-4])\.(\d+)'
 
 
-def _bn(torch_path: str, flax_path: str) -> list[Rule]:
-  """BatchNorm{1,2}d weight, bias, running stats -> `nn.BatchNorm` leaves."""
-  return [
-      Rule(rf'{torch_path}\.weight', f'params/{flax_path}/bn/scale'),
-      Rule(rf'{torch_path}\.bias', f'params/{flax_path}/bn/bias'),
-      Rule(rf'{torch_path}\.running_mean', f'batch_stats/{flax_path}/bn/mean'),
-      Rule(rf'{torch_path}\.running_var', f'batch_stats/{flax_path}/bn/var'),
-  ]
-
-
-def _conv(torch_path: str, flax_path: str) -> list[Rule]:
-  """Bias-free Conv2d [O, I, kh, kw] -> `id2image_jax.nn.Conv2d` kernel."""
-  return [Rule(rf'{torch_path}\.weight', f'params/{flax_path}/conv/kernel',
-               layout.conv_oihw_to_hwio)]
-
-
 def _prelu(torch_path: str, flax_path: str) -> list[Rule]:
   return [Rule(rf'{torch_path}\.weight', f'params/{flax_path}/negative_slope')]
 
 
 # The whole mapping: torch key (full match) -> Flax variable path.
 RULES: tuple[Rule, ...] = (
-    *_conv('conv1', 'conv1'),
-    *_bn('bn1', 'bn1'),
+    *conv2d('conv1', 'conv1'),
+    *batch_norm('bn1', 'bn1'),
     *_prelu('prelu', 'prelu'),
-    *_bn(rf'{_BLOCK}\.(bn[123])', r'layer\1_\2/\3'),
-    *_conv(rf'{_BLOCK}\.(conv[12])', r'layer\1_\2/\3'),
+    *batch_norm(rf'{_BLOCK}\.(bn[123])', r'layer\1_\2/\3'),
+    *conv2d(rf'{_BLOCK}\.(conv[12])', r'layer\1_\2/\3'),
     *_prelu(rf'{_BLOCK}\.prelu', r'layer\1_\2/prelu'),
-    *_conv(rf'{_BLOCK}\.downsample\.0', r'layer\1_\2/downsample_conv'),
-    *_bn(rf'{_BLOCK}\.downsample\.1', r'layer\1_\2/downsample_bn'),
-    *_bn('bn2', 'bn2'),
+    *conv2d(rf'{_BLOCK}\.downsample\.0', r'layer\1_\2/downsample_conv'),
+    *batch_norm(rf'{_BLOCK}\.downsample\.1', r'layer\1_\2/downsample_bn'),
+    *batch_norm('bn2', 'bn2'),
     Rule(r'fc\.weight', 'params/fc/kernel', layout.linear_to_dense),
     Rule(r'fc\.bias', 'params/fc/bias'),
-    *_bn('features', 'features'),
+    *batch_norm('features', 'features'),
 )
 
 # Checkpoint keys deliberately unused: BN update counters (training only).
@@ -129,16 +115,12 @@ def infer_config(source: Mapping[str, Any],
                        f'{sorted(source)[:5]})')
   layers = []
   for i in range(1, 5):
-    indices = {int(m.group(1)) for k in source
-               if (m := re.match(rf'layer{i}\.(\d+)\.', k))}
-    if not indices:
+    blocks = count_numbered(source, rf'layer{i}\.(\d+)\.', what=what,
+                            label=f'layer{i}')
+    if not blocks:
       raise PortingError(f'{what} has no layer{i}.* blocks: not an '
                          'arcface_torch IResNet state dict')
-    if indices != set(range(len(indices))):
-      gaps = sorted(set(range(max(indices) + 1)) - indices)
-      raise PortingError(f'{what}: layer{i} block indices are not '
-                         f'contiguous (missing block(s) {gaps})')
-    layers.append(len(indices))
+    layers.append(blocks)
   use_fc = 'fc.weight' in source
   use_features = any(k.startswith('features.') for k in source)
   if use_features and not use_fc:

@@ -136,3 +136,59 @@ def require_keys(source: Mapping[str, Any], keys: Sequence[str],
   absent = [k for k in keys if k not in source]
   if absent:
     raise PortingError(f'{what} lacks required key(s): {_listed(absent)}')
+
+
+def batch_norm(torch_path: str, flax_path: str) -> list[Rule]:
+  """torch BatchNorm{1,2}d weight, bias, running stats -> `nn.BatchNorm`.
+
+  `flax_path` names the module holding a submodule ``bn`` (the layout of
+  `id2image_jax.nn` blocks): ``params/<flax_path>/bn/{scale,bias}`` and
+  ``batch_stats/<flax_path>/bn/{mean,var}``.
+  """
+  return [
+      Rule(rf'{torch_path}\.weight', f'params/{flax_path}/bn/scale'),
+      Rule(rf'{torch_path}\.bias', f'params/{flax_path}/bn/bias'),
+      Rule(rf'{torch_path}\.running_mean', f'batch_stats/{flax_path}/bn/mean'),
+      Rule(rf'{torch_path}\.running_var', f'batch_stats/{flax_path}/bn/var'),
+  ]
+
+
+def conv2d(torch_path: str, flax_path: str, *,
+           bias: bool = False) -> list[Rule]:
+  """torch Conv2d [O, I, kh, kw] (+ bias [O]) -> `id2image_jax.nn.Conv2d`."""
+  rules = [Rule(rf'{torch_path}\.weight', f'params/{flax_path}/conv/kernel',
+                layout.conv_oihw_to_hwio)]
+  if bias:
+    rules.append(Rule(rf'{torch_path}\.bias', f'params/{flax_path}/conv/bias'))
+  return rules
+
+
+def count_numbered(source: Mapping[str, Any], pattern: str, *, first: int = 0,
+                   what: str = 'checkpoint', label: str = '') -> int:
+  """How many numbered blocks a state dict holds, e.g. ``layer2.<i>.*``.
+
+  Args:
+    source: flat ``{key: array}``.
+    pattern: regex whose first group is the block number, matched at the
+      start of each key (e.g. ``r'layer2\\.(\\d+)\\.'``).
+    first: the number of the first block (0 for nn.Sequential, 1 for
+      Caffe-style ``conv2_1``).
+    what: names the checkpoint in errors.
+    label: names the blocks in errors (default: the pattern).
+
+  Returns:
+    The number of blocks; 0 when there are none.
+
+  Raises:
+    PortingError: the numbers are not contiguous from `first` (a block is
+      missing, so the architecture cannot be inferred).
+  """
+  indices = {int(m.group(1)) for k in source if (m := re.match(pattern, k))}
+  if not indices:
+    return 0
+  want = set(range(first, first + len(indices)))
+  if indices != want:
+    gaps = sorted(set(range(first, max(indices) + 1)) - indices)
+    raise PortingError(f'{what}: {label or pattern} block numbers are not '
+                       f'contiguous (missing block(s) {gaps})')
+  return len(indices)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +39,7 @@ from id2image_jax.models import vggface
 from id2image_jax.porting import layout
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
+from id2image_jax.porting.rules import count_numbered
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.safe_load import CheckpointError
@@ -129,20 +129,16 @@ def infer_config(source: Mapping[str, Any], what: str = 'checkpoint', *,
                        f'{sorted(source)[:5]})')
   stages = []
   for i in range(1, 6):
-    indices = {int(m.group(1)) for k in source
-               if (m := re.fullmatch(rf'conv{i}_(\d+)\.weight', k))}
-    if not indices:
+    count = count_numbered(source, rf'conv{i}_(\d+)\.weight$', first=1,
+                           what=what, label=f'conv{i}_*')
+    if not count:
       raise PortingError(f'{what} has no conv{i}_* weights: not a VGG-Face '
                          'vgg_face_dag state dict')
-    if indices != set(range(1, len(indices) + 1)):
-      gaps = sorted(set(range(1, max(indices) + 1)) - indices)
-      raise PortingError(f'{what}: conv{i}_* indices are not contiguous '
-                         f'(missing conv{i}_{gaps})')
     shape = np.shape(source[f'conv{i}_1.weight'])
     if len(shape) != 4:
       raise PortingError(f'{what}: conv{i}_1.weight has shape {shape}, '
                          'expected [out, in, 3, 3]')
-    stages.append([int(shape[0]), len(indices)])
+    stages.append([int(shape[0]), count])
   if 'fc6.weight' not in source:
     raise PortingError(f'{what} lacks required key(s): fc6.weight')
   shape = np.shape(source['fc6.weight'])

@@ -36,6 +36,9 @@ from id2image_jax.models import vggface2
 from id2image_jax.porting import layout
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
+from id2image_jax.porting.rules import batch_norm
+from id2image_jax.porting.rules import conv2d
+from id2image_jax.porting.rules import count_numbered
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.safe_load import CheckpointError
@@ -45,35 +48,16 @@ from id2image_jax.porting.safe_load import load as load_file
 _BLOCK = r'layer([1-4])\.(\d+)'
 
 
-def _bn(torch_path: str, flax_path: str) -> list[Rule]:
-  """BatchNorm2d weight, bias, running stats -> `nn.BatchNorm` leaves."""
-  return [
-      Rule(rf'{torch_path}\.weight', f'params/{flax_path}/bn/scale'),
-      Rule(rf'{torch_path}\.bias', f'params/{flax_path}/bn/bias'),
-      Rule(rf'{torch_path}\.running_mean', f'batch_stats/{flax_path}/bn/mean'),
-      Rule(rf'{torch_path}\.running_var', f'batch_stats/{flax_path}/bn/var'),
-  ]
-
-
-def _conv(torch_path: str, flax_path: str, bias: bool = False) -> list[Rule]:
-  """Conv2d [O, I, kh, kw] (+ bias [O]) -> `id2image_jax.nn.Conv2d`."""
-  rules = [Rule(rf'{torch_path}\.weight', f'params/{flax_path}/conv/kernel',
-                layout.conv_oihw_to_hwio)]
-  if bias:
-    rules.append(Rule(rf'{torch_path}\.bias', f'params/{flax_path}/conv/bias'))
-  return rules
-
-
 # The whole mapping: torch key (full match) -> Flax variable path.
 RULES: tuple[Rule, ...] = (
-    *_conv('conv1', 'conv1'),
-    *_bn('bn1', 'bn1'),
-    *_conv(rf'{_BLOCK}\.(conv[123])', r'layer\1_\2/\3'),
-    *_bn(rf'{_BLOCK}\.(bn[123])', r'layer\1_\2/\3'),
+    *conv2d('conv1', 'conv1'),
+    *batch_norm('bn1', 'bn1'),
+    *conv2d(rf'{_BLOCK}\.(conv[123])', r'layer\1_\2/\3'),
+    *batch_norm(rf'{_BLOCK}\.(bn[123])', r'layer\1_\2/\3'),
     # SENet squeeze-excitation 1x1 convs, with biases.
-    *_conv(rf'{_BLOCK}\.(conv[45])', r'layer\1_\2/\3', bias=True),
-    *_conv(rf'{_BLOCK}\.downsample\.0', r'layer\1_\2/downsample_conv'),
-    *_bn(rf'{_BLOCK}\.downsample\.1', r'layer\1_\2/downsample_bn'),
+    *conv2d(rf'{_BLOCK}\.(conv[45])', r'layer\1_\2/\3', bias=True),
+    *conv2d(rf'{_BLOCK}\.downsample\.0', r'layer\1_\2/downsample_conv'),
+    *batch_norm(rf'{_BLOCK}\.downsample\.1', r'layer\1_\2/downsample_bn'),
 )
 # The identity classifier, ported only with ``include_top``.
 TOP_RULES: tuple[Rule, ...] = (
@@ -163,16 +147,12 @@ def infer_config(source: Mapping[str, Any], what: str = 'checkpoint', *,
         f'found: {sorted(source)[:6]})')
   layers = []
   for i in range(1, 5):
-    indices = {int(m.group(1)) for k in source
-               if (m := re.match(rf'layer{i}\.(\d+)\.', k))}
-    if not indices:
+    blocks = count_numbered(source, rf'layer{i}\.(\d+)\.', what=what,
+                            label=f'layer{i}')
+    if not blocks:
       raise PortingError(f'{what} has no layer{i}.* blocks: not a VGGFace2 '
                          'ResNet-50/SENet-50 state dict')
-    if indices != set(range(len(indices))):
-      gaps = sorted(set(range(max(indices) + 1)) - indices)
-      raise PortingError(f'{what}: layer{i} block indices are not '
-                         f'contiguous (missing block(s) {gaps})')
-    layers.append(len(indices))
+    layers.append(blocks)
   se = any(_SE_KEY.match(k) for k in source)
   num_classes = 0
   if 'fc.weight' in source:
