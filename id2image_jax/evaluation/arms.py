@@ -19,8 +19,9 @@ So no column of a report ever claims a term that was not optimised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import dataclasses
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 TERMS = ('id', 'landmarks', 'histogram')
 _ALIASES = {'id': 'id', 'lm': 'landmarks', 'lms': 'landmarks',

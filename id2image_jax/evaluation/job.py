@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -30,7 +31,6 @@ import numpy as np
 
 from id2image_jax import losses
 from id2image_jax import metrics
-from id2image_jax.analysis import train as train_lib
 from id2image_jax.evaluation import arms as arms_lib
 from id2image_jax.evaluation import report as report_lib
 from id2image_jax.evaluation import scores
@@ -120,7 +120,7 @@ def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
   """
   if not len(rows):
     return {'genuine': [], 'cosine': scores.summarize([]), 'tmr': {},
-            'num_impostor_pairs': int(len(impostor_pairs))}
+            'num_impostor_pairs': len(impostor_pairs)}
   genuine, impostor = scores.attack_scores(reconstructed, rows,
                                            pool_descriptors, pool_labels)
   return {'genuine': genuine.tolist(),
@@ -128,7 +128,7 @@ def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
           'cosine': scores.summarize(genuine),
           'attack_impostor': scores.summarize(impostor),
           'tmr': scores.tmr_report(genuine, impostor_pairs, fmrs),
-          'num_impostor_pairs': int(len(impostor_pairs))}
+          'num_impostor_pairs': len(impostor_pairs)}
 
 
 def appearance_metrics(sources: np.ndarray | None, images: np.ndarray,
@@ -207,12 +207,25 @@ def _score_under(encoder, inversion, rows, pools, data, fmrs,
 
 
 def _landmark_model(config):
+  """``fn(images [K, H, W, 3]) -> [K, 68, 2]`` from heads.image_landmarks."""
   path = config.heads.image_landmarks
   if not path:
     return None
   model, params, _ = job_lib._load_head(path, 'image->landmark')  # pylint: disable=protected-access
-  return lambda images: train_lib.predict(model, params, images,
-                                          batch_size=32)
+  # One jitted function for every call (train.predict compiles per call).
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
+
+  def landmarks(images, batch=32):
+    images = np.asarray(images, np.float32)
+    out = []
+    for start in range(0, len(images), batch):
+      chunk = images[start:start + batch]
+      m = len(chunk)
+      if m < batch and len(images) > batch:  # pad: one compiled shape
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - m, 0)])
+      out.append(np.asarray(apply(params, chunk))[:m])
+    return np.concatenate(out)
+  return landmarks
 
 
 def run(config: Any) -> dict[str, Any]:
@@ -313,11 +326,11 @@ def run(config: Any) -> dict[str, Any]:
       'targets': config.targets or 'self-check (images of known latents)',
       'names': targets.names,
       'num_targets': n,
-      'pool': {'num_originals': int(len(data.pool_labels)),
+      'pool': {'num_originals': len(data.pool_labels),
                'has_images': data.pool_images is not None,
-               'num_impostor_pairs': int(len(pools.get(evaluator)[1]))
+               'num_impostor_pairs': len(pools.get(evaluator)[1])
                if pools.available(evaluator) else None,
-               'num_impostor_pairs_attacked': int(len(pools.get(attacked)[1]))},
+               'num_impostor_pairs_attacked': len(pools.get(attacked)[1])},
       'aux_targets': aux,
       'plans': [{'requested': p.requested, 'runs_as': p.name if p.runs
                  else None, 'weights': p.weights, 'dropped': p.dropped,
@@ -326,10 +339,9 @@ def run(config: Any) -> dict[str, Any]:
       'transfer': transfer_report,
       'fmrs': list(fmrs),
       'device': str(jax.devices()[0].device_kind),
-      'seconds': None,
+      'seconds': time.time() - started,
       'config': config.to_dict(),
   }
-  report['seconds'] = time.time() - started
   if jax.process_index() == 0:
     paths = report_lib.write(workdir, report, sources=targets.sources,
                              images={k: v.images for k, v in

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -96,7 +97,16 @@ def similarity_figure(path: str, arms: Mapping[str, Any], *,
     return
   fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3),
                            squeeze=False, sharey=False)
-  bins = np.linspace(-1, 1, 41)
+  # Bins over the range the scores actually use: on non-face images (the
+  # demo generator) every cosine can sit in a sliver near 1.
+  values = np.concatenate([
+      np.asarray(ev['genuine'] + ev.get('attack_impostor_scores', []) + [
+          e['threshold'] for e in ev.get('tmr', {}).values()
+          if e.get('threshold') is not None], np.float64)
+      for _, ev in panels])
+  lo, hi = float(values.min()), float(values.max())
+  span = max(hi - lo, 1e-3)
+  bins = np.linspace(lo - 0.02 * span, hi + 0.02 * span, 41)
   for ax, (name, ev) in zip(axes[0], panels):
     ax.hist(ev.get('attack_impostor_scores', []), bins=bins, density=True,
             alpha=0.5, color='C1', label='impostor (recon vs other)')
@@ -116,7 +126,7 @@ def similarity_figure(path: str, arms: Mapping[str, Any], *,
 
 
 def _fmt(value, spec='{:.4f}') -> str:
-  return '–' if value is None else spec.format(value)
+  return 'n/a' if value is None else spec.format(value)
 
 
 def _tmr_cell(entry: Mapping[str, Any]) -> str:
@@ -134,17 +144,17 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   ev_enc = report['eval_encoder']
   lines = ['# ID2image evaluation', '']
   lines += [f'- generator: {report["generator"]}',
-            f'- attacked encoder (inverted): {report["encoder"]["kind"]}, '
-            f'{report["encoder"]["source"]}',
+            (f'- attacked encoder (inverted): {report["encoder"]["kind"]}, '
+             f'{report["encoder"]["source"]}'),
             f'- evaluation encoder: {ev_enc["kind"]}, {ev_enc["source"]}'
             + ('' if ev_enc['independent'] else
                ' — **the same encoder as the attacked one, so its '
                'identity scores are NOT an independent measure** (set '
                'eval_encoder to another face encoder; the paper used '
                'VGGFace for a VGGFace2 attack)'),
-            f'- targets: {report["targets"]}: {report["num_targets"]} '
-            f'inverted; pool of originals for impostor pairs: '
-            f'{report["pool"]["num_originals"]}',
+            (f'- targets: {report["targets"]}: {report["num_targets"]} '
+             f'inverted; pool of originals for impostor pairs: '
+             f'{report["pool"]["num_originals"]}'),
             f'- seconds: {report["seconds"]:.1f} on {report["device"]}', '']
   lines += ['## Landmark and histogram targets', '']
   for term, info in report['aux_targets'].items():
@@ -201,8 +211,8 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   if transfer.get('table'):
     cols = transfer['encoders']
     lines += ['## Transfer (invert with A = row, score with B = column)', '',
-              f'Arm: `{transfer["arm"]}`. Cell: mean cosine (recon vs '
-              f'original) / TMR @ FMR {" / ".join(fmrs)}.', '',
+              (f'Arm: `{transfer["arm"]}`. Cell: mean cosine (recon vs '
+               f'original) / TMR @ FMR {" / ".join(fmrs)}.'), '',
               '| A \\ B | ' + ' | '.join(cols) + ' |',
               '|---|' + '---:|' * len(cols)]
     for a, row in transfer['table'].items():
@@ -229,9 +239,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             '- similarity.png: genuine vs impostor cosines (paper Fig. 9)',
             '- arms/<arm>/: each inversion (images, latents, summary.json)']
   if report.get('generator_is_demo'):
-    lines += ['', 'Note: the generator is the randomly initialised demo '
-              'StyleGAN2, not a face model: the numbers check the pipeline, '
-              'they are not the paper\'s.']
+    lines += ['', ('Note: the generator is the randomly initialised demo '
+                   'StyleGAN2, not a face model: the numbers check the '
+                   "pipeline, they are not the paper's.")]
   return '\n'.join(lines) + '\n'
 
 
@@ -259,13 +269,13 @@ def console_summary(report: Mapping[str, Any]) -> str:
     parts = [f'arm {name:12s}']
     for key in ('psnr', 'ssim'):
       if key in app:
-        parts.append(f'{key} {app[key]["mean"]:.3f}')
-    parts.append(f'id cos (attacked) {arm["attacked"]["cosine"]["mean"]:.4f}')
+        parts.append(f'{key} {_fmt(app[key]["mean"], "{:.3f}")}')
+    parts.append('id cos (attacked) '
+                 + _fmt(arm['attacked']['cosine']['mean']))
     if 'cosine' in ev:
-      parts.append(f'id cos (eval) {ev["cosine"]["mean"]:.4f}')
+      parts.append(f'id cos (eval) {_fmt(ev["cosine"]["mean"])}')
       for fmr, e in ev['tmr'].items():
-        parts.append(f'TMR@{fmr} ' + ('n/a' if e['tmr'] is None
-                                      else f'{e["tmr"]:.3f}'))
+        parts.append(f'TMR@{fmr} {_fmt(e["tmr"], "{:.3f}")}')
     lines.append('  '.join(parts))
   if not report['eval_encoder']['independent']:
     lines.append('note: evaluation encoder == attacked encoder (not an '

@@ -21,8 +21,8 @@ reported but flagged as noisy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -112,9 +112,9 @@ def tmr_report(genuine: Any, impostor: Any,
                          f'{math.ceil(_STABLE_COUNT / fmr)}+ pairs give a '
                          'stable one')
       if genuine.size < 20:
-        entry['note'] = '; '.join(filter(None, [
-            entry['note'], f'coarse: {genuine.size} genuine score(s), so '
-            f'the TMR moves in steps of {1 / genuine.size:.3g}']))
+        coarse = (f'coarse: {genuine.size} genuine score(s), so the TMR '
+                  f'moves in steps of {1 / genuine.size:.3g}')
+        entry['note'] = '; '.join(filter(None, [entry['note'], coarse]))
     out[f'{fmr:g}'] = entry
   return out
 

@@ -171,8 +171,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     'demo-64': dict(resolution=64, z_dim=64, w_dim=64, mapping_layers=4,
                     channel_base=2048, channel_max=64),
     # Smaller still, for end-to-end job tests that must compile in seconds.
-    'demo-16': dict(resolution=16, z_dim=16, w_dim=16, mapping_layers=2,
-                    channel_base=256, channel_max=16),
+    'demo-8': dict(resolution=8, z_dim=16, w_dim=16, mapping_layers=2,
+                   channel_base=128, channel_max=16),
 }
 
 
