@@ -6,6 +6,7 @@ encoder at 16x16, served through a patched `registry.load_encoder` under
 saved as an orbax directory, so the whole file runs in well under a minute.
 """
 
+import inspect
 import json
 import math
 import os
@@ -260,3 +261,49 @@ def test_encoder_labels_are_short_and_unique():
                                       'iresnet:/a/b/backbone.pth':
                                           'iresnet:backbone.pth',
                                       '/x/enc': 'enc', '/y/enc': 'enc#2'}
+
+
+def test_descriptor_targets_without_images(tmp_path, toy_registry):
+  # Descriptors only: nothing to compare pixels with or to embed with the
+  # evaluation encoder; a NaN row is skipped, the others are inverted.
+  d = np.random.default_rng(0).normal(size=(4, 12)).astype(np.float32)
+  d[2] = np.nan
+  np.savez(tmp_path / 'targets.npz', descriptor=d)
+  config = _config(tmp_path, targets=str(tmp_path / 'targets.npz'),
+                   eval_encoder='toy:b', steps=2)
+  report = evaluation.run(config)
+  assert [p['skipped'] != '' for p in report['plans']] == [False, True, True]
+  arm = report['arms']['id']
+  assert arm['num_done'] == 3 and list(arm['skipped_rows']) == ['2']
+  assert arm['appearance'] == {}
+  assert 'no original images' in arm['evaluation']['unavailable']
+  assert arm['attacked']['num_impostor_pairs'] == 3
+  assert 'original images' in report['aux_targets']['histogram'][
+      'unavailable']
+  assert 'not run' in report['transfer']['attack']['toy:b']
+  with open(os.path.join(config.workdir, 'report.md')) as f:
+    text = f.read()
+  assert 'descriptors only' in text and 'similarity.png' not in text
+
+
+@pytest.mark.parametrize('variant', ['default', 'paper'])
+def test_config_variants(variant):
+  config = cli.load_config(f'{_CONFIG}:{variant}')
+  assert config.arms == ('id', 'id+lm', 'id+lm+hist')
+  assert config.aux_targets in ('auto', 'heads', 'measured')
+  for arm in config.arms:
+    evaluation.parse_arm(arm)
+  with pytest.raises(AttributeError):
+    config.not_a_field = 1  # locked
+  if variant == 'paper':
+    assert config.latent_space == 'w+' and config.steps == 1000
+
+
+def test_optional_arguments_are_keyword_only():
+  for name in evaluation.__all__:
+    fn = getattr(evaluation, name)
+    if not inspect.isfunction(fn):
+      continue
+    for p in inspect.signature(fn).parameters.values():
+      if p.default is not p.empty:
+        assert p.kind == p.KEYWORD_ONLY, f'{name}({p.name}=...)'

@@ -132,7 +132,7 @@ def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
 
 
 def appearance_metrics(sources: np.ndarray | None, images: np.ndarray,
-                       rows: np.ndarray, landmark_model=None
+                       rows: np.ndarray, *, landmark_model=None
                        ) -> dict[str, Any]:
   """Pixel, histogram and landmark agreement of reconstructions and sources.
 
@@ -303,7 +303,7 @@ def run(config: Any) -> dict[str, Any]:
         'final_loss': {k: scores.summarize(v[rows])
                        for k, v in result.final.items()},
         'appearance': appearance_metrics(targets.sources, inversion.images,
-                                         rows, landmark_model),
+                                         rows, landmark_model=landmark_model),
         'attacked': _score_under(attacked, inversion, rows, pools, data,
                                  fmrs, attacked),
         'evaluation': _score_under(evaluator, inversion, rows, pools, data,

@@ -153,8 +153,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                'eval_encoder to another face encoder; the paper used '
                'VGGFace for a VGGFace2 attack)'),
             (f'- targets: {report["targets"]}: {report["num_targets"]} '
-             f'inverted; pool of originals for impostor pairs: '
-             f'{report["pool"]["num_originals"]}'),
+             f'rows; pool of originals for impostor pairs: '
+             f'{report["pool"]["num_originals"]}'
+             + ('' if report['pool']['has_images'] else
+                ' (descriptors only, no images)')),
             f'- seconds: {report["seconds"]:.1f} on {report["device"]}', '']
   lines += ['## Landmark and histogram targets', '']
   for term, info in report['aux_targets'].items():
@@ -234,10 +236,16 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                    '(e.g. iresnet:/path/backbone.pth)')
   elif transfer.get('note'):
     lines += ['## Transfer', '', transfer['note']]
-  lines += ['', '## Files', '',
-            '- grid.png: original | ' + ' | '.join(names),
-            '- similarity.png: genuine vs impostor cosines (paper Fig. 9)',
-            '- arms/<arm>/: each inversion (images, latents, summary.json)']
+  files = report.get('files', {})
+  lines += ['', '## Files', '']
+  if 'grid' in files:
+    lines.append('- grid.png: ' + ' | '.join(
+        (['original'] if report['pool']['has_images'] else []) + names))
+  if 'similarity' in files:
+    lines.append('- similarity.png: genuine vs impostor cosines under the '
+                 'evaluation encoder (paper Fig. 9)')
+  lines.append('- arms/<arm>/: each inversion (images, latents, '
+               'summary.json)')
   if report.get('generator_is_demo'):
     lines += ['', ('Note: the generator is the randomly initialised demo '
                    'StyleGAN2, not a face model: the numbers check the '
@@ -303,7 +311,7 @@ def write(workdir: str, report: dict[str, Any], *,
   paths['markdown'] = os.path.join(workdir, 'report.md')
   paths['json'] = os.path.join(workdir, 'report.json')
   with open(paths['markdown'], 'w') as f:
-    f.write(to_markdown(report))
+    f.write(to_markdown({**report, 'files': paths}))
   with open(paths['json'], 'w') as f:
     json.dump(json_safe({**report, 'files': paths}), f, indent=1)
   return paths

@@ -148,7 +148,7 @@ def attach_aux(config: Any, targets: job_lib.Targets) -> dict[str, dict]:
                         'ID->histogram head can give'}
   else:
     out['histogram'] = {'unavailable': _missing(
-        mode, 'an ID->histogram head (heads.histogram, trained by '
+        mode, 'ID->histogram head (heads.histogram, trained by '
         '`id2image leakage`)', originals)}
 
   # Landmarks: the loss needs the image->landmark CNN on the reconstruction.
@@ -177,7 +177,7 @@ def attach_aux(config: Any, targets: job_lib.Targets) -> dict[str, dict]:
                         'bound on what an ID->landmark head can give'}
   else:
     out['landmarks'] = {'unavailable': _missing(
-        mode, 'an ID->landmark head (heads.landmarks)', originals)}
+        mode, 'ID->landmark head (heads.landmarks)', originals)}
   return out
 
 
