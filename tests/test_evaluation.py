@@ -85,10 +85,24 @@ def _landmark_cnn(path) -> str:
 
 
 def _tiny_iresnet(path) -> str:
+  """A random-weight IResNet (one block per stage) as an orbax directory.
+
+  Weights are drawn with numpy into the shapes of ``init`` (compiling the
+  initialisers would cost seconds); BatchNorm variances are 1.
+  """
   config = iresnet.get_config('r18', layers=[1, 1, 1, 1], num_features=16)
-  module = iresnet.build(config)
-  variables = jax.jit(module.init)(jax.random.key(5),
-                                   jnp.zeros((1, 112, 112, 3)))
+  abstract = jax.eval_shape(iresnet.build(config).init, jax.random.key(0),
+                            jnp.zeros((1, 112, 112, 3)))
+  rng = np.random.default_rng(5)
+
+  def draw(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if 'batch_stats' in name:
+      fill = 1.0 if name.endswith("'var']") else 0.0
+      return np.full(leaf.shape, fill, np.float32)
+    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+    return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+  variables = jax.tree_util.tree_map_with_path(draw, abstract)
   return checkpoints.save(path, variables, kind='iresnet', config=config,
                           source='random-weight IResNet (test)')
 
@@ -238,8 +252,7 @@ def test_cli_evaluate_with_an_iresnet_eval_encoder(tmp_path, toy_registry,
       '--eval-encoder', f'iresnet:{eval_dir}', '--out', out,
       '--set', 'num_targets=2', '--set', 'num_impostor_images=3',
       '--set', 'steps=2', '--set', 'progress=False', '--set', 'resume=False',
-      '--set', "arms=('id', 'id+lm')",
-      '--set', "transfer_encoders=('toy:a',)"]) == 0
+      '--set', "arms=('id', 'id+lm')"]) == 0
   printed = capsys.readouterr().out
   assert 'arm id+lm: SKIPPED' in printed
   with open(os.path.join(out, 'report.json')) as f:
@@ -248,8 +261,18 @@ def test_cli_evaluate_with_an_iresnet_eval_encoder(tmp_path, toy_registry,
   assert report['plans'][1]['skipped']
   assert report['eval_encoder']['kind'] == 'iresnet'
   assert report['arms']['id']['evaluation']['num_impostor_pairs'] == 10
-  assert report['transfer']['table']['toy:a']['toy:a']['cosine']['mean'] == (
-      pytest.approx(report['arms']['id']['attacked']['cosine']['mean']))
+  # Transfer defaults to the attacked and the evaluation encoder: 2 x 2,
+  # the IResNet row inverted through the IResNet loaded by the registry.
+  table = report['transfer']['table']
+  assert list(table) == ['toy:a', 'iresnet:iresnet']
+  for row in table.values():
+    assert list(row) == ['toy:a', 'iresnet:iresnet']
+    for cell in row.values():
+      assert _finite(cell['cosine']['mean'])
+  assert table['toy:a']['toy:a']['cosine']['mean'] == pytest.approx(
+      report['arms']['id']['attacked']['cosine']['mean'])
+  assert 'inverted with arm id' in report['transfer']['attack'][
+      'iresnet:iresnet']
   with open(os.path.join(out, 'report.md')) as f:
     assert 'skipped' in f.read()
 
