@@ -231,6 +231,9 @@ def _landmark_model(config):
 def run(config: Any) -> dict[str, Any]:
   """Runs the evaluate job; returns the report it also writes as JSON."""
   started = time.time()
+  if config.distributed:
+    from id2image_jax.inversion import sharding  # pylint: disable=g-import-not-at-top
+    sharding.initialize_distributed()
   workdir = config.workdir
   fmrs = tuple(float(f) for f in config.fmrs)
   generator = registry.load_generator(config.generator,
