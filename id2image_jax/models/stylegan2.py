@@ -170,9 +170,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Small randomly initialised generator for demos and tests.
     'demo-64': dict(resolution=64, z_dim=64, w_dim=64, mapping_layers=4,
                     channel_base=2048, channel_max=64),
-    # Smallest useful generator: end-to-end job tests on CPU.
-    'test-32': dict(resolution=32, z_dim=32, w_dim=32, mapping_layers=2,
-                    channel_base=256, channel_max=16),
+    # Smaller still, for end-to-end job tests that must compile in seconds.
+    'demo-8': dict(resolution=8, z_dim=16, w_dim=16, mapping_layers=2,
+                   channel_base=128, channel_max=16),
 }
 
 

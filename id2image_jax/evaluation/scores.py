@@ -1,0 +1,129 @@
+"""Attack-success scores: genuine / impostor cosines and TMR at fixed FMR.
+
+Built on `id2image_jax.metrics` (`verification_scores`, `impostor_threshold`,
+`tmr_at_fmr`); this module only decides which pairs count:
+
+* **impostor pairs** set the threshold. They are the pairs of *original*
+  images of the evaluation set with different identity labels, each
+  unordered pair once, embedded with the encoder being evaluated. This is
+  the operating point of a face-verification system on that data, and it
+  does not depend on the attack.
+* **genuine scores** are reconstruction vs. its own original (the "type-I"
+  attack: does the reconstruction verify as the person it came from?).
+* **attack impostor scores** (reconstruction vs. the other originals) are
+  only drawn in the distribution plot (paper Fig. 9).
+
+A rate of ``fmr`` is only measurable with at least ``1 / fmr`` impostor
+pairs (``metrics.impostor_threshold`` refuses otherwise); with fewer than
+``10 / fmr`` fewer than 10 impostor scores lie above the threshold, so it is
+reported but flagged as noisy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from id2image_jax import metrics
+
+# Fewer than this many impostor scores above the threshold: noisy.
+_STABLE_COUNT = 10
+
+
+def impostor_pair_scores(descriptors: Any, labels: Any) -> np.ndarray:
+  """Cosines of every unordered pair with different labels, each pair once.
+
+  Args:
+    descriptors: [M, D] descriptors of original images.
+    labels: [M] identity labels.
+
+  Returns:
+    [P] float64 scores in row-major order of the pairs (i < j).
+  """
+  labels = np.asarray(labels)
+  _, impostor = metrics.verification_scores(
+      descriptors, descriptors, labels, genuine='same_identity')
+  # verification_scores returns both (i, j) and (j, i); keep i < j.
+  differ = labels[:, None] != labels[None, :]
+  upper = np.triu(np.ones(differ.shape, bool), k=1)[differ]
+  return impostor[upper]
+
+
+def attack_scores(reconstructed: Any, rows: Any, originals: Any,
+                  original_labels: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Genuine and impostor cosines of reconstructions against originals.
+
+  Args:
+    reconstructed: [N, D] descriptors of reconstructions.
+    rows: [N] identity label of each reconstruction (its original's label).
+    originals: [M, D] descriptors of the original images.
+    original_labels: [M] their labels; each of `rows` must occur exactly
+      once (one original per reconstruction).
+
+  Returns:
+    (genuine [N] in the order of `rows`, impostor [N * (M - 1)]).
+  """
+  rows, original_labels = np.asarray(rows), np.asarray(original_labels)
+  counts = (original_labels[None, :] == rows[:, None]).sum(axis=1)
+  if not np.all(counts == 1):
+    raise ValueError('every reconstruction needs exactly one original with '
+                     f'its label; counts {counts.tolist()}')
+  return metrics.verification_scores(
+      reconstructed, originals, rows, target_labels=original_labels,
+      genuine='same_identity')
+
+
+def tmr_report(genuine: Any, impostor: Any,
+               fmrs: Sequence[float]) -> dict[str, dict[str, Any]]:
+  """TMR at each FMR, with the threshold used or why there is none.
+
+  Args:
+    genuine: [G] genuine scores.
+    impostor: [I] impostor scores (e.g. `impostor_pair_scores`).
+    fmrs: false match rates.
+
+  Returns:
+    ``{str(fmr): {'tmr', 'threshold', 'num_genuine', 'num_impostor',
+    'note'}}``; 'tmr' and 'threshold' are None when the rate cannot be
+    measured (the note says why).
+  """
+  genuine = np.asarray(genuine, np.float64)
+  impostor = np.asarray(impostor, np.float64)
+  out = {}
+  for fmr in fmrs:
+    entry = {'tmr': None, 'threshold': None, 'num_genuine': int(genuine.size),
+             'num_impostor': int(impostor.size), 'note': ''}
+    if not genuine.size:
+      entry['note'] = 'no genuine scores (nothing was reconstructed)'
+    elif impostor.size * fmr < 1:
+      entry['note'] = (f'not measurable: FMR {fmr:g} needs at least '
+                       f'{math.ceil(1 / fmr)} impostor pairs, there are '
+                       f'{impostor.size}')
+    else:
+      threshold = metrics.impostor_threshold(impostor, fmr)
+      entry['threshold'] = threshold
+      entry['tmr'] = metrics.tmr_at_fmr(genuine, impostor, fmrs=(fmr,))[fmr]
+      if impostor.size * fmr < _STABLE_COUNT:
+        entry['note'] = (f'noisy: only {math.floor(impostor.size * fmr)} '
+                         f'impostor score(s) above the threshold; '
+                         f'{math.ceil(_STABLE_COUNT / fmr)}+ pairs give a '
+                         'stable one')
+      if genuine.size < 20:
+        coarse = (f'coarse: {genuine.size} genuine score(s), so the TMR '
+                  f'moves in steps of {1 / genuine.size:.3g}')
+        entry['note'] = '; '.join(filter(None, [entry['note'], coarse]))
+    out[f'{fmr:g}'] = entry
+  return out
+
+
+def summarize(values: Any) -> dict[str, float | None]:
+  """Mean, std, min and max of the finite values (None when there are none)."""
+  x = np.asarray(values, np.float64).ravel()
+  x = x[np.isfinite(x)]
+  if not x.size:
+    return {'mean': None, 'std': None, 'min': None, 'max': None}
+  return {'mean': float(x.mean()), 'std': float(x.std()),
+          'min': float(x.min()), 'max': float(x.max())}

@@ -1,0 +1,224 @@
+"""Evaluation targets: what is inverted, the originals, and the aux targets.
+
+**Originals and the impostor pool.** Targets come from ``config.targets`` as
+in the invert job (self-check, descriptor file, or image folder). Identity
+metrics under an encoder other than the attacked one need the original
+images, so they exist for the self-check and image folders only. The pool
+of originals whose pairs set the verification threshold is
+
+* self-check: the inverted targets plus ``num_impostor_images`` more images
+  of known latents that are only embedded, never inverted (cheap, and it
+  gets the pair count to the >= 1000 that FMR 1e-3 needs);
+* image folder: every readable image.
+
+Every original is taken as its own identity (labels = pool row), which is
+exact for the self-check. For a folder with several images per person this
+counts same-person pairs as impostors (a stricter threshold).
+
+**Landmark and histogram targets** (``config.aux_targets``):
+
+* ``'heads'``: predicted from the descriptor by the heads that
+  ``id2image leakage`` trains (``heads.landmarks``, ``heads.histogram``):
+  the paper's attack, which sees only the descriptor;
+* ``'measured'``: measured on the original images: the hard histogram
+  (`losses.image_histogram`) and the image->landmark CNN's landmarks. On
+  the self-check the originals are known, so this is the *oracle* setting:
+  an upper bound on what descriptor heads can give;
+* ``'auto'`` (default): heads where given, else measured where originals
+  exist.
+
+Arrays stored in a targets ``.npz`` (``landmarks``, ``histogram``) are used
+as given. The landmark loss also needs the image->landmark CNN
+(``heads.image_landmarks``) on the reconstruction; without it the landmark
+term is unavailable, whatever the targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from id2image_jax import losses
+from id2image_jax.analysis import train as train_lib
+from id2image_jax.inversion import job as job_lib
+from id2image_jax.models import registry
+
+AUX_MODES = ('auto', 'heads', 'measured')
+
+
+@dataclasses.dataclass
+class EvalTargets:
+  """Targets plus the pool of originals that sets verification thresholds.
+
+  Attributes:
+    targets: the invert job's `Targets` (rows that are inverted).
+    pool_images: [M, H, W, 3] original images in [-1, 1], or None.
+    pool_labels: [M] identity label of each; target row i has label i.
+    pool_descriptors: [M, D] descriptors of the pool under the attacked
+      encoder (when there are no images: the target descriptors).
+  """
+  targets: job_lib.Targets
+  pool_images: np.ndarray | None
+  pool_labels: np.ndarray
+  pool_descriptors: np.ndarray
+
+
+def _rows(targets: job_lib.Targets, n: int) -> job_lib.Targets:
+  cut = lambda x: None if x is None else x[:n]
+  return dataclasses.replace(
+      targets, descriptors=targets.descriptors[:n], names=targets.names[:n],
+      sources=cut(targets.sources), landmarks=cut(targets.landmarks),
+      histogram=cut(targets.histogram), source_latents=cut(
+          targets.source_latents),
+      skipped={r: w for r, w in targets.skipped.items() if r < n})
+
+
+def load(config: Any, generator: registry.Generator,
+         encoder: registry.Encoder) -> EvalTargets:
+  """Reads or generates the targets and the pool (module docstring)."""
+  if not config.targets:
+    n, extra = config.num_targets, config.num_impostor_images
+    if extra < 0:
+      raise ValueError(f'num_impostor_images must be >= 0, got {extra}')
+    pool = job_lib.self_check_targets(
+        generator, encoder, num_targets=n + extra, seed=config.seed + 1,
+        truncation_psi=config.self_check_truncation)
+    return EvalTargets(targets=_rows(pool, n), pool_images=pool.sources,
+                       pool_labels=np.arange(n + extra),
+                       pool_descriptors=pool.descriptors)
+  targets = job_lib.load_targets(config, generator, encoder)
+  n = len(targets.descriptors)
+  usable = np.isfinite(targets.descriptors).all(axis=1)
+  usable[list(targets.skipped)] = False
+  labels = np.flatnonzero(usable)
+  images = None
+  if targets.sources is not None:
+    images = targets.sources[labels]
+  if not labels.size:
+    raise ValueError(f'none of the {n} targets in {config.targets} is usable')
+  return EvalTargets(targets=targets, pool_images=images, pool_labels=labels,
+                     pool_descriptors=targets.descriptors[labels])
+
+
+def _measured_landmarks(path: str, images: np.ndarray) -> np.ndarray:
+  model, params, _ = job_lib._load_head(path, 'image->landmark')  # pylint: disable=protected-access
+  return train_lib.predict(model, params, np.nan_to_num(images, nan=0.0),
+                           batch_size=32)
+
+
+def attach_aux(config: Any, targets: job_lib.Targets) -> dict[str, dict]:
+  """Fills ``targets.landmarks`` / ``targets.histogram`` per `aux_targets`.
+
+  Args:
+    config: the evaluate config (``aux_targets``, ``heads``).
+    targets: modified in place.
+
+  Returns:
+    term -> ``{'from': 'heads' | 'images' | 'file', 'source': words}``
+    when usable, or ``{'unavailable': why}``.
+  """
+  mode = config.aux_targets
+  if mode not in AUX_MODES:
+    raise ValueError(f'aux_targets must be one of {AUX_MODES}, got {mode!r}')
+  heads = dict(config.heads)
+  originals = targets.sources is not None
+  use_heads, use_images = mode in ('auto', 'heads'), mode in ('auto',
+                                                              'measured')
+  out = {}
+
+  # Histogram.
+  if targets.histogram is not None:
+    out['histogram'] = {'from': 'file',
+                        'source': f'given in {config.targets}'}
+  elif use_heads and heads.get('histogram'):
+    job_lib.attach_head_targets(targets, {'histogram': heads['histogram']})
+    out['histogram'] = {'from': 'heads',
+                        'source': 'predicted from the descriptor by the '
+                        f'ID->histogram head {heads["histogram"]} (the '
+                        "paper's attack)"}
+  elif use_images and originals:
+    targets.histogram = np.asarray(losses.image_histogram(
+        np.nan_to_num(targets.sources, nan=-1.0), value_range=(-1.0, 1.0)))
+    out['histogram'] = {'from': 'images',
+                        'source': 'measured on the original images '
+                        '(losses.image_histogram): an oracle, the true '
+                        'histogram, so an upper bound on what an '
+                        'ID->histogram head can give'}
+  else:
+    out['histogram'] = {'unavailable': _missing(
+        mode, 'ID->histogram head (heads.histogram, trained by '
+        '`id2image leakage`)', originals)}
+
+  # Landmarks: the loss needs the image->landmark CNN on the reconstruction.
+  cnn = heads.get('image_landmarks')
+  if not cnn:
+    targets.landmarks = None
+    out['landmarks'] = {'unavailable': (
+        'no image->landmark model (heads.image_landmarks): the landmark '
+        'loss compares the landmarks of the reconstruction, which needs '
+        'that CNN; train it with `id2image leakage` (saved under '
+        '<workdir>/heads/landmarks_cnn)')}
+  elif targets.landmarks is not None:
+    out['landmarks'] = {'from': 'file',
+                        'source': f'given in {config.targets}'}
+  elif use_heads and heads.get('landmarks'):
+    job_lib.attach_head_targets(targets, {'landmarks': heads['landmarks']})
+    out['landmarks'] = {'from': 'heads',
+                        'source': 'predicted from the descriptor by the '
+                        f'ID->landmark head {heads["landmarks"]} (the '
+                        "paper's attack)"}
+  elif use_images and originals:
+    targets.landmarks = _measured_landmarks(cnn, targets.sources)
+    out['landmarks'] = {'from': 'images',
+                        'source': 'measured on the original images by the '
+                        f'image->landmark CNN {cnn}: an oracle, an upper '
+                        'bound on what an ID->landmark head can give'}
+  else:
+    out['landmarks'] = {'unavailable': _missing(
+        mode, 'ID->landmark head (heads.landmarks)', originals)}
+  return out
+
+
+def _missing(mode: str, head: str, originals: bool) -> str:
+  if mode == 'heads':
+    return f'aux_targets=heads but no {head}'
+  if mode == 'measured':
+    return ('aux_targets=measured but the targets have no original images '
+            'to measure' if not originals else 'not measurable')
+  return (f'no {head}, and no original images to measure it on'
+          if not originals else f'no {head}')
+
+
+def transfer_targets(eval_targets: EvalTargets, encoder: registry.Encoder,
+                     aux_sources: dict[str, dict]) -> tuple[
+                         job_lib.Targets, list[str]]:
+  """The same targets as seen by another encoder (transfer attack).
+
+  The descriptors are that encoder's descriptors of the originals.
+  Landmark / histogram targets measured on the originals carry over; ones
+  predicted by descriptor heads (or given with the attacked encoder's
+  descriptors) do not: they came from the attacked encoder, so those terms
+  are dropped and listed.
+
+  Returns:
+    (targets, dropped terms).
+  """
+  t = eval_targets.targets
+  n = len(t.descriptors)
+  if t.sources is None:
+    raise ValueError('transfer needs the original images (self-check or a '
+                     'folder of images)')
+  descriptors = np.full((n, encoder.dim), np.nan, np.float32)
+  ok = np.isfinite(t.sources).all(axis=(1, 2, 3))
+  ok[list(t.skipped)] = False
+  descriptors[ok] = encoder.embed(t.sources[ok])
+  out = dataclasses.replace(t, descriptors=descriptors)
+  dropped = []
+  for term in ('landmarks', 'histogram'):
+    origin = aux_sources.get(term, {}).get('from')
+    if getattr(out, term) is not None and origin in ('heads', 'file'):
+      setattr(out, term, None)
+      dropped.append(term)
+  return out, dropped

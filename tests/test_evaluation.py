@@ -1,0 +1,332 @@
+"""Tests of the evaluate job (ablation, attack scores, transfer, report).
+
+End to end on the tiny demo-8 generator with toy encoders (a conv + dense
+encoder at 16x16, served through a patched `registry.load_encoder` under
+``toy:NAME`` specs) and, for the registry path, a random-weight IResNet
+saved as an orbax directory, so the whole file runs in well under a minute.
+"""
+
+import inspect
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from id2image_jax import checkpoints
+from id2image_jax import cli
+from id2image_jax import evaluation
+from id2image_jax import metrics
+from id2image_jax import preprocess
+from id2image_jax.analysis import train as train_lib
+from id2image_jax.evaluation import job as eval_job
+from id2image_jax.models import heads
+from id2image_jax.models import iresnet
+from id2image_jax.models import registry
+
+_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'configs', 'evaluate.py')
+
+
+class _ToyEncoder(nn.Module):
+  dim: int
+
+  @nn.compact
+  def __call__(self, x):  # [B, 16, 16, 3] -> ([B, dim], {})
+    h = nn.tanh(nn.Conv(4, (3, 3), strides=(2, 2))(x))
+    return nn.Dense(self.dim)(h.reshape(h.shape[0], -1)), {}
+
+
+def _toy_encoder(seed: int, dim: int = 12) -> registry.Encoder:
+  module = _ToyEncoder(dim)
+  variables = module.init(jax.random.key(seed), jnp.zeros((1, 16, 16, 3)))
+  return registry.Encoder(
+      kind='toy', config={'dim': dim}, module=module, variables=variables,
+      spec=preprocess.InputSpec(size=(16, 16)), dim=dim,
+      source=f'toy encoder seed {seed}')
+
+
+@pytest.fixture
+def toy_registry(monkeypatch):
+  """``toy:NAME`` specs load toy encoders; everything else goes through."""
+  real, cache = registry.load_encoder, {}
+
+  def load(spec='dlib', *, dtype=None, crop=None):
+    if spec.startswith('toy:'):
+      if spec not in cache:
+        cache[spec] = _toy_encoder(seed=len(cache))
+      return cache[spec]
+    return real(spec, dtype=dtype, crop=crop)
+  monkeypatch.setattr(registry, 'load_encoder', load)
+  return cache
+
+
+def _config(tmp_path, **overrides):
+  config = cli.load_config(_CONFIG)
+  base = {'generator': 'demo:demo-8', 'encoder': 'toy:a', 'num_targets': 3,
+          'num_impostor_images': 12, 'steps': 3, 'learning_rate': 0.05,
+          'progress': False, 'resume': False, 'history_every': 1,
+          'workdir': str(tmp_path / 'eval')}
+  for key, value in {**base, **overrides}.items():
+    cli.apply_override(config, key, value)
+  return config
+
+
+def _landmark_cnn(path) -> str:
+  config = heads.head_config('landmarks_cnn', channels=(4, 4, 4, 4, 4),
+                             hidden=8, input_size=(16, 16))
+  model = heads.build(config)
+  params = model.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)))['params']
+  return train_lib.save_head(path, params, config)
+
+
+def _tiny_iresnet(path) -> str:
+  """A random-weight IResNet (one block per stage) as an orbax directory.
+
+  Weights are drawn with numpy into the shapes of ``init`` (compiling the
+  initialisers would cost seconds); BatchNorm variances are 1.
+  """
+  config = iresnet.get_config('r18', layers=[1, 1, 1, 1], num_features=16)
+  abstract = jax.eval_shape(iresnet.build(config).init, jax.random.key(0),
+                            jnp.zeros((1, 112, 112, 3)))
+  rng = np.random.default_rng(5)
+
+  def draw(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if 'batch_stats' in name:
+      fill = 1.0 if name.endswith("'var']") else 0.0
+      return np.full(leaf.shape, fill, np.float32)
+    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+    return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+  variables = jax.tree_util.tree_map_with_path(draw, abstract)
+  return checkpoints.save(path, variables, kind='iresnet', config=config,
+                          source='random-weight IResNet (test)')
+
+
+def _finite(x) -> bool:
+  return x is not None and math.isfinite(x)
+
+
+# Pure parts.
+
+
+def test_impostor_pairs_are_the_unordered_distinct_label_pairs():
+  rng = np.random.default_rng(0)
+  d = rng.normal(size=(6, 5))
+  labels = np.array([0, 0, 1, 2, 3, 3])
+  got = evaluation.impostor_pair_scores(d, labels)
+  want = [float(metrics.cosine_similarity(d[i], d[j]))
+          for i in range(6) for j in range(i + 1, 6) if labels[i] != labels[j]]
+  assert len(got) == 15 - 2  # two same-label pairs left out
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_tmr_report_thresholds_and_unmeasurable_rates():
+  rng = np.random.default_rng(1)
+  impostor = rng.uniform(-1, 0.5, size=150)
+  genuine = np.array([0.2, 0.45, 0.49, 0.6, 0.9])
+  report = evaluation.tmr_report(genuine, impostor, (1e-2, 1e-3))
+  entry = report['0.01']
+  # 150 pairs at FMR 1e-2: one impostor may lie above the threshold.
+  assert np.sum(impostor >= entry['threshold']) <= 1
+  assert np.sum(impostor >= np.nextafter(entry['threshold'], -np.inf)) >= 2
+  assert entry['tmr'] == pytest.approx(np.mean(genuine >= entry['threshold']))
+  assert 'noisy' in entry['note'] and 'coarse' in entry['note']
+  assert report['0.001']['tmr'] is None
+  assert '1000 impostor pairs' in report['0.001']['note']
+
+
+def test_attack_scores_pick_each_reconstructions_own_original():
+  rng = np.random.default_rng(2)
+  originals = rng.normal(size=(5, 4))
+  recon = originals[[3, 1]] + 0.01 * rng.normal(size=(2, 4))
+  genuine, impostor = evaluation.attack_scores(recon, [3, 1], originals,
+                                               np.arange(5))
+  assert genuine.shape == (2,) and impostor.shape == (8,)
+  assert np.all(genuine > 0.99)
+  with pytest.raises(ValueError, match='exactly one original'):
+    evaluation.attack_scores(recon, [3, 7], originals, np.arange(5))
+
+
+def test_plan_arms_drops_unavailable_terms_and_skips_duplicates():
+  weights = {'id': 1.0, 'landmarks': 0.0006, 'histogram': 0.01}
+  plans = evaluation.plan_arms(['id', 'id+lm', 'id+lm+hist'], weights,
+                               {'landmarks': 'no landmark model'})
+  assert [p.runs for p in plans] == [True, False, True]
+  assert "same as arm 'id'" in plans[1].skipped
+  assert plans[2].name == 'id+hist'
+  assert plans[2].weights == {'id': 1.0, 'landmarks': 0.0, 'histogram': 0.01}
+  assert plans[2].dropped == {'landmarks': 'no landmark model'}
+  full = evaluation.plan_arms(['id', 'id+lm', 'id+lm+hist'], weights, {})
+  assert [p.name for p in full] == ['id', 'id+lm', 'id+lm+hist']
+  assert len({tuple(p.weights.values()) for p in full}) == 3
+  with pytest.raises(ValueError, match='unknown term'):
+    evaluation.parse_arm('id+pose')
+  with pytest.raises(ValueError, match='no identity term'):
+    evaluation.parse_arm('lm+hist')
+
+
+# The job.
+
+
+def test_evaluate_end_to_end(tmp_path, toy_registry):
+  config = _config(
+      tmp_path, eval_encoder='toy:b', transfer_encoders=('toy:a', 'toy:b'),
+      **{'heads.image_landmarks': _landmark_cnn(tmp_path / 'lm_cnn')})
+  report = evaluation.run(config)
+  workdir = config.workdir
+
+  # All three arms ran, each with its own weights.
+  assert list(report['arms']) == ['id', 'id+lm', 'id+lm+hist']
+  weights = [tuple(a['weights'].values()) for a in report['arms'].values()]
+  assert weights == [(1.0, 0.0, 0.0), (1.0, 0.0006, 0.0),
+                     (1.0, 0.0006, 0.01)]
+  assert report['aux_targets']['histogram']['from'] == 'images'
+  assert report['aux_targets']['landmarks']['from'] == 'images'
+  assert report['eval_encoder']['independent']
+
+  pairs = 15 * 14 // 2  # 3 targets + 12 impostor-only originals
+  for name, arm in report['arms'].items():
+    assert arm['num_done'] == 3, name
+    for key in ('mse', 'psnr', 'ssim', 'histogram_emd', 'landmark_nme'):
+      assert _finite(arm['appearance'][key]['mean']), (name, key)
+    for role in ('attacked', 'evaluation'):
+      ident = arm[role]
+      assert ident['num_impostor_pairs'] == pairs
+      assert -1 <= ident['cosine']['mean'] <= 1
+      ok = ident['tmr']['0.01']
+      assert ok['tmr'] == pytest.approx(np.mean(
+          np.asarray(ident['genuine']) >= ok['threshold']))
+      assert ident['tmr']['0.001']['tmr'] is None
+    # Under the attacked encoder the genuine score is the identity cosine
+    # between target descriptor and reconstruction (the invert job's).
+    assert len(arm['attacked']['genuine']) == 3
+  # The terms are really in the objective: the losses differ between arms.
+  assert 'landmarks' in report['arms']['id+lm']['final_loss']
+  assert 'histogram' in report['arms']['id+lm+hist']['final_loss']
+  assert 'landmarks' not in report['arms']['id']['final_loss']
+
+  # Transfer: 2 x 2, A == attacked reuses the last arm.
+  transfer = report['transfer']
+  assert transfer['arm'] == 'id+lm+hist'
+  assert transfer['encoders'] == ['toy:a', 'toy:b']
+  assert set(transfer['table']) == {'toy:a', 'toy:b'}
+  for row in transfer['table'].values():
+    assert set(row) == {'toy:a', 'toy:b'}
+    for cell in row.values():
+      assert _finite(cell['cosine']['mean'])
+  assert (transfer['table']['toy:a']['toy:b']['cosine']['mean'] ==
+          pytest.approx(report['arms']['id+lm+hist']['evaluation']['cosine'][
+              'mean']))
+  assert 'reuses' in transfer['attack']['toy:a']
+
+  for name in ('report.md', 'report.json', 'grid.png', 'similarity.png'):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, 'report.json')) as f:
+    assert json.load(f)['arms'].keys() == report['arms'].keys()
+  with open(os.path.join(workdir, 'report.md')) as f:
+    text = f.read()
+  assert '| PSNR [dB] ↑ |' in text and 'A \\ B' in text
+  assert f'{pairs} impostor pairs' in text
+
+
+def test_missing_eval_encoder_names_the_file(tmp_path, toy_registry):
+  missing = str(tmp_path / 'nowhere' / 'backbone.pth')
+  config = _config(tmp_path, eval_encoder=f'iresnet:{missing}')
+  with pytest.raises(FileNotFoundError, match='eval_encoder') as info:
+    evaluation.run(config)
+  assert missing in str(info.value)
+  assert not os.path.exists(config.workdir)  # failed before any work
+
+
+def test_cli_evaluate_with_an_iresnet_eval_encoder(tmp_path, toy_registry,
+                                                   capsys):
+  eval_dir = _tiny_iresnet(tmp_path / 'iresnet')
+  out = str(tmp_path / 'cli')
+  assert cli.main([
+      'evaluate', '--generator', 'demo:demo-8', '--encoder', 'toy:a',
+      '--eval-encoder', f'iresnet:{eval_dir}', '--out', out,
+      '--set', 'num_targets=2', '--set', 'num_impostor_images=3',
+      '--set', 'steps=2', '--set', 'progress=False', '--set', 'resume=False',
+      '--set', "arms=('id', 'id+lm')"]) == 0
+  printed = capsys.readouterr().out
+  assert 'arm id+lm: SKIPPED' in printed
+  with open(os.path.join(out, 'report.json')) as f:
+    report = json.load(f)
+  assert list(report['arms']) == ['id']
+  assert report['plans'][1]['skipped']
+  assert report['eval_encoder']['kind'] == 'iresnet'
+  assert report['arms']['id']['evaluation']['num_impostor_pairs'] == 10
+  # Transfer defaults to the attacked and the evaluation encoder: 2 x 2,
+  # the IResNet row inverted through the IResNet loaded by the registry.
+  table = report['transfer']['table']
+  assert list(table) == ['toy:a', 'iresnet:iresnet']
+  for row in table.values():
+    assert list(row) == ['toy:a', 'iresnet:iresnet']
+    for cell in row.values():
+      assert _finite(cell['cosine']['mean'])
+  assert table['toy:a']['toy:a']['cosine']['mean'] == pytest.approx(
+      report['arms']['id']['attacked']['cosine']['mean'])
+  assert 'inverted with arm id' in report['transfer']['attack'][
+      'iresnet:iresnet']
+  with open(os.path.join(out, 'report.md')) as f:
+    assert 'skipped' in f.read()
+
+
+def test_encoder_labels_are_short_and_unique():
+  assert eval_job.encoder_labels(['dlib', 'iresnet:/a/b/backbone.pth',
+                                  '/x/enc', '/y/enc']) == {
+                                      'dlib': 'dlib',
+                                      'iresnet:/a/b/backbone.pth':
+                                          'iresnet:backbone.pth',
+                                      '/x/enc': 'enc', '/y/enc': 'enc#2'}
+
+
+def test_descriptor_targets_without_images(tmp_path, toy_registry):
+  # Descriptors only: nothing to compare pixels with or to embed with the
+  # evaluation encoder; a NaN row is skipped, the others are inverted.
+  d = np.random.default_rng(0).normal(size=(4, 12)).astype(np.float32)
+  d[2] = np.nan
+  np.savez(tmp_path / 'targets.npz', descriptor=d)
+  config = _config(tmp_path, targets=str(tmp_path / 'targets.npz'),
+                   eval_encoder='toy:b', steps=2)
+  report = evaluation.run(config)
+  assert [p['skipped'] != '' for p in report['plans']] == [False, True, True]
+  arm = report['arms']['id']
+  assert arm['num_done'] == 3 and list(arm['skipped_rows']) == ['2']
+  assert arm['appearance'] == {}
+  assert 'no original images' in arm['evaluation']['unavailable']
+  assert arm['attacked']['num_impostor_pairs'] == 3
+  assert 'original images' in report['aux_targets']['histogram'][
+      'unavailable']
+  assert 'not run' in report['transfer']['attack']['toy:b']
+  with open(os.path.join(config.workdir, 'report.md')) as f:
+    text = f.read()
+  assert 'descriptors only' in text and 'similarity.png' not in text
+
+
+@pytest.mark.parametrize('variant', ['default', 'paper'])
+def test_config_variants(variant):
+  config = cli.load_config(f'{_CONFIG}:{variant}')
+  assert config.arms == ('id', 'id+lm', 'id+lm+hist')
+  assert config.aux_targets in ('auto', 'heads', 'measured')
+  for arm in config.arms:
+    evaluation.parse_arm(arm)
+  with pytest.raises(AttributeError):
+    config.not_a_field = 1  # locked
+  if variant == 'paper':
+    assert config.latent_space == 'w+' and config.steps == 1000
+
+
+def test_optional_arguments_are_keyword_only():
+  for name in evaluation.__all__:
+    fn = getattr(evaluation, name)
+    if not inspect.isfunction(fn):
+      continue
+    for p in inspect.signature(fn).parameters.values():
+      if p.default is not p.empty:
+        assert p.kind == p.KEYWORD_ONLY, f'{name}({p.name}=...)'
