@@ -211,7 +211,7 @@ def _landmark_model(config):
   path = config.heads.image_landmarks
   if not path:
     return None
-  model, params, _ = job_lib._load_head(path, 'image->landmark')  # pylint: disable=protected-access
+  model, params, _ = job_lib.load_head(path, 'image->landmark')
   # One jitted function for every call (train.predict compiles per call).
   apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
 

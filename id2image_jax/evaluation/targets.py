@@ -103,7 +103,7 @@ def load(config: Any, generator: registry.Generator,
 
 
 def _measured_landmarks(path: str, images: np.ndarray) -> np.ndarray:
-  model, params, _ = job_lib._load_head(path, 'image->landmark')  # pylint: disable=protected-access
+  model, params, _ = job_lib.load_head(path, 'image->landmark')
   return train_lib.predict(model, params, np.nan_to_num(images, nan=0.0),
                            batch_size=32)
 

@@ -189,7 +189,12 @@ def load_targets(config: Any, generator: registry.Generator,
   return read_descriptor_file(spec, dim=encoder.dim)
 
 
-def _load_head(path: str, what: str):
+def load_head(path: str, what: str):
+  """(model, params, config) of a head saved by `id2image leakage`.
+
+  Raises:
+    FileNotFoundError: `path` is not a head directory; says how to make one.
+  """
   if not os.path.isdir(path):
     raise FileNotFoundError(
         f'{what} head not found at {path}: train it with `id2image leakage` '
@@ -203,7 +208,7 @@ def attach_head_targets(targets: Targets, heads: Mapping[str, str]) -> None:
   safe = np.where(finite[:, None], targets.descriptors, 0.0)
   for name, field in (('landmarks', 'landmarks'), ('histogram', 'histogram')):
     if heads.get(name) and getattr(targets, field) is None:
-      model, params, _ = _load_head(heads[name], name)
+      model, params, _ = load_head(heads[name], name)
       setattr(targets, field, train_lib.predict(model, params, safe))
 
 
@@ -225,7 +230,7 @@ def make_init(config: Any, generator: registry.Generator,
                                          num_ws=num_ws))
     return engine.random_init(like)
   # Otherwise: the directory of a trained ID->latent regressor (paper 4.1).
-  model, params, head_config = _load_head(config.init, 'ID->latent')
+  model, params, head_config = load_head(config.init, 'ID->latent')
   finite = np.isfinite(targets.descriptors).all(axis=1)
   safe = np.where(finite[:, None], targets.descriptors, 0.0)
   pred = np.asarray(train_lib.predict(model, params, safe), np.float32)
@@ -266,7 +271,7 @@ def build_objective(config: Any, generator: registry.Generator,
     if not config.heads.image_landmarks:
       raise ValueError('landmark targets need an image->landmark CNN: set '
                        'heads.image_landmarks (trained by id2image leakage)')
-    model, lm_params, _ = _load_head(config.heads.image_landmarks,
+    model, lm_params, _ = load_head(config.heads.image_landmarks,
                                      'image->landmark')
     scale = config.landmark_pixel_scale
 
