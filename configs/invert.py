@@ -47,6 +47,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   c.lr_schedule = 'cosine'  # 'constant' | 'cosine'
   c.chunk_size = 8  # targets per compiled step (multiple of device count)
   c.compute_dtype = 'float32'  # or 'bfloat16' (params/latents stay f32)
+  # Rematerialisation of generator + encoder in the backward pass: 'none',
+  # 'dots' (keep conv outputs) or 'full' (least memory, most recompute).
+  c.remat = 'none'
   c.identity_loss = 'l2'  # eq. 1 squared L2; 'cosine' = on unit vectors
 
   # Paper eq. 4 weights; a term is used when its target exists.
@@ -74,6 +77,7 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
     c.lr_schedule = 'constant'
     c.chunk_size = 64
     c.compute_dtype = 'bfloat16'
+    c.remat = 'dots'
     c.workdir = 'runs/invert_paper'
   elif variant != 'default':
     raise ValueError(f"unknown variant {variant!r}: 'default' or 'paper'")

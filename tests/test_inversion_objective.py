@@ -159,3 +159,30 @@ def test_id2image_inversion_end_to_end(g_vars):
                             compute_dtype=jnp.bfloat16, progress=False)
   assert set(result.history) == {'loss', 'id', 'histogram'}
   assert np.all(result.final['loss'] < 0.5 * result.history['loss'][:, 0])
+
+
+@pytest.mark.parametrize('policy', ['none', 'dots', 'full'])
+def test_rematerialize_keeps_values_and_gradients(policy):
+  gen = FakeStyleGAN2()
+  variables = gen.init(jax.random.key(0), jnp.zeros((1, Z_DIM)))
+  render = obj.stylegan2_render(gen, latent_space='w+', num_ws=NUM_WS)
+  w = jax.random.normal(jax.random.key(1), (NUM_WS, W_DIM))
+
+  def loss(fn, w):
+    return jnp.sum(fn(variables, w) ** 2)
+
+  want = jax.value_and_grad(lambda w: loss(render, {'w': w}))(w)
+  remat = obj.rematerialize(render, policy)
+  got = jax.jit(jax.value_and_grad(lambda w: loss(remat, {'w': w})))(w)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-7)
+  if policy == 'none':
+    assert remat is render
+  else:
+    assert 'remat' in str(jax.make_jaxpr(
+        lambda w: loss(remat, {'w': w}))(w))
+
+
+def test_rematerialize_rejects_unknown_policy():
+  with pytest.raises(ValueError, match='remat policy'):
+    obj.rematerialize(lambda x: x, 'everything')

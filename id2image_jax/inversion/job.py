@@ -265,6 +265,7 @@ def build_objective(config: Any, generator: registry.Generator,
   render = objective_lib.stylegan2_render(
       generator.module, latent_space=config.latent_space,
       num_ws=generator.config.num_ws, noise_mode=config.noise_mode)
+  remat = config.get('remat', 'none')
   landmarks_fn, params = None, {'generator': generator.variables,
                                 'encoder': encoder.variables}
   if targets.landmarks is not None and config.weights.landmarks:
@@ -281,8 +282,12 @@ def build_objective(config: Any, generator: registry.Generator,
       return model.apply({'params': variables}, image[None])[0] * scale
     params['landmarks'] = lm_params
   weights = objective_lib.Weights(**dict(config.weights))
+  # Memory, not maths: the generator and the encoder are recomputed in the
+  # backward pass as `remat` says (the returned `render` stays plain).
   loss_fn = objective_lib.make_id2image_objective(
-      render, _identity_embed(encoder, config.identity_loss),
+      objective_lib.rematerialize(render, remat),
+      objective_lib.rematerialize(
+          _identity_embed(encoder, config.identity_loss), remat),
       landmarks_fn=landmarks_fn, weights=weights)
   return loss_fn, params, render
 
