@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pairs
 
-GPU_BATCHES = '1,2,4,8,16,32,64,128,256'
+GPU_BATCHES = '1,4,16,64,256'
 DEFAULT_ENCODERS = 'iresnet50,vggface2,vggface,dlib'
 
 

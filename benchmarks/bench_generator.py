@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import pairs
 
-GPU_BATCHES = '1,2,4,8,16,32,64,128,256'
+GPU_BATCHES = '1,4,16,64,256'
 
 
 def jax_rows(gen, *, fused: bool, batches, repeats, peak, dtype):

@@ -197,7 +197,11 @@ class TorchInversion:
 
 
 def ratios(rows):
-  """JAX / torch throughput per (resolution, N) for both torch forms."""
+  """JAX / torch throughput per (resolution, N) for both torch forms.
+
+  Also the relative difference of the mean loss after the same number of
+  steps, JAX vs torch batched: a check that both do the same work.
+  """
   out = []
   jax_rows = [r for r in rows if r['impl'] == 'jax' and r.get('throughput')]
   for r in jax_rows:
@@ -209,6 +213,10 @@ def ratios(rows):
         continue
       if r2['variant'] == 'batched' and r2['N'] == n:
         row['jax_over_torch_batched'] = r['throughput'] / r2['throughput']
+        # Same weights, same steps: the losses must agree (same work).
+        if r.get('loss_last') and r2.get('loss_last'):
+          row['loss_rel_diff_vs_torch'] = abs(
+              r['loss_last'] - r2['loss_last']) / abs(r2['loss_last'])
       if r2['variant'] == 'loop':
         row['jax_over_torch_loop'] = r['throughput'] / r2['throughput']
     out.append(row)

@@ -94,6 +94,7 @@ def environment(*, dtype: str | None = None) -> dict[str, Any]:
       'optax': _version('optax'),
       'torch': _version('torch'),
       'python': platform.python_version(),
+      'jax_default_matmul_precision': jax.config.jax_default_matmul_precision,
       'cpu_count': os.cpu_count(),
       # Other jobs on a shared host skew CPU numbers: recorded, not fixed.
       'load_avg_1min': os.getloadavg()[0],
@@ -106,7 +107,10 @@ def environment(*, dtype: str | None = None) -> dict[str, Any]:
     env['torch_threads'] = torch.get_num_threads()
     env['torch_cuda'] = torch.cuda.is_available()
     if torch.cuda.is_available():
+      torch_device()
       env['torch_device'] = torch.cuda.get_device_name(0)
+      env['torch_cudnn_benchmark'] = torch.backends.cudnn.benchmark
+      env['torch_allow_tf32'] = torch.backends.cuda.matmul.allow_tf32
   return env
 
 
@@ -124,9 +128,20 @@ def have_torch() -> bool:
 
 
 def torch_device() -> str:
-  """'cuda' when torch sees a GPU, else 'cpu'."""
+  """'cuda' when torch sees a GPU, else 'cpu'; sets up cuDNN on a GPU.
+
+  cuDNN autotuning is on (the shapes are fixed, as in stylegan2-ada
+  training), and TF32 is allowed for convs and matmuls, as XLA's default
+  precision allows it for float32 on the GPU side. `environment` records
+  both.
+  """
   torch = _torch()
-  return 'cuda' if torch is not None and torch.cuda.is_available() else 'cpu'
+  if torch is None or not torch.cuda.is_available():
+    return 'cpu'
+  torch.backends.cudnn.benchmark = True
+  torch.backends.cudnn.allow_tf32 = True
+  torch.backends.cuda.matmul.allow_tf32 = True
+  return 'cuda'
 
 
 # --------------------------------------------------------------------------
@@ -199,6 +214,8 @@ def time_jax(fn: Callable[..., Any], *args, repeats: int,
     ``compile_s``, ``median_s``, ``times_s``, ``flops`` (per call, or None),
     ``xla_temp_bytes``, ``xla_total_bytes``, ``device_peak_bytes``.
   """
+  # Inputs on the device first: numpy weights would be copied every call.
+  args = jax.device_put(args)
   start = time.perf_counter()
   compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(
       *args).compile()

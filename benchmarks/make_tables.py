@@ -150,11 +150,13 @@ def inversion_tables(report) -> list[str]:
                 'XLA MiB', 'peak MiB', 'error'], rows)
   ratio_rows = [[_fmt(r['resolution']), _fmt(r['N']),
                  _fmt(r.get('jax_over_torch_batched')),
-                 _fmt(r.get('jax_over_torch_loop'))]
+                 _fmt(r.get('jax_over_torch_loop')),
+                 _fmt(r.get('loss_rel_diff_vs_torch'), 2)]
                 for r in report.get('ratios', [])]
   if ratio_rows:
     out += [''] + _table(['px', 'N', 'JAX / torch batched',
-                          'JAX / torch per-image loop'], ratio_rows)
+                          'JAX / torch per-image loop',
+                          'loss rel. diff. JAX vs torch'], ratio_rows)
   return out
 
 

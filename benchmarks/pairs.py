@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import common  # noqa: F401  (puts the repository root on sys.path)
@@ -73,19 +74,40 @@ def generator_pair(config: dict[str, Any], *, dtype: str = 'float32',
   return gen, g
 
 
+@dataclasses.dataclass(frozen=True)
+class EncoderEntry:
+  """How to build one encoder pair.
+
+  Attributes:
+    kind: registry kind (also the model module's name, except dlib).
+    reference: torch reference module (``write_checkpoint``), or None.
+    filename: checkpoint file name in the public layout.
+    config: ``config(model_module, smoke) -> dict``.
+  """
+  kind: str
+  reference: str | None = None
+  filename: str = ''
+  config: Callable[[Any, bool], dict[str, Any]] | None = None
+
+
 ENCODERS = {
-    # name: (registry kind, reference module, config factory (smoke) ->
-    # dict, or None for the model module's default config).
-    'iresnet50': ('iresnet', 'ports.iresnet_reference',
-                  lambda smoke: {'variant': 'r50',
-                                 'layers': [1, 1, 1, 1] if smoke
-                                 else [3, 4, 14, 3],
-                                 'num_features': 64 if smoke else 512}),
-    'iresnet100': ('iresnet', 'ports.iresnet_reference',
-                   lambda smoke: {'variant': 'r100'}),
-    'vggface2': ('vggface2', 'ports.vggface2_reference', None),
-    'vggface': ('vggface', 'ports.vggface_reference', None),
-    'dlib': ('dlib', None, None),
+    'iresnet50': EncoderEntry(
+        'iresnet', 'ports.iresnet_reference', 'backbone.pth',
+        lambda m, smoke: m.get_config(
+            'r50', **({'layers': [1, 1, 1, 1], 'num_features': 64}
+                      if smoke else {}))),
+    'iresnet100': EncoderEntry('iresnet', 'ports.iresnet_reference',
+                               'backbone.pth',
+                               lambda m, smoke: m.get_config('r100')),
+    'vggface2': EncoderEntry(
+        'vggface2', 'ports.vggface2_reference', 'resnet50_ft_weight.pkl',
+        lambda m, smoke: m.get_config(
+            **({'layers': [1, 1, 1, 1]} if smoke else {}))),
+    # VGG-16 has no smaller variant: full size even with --smoke.
+    'vggface': EncoderEntry('vggface', 'ports.vggface_reference',
+                            'vgg_face_dag.pth',
+                            lambda m, smoke: m.get_config()),
+    'dlib': EncoderEntry('dlib'),
 }
 
 
@@ -95,7 +117,8 @@ def import_optional(name: str):
     return importlib.import_module(name)
   except ImportError as e:
     raise Unavailable(f'{name} cannot be imported ({e}); it is being '
-                      'written in parallel or its dependency is missing')
+                      'written in parallel or its dependency is missing'
+                      ) from e
 
 
 def encoder_pair(name: str, *, dtype: str = 'float32', smoke: bool = False,
@@ -105,31 +128,33 @@ def encoder_pair(name: str, *, dtype: str = 'float32', smoke: bool = False,
   Args:
     name: a key of `ENCODERS`.
     dtype: JAX compute dtype.
-    smoke: a smaller config where the encoder has one (IResNet: one block
-      per stage, 64-d descriptor).
+    smoke: a smaller config where the encoder has one (IResNet-50 and
+      VGGFace2 ResNet-50: one block per stage; IResNet 64-d descriptor).
     seed: reference weights seed.
     torch_side: build the torch reference too (needs torch).
 
   Raises:
     Unavailable: the model or its reference is not in this checkout, or the
-      dlib model file is missing.
+      dlib model file is missing. Needs torch except for dlib (the reference
+      writes the checkpoint).
   """
   if name not in ENCODERS:
     raise ValueError(f'unknown encoder {name!r}; known: {sorted(ENCODERS)}')
-  kind, ref_name, make_config = ENCODERS[name]
-  if kind == 'dlib':
+  entry = ENCODERS[name]
+  if entry.kind == 'dlib':
     try:
       return registry.load_encoder('dlib', dtype=dtype), None
     except FileNotFoundError as e:
-      raise Unavailable(str(e))
-  model = import_optional(f'id2image_jax.models.{kind}')
-  ref = import_optional(ref_name)
-  config = (make_config(smoke) if make_config is not None
-            else model.get_config())
+      raise Unavailable(str(e)) from e
+  model = import_optional(f'id2image_jax.models.{entry.kind}')
+  ref = import_optional(entry.reference)
+  config = entry.config(model, smoke)
   with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, f'{name}.pth')
+    # The reference writes the public layout; JAX reads it the way a user's
+    # real file is read (registry -> porting -> Flax variables).
+    path = os.path.join(tmp, entry.filename)
     torch_model = ref.write_checkpoint(path, config, seed=seed)
-    encoder = registry.load_encoder(f'{kind}:{path}', dtype=dtype)
+    encoder = registry.load_encoder(f'{entry.kind}:{path}', dtype=dtype)
   return encoder, (torch_model.eval() if torch_side else None)
 
 

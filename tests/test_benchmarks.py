@@ -151,6 +151,12 @@ def test_inversion_smoke(smoke_runs):
   (ratio,) = report['ratios']
   assert ratio['jax_over_torch_batched'] > 0
   assert ratio['jax_over_torch_loop'] > 0
+  # Same weights, same Adam steps: JAX and torch did the same work.
+  (torch_row,) = [r for r in rows if r['variant'] == 'batched']
+  assert torch_row['loss_last'] == pytest.approx(jax_row['loss_last'],
+                                                 rel=1e-3)
+  assert ratio['loss_rel_diff_vs_torch'] < 1e-3
+  assert jax_row['loss_last'] < jax_row['loss_first']  # Adam descended.
 
 
 @pytest.mark.torch
