@@ -146,6 +146,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--no-dlib-reference', action='store_true',
                       help='skip timing dlib itself')
   args = parser.parse_args(argv)
+  common.set_torch_threads(args.torch_threads)
   smoke = args.smoke
   batches = common.sizes(args.batches or ('1,4' if smoke else GPU_BATCHES))
   repeats = args.repeats or (2 if smoke else 5)

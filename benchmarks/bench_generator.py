@@ -144,6 +144,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--forms', default='shared,fused',
                       help='JAX modulated-conv forms to time')
   args = parser.parse_args(argv)
+  common.set_torch_threads(args.torch_threads)
   smoke = args.smoke
   resolutions = [32] if smoke else common.sizes(args.resolutions)
   batches = common.sizes(args.batches or ('1,4' if smoke else GPU_BATCHES))

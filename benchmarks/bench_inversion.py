@@ -250,6 +250,7 @@ def main(argv=None) -> dict:
                       help='targets the torch per-image loop runs (default '
                       '4; smoke 1)')
   args = parser.parse_args(argv)
+  common.set_torch_threads(args.torch_threads)
   smoke = args.smoke
   resolutions = [32] if smoke else common.sizes(args.resolutions)
   ns = common.sizes(args.targets or ('1,4' if smoke else '1,16,64,256'))

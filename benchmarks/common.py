@@ -53,7 +53,7 @@ if ROOT not in sys.path:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-  """--smoke, --repeats, --dtype, --out-dir, --name, --no-torch, --no-peak."""
+  """Options every benchmark takes (--smoke, --repeats, --dtype, ...)."""
   parser.add_argument('--smoke', action='store_true',
                       help='tiny sizes, 1-2 repeats: proves the script runs '
                       '(CPU, seconds)')
@@ -71,6 +71,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       help='skip the PyTorch side')
   parser.add_argument('--no-peak', action='store_true',
                       help='skip the peak-FLOP/s measurement')
+  parser.add_argument('--torch-threads', type=int, default=None,
+                      help='torch.set_num_threads (CPU); default: torch\'s')
+
+
+def set_torch_threads(n: int | None) -> None:
+  """Applies --torch-threads (before `environment` records the count)."""
+  torch = _torch() if n else None
+  if torch is not None:
+    torch.set_num_threads(n)
 
 
 def _version(module: str) -> str | None:
@@ -275,9 +284,10 @@ def measure_peak(dtype: str = 'float32', *, smoke: bool = False,
   compared with ("fraction of measured peak").
   """
   on_cpu = jax.default_backend() == 'cpu'
-  n = 512 if smoke else (2048 if on_cpu else 8192)
-  b, hw, c = (2, 32, 64) if smoke else ((8, 64, 128) if on_cpu
-                                         else (64, 128, 512))
+  # Big enough to reach the CPU's rate in a --smoke run (~0.1 s each).
+  n = 1024 if smoke else (2048 if on_cpu else 8192)
+  b, hw, c = (4, 56, 128) if smoke else ((8, 64, 128) if on_cpu
+                                          else (64, 128, 512))
   key_a, key_b, key_x, key_w = jax.random.split(jax.random.key(0), 4)
   dt = jnp.dtype(dtype)
   out = {'dtype': dtype}

@@ -54,8 +54,11 @@ def main(argv=None) -> int:
   if not only or 'soft_histogram' in only:
     import jax  # pylint: disable=g-import-not-at-top
     suffix = f'{jax.default_backend()}{"_smoke" if args.smoke else ""}'
-    out = os.path.join(HERE, 'results', f'soft_histogram_{suffix}.json')
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    # Relative to the repository root (the cwd of the run): the JSON
+    # records the command line, which should not hold machine paths.
+    out = os.path.join('benchmarks', 'results',
+                       f'soft_histogram_{suffix}.json')
+    os.makedirs(os.path.join(ROOT, os.path.dirname(out)), exist_ok=True)
     extra = []  # soft_histogram.py takes --dtype only.
     for i, a in enumerate(passthrough):
       if a.startswith('--dtype='):
