@@ -66,9 +66,8 @@ def jax_rows(name, encoder, *, batches, repeats, peak, dtype, grad=True):
   return rows
 
 
-def torch_rows(name, model, encoder, *, batches, repeats, peak, dtype,
-               flops):
-  """Rows for the torch reference (forward+backward w.r.t. the input)."""
+def torch_rows(name, model, encoder, *, batches, repeats, dtype):
+  """Rows for the torch reference (fwd+bwd w.r.t. the input; no FLOPs)."""
   import torch  # pylint: disable=g-import-not-at-top
   device = common.torch_device()
   model = model.to(device).eval().requires_grad_(False)
@@ -99,8 +98,7 @@ def torch_rows(name, model, encoder, *, batches, repeats, peak, dtype,
       if device == 'cuda':
         torch.cuda.empty_cache()
       break
-    row['flops'] = flops.get(n)
-    rows.append(common.add_rates(row, work=n, unit='images/s', peak=peak))
+    rows.append(row)
     print(common.summary_line(row), flush=True)
   return rows
 
@@ -177,10 +175,17 @@ def main(argv=None) -> dict:
       continue
     # Full-size VGG-type encoders on a CPU smoke run: one batch size.
     sweep = batches[:1] if smoke and name.startswith('vggface') else batches
+    # Torch first, then its memory is released for JAX (common.release_torch).
+    torch_new = []
+    if torch_model is not None:
+      torch_new = torch_rows(name, torch_model, encoder, batches=sweep,
+                             repeats=repeats, dtype=args.dtype)
+      common.release_torch(torch_model)
     new = jax_rows(name, encoder, batches=sweep, repeats=repeats, peak=peak,
                    dtype=args.dtype)
     rows += new
-    flops = {r['N']: r.get('flops') for r in new}
+    common.fill_flops(torch_new, {r['N']: r.get('flops') for r in new},
+                      unit='images/s', peak=peak)
     if name == 'dlib':
       rows += jax_rows(name, encoder, batches=sweep, repeats=repeats,
                        peak=peak, dtype=args.dtype, grad=False)
@@ -189,10 +194,7 @@ def main(argv=None) -> dict:
           rows += dlib_rows(batches=sweep, repeats=repeats)
         except ImportError as e:
           skipped['dlib reference'] = f'dlib not importable: {e}'
-    elif torch_model is not None:
-      rows += torch_rows(name, torch_model, encoder, batches=sweep,
-                         repeats=repeats, peak=peak, dtype=args.dtype,
-                         flops=flops)
+    rows += torch_new
   report['results'] = rows
   report['ratios'] = ratios(rows)
   report['skipped'] = skipped

@@ -67,9 +67,8 @@ def jax_rows(gen, *, fused: bool, batches, repeats, peak, dtype):
   return rows
 
 
-def torch_rows(g, *, fused: bool, config, batches, repeats, dtype, flops,
-               peak):
-  """Timing rows of the torch reference; FLOPs from the JAX program."""
+def torch_rows(g, *, fused: bool, config, batches, repeats, dtype):
+  """Timing rows of the torch reference (FLOPs filled in later from JAX)."""
   import torch  # pylint: disable=g-import-not-at-top
   device = common.torch_device()
   g = g.to(device).eval().requires_grad_(False)
@@ -103,8 +102,7 @@ def torch_rows(g, *, fused: bool, config, batches, repeats, dtype, flops,
       if device == 'cuda':
         torch.cuda.empty_cache()
       break
-    row['flops'] = flops.get(n)
-    rows.append(common.add_rates(row, work=n, unit='images/s', peak=peak))
+    rows.append(row)
     print(common.summary_line(row), flush=True)
   return rows
 
@@ -170,6 +168,14 @@ def main(argv=None) -> dict:
     config = pairs.generator_config(res, smoke=smoke)
     gen, g_torch = pairs.generator_pair(config, dtype=args.dtype,
                                         torch_side=use_torch)
+    # Torch first, then its memory is released for JAX (common.release_torch).
+    torch_new = []
+    if g_torch is not None:
+      for fused in (True, False):
+        torch_new += torch_rows(g_torch, fused=fused, config=gen.config,
+                                batches=batches, repeats=repeats,
+                                dtype=args.dtype)
+      common.release_torch(g_torch)
     flops = {}
     for form in forms:
       new = jax_rows(gen, fused=form == 'fused', batches=batches,
@@ -179,11 +185,8 @@ def main(argv=None) -> dict:
         if r.get('flops') and form == 'shared':
           flops[r['N']] = r['flops']
         flops.setdefault(r['N'], r.get('flops'))
-    if g_torch is not None:
-      for fused in (True, False):
-        rows += torch_rows(g_torch, fused=fused, config=gen.config,
-                           batches=batches, repeats=repeats,
-                           dtype=args.dtype, flops=flops, peak=peak)
+    common.fill_flops(torch_new, flops, unit='images/s', peak=peak)
+    rows += torch_new
   report['results'] = rows
   report['ratios'] = ratios(rows)
   report['notes'] = notes + [

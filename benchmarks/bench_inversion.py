@@ -196,6 +196,33 @@ class TorchInversion:
             'peak_bytes': self.peak()}
 
 
+def torch_rows(g, e_model, encoder, *, ns, steps, repeats, lr, dtype, loop_targets,
+               base):
+  """Torch batched rows for each N (stops at OOM), then the loop row."""
+  ref = TorchInversion(g, e_model, encoder.spec, lr=lr, dtype=dtype)
+  rows = []
+  for n in ns:
+    row = {'impl': 'torch', 'variant': 'batched', 'N': n,
+           'device': ref.device, **base}
+    try:
+      row.update(ref.batched(n, encoder.dim, steps=steps, repeats=repeats))
+    except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
+      rows.append(_oom_row(row, e))
+      if ref.device == 'cuda':
+        ref.torch.cuda.empty_cache()
+      break
+    rows.append(row)
+    print(common.summary_line(row), flush=True)
+  row = {'impl': 'torch', 'variant': 'loop', 'N': loop_targets,
+         'device': ref.device, 'note': 'per-target rate; independent of N',
+         **base}
+  row.update(ref.loop(loop_targets, encoder.dim, steps=steps,
+                      repeats=repeats))
+  rows.append(row)
+  print(common.summary_line(row), flush=True)
+  return rows
+
+
 def ratios(rows):
   """JAX / torch throughput per (resolution, N) for both torch forms.
 
@@ -276,6 +303,8 @@ def main(argv=None) -> dict:
       'resolutions': resolutions, 'targets': ns, 'steps': steps,
       'repeats': repeats, 'encoder': encoder_name, 'remat': args.remat,
       'lr': args.lr, 'loop_targets': loop_targets, 'smoke': smoke,
+      'modconv': {'jax': 'shared (library default)',
+                  'torch': 'fused (projector.py default)'},
       'loss': 'ID loss ||E(G(w)) - d||^2 (paper eq. 1), Adam on W+, '
               'init w_avg, const noise'}
   encoder, e_torch = pairs.encoder_pair(encoder_name, dtype=args.dtype,
@@ -285,10 +314,18 @@ def main(argv=None) -> dict:
     config = pairs.generator_config(res, smoke=smoke)
     gen, g_torch = pairs.generator_pair(config, dtype=args.dtype,
                                         torch_side=use_torch)
-    objective = make_objective(gen, encoder, args.remat)
-    params = {'generator': gen.variables, 'encoder': encoder.variables}
     base = {'resolution': res, 'encoder': encoder_name, 'dtype': args.dtype,
             'steps': steps}
+    # Torch first, then its memory is released for JAX (common.release_torch).
+    torch_new = []
+    if use_torch:
+      torch_new = torch_rows(g_torch, e_torch, encoder, ns=ns, steps=steps,
+                             repeats=repeats, lr=args.lr, dtype=args.dtype,
+                             loop_targets=loop_targets, base=base)
+      common.release_torch(g_torch, e_torch)
+    objective = make_objective(gen, encoder, args.remat)
+    params = {'generator': gen.variables, 'encoder': encoder.variables}
+    flops = {}
     for n in ns:
       row = {'impl': 'jax', 'variant': f'engine/remat={args.remat}', 'N': n,
              **base}
@@ -300,35 +337,17 @@ def main(argv=None) -> dict:
         rows.append(_oom_row(row, e))
         break
       rows.append(row)
+      flops[n] = row.get('flops')
       print(common.summary_line(row), flush=True)
-    if not use_torch:
-      continue
-    ref = TorchInversion(g_torch, e_torch, encoder.spec, lr=args.lr,
-                         dtype=args.dtype)
-    flops = {r['N']: r.get('flops') for r in rows
-             if r['impl'] == 'jax' and r['resolution'] == res}
-    for n in ns:
-      row = {'impl': 'torch', 'variant': 'batched', 'N': n,
-             'device': ref.device, **base}
-      try:
-        row.update(ref.batched(n, encoder.dim, steps=steps,
-                               repeats=repeats))
-      except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
-        rows.append(_oom_row(row, e))
-        break
-      row['flops'] = flops.get(n)
-      rows.append(common.add_rates(row, work=n, unit='latent-steps/s',
-                                   peak=peak))
-      print(common.summary_line(row), flush=True)
-    k = loop_targets
-    row = {'impl': 'torch', 'variant': 'loop', 'N': k,
-           'device': ref.device, 'note': 'per-target rate; independent of N',
-           **base}
-    row.update(ref.loop(k, encoder.dim, steps=steps, repeats=repeats))
-    row['flops'] = flops.get(1)
-    rows.append(common.add_rates(row, work=1, unit='latent-steps/s',
-                                 peak=peak))
-    print(common.summary_line(row), flush=True)
+    # The torch rows do the JAX program's work: the same FLOP count; the
+    # loop's rate is per target (work 1, FLOPs of N = 1).
+    batched = [r for r in torch_new if r['variant'] == 'batched']
+    loop = [r for r in torch_new if r['variant'] == 'loop']
+    common.fill_flops(batched, flops, unit='latent-steps/s', peak=peak)
+    common.fill_flops(loop, {r['N']: flops.get(1) for r in loop},
+                      unit='latent-steps/s', peak=peak,
+                      work_per_n=lambda _: 1.0)
+    rows += torch_new
   report['results'] = rows
   report['ratios'] = ratios(rows)
   report['notes'] = notes + [

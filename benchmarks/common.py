@@ -36,8 +36,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# Torch and JAX share the GPU in one process: JAX must not grab 75% of it
+# up front (its default), or the torch side would run out of memory first.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
+
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'results')
@@ -263,6 +270,32 @@ def time_torch(call: Callable[[], Any], repeats: int, *,
   median, times = median_time(call, repeats, sync=sync)
   peak = int(torch.cuda.max_memory_allocated()) if cuda else None
   return {'median_s': median, 'times_s': times, 'peak_bytes': peak}
+
+
+def release_torch(*models) -> None:
+  """Moves `models` to the CPU and empties torch's CUDA cache.
+
+  The torch side of a benchmark runs before the JAX side, and hands its
+  memory back so that JAX can grow into the whole device.
+  """
+  torch = _torch()
+  if torch is None or not torch.cuda.is_available():
+    return
+  for m in models:
+    if m is not None:
+      m.to('cpu')
+  torch.cuda.synchronize()
+  torch.cuda.empty_cache()
+
+
+def fill_flops(rows: list[dict[str, Any]], flops: dict[int, Any], *,
+               unit: str, peak: dict[str, Any] | None,
+               work_per_n: Callable[[int], float] = float) -> None:
+  """Gives torch rows the JAX FLOP count of the same N, then the rates."""
+  for r in rows:
+    if r.get('median_s'):
+      r['flops'] = flops.get(r['N'])
+      add_rates(r, work=work_per_n(r['N']), unit=unit, peak=peak)
 
 
 def is_oom(error: BaseException) -> bool:
