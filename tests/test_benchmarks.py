@@ -97,6 +97,28 @@ def test_make_tables_rewrites_only_the_marked_section():
     make_tables.rewrite('no markers', 'x')
 
 
+def test_run_all_passes_options_through(monkeypatch):
+  import run_all  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(run_all.subprocess, 'call',
+                      lambda cmd, cwd: calls.append(cmd) or 0)
+  assert run_all.main(['--smoke', '--dtype', 'bfloat16', '--repeats', '3',
+                       '--no-tables']) == 0
+  scripts = [os.path.basename(c[1]) for c in calls]
+  assert scripts == ['bench_inversion.py', 'bench_generator.py',
+                     'bench_encoders.py', 'soft_histogram.py']
+  for cmd in calls[:3]:
+    assert cmd[2:] == ['--smoke', '--dtype', 'bfloat16', '--repeats', '3']
+  # soft_histogram.py takes only --smoke, --dtype and its own --out.
+  assert calls[3][2:5] == ['--smoke', '--dtype', 'bfloat16']
+  assert '--repeats' not in calls[3]
+  calls.clear()
+  monkeypatch.setattr(run_all.subprocess, 'call',
+                      lambda cmd, cwd: calls.append(cmd) or 3)
+  assert run_all.main(['--only', 'generator', '--no-tables']) == 1
+  assert [os.path.basename(c[1]) for c in calls] == ['bench_generator.py']
+
+
 # --------------------------------------------------------------------------
 # The scripts (torch comparisons).
 
