@@ -13,7 +13,7 @@ skipped with a note otherwise). dlib's descriptor has no torch model: its
 reference is dlib itself (``ports/dlib_reference.py``, CPU, forward only,
 no gradient), so for dlib the JAX forward pass is timed as well.
 
-  python benchmarks/bench_encoders.py --smoke              # CPU, ~30 s
+  python benchmarks/bench_encoders.py --smoke              # CPU, 15-30 s
   python benchmarks/bench_encoders.py                      # GPU sweep
   python benchmarks/bench_encoders.py --encoders iresnet50 --batches 1,64
 """

@@ -14,7 +14,7 @@ is the pure-torch stylegan2-ada reference in ``ports/stylegan2_reference.py``
 its fused_modconv=True (the projector's form) and False; both sides run the
 same weights (the reference writes a network pickle, JAX ports that file).
 
-  python benchmarks/bench_generator.py --smoke            # CPU, ~20 s
+  python benchmarks/bench_generator.py --smoke            # CPU, 15-30 s
   python benchmarks/bench_generator.py                    # GPU: 256 and 1024
   python benchmarks/bench_generator.py --resolutions 1024 --batches 1,8,64 \
       --dtype bfloat16

@@ -20,7 +20,7 @@ Options: ``--dtype bfloat16`` (JAX compute dtype; torch autocast),
 ``--remat none|full|dots`` (``jax.checkpoint`` around the generator
 render; 'dots' keeps only conv/matmul outputs), ``--encoder``.
 
-  python benchmarks/bench_inversion.py --smoke              # CPU, ~40 s
+  python benchmarks/bench_inversion.py --smoke              # CPU, 15-30 s
   python benchmarks/bench_inversion.py                      # GPU figure
   python benchmarks/bench_inversion.py --resolutions 1024 --targets 64 \
       --dtype bfloat16 --remat dots
