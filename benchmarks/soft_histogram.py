@@ -7,10 +7,11 @@ autodiff keep that intermediate for the backward pass.
   python benchmarks/soft_histogram.py --smoke             # CPU, seconds
   python benchmarks/soft_histogram.py --batch 8 --size 1024 --out hist.json
 
-Compilation is timed separately from steady state (mean over --repeats
-calls, each ended by block_until_ready); "temp" is XLA's scratch memory of
-the compiled program (`memory_analysis().temp_size_in_bytes`), the part the
-formulation controls.
+Compilation is timed separately from steady state (median over --repeats
+calls, each ended by block_until_ready; `common.py`); "temp" is XLA's
+scratch memory of the compiled program
+(`memory_analysis().temp_size_in_bytes`), the part the formulation
+controls.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import sys
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 
@@ -50,12 +52,10 @@ def measure(fn, images, repeats):
   compile_s = time.perf_counter() - start
   stats = compiled.memory_analysis()
   jax.block_until_ready(compiled(images))  # Warm-up.
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(compiled(images))
+  median, _ = common.median_time(lambda: compiled(images), repeats)
   return {
       'compile_s': round(compile_s, 4),
-      'step_ms': round(1e3 * (time.perf_counter() - start) / repeats, 3),
+      'step_ms': round(1e3 * median, 3),
       'temp_mib': (None if stats is None
                    else round(stats.temp_size_in_bytes / 2**20, 2)),
   }
@@ -102,6 +102,7 @@ def main(argv=None):
       'image': [args.size, args.size, 3],
       'bins': args.bins,
       'jax': jax.__version__,
+      'env': common.environment(dtype=args.dtype),
       'results': results,
   }
   text = json.dumps(report, indent=2)
