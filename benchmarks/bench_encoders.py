@@ -198,8 +198,10 @@ def main(argv=None) -> dict:
   report['results'] = rows
   report['ratios'] = ratios(rows)
   report['skipped'] = skipped
+  if smoke:
+    notes.append('smoke: ' + '; '.join(pairs.SMOKE_SIZES[n] for n in names
+                                       if n in pairs.SMOKE_SIZES))
   report['notes'] = notes + [
-      'smoke: IResNet-50 is cut to one block per stage, 64-d descriptor',
       ('dlib reference: dlib.face_recognition_model_v1 on CPU, uint8 chips, '
        'forward only (dlib has no gradient)'),
       'torch FLOPs = XLA count of the JAX program (same work)']

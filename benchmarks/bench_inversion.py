@@ -43,12 +43,6 @@ import pairs
 from id2image_jax import inversion
 from id2image_jax.inversion import objective as objective_lib
 
-REMAT = {
-    'none': None,
-    'full': 'full',
-    'dots': jax.checkpoint_policies.dots_saveable,
-}
-
 
 def default_encoder() -> str:
   """ResNet-50 VGGFace2 when its model and reference exist, else IResNet-50."""
@@ -62,11 +56,8 @@ def default_encoder() -> str:
 
 def make_objective(gen, encoder, remat: str):
   """The ID2image objective (ID term only) for one target, W+ latents."""
-  render = objective_lib.stylegan2_render(gen.module, latent_space='w+')
-  if remat == 'full':
-    render = jax.checkpoint(render)
-  elif REMAT[remat] is not None:
-    render = jax.checkpoint(render, policy=REMAT[remat])
+  render = objective_lib.rematerialize(
+      objective_lib.stylegan2_render(gen.module, latent_space='w+'), remat)
   return objective_lib.make_id2image_objective(render,
                                                encoder.descriptor_fn())
 
@@ -272,7 +263,8 @@ def main(argv=None) -> dict:
                       help='consecutive steps per timed repeat (default '
                       '20; smoke 1)')
   parser.add_argument('--lr', type=float, default=0.01)
-  parser.add_argument('--remat', default='none', choices=sorted(REMAT))
+  parser.add_argument('--remat', default='none',
+                      choices=sorted(objective_lib.REMAT_POLICIES))
   parser.add_argument('--loop-targets', type=int, default=None,
                       help='targets the torch per-image loop runs (default '
                       '4; smoke 1)')
@@ -359,8 +351,8 @@ def main(argv=None) -> dict:
        'regularisation of projector.py), so it is compared like for like'),
       'torch FLOPs = XLA count of the JAX step for the same N']
   if smoke:
-    report['notes'].append('smoke: 32 px generator, IResNet-50 cut to one '
-                           'block per stage, 64-d descriptor')
+    report['notes'].append('smoke: 32 px generator, '
+                           + pairs.SMOKE_SIZES.get(encoder_name, encoder_name))
   path = common.write_json(report, args.name or common.result_name(
       'inversion', smoke), out_dir=args.out_dir)
   print(f'wrote {path}')

@@ -111,14 +111,23 @@ ENCODERS = {
 }
 
 
+# What --smoke changes, per encoder (for the notes of the results).
+SMOKE_SIZES = {
+    'iresnet50': 'IResNet-50 cut to one block per stage, 64-d descriptor',
+    'iresnet100': 'IResNet-100 at full size',
+    'vggface2': 'VGGFace2 ResNet-50 cut to one block per stage',
+    'vggface': 'VGG-Face VGG-16 at full size',
+    'dlib': 'the real dlib ResNet',
+}
+
+
 def import_optional(name: str):
   """Imports `name` or raises `Unavailable` saying why."""
   try:
     return importlib.import_module(name)
   except ImportError as e:
-    raise Unavailable(f'{name} cannot be imported ({e}); it is being '
-                      'written in parallel or its dependency is missing'
-                      ) from e
+    raise Unavailable(f'{name} cannot be imported ({e}); is the test '
+                      'extra (torch) installed?') from e
 
 
 def encoder_pair(name: str, *, dtype: str = 'float32', smoke: bool = False,
