@@ -195,7 +195,7 @@ def test_parity_bfloat16(case):
 
 def test_rosinality_maths_agree_with_port(case, written):
   _, config, variables = case('rosinality', 'small')
-  sd = torch.load(written['small'][1]['rosinality'])['g_ema']
+  sd = torch.load(written['small'][1]['rosinality'], weights_only=True)['g_ema']
   ws = _wplus(config, 6)
   noise = [sd[f'noises.noise_{i}'] for i in range(config.num_layers)]
   want = ref.rosinality_forward(sd, torch.from_numpy(ws), noise)
