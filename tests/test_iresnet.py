@@ -28,6 +28,7 @@ from id2image_jax.models import iresnet
 from id2image_jax.porting import CheckpointError
 from id2image_jax.porting import PortingError
 from id2image_jax.porting import iresnet as piresnet
+from torch_parity import torch_outputs
 
 F32_TOL = {'rtol': 1e-5, 'atol': 1e-4}
 BF16_TOL = {'rtol': 5e-2, 'atol': 2.5e-1}
@@ -45,17 +46,6 @@ def _images(batch, seed=0):
       -1, 1, (batch, 112, 112, 3)).astype(np.float32)
 
 
-def _torch_outputs(model, x):
-  import torch  # pylint: disable=g-import-not-at-top
-  with torch.no_grad():
-    desc, inter = model.forward_with_intermediates(
-        torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
-  out = {k: v.numpy() for k, v in inter.items()}
-  out = {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v
-         for k, v in out.items()}
-  return desc.numpy(), out
-
-
 @pytest.fixture(scope='module')
 def ported(tmp_path_factory):
   """variant -> (config, variables, images, torch descriptor, torch inter)."""
@@ -68,7 +58,7 @@ def ported(tmp_path_factory):
       model = ref.write_checkpoint(path, {'variant': variant}, seed=1)
       config, variables = piresnet.convert(path)
       x = _images(batch)
-      cache[variant] = (config, variables, x) + _torch_outputs(model, x)
+      cache[variant] = (config, variables, x) + torch_outputs(model, x)
     return cache[variant]
   return get
 

@@ -35,6 +35,7 @@ from id2image_jax.models import vggface
 from id2image_jax.porting import CheckpointError
 from id2image_jax.porting import PortingError
 from id2image_jax.porting import vggface as pvgg
+from torch_parity import torch_outputs
 
 F32_TOL = {'rtol': 1e-5, 'atol': 2e-4}
 BF16_TOL = {'rtol': 5e-2, 'atol': 5e-1}
@@ -57,17 +58,6 @@ def _inputs(batch, seed=0):
   return (pixels - np.asarray(vggface.MEAN_RGB)).astype(np.float32)
 
 
-def _torch_outputs(model, x):
-  import torch  # pylint: disable=g-import-not-at-top
-  with torch.no_grad():
-    desc, inter = model.forward_with_intermediates(
-        torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
-  out = {k: v.numpy() for k, v in inter.items()}
-  out = {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v
-         for k, v in out.items()}
-  return desc.numpy(), out
-
-
 @pytest.fixture(scope='module')
 def vgg16():
   """(config, variables, input, torch fc7, torch intermediates), batch 1.
@@ -83,7 +73,7 @@ def vgg16():
   config, variables = pvgg.convert_state_dict(state, what='vgg_face_dag')
   del state
   x = _inputs(1)
-  return (config, variables, x) + _torch_outputs(model, x)
+  return (config, variables, x) + torch_outputs(model, x)
 
 
 @pytest.mark.torch
@@ -156,7 +146,7 @@ def test_fc8_is_ignored_by_default_and_ported_on_request(tiny):
                                 state['fc8.weight'].T)
   x = _inputs(2, seed=5)
   got, inter = jax.jit(vggface.build(config).apply)(variables, x)
-  want, want_inter = _torch_outputs(model, x)
+  want, want_inter = torch_outputs(model, x)
   chex.assert_trees_all_close(got, want, **F32_TOL)
   chex.assert_trees_all_close(inter, want_inter, **F32_TOL)
   assert set(inter) >= {'fc8'} and inter['fc8'].shape == (2, 10)
@@ -365,7 +355,7 @@ def test_registry_detects_and_loads_vgg_face_dag(tiny):
   assert got.shape == (3, 32)
   x = np.asarray(preprocess.to_encoder_input(images.astype(np.float32),
                                              encoder.spec))
-  want, _ = _torch_outputs(model, x)
+  want, _ = torch_outputs(model, x)
   np.testing.assert_allclose(got, want, **F32_TOL)
   one = jax.jit(encoder.descriptor_fn())(encoder.variables,
                                          images[0].astype(np.float32))
