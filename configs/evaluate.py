@@ -18,7 +18,7 @@ evaluation, heads from `id2image leakage`, W+, 1000 Adam steps)::
   id2image evaluate --config configs/evaluate.py:paper \
       --generator ffhq.pkl --encoder vggface2:resnet50_ft_weight.pkl \
       --eval-encoder vggface:vgg_face_dag.pth --targets mofa_test/ \
-      --set init=runs/leakage/heads/id_to_latent \
+      --set init=runs/regressor/id_to_latent \
       --set heads.landmarks=runs/leakage/heads/landmarks \
       --set heads.image_landmarks=runs/leakage/heads/landmarks_cnn \
       --set heads.histogram=runs/leakage/heads/histogram \

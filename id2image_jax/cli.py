@@ -6,6 +6,7 @@ Usage::
   id2image embed    --config configs/embed.py ...
   id2image leakage  --config configs/leakage.py ...
   id2image evaluate --config configs/evaluate.py ...
+  id2image regressor [--generator ...] [--encoder ...]
 
 Every job reads one ``ml_collections.ConfigDict`` from a Python config file
 (``get_config(arg)``). ``--set a.b=1`` overrides any field (type-checked by
@@ -37,6 +38,8 @@ _SHORTCUTS = {
     'evaluate': {'generator': 'generator', 'encoder': 'encoder',
                  'eval_encoder': 'eval_encoder', 'targets': 'targets',
                  'out': 'workdir'},
+    'regressor': {'generator': 'generator', 'encoder': 'encoder',
+                  'out': 'workdir', 'steps': 'steps'},
 }
 
 
@@ -51,6 +54,9 @@ def _job(command: str) -> Callable[[ml_collections.ConfigDict], Any]:
   if command == 'leakage':
     from id2image_jax.analysis import jobs  # pylint: disable=g-import-not-at-top
     return jobs.run_leakage
+  if command == 'regressor':
+    from id2image_jax.analysis import regressor  # pylint: disable=g-import-not-at-top
+    return regressor.run
   if command == 'evaluate':
     from id2image_jax import evaluation  # pylint: disable=g-import-not-at-top
     return evaluation.run
@@ -112,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
       'leakage': 'train heads on descriptors and write the Table-1 report',
       'evaluate': 'ablation (ID / +landmarks / +histogram) and transfer '
                   'evaluation with MSE/PSNR/SSIM, cosine and TMR@FMR',
+      'regressor': 'train the ID->latent network on synthetic pairs (it '
+                   'initialises the inversion: invert --set init=...)',
   }
   for command, shortcuts in _SHORTCUTS.items():
     p = sub.add_parser(command, help=helps[command])

@@ -41,7 +41,10 @@ def _encoder_name(config: Mapping[str, Any]) -> str:
   name = config.get('encoder_name')
   if name:
     return name
-  return os.path.basename(os.path.normpath(str(config['encoder'])))
+  # 'vggface2:/w/resnet50_ft_weight.pkl' -> 'resnet50_ft_weight'; a
+  # converted directory keeps its name; 'dlib' stays 'dlib'.
+  path = str(config['encoder']).rpartition(':')[2]
+  return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
 def run_embed(config: Any, *, embed_fn: embed_lib.EmbedFn | None = None,

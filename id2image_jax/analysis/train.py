@@ -314,7 +314,9 @@ def train_id_to_latent(key: jax.Array, sample_fn: SampleFn, *,
   Args:
     key: a ``jax.random.key``; step t samples with ``fold_in(key, t)``.
     sample_fn: jittable ``(key, batch) -> (descriptors [B, D], latents
-      [B, *latent_shape])``.
+      [B, *latent_shape])``; pass large arrays it needs (model weights) as
+      the arguments of a `jax.tree_util.Partial` so they are not compiled
+      in as constants.
     config: head config; default ``head_config('id_to_latent')`` with
       ``input_dim`` and ``out_shape`` taken from one sample.
     num_steps: optimizer steps.
@@ -347,8 +349,14 @@ def train_id_to_latent(key: jax.Array, sample_fn: SampleFn, *,
     return mse_loss(model.apply({'params': params}, d, logits=True),
                     z).mean()
 
+  # The sampler travels as an argument so that the arrays it holds (e.g.
+  # generator and encoder weights in a `jax.tree_util.Partial`) are inputs
+  # of the compiled step, not constants baked into it.
+  if not isinstance(sample_fn, jax.tree_util.Partial):
+    sample_fn = jax.tree_util.Partial(sample_fn)
+
   @functools.partial(jax.jit, donate_argnums=0)
-  def step(state: TrainState):
+  def step(state: TrainState, sample_fn):
     d, z = sample_fn(jax.random.fold_in(sample_key, state.step), batch_size)
     # The regressor learns from the encoder; it must not train it.
     d, z = jax.lax.stop_gradient(d), jax.lax.stop_gradient(z)
@@ -361,7 +369,7 @@ def train_id_to_latent(key: jax.Array, sample_fn: SampleFn, *,
   history = History()
   window = []
   for t in tqdm.trange(num_steps, disable=not progress, desc='id_to_latent'):
-    state, value = step(state)
+    state, value = step(state, sample_fn)
     window.append(value)
     if len(window) == log_every or t == num_steps - 1:
       history.loss.append(float(jnp.mean(jnp.stack(window))))

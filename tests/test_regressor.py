@@ -1,0 +1,73 @@
+"""The ``id2image regressor`` job (paper 4.1) and its use as the init."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from id2image_jax import cli
+from id2image_jax.analysis import regressor
+from id2image_jax.analysis import train as train_lib
+from id2image_jax.models import registry
+
+_TINY = ['--set', 'generator=demo:demo-8', '--set', 'progress=False']
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  out = tmp_path_factory.mktemp('regressor')
+  assert cli.main(['regressor', *_TINY, '--out', str(out), '--steps', '24',
+                   '--set', 'batch_size=8', '--set', 'hidden=(64, 64)',
+                   '--set', 'eval_pairs=8', '--set', 'log_every=6']) == 0
+  with open(out / 'summary.json') as f:
+    return out, json.load(f)
+
+
+def test_job_trains_saves_and_reports(trained):
+  out, summary = trained
+  loss = summary['loss_history']['loss']
+  assert summary['loss_history']['steps'] == [6, 12, 18, 24]
+  assert np.all(np.isfinite(loss)) and loss[-1] < loss[0], loss
+  held = summary['held_out']
+  assert held['num_pairs'] == 8
+  for measure in ('latent_mse', 'id_cosine'):
+    for arm in ('regressor', 'start'):
+      assert np.isfinite(held[measure][arm]), (measure, arm)
+  assert (out / 'loss.png').exists()
+  model, params, config = train_lib.load_head(out / 'id_to_latent')
+  assert config['latent_space'] == 'w' and config['hidden'] == [64, 64]
+  assert model.apply({'params': params}, np.zeros((2, 128), np.float32)).shape == (2, 16)
+
+
+def test_invert_starts_from_the_regressor(trained, tmp_path):
+  out, _ = trained
+  run = tmp_path / 'invert'
+  assert cli.main(['invert', *_TINY, '--set', 'chunk_size=4',
+                   '--set', f'init={out / "id_to_latent"}', '--steps', '2',
+                   '--num-targets', '3', '--out', str(run)]) == 0
+  with open(run / 'summary.json') as f:
+    summary = json.load(f)
+  assert summary['num_done'] == 3
+  assert np.isfinite(summary['quality_at_init']['id_cosine'])
+
+
+def test_sampler_passes_weights_as_arguments():
+  generator = registry.load_generator('demo:demo-8')
+  encoder = registry.load_encoder('dlib')
+  sampler = regressor.make_sampler(generator, encoder, latent_space='w+')
+  # The models' weights are leaves of the sampler, i.e. jit inputs.
+  assert len(jax.tree.leaves(sampler)) == (
+      len(jax.tree.leaves(generator.variables))
+      + len(jax.tree.leaves(encoder.variables)))
+  d, w = jax.eval_shape(lambda k: sampler(k, 3), jax.random.key(0))
+  assert d.shape == (3, 128)
+  assert w.shape == (3, generator.config.num_ws, generator.config.w_dim)
+  with pytest.raises(ValueError, match='latent_space'):
+    regressor.make_sampler(generator, encoder, latent_space='s')
+
+
+def test_paper_variant():
+  config = cli.load_config(cli._CONFIG_DIR + '/regressor.py:paper')
+  assert tuple(config.hidden) == (2048, 2048, 2048)
+  assert config.generator == '' and config.encoder == ''
