@@ -19,9 +19,9 @@ evaluation, heads from `id2image leakage`, W+, 1000 Adam steps)::
       --generator ffhq.pkl --encoder vggface2:resnet50_ft_weight.pkl \
       --eval-encoder vggface:vgg_face_dag.pth --targets mofa_test/ \
       --set init=runs/regressor/id_to_latent \
-      --set heads.landmarks=runs/leakage/heads/landmarks \
-      --set heads.image_landmarks=runs/leakage/heads/landmarks_cnn \
-      --set heads.histogram=runs/leakage/heads/histogram \
+      --set heads.landmarks=runs/leakage/heads/resnet50_ft_weight/landmarks \
+      --set heads.image_landmarks=runs/leakage/heads/image/landmarks_cnn \
+      --set heads.histogram=runs/leakage/heads/resnet50_ft_weight/histogram \
       --set "transfer_encoders=('vggface2:resnet50_ft_weight.pkl', \
              'iresnet:backbone.pth', 'vggface:vgg_face_dag.pth')"
 """

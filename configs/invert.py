@@ -14,9 +14,9 @@ initialised from the ID->latent regressor, landmark + histogram terms)::
   id2image invert --config configs/invert.py:paper \
       --generator ffhq.pkl --encoder resnet50_ft_weight.pkl \
       --targets descriptors.npz --set init=runs/regressor/id_to_latent \
-      --set heads.landmarks=runs/leakage/heads/landmarks \
-      --set heads.image_landmarks=runs/leakage/heads/landmarks_cnn \
-      --set heads.histogram=runs/leakage/heads/histogram
+      --set heads.landmarks=runs/leakage/heads/resnet50_ft_weight/landmarks \
+      --set heads.image_landmarks=runs/leakage/heads/image/landmarks_cnn \
+      --set heads.histogram=runs/leakage/heads/resnet50_ft_weight/histogram
 """
 
 import ml_collections

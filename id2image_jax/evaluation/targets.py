@@ -159,7 +159,7 @@ def attach_aux(config: Any, targets: job_lib.Targets) -> dict[str, dict]:
         'no image->landmark model (heads.image_landmarks): the landmark '
         'loss compares the landmarks of the reconstruction, which needs '
         'that CNN; train it with `id2image leakage` (saved under '
-        '<workdir>/heads/landmarks_cnn)')}
+        '<workdir>/heads/image/landmarks_cnn)')}
   elif targets.landmarks is not None:
     out['landmarks'] = {'from': 'file',
                         'source': f'given in {config.targets}'}
