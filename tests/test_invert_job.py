@@ -188,3 +188,49 @@ def test_paper_config_variant_and_unknown_variant():
           paper.weights.histogram) == (1.0, 0.0006, 0.01)
   with pytest.raises(ValueError, match='unknown variant'):
     cli.load_config(os.path.join(cli._CONFIG_DIR, 'invert.py') + ':nope')
+
+
+def _save_random_head(path, kind, **overrides):
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from id2image_jax.analysis import train as train_lib
+  from id2image_jax.models import heads
+  # pylint: enable=g-import-not-at-top
+  config = heads.head_config(kind, **overrides)
+  example = heads.example_input(config)
+  params = heads.build(config).init(
+      jax.random.key(len(kind)), np.zeros(example.shape, np.float32))
+  return train_lib.save_head(str(path), params['params'], config)
+
+
+def test_heads_from_the_leakage_job_add_landmark_and_histogram_terms(
+    tmp_path, encoder):
+  # Heads as `id2image leakage` saves them (random weights: the plumbing,
+  # not their accuracy, is under test).
+  lm = _save_random_head(tmp_path / 'heads/dlib/landmarks', 'landmarks',
+                         input_dim=128)
+  hist = _save_random_head(tmp_path / 'heads/dlib/histogram', 'histogram',
+                           input_dim=128, out_shape=(3, 10))
+  cnn = _save_random_head(tmp_path / 'heads/image/landmarks_cnn',
+                          'landmarks_cnn', channels=(4, 4, 4, 4, 4),
+                          hidden=8, input_size=(16, 16))
+  images = np.random.default_rng(2).uniform(-1, 1, (2, 16, 16, 3))
+  path = tmp_path / 'targets.npy'
+  np.save(path, encoder.embed(images.astype(np.float32)))
+  out, summary = _invert(
+      tmp_path, '--targets', str(path), '--steps', '2',
+      '--set', f'heads.landmarks={lm}', '--set', f'heads.histogram={hist}',
+      '--set', f'heads.image_landmarks={cnn}')
+  assert summary['num_done'] == 2
+  assert {'id', 'landmarks', 'histogram'} <= set(summary['final'])
+  history = np.load(out / 'history.npz')
+  for term in ('landmarks', 'histogram'):
+    values = history[f'loss/{term}']
+    assert np.isfinite(values).all() and (values > 0).all()
+
+
+def test_landmark_head_without_the_image_network_is_an_error(tmp_path):
+  lm = _save_random_head(tmp_path / 'landmarks', 'landmarks', input_dim=128)
+  with pytest.raises(ValueError, match='heads.image_landmarks'):
+    _invert(tmp_path, '--steps', '1', '--num-targets', '1',
+            '--set', f'heads.landmarks={lm}')
