@@ -234,3 +234,15 @@ def test_landmark_head_without_the_image_network_is_an_error(tmp_path):
   with pytest.raises(ValueError, match='heads.image_landmarks'):
     _invert(tmp_path, '--steps', '1', '--num-targets', '1',
             '--set', f'heads.landmarks={lm}')
+
+
+def test_converted_encoder_directory_gives_the_same_descriptors(
+    tmp_path, encoder):
+  from ports import convert_encoder  # pylint: disable=g-import-not-at-top
+  assert convert_encoder.main(['dlib', str(tmp_path / 'dlib')]) == 0
+  restored = registry.load_encoder(str(tmp_path / 'dlib'))
+  assert (restored.kind, restored.dim) == ('dlib', 128)
+  assert restored.spec == encoder.spec
+  images = np.random.default_rng(3).uniform(-1, 1, (2, 24, 24, 3))
+  np.testing.assert_array_equal(restored.embed(images),
+                                encoder.embed(images))
