@@ -41,6 +41,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # Optimisation (paper 4.1: Adam, lr 1e-3).
   c.latent_space = 'w'  # 'z' | 'w' | 'w+' (paper variant: 'w+')
   c.noise_mode = 'const'  # generator noise: 'const' | 'none'
+  # Optimise the per-layer noise maps with the latent (from the generator's
+  # const maps; no noise regulariser, so they can soak up detail).
+  c.optimize_noise = False
   c.init = 'w_avg'  # 'w_avg' | 'random' | directory of an ID->latent head
   c.steps = 120
   c.learning_rate = 0.02

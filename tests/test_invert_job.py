@@ -246,3 +246,35 @@ def test_converted_encoder_directory_gives_the_same_descriptors(
   images = np.random.default_rng(3).uniform(-1, 1, (2, 24, 24, 3))
   np.testing.assert_array_equal(restored.embed(images),
                                 encoder.embed(images))
+
+
+@pytest.mark.parametrize('init', ['w_avg', 'random'])
+def test_noise_can_be_optimised_with_the_latent(tmp_path, monkeypatch, init):
+  # A fresh StyleGAN2 has noise_strength = 0 (as the official init), so its
+  # noise gets no gradient; give the demo generator trained-like strengths.
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  load = registry.load_generator
+
+  def load_with_noise(*args, **kwargs):
+    g = load(*args, **kwargs)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.5 if 'noise_strength' in str(path[-1]) else x,
+        g.variables)
+    return dataclasses.replace(g, variables=variables)
+  monkeypatch.setattr(registry, 'load_generator', load_with_noise)
+  out, summary = _invert(tmp_path, '--steps', '3', '--num-targets', '2',
+                         '--set', 'optimize_noise=True',
+                         '--set', f'init={init}')
+  assert summary['num_done'] == 2
+  latents = np.load(out / 'latents.npz')
+  noise = sorted(k for k in latents.files if k.startswith('latents/noise'))
+  # demo-8: one 4x4 and two 8x8 noise inputs, one set per target.
+  assert [latents[k].shape for k in noise] == [(2, 4, 4), (2, 8, 8),
+                                               (2, 8, 8)]
+  generator = load('demo:demo-8')
+  from id2image_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
+  start = stylegan2.const_noise(generator.config, generator.variables)
+  moved = [np.abs(latents[k] - np.asarray(m)).max()
+           for k, m in zip(noise, start)]
+  assert max(moved) > 0, 'the noise maps were not optimised'

@@ -26,6 +26,7 @@ Targets come from ``config.targets``:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -214,7 +215,33 @@ def attach_head_targets(targets: Targets, heads: Mapping[str, str]) -> None:
 
 def make_init(config: Any, generator: registry.Generator,
               targets: Targets) -> Any:
-  """Per-target initial latents ([N, ...] leaves) for ``config.init``."""
+  """Per-target initial latents for ``config.init`` (+ noise if optimised).
+
+  Returns what `engine.invert` takes as ``init``: [N, ...] arrays or a
+  per-target init function.
+  """
+  init = _initial_latent(config, generator, targets)
+  if not config.get('optimize_noise', False):
+    return init
+  # The generator's fixed noise maps become per-target variables, starting
+  # from what noise_mode='const' renders.
+  from id2image_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
+  noise = [jnp.asarray(m) for m in stylegan2.const_noise(
+      generator.config, generator.variables)]
+  if callable(init):
+    return jax.tree_util.Partial(
+        functools.partial(_with_noise, init=init), noise)
+  n = len(targets.descriptors)
+  return {**init, 'noise': [np.broadcast_to(np.asarray(m), (n,) + m.shape)
+                            for m in noise]}
+
+
+def _with_noise(noise, key, target, *, init):
+  return {**init(key, target), 'noise': list(noise)}
+
+
+def _initial_latent(config: Any, generator: registry.Generator,
+                    targets: Targets) -> Any:
   n = len(targets.descriptors)
   num_ws, w_dim = generator.config.num_ws, generator.config.w_dim
   space = config.latent_space

@@ -203,6 +203,24 @@ def noise_shapes(config: StyleGAN2Config | Mapping[str, Any]
   return shapes
 
 
+def const_noise(config: StyleGAN2Config | Mapping[str, Any],
+                variables: Mapping[str, Any]) -> list[jax.Array]:
+  """The stored ``noise_const`` maps in `noise_shapes` order.
+
+  What ``noise_mode='const'`` uses; a starting point when the noise is
+  optimised together with the latent.
+  """
+  config = as_config(config)
+  if not config.use_noise:
+    return []
+  synthesis = variables['buffers']['synthesis']
+  maps = []
+  for res in config.block_resolutions:
+    for conv in (('conv1',) if res == 4 else ('conv0', 'conv1')):
+      maps.append(synthesis[f'b{res}'][conv]['noise_const'])
+  return maps
+
+
 # --------------------------------------------------------------------------
 # Pure building blocks.
 
