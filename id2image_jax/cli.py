@@ -21,7 +21,9 @@ import ast
 import importlib.util
 import os
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 

@@ -20,9 +20,9 @@ Units, and how they relate to the paper's tables:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import functools
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import chex

@@ -18,7 +18,7 @@ from id2image_jax.porting import dlib_resnet as dlib_port
 
 
 @functools.lru_cache(maxsize=None)
-def _model(path: str) -> 'dlib.face_recognition_model_v1':
+def _model(path: str) -> dlib.face_recognition_model_v1:
   return dlib.face_recognition_model_v1(path)
 
 

@@ -21,7 +21,8 @@ Benchmarks: ``reference_model(config)`` returns the eval-mode torch module.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

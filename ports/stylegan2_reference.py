@@ -43,7 +43,9 @@ import math
 import pickle
 import sys
 import types
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

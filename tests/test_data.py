@@ -3,14 +3,14 @@
 import os
 
 import numpy as np
-from PIL import Image
 import pytest
+from fake_data import write_fake_celeba
+from fake_data import write_png_folder
+from PIL import Image
 
 from id2image_jax import data
 from id2image_jax.data import celeba
 from id2image_jax.data import pipeline
-from fake_data import write_fake_celeba
-from fake_data import write_png_folder
 
 tfds = pytest.importorskip('tensorflow_datasets')
 

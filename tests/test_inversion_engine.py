@@ -1,6 +1,7 @@
 """invert(): chunking, bad rows, initialisation, checkpoint/resume."""
 
 import chex
+import inversion_toy as toy
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,6 @@ import pytest
 
 from id2image_jax import inversion
 from id2image_jax.inversion import sharding
-import inversion_toy as toy
 
 N = 10
 STEPS = 12

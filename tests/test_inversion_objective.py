@@ -1,6 +1,7 @@
 """The ID2image objective and its StyleGAN2 / encoder adapters (toy models)."""
 
 import flax.linen as nn
+import inversion_toy as toy
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,6 @@ from id2image_jax import losses
 from id2image_jax.inversion import objective as obj
 from id2image_jax.preprocess import InputSpec
 from id2image_jax.preprocess import to_encoder_input
-import inversion_toy as toy
 
 NUM_WS, W_DIM, Z_DIM = 3, 4, 5
 

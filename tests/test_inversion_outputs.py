@@ -2,6 +2,7 @@
 
 import json
 
+import inversion_toy as toy
 import jax
 import numpy as np
 import optax
@@ -9,7 +10,6 @@ from PIL import Image
 
 from id2image_jax import inversion
 from id2image_jax.inversion import outputs
-import inversion_toy as toy
 
 
 def test_to_uint8():

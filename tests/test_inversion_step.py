@@ -1,6 +1,7 @@
 """The vmapped inversion step: equals per-target runs, masks, dtypes, traces."""
 
 import chex
+import inversion_toy as toy
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,6 @@ import pytest
 
 from id2image_jax import inversion
 from id2image_jax.inversion import state as state_lib
-import inversion_toy as toy
 
 N = 5
 STEPS = 15

@@ -193,6 +193,7 @@ def test_paper_config_variant_and_unknown_variant():
 def _save_random_head(path, kind, **overrides):
   # pylint: disable=g-import-not-at-top
   import jax
+
   from id2image_jax.analysis import train as train_lib
   from id2image_jax.models import heads
   # pylint: enable=g-import-not-at-top
@@ -253,6 +254,7 @@ def test_noise_can_be_optimised_with_the_latent(tmp_path, monkeypatch, init):
   # A fresh StyleGAN2 has noise_strength = 0 (as the official init), so its
   # noise gets no gradient; give the demo generator trained-like strengths.
   import dataclasses  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   load = registry.load_generator
 

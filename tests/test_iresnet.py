@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_parity import torch_outputs
 
 from id2image_jax import preprocess
 from id2image_jax.models import iresnet
 from id2image_jax.porting import CheckpointError
 from id2image_jax.porting import PortingError
 from id2image_jax.porting import iresnet as piresnet
-from torch_parity import torch_outputs
 
 F32_TOL = {'rtol': 1e-5, 'atol': 1e-4}
 BF16_TOL = {'rtol': 5e-2, 'atol': 2.5e-1}

@@ -11,16 +11,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fake_data import write_fake_celeba
 
 from id2image_jax import checkpoints
 from id2image_jax import data
-from id2image_jax import preprocess
 from id2image_jax import losses
+from id2image_jax import preprocess
 from id2image_jax.analysis import embed
 from id2image_jax.analysis import jobs
 from id2image_jax.analysis import landmarks
 from id2image_jax.analysis import train as train_lib
-from fake_data import write_fake_celeba
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = (44, 36)  # tiny CelebA-shaped images

@@ -12,14 +12,14 @@ def _readme():
 
 
 def test_python_examples_run():
-  blocks = re.findall(r'```python\n(.*?)```', _readme(), re.S)
+  blocks = re.findall(r'```python\n(.*?)```', _readme(), re.DOTALL)
   assert blocks, 'README has no Python example'
   for block in blocks:
     exec(compile(block, 'README.md', 'exec'), {})  # pylint: disable=exec-used
 
 
 def test_ci_runs_the_readme_test_command():
-  commands = re.findall(r'```bash\n(.*?)\n```', _readme(), re.S)
+  commands = re.findall(r'```bash\n(.*?)\n```', _readme(), re.DOTALL)
   setup = [c for c in commands if '\n' not in c][:2]
   assert setup[0].endswith('id2image invert'), setup
   with open(os.path.join(_ROOT, '.ci', 'run')) as f:

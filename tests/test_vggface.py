@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_parity import torch_outputs
 
 from id2image_jax import preprocess
 from id2image_jax.models import dlib_resnet
@@ -35,7 +36,6 @@ from id2image_jax.models import vggface
 from id2image_jax.porting import CheckpointError
 from id2image_jax.porting import PortingError
 from id2image_jax.porting import vggface as pvgg
-from torch_parity import torch_outputs
 
 F32_TOL = {'rtol': 1e-5, 'atol': 2e-4}
 BF16_TOL = {'rtol': 5e-2, 'atol': 5e-1}

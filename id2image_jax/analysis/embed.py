@@ -27,15 +27,18 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from id2image_jax import preprocess
 from id2image_jax import losses
+from id2image_jax import preprocess
 from id2image_jax.data import pipeline
 
 EmbedFn = Callable[[jax.Array], jax.Array]

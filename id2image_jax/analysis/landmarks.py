@@ -26,7 +26,7 @@ import concurrent.futures
 import importlib.util
 import multiprocessing
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,7 +16,9 @@ Inputs are descriptor dicts from `embed.load_descriptors`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -39,7 +41,7 @@ class Training:
   input_norm: str = 'l2'
 
   @classmethod
-  def from_config(cls, config: Mapping[str, Any]) -> 'Training':
+  def from_config(cls, config: Mapping[str, Any]) -> Training:
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in dict(config).items() if k in fields}
     if 'hidden' in kwargs:

@@ -16,7 +16,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from typing import Any
 
 import chex
 import flax.linen as nn

@@ -10,11 +10,11 @@ from id2image_jax.data.celeba import ATTRIBUTE_NAMES as CELEBA_ATTRIBUTES
 from id2image_jax.data.celeba import celeb_a
 from id2image_jax.data.folder import image_folder
 from id2image_jax.data.lfw import lfw
-from id2image_jax.data.pipeline import batches
 from id2image_jax.data.pipeline import DataNotFoundError
+from id2image_jax.data.pipeline import Source
+from id2image_jax.data.pipeline import batches
 from id2image_jax.data.pipeline import pad_batch
 from id2image_jax.data.pipeline import prefetch_to_device
-from id2image_jax.data.pipeline import Source
 from id2image_jax.data.sources import from_config
 
 __all__ = [

@@ -16,7 +16,12 @@ import collections
 import dataclasses
 import functools
 import itertools
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np

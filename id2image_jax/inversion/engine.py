@@ -17,23 +17,24 @@ here so that row indices in every output refer to the caller's rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 import dataclasses
 import functools
 import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from id2image_jax.inversion import sharding
 from id2image_jax.inversion import state as state_lib

@@ -27,9 +27,10 @@ its weight is non-zero.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
+from typing import Literal
 
 import jax
 import jax.numpy as jnp

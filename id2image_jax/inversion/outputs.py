@@ -16,10 +16,10 @@ arrays, no PNG) and are listed with their reason in ``summary.json``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import json
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax

@@ -21,14 +21,15 @@ stay per target (STYLE.md, note on batched inversion).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 import optax
+from jax.sharding import Mesh
 
 from id2image_jax.inversion import sharding
 from id2image_jax.inversion.state import InversionState

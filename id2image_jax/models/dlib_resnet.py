@@ -24,7 +24,9 @@ Layout is NHWC. What differs from a textbook ResNet, all reproduced here:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

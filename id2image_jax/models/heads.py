@@ -28,7 +28,10 @@ pixels, as the paper's did; predictions stay normalised.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+from typing import Literal
 
 import chex
 import flax.linen as nn

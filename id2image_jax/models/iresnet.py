@@ -43,7 +43,9 @@ Input: [*batch, 112, 112, 3] RGB, normalised as arcface_torch does,
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

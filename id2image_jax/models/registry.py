@@ -26,7 +26,8 @@ import dataclasses
 import functools
 import importlib
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

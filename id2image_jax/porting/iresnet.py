@@ -17,7 +17,8 @@ TreB1eN IR-SE files are recognised and refused with a message saying so.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -25,7 +25,9 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any, Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
