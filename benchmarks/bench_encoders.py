@@ -149,17 +149,8 @@ def main(argv=None) -> dict:
   batches = common.sizes(args.batches or ('1,4' if smoke else GPU_BATCHES))
   repeats = args.repeats or (2 if smoke else 5)
   names = [e.strip() for e in args.encoders.split(',') if e.strip()]
-  use_torch = not args.no_torch
-  notes = []
-  if not common.have_torch():
-    use_torch = False
-    notes.append('torch not installed: PyTorch side skipped')
-
-  report = {'benchmark': 'encoders',
-            'env': common.environment(dtype=args.dtype)}
-  peak = None if args.no_peak else common.measure_peak(args.dtype,
-                                                       smoke=smoke)
-  report['peak'] = peak
+  report, peak, use_torch = common.start_report(
+      'encoders', args, use_torch=not args.no_torch)
   report['settings'] = {'encoders': names, 'batches': batches,
                         'repeats': repeats, 'smoke': smoke,
                         'loss': 'mean(descriptor^2), grad w.r.t. the input'}
@@ -199,16 +190,13 @@ def main(argv=None) -> dict:
   report['ratios'] = ratios(rows)
   report['skipped'] = skipped
   if smoke:
-    notes.append('smoke: ' + '; '.join(pairs.SMOKE_SIZES[n] for n in names
-                                       if n in pairs.SMOKE_SIZES))
-  report['notes'] = notes + [
+    report['notes'].append('smoke: ' + '; '.join(
+        pairs.SMOKE_SIZES[n] for n in names if n in pairs.SMOKE_SIZES))
+  report['notes'] += [
       ('dlib reference: dlib.face_recognition_model_v1 on CPU, uint8 chips, '
        'forward only (dlib has no gradient)'),
       'torch FLOPs = XLA count of the JAX program (same work)']
-  path = common.write_json(report, args.name or common.result_name(
-      'encoders', smoke), out_dir=args.out_dir)
-  print(f'wrote {path}')
-  return report
+  return common.finish_report(report, args)
 
 
 if __name__ == '__main__':

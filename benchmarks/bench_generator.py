@@ -148,17 +148,8 @@ def main(argv=None) -> dict:
   batches = common.sizes(args.batches or ('1,4' if smoke else GPU_BATCHES))
   repeats = args.repeats or (2 if smoke else 5)
   forms = [f.strip() for f in args.forms.split(',') if f.strip()]
-  use_torch = not args.no_torch
-  notes = []
-  if not common.have_torch():
-    use_torch = False
-    notes.append('torch not installed: PyTorch side skipped')
-
-  report = {'benchmark': 'generator', 'env': common.environment(
-      dtype=args.dtype)}
-  peak = None if args.no_peak else common.measure_peak(args.dtype,
-                                                       smoke=smoke)
-  report['peak'] = peak
+  report, peak, use_torch = common.start_report(
+      'generator', args, use_torch=not args.no_torch)
   report['settings'] = {'resolutions': resolutions, 'batches': batches,
                         'repeats': repeats, 'smoke': smoke, 'forms': forms,
                         'loss': 'mean(img^2), grad w.r.t. W+ latents',
@@ -189,14 +180,11 @@ def main(argv=None) -> dict:
     rows += torch_new
   report['results'] = rows
   report['ratios'] = ratios(rows)
-  report['notes'] = notes + [
+  report['notes'] += [
       ('torch reference: pure-PyTorch stylegan2-ada maths, without the '
        'custom CUDA kernels of the official code (upfirdn2d, bias_act)'),
       'torch FLOPs = XLA count of the JAX shared-form program (same work)']
-  path = common.write_json(report, args.name or common.result_name(
-      'generator', smoke), out_dir=args.out_dir)
-  print(f'wrote {path}')
-  return report
+  return common.finish_report(report, args)
 
 
 if __name__ == '__main__':

@@ -278,19 +278,11 @@ def main(argv=None) -> dict:
   loop_targets = args.loop_targets or (1 if smoke else 4)
   encoder_name = default_encoder() if args.encoder == 'auto' else (
       args.encoder)
-  notes = []
-  use_torch = not args.no_torch and encoder_name != 'dlib'
+  report, peak, use_torch = common.start_report(
+      'inversion', args,
+      use_torch=not args.no_torch and encoder_name != 'dlib')
   if encoder_name == 'dlib' and not args.no_torch:
-    notes.append('dlib has no torch model: PyTorch side skipped')
-  if not common.have_torch():
-    use_torch = False
-    notes.append('torch not installed: PyTorch side skipped')
-
-  report = {'benchmark': 'inversion',
-            'env': common.environment(dtype=args.dtype)}
-  peak = None if args.no_peak else common.measure_peak(args.dtype,
-                                                       smoke=smoke)
-  report['peak'] = peak
+    report['notes'].append('dlib has no torch model: PyTorch side skipped')
   report['settings'] = {
       'resolutions': resolutions, 'targets': ns, 'steps': steps,
       'repeats': repeats, 'encoder': encoder_name, 'remat': args.remat,
@@ -342,7 +334,7 @@ def main(argv=None) -> dict:
     rows += torch_new
   report['results'] = rows
   report['ratios'] = ratios(rows)
-  report['notes'] = notes + [
+  report['notes'] += [
       ('throughput = targets x steps / s (latent-steps/s); JAX times the '
        "engine's compiled step (donated state, per-target Adam)"),
       ('torch reference: pure-PyTorch stylegan2-ada maths, without the '
@@ -353,10 +345,7 @@ def main(argv=None) -> dict:
   if smoke:
     report['notes'].append('smoke: 32 px generator, '
                            + pairs.SMOKE_SIZES.get(encoder_name, encoder_name))
-  path = common.write_json(report, args.name or common.result_name(
-      'inversion', smoke), out_dir=args.out_dir)
-  print(f'wrote {path}')
-  return report
+  return common.finish_report(report, args)
 
 
 if __name__ == '__main__':

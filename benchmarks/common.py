@@ -395,6 +395,37 @@ def write_json(report: dict[str, Any], name: str, *,
   return path
 
 
+def start_report(benchmark: str, args: Any, *, use_torch: bool
+                 ) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+  """The header every benchmark writes first: env, the measured peak.
+
+  Args:
+    benchmark: its name in the JSON and the result file.
+    args: parsed flags with ``dtype``, ``smoke`` and ``no_peak``.
+    use_torch: whether the torch side was asked for.
+
+  Returns:
+    (report with 'benchmark', 'env', 'peak' and 'notes', the peak, whether
+    the torch side runs: False when torch is not installed, noted).
+  """
+  report = {'benchmark': benchmark,
+            'env': environment(dtype=args.dtype), 'notes': []}
+  if use_torch and not have_torch():
+    use_torch = False
+    report['notes'].append('torch not installed: PyTorch side skipped')
+  peak = None if args.no_peak else measure_peak(args.dtype, smoke=args.smoke)
+  report['peak'] = peak
+  return report, peak, use_torch
+
+
+def finish_report(report: dict[str, Any], args: Any) -> dict[str, Any]:
+  """Writes the report (name from ``args.name`` or `result_name`)."""
+  path = write_json(report, args.name or result_name(
+      report['benchmark'], args.smoke), out_dir=args.out_dir)
+  print(f'wrote {path}')
+  return report
+
+
 def sizes(text: str) -> list[int]:
   """'1,4,16' -> [1, 4, 16]."""
   return [int(s) for s in text.split(',') if s.strip()]
