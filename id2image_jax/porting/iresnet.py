@@ -30,9 +30,9 @@ from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import batch_norm
 from id2image_jax.porting.rules import conv2d
-from id2image_jax.porting.rules import count_numbered
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
+from id2image_jax.porting.rules import resnet_stage_blocks
 from id2image_jax.porting.safe_load import CheckpointError
 from id2image_jax.porting.safe_load import flatten_arrays
 from id2image_jax.porting.safe_load import load as load_file
@@ -114,14 +114,8 @@ def infer_config(source: Mapping[str, Any],
     raise PortingError(f'{what} lacks conv1.weight: not an insightface '
                        'arcface_torch IResNet state dict (first keys: '
                        f'{sorted(source)[:5]})')
-  layers = []
-  for i in range(1, 5):
-    blocks = count_numbered(source, rf'layer{i}\.(\d+)\.', what=what,
-                            label=f'layer{i}')
-    if not blocks:
-      raise PortingError(f'{what} has no layer{i}.* blocks: not an '
-                         'arcface_torch IResNet state dict')
-    layers.append(blocks)
+  layers = resnet_stage_blocks(
+      source, what=what, model='an arcface_torch IResNet state dict')
   use_fc = 'fc.weight' in source
   use_features = any(k.startswith('features.') for k in source)
   if use_features and not use_fc:

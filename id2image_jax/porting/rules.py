@@ -166,6 +166,25 @@ def conv2d(torch_path: str, flax_path: str, *,
   return rules
 
 
+def resnet_stage_blocks(source: Mapping[str, Any], *, what: str,
+                        model: str, stages: int = 4) -> list[int]:
+  """Blocks in each of ``layer1.*`` .. ``layer<stages>.*`` (torchvision-style
+  ResNets: IResNet, VGGFace2 ResNet-50/SENet-50).
+
+  Raises:
+    PortingError: a stage is absent (the file is not `model`) or its block
+      numbers have a gap.
+  """
+  blocks = []
+  for i in range(1, stages + 1):
+    n = count_numbered(source, rf'layer{i}\.(\d+)\.', what=what,
+                       label=f'layer{i}')
+    if not n:
+      raise PortingError(f'{what} has no layer{i}.* blocks: not {model}')
+    blocks.append(n)
+  return blocks
+
+
 def count_numbered(source: Mapping[str, Any], pattern: str, *, first: int = 0,
                    what: str = 'checkpoint', label: str = '') -> int:
   """How many numbered blocks a state dict holds, e.g. ``layer2.<i>.*``.

@@ -38,9 +38,9 @@ from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import batch_norm
 from id2image_jax.porting.rules import conv2d
-from id2image_jax.porting.rules import count_numbered
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
+from id2image_jax.porting.rules import resnet_stage_blocks
 from id2image_jax.porting.safe_load import CheckpointError
 from id2image_jax.porting.safe_load import flatten_arrays
 from id2image_jax.porting.safe_load import load as load_file
@@ -145,14 +145,8 @@ def infer_config(source: Mapping[str, Any], what: str = 'checkpoint', *,
         f'{what} is neither a VGGFace2 ResNet-50 nor a SENet-50 state dict: '
         f'it lacks {[k for k in anchors if k not in source]} (first keys '
         f'found: {sorted(source)[:6]})')
-  layers = []
-  for i in range(1, 5):
-    blocks = count_numbered(source, rf'layer{i}\.(\d+)\.', what=what,
-                            label=f'layer{i}')
-    if not blocks:
-      raise PortingError(f'{what} has no layer{i}.* blocks: not a VGGFace2 '
-                         'ResNet-50/SENet-50 state dict')
-    layers.append(blocks)
+  layers = resnet_stage_blocks(
+      source, what=what, model='a VGGFace2 ResNet-50/SENet-50 state dict')
   se = any(_SE_KEY.match(k) for k in source)
   num_classes = 0
   if 'fc.weight' in source:
