@@ -54,6 +54,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # 'dots' (keep conv outputs) or 'full' (least memory, most recompute).
   c.remat = 'none'
   c.identity_loss = 'l2'  # eq. 1 squared L2; 'cosine' = on unit vectors
+  # Render at a smaller preview resolution of the generator while optimising
+  # (cheaper; the encoder crops and resizes anyway); 0 = full resolution.
+  c.render_resolution = 0
 
   # Paper eq. 4 weights; a term is used when its target exists.
   c.weights = ml_collections.ConfigDict(

@@ -56,23 +56,23 @@ def default_path() -> pathlib.Path:
 
 def _con(name: str, features: int, kernel: int, stride: int) -> Expect:
   padding = kernel // 2 if stride == 1 else 0
-  return Expect('con', name, dict(num_filters=features, nr=kernel,
-                                  nc=kernel, stride_y=stride,
-                                  stride_x=stride, padding_y=padding,
-                                  padding_x=padding, use_bias=True,
-                                  use_relu=False))
+  return Expect('con', name, {'num_filters': features, 'nr': kernel,
+                                  'nc': kernel, 'stride_y': stride,
+                                  'stride_x': stride, 'padding_y': padding,
+                                  'padding_x': padding, 'use_bias': True,
+                                  'use_relu': False})
 
 
 def _affine(name: str) -> Expect:
-  return Expect('affine', name, dict(mode=0, disabled=False))  # CONV_MODE
+  return Expect('affine', name, {'mode': 0, 'disabled': False})  # CONV_MODE
 
 
 def _pool(kind: str, window: int, stride: int) -> Expect:
-  return Expect(kind, attrs=dict(nr=window, nc=window, stride_y=stride,
-                                 stride_x=stride, padding_y=0, padding_x=0))
+  return Expect(kind, attrs={'nr': window, 'nc': window, 'stride_y': stride,
+                                 'stride_x': stride, 'padding_y': 0, 'padding_x': 0})
 
 
-_RELU = Expect('relu', attrs=dict(disabled=False))
+_RELU = Expect('relu', attrs={'disabled': False})
 
 
 def expected_layout(config: dict[str, Any]) -> list[Expect]:
@@ -83,8 +83,8 @@ def expected_layout(config: dict[str, Any]) -> list[Expect]:
                        block<N, 2, tag1<x>>>>>>>
   ``block<N, s>``  = affine<con<N,3,3,1,1, relu<affine<con<N,3,3,s,s, .>>>>>
   """
-  out = [Expect('fc', 'fc', dict(num_outputs=config['descriptor_dim'],
-                                 bias_mode=1)),  # FC_NO_BIAS
+  out = [Expect('fc', 'fc', {'num_outputs': config['descriptor_dim'],
+                                 'bias_mode': 1}),  # FC_NO_BIAS
          _pool('avg_pool', 0, 1)]  # avg_pool_everything
   for s in reversed(range(len(config['stages']))):
     features, blocks, downsample = config['stages'][s]
@@ -102,7 +102,7 @@ def expected_layout(config: dict[str, Any]) -> list[Expect]:
   size = config['input_size']
   out += [_pool('max_pool', 3, 2), _RELU, _affine('stem_affine'),
           _con('stem_conv', config['stem_features'], config['stem_kernel'], 2),
-          Expect('input_rgb_image_sized', 'input', dict(nr=size, nc=size))]
+          Expect('input_rgb_image_sized', 'input', {'nr': size, 'nc': size})]
   return out
 
 

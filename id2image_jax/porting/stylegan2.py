@@ -56,7 +56,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from id2image_jax import checkpoints
 from id2image_jax.models import stylegan2
 from id2image_jax.porting import layout
 from id2image_jax.porting.rules import PortingError
@@ -530,37 +529,10 @@ def convert(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
       message); nothing is returned half-filled.
   """
   what = os.path.basename(os.fspath(path))
-  source = read_source(load_file(path), what=what)
-  return convert_source(source, what=what)
+  return convert_object(load_file(path), what=what)
 
 
-def load(path_or_dir: str | os.PathLike
-         ) -> tuple[stylegan2.StyleGAN2Config, dict]:
-  """Loads a generator from an original checkpoint or a converted directory.
-
-  Args:
-    path_or_dir: a ``.pkl`` / ``.pt`` file (converted on the fly), or a
-      directory written by ``ports/convert_stylegan2.py`` /
-      `id2image_jax.checkpoints.save` with kind 'stylegan2'.
-
-  Returns:
-    ``(StyleGAN2Config, variables)``.
-
-  Raises:
-    FileNotFoundError: nothing there.
-    CheckpointMismatchError: a directory of another kind, or whose saved
-      tree does not match its config.
-    CheckpointError / PortingError: see `convert`.
-  """
-  if os.path.isdir(path_or_dir):
-    meta = checkpoints.read_meta(path_or_dir)
-    if meta.get('kind') != KIND:
-      raise checkpoints.CheckpointMismatchError(
-          f'{path_or_dir} holds a {meta.get("kind")!r} checkpoint, not '
-          f'{KIND!r}')
-    config = stylegan2.as_config(meta.get('config') or {})
-    variables = checkpoints.restore(
-        path_or_dir, stylegan2.abstract_variables(config), kind=KIND)
-    return config, variables
-  config, variables = convert(path_or_dir)
-  return stylegan2.as_config(config), variables
+def convert_object(obj: Any, *, what: str = 'checkpoint'
+                   ) -> tuple[dict[str, Any], dict]:
+  """`convert` for a file already read by `load_file` (layout detected)."""
+  return convert_source(read_source(obj, what=what), what=what)

@@ -42,9 +42,7 @@ from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import count_numbered
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
-from id2image_jax.porting.safe_load import CheckpointError
-from id2image_jax.porting.safe_load import flatten_arrays
-from id2image_jax.porting.safe_load import load as load_file
+from id2image_jax.porting.safe_load import read_state_dict
 
 _CONV = r'(conv[1-5]_\d+)'
 _POOL5 = vggface.INPUT_SIZE[0] // 2**5  # 7: pool5's height and width.
@@ -84,26 +82,6 @@ def rules(config: Mapping[str, Any]) -> tuple[Rule, ...]:
 def ignored(config: Mapping[str, Any]) -> tuple[str, ...]:
   """Checkpoint keys deliberately unused: fc8 unless `config` keeps it."""
   return () if config.get('num_classes') else (r'fc8\.(weight|bias)',)
-
-
-def state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a vgg_face_dag checkpoint file to a flat ``{key: array}``.
-
-  Raises:
-    FileNotFoundError: no such file.
-    CheckpointError: unreadable file, or not a state dict.
-  """
-  obj = load_file(path)
-  if (isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping)
-      and 'conv1_1.weight' not in obj):
-    obj = obj['state_dict']
-  if not isinstance(obj, Mapping):
-    raise CheckpointError(f'{os.fspath(path)}: expected a state dict, found '
-                          f'{type(obj).__name__}')
-  source = flatten_arrays(obj)
-  if source and all(k.startswith('module.') for k in source):
-    source = {k[len('module.'):]: v for k, v in source.items()}
-  return source
 
 
 def infer_config(source: Mapping[str, Any], what: str = 'checkpoint', *,
@@ -214,6 +192,6 @@ def convert(path: str | os.PathLike, *, classifier: bool = False,
     PortingError: a key or shape does not match the vgg_face_dag layout
       (the message names the keys).
   """
-  return convert_state_dict(state_dict(path), what=os.fspath(path),
+  return convert_state_dict(read_state_dict(path), what=os.fspath(path),
                             classifier=classifier,
                             descriptor_layer=descriptor_layer)

@@ -188,3 +188,26 @@ def _json_safe(obj):
   if isinstance(obj, np.ndarray):
     return _json_safe(obj.tolist())
   return obj
+
+
+def plot_history(path: str, result: InversionResult) -> None:
+  """Mean (and per-target) loss curves, log scale."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  names = [n for n in result.history if n != 'loss'] or ['loss']
+  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3),
+                           squeeze=False)
+  rows = np.flatnonzero(result.done)
+  for ax, name in zip(axes[0], names):
+    values = result.history[name][rows]
+    for v in values[:32]:
+      ax.plot(result.history_steps, v, color='0.8', lw=0.6)
+    ax.plot(result.history_steps, np.nanmean(values, axis=0), color='C0',
+            lw=2, label='mean')
+    ax.set_yscale('log')
+    ax.set_xlabel('step')
+    ax.set_title(name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

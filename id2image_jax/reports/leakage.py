@@ -239,13 +239,3 @@ def histogram_figure(path: str, gt: np.ndarray, pred: np.ndarray, *,
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
-
-
-def __getattr__(name):
-  # `run_leakage` is importable from here, as the issue asks, without a
-  # circular import at module load.
-  if name == 'run_leakage':
-    # pylint: disable-next=g-import-not-at-top
-    from id2image_jax.analysis import jobs
-    return jobs.run_leakage
-  raise AttributeError(name)
