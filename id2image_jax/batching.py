@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 
-def num_rows(tree: Any, what: str = 'inputs') -> int:
+def num_rows(tree: Any, *, what: str = 'inputs') -> int:
   """The common leading size of every leaf of `tree`.
 
   Raises:
@@ -50,7 +50,8 @@ def batched_apply(fn: Callable[[Any], Any], xs: Any, batch: int, *,
       work; sharded callers need every batch to fill the device mesh.
 
   Returns:
-    ``fn``'s outputs for the N rows, as host numpy, leaves [N, ...].
+    ``fn``'s outputs for the N rows, as (writable) host numpy, leaves
+    [N, ...].
   """
   if batch < 1:
     raise ValueError(f'batch must be >= 1, got {batch}')
@@ -59,7 +60,7 @@ def batched_apply(fn: Callable[[Any], Any], xs: Any, batch: int, *,
   if n == 0:
     raise ValueError('nothing to apply the function to (0 rows)')
   if n <= batch and not (pad_small and n < batch):
-    return jax.tree.map(np.asarray, fn(xs))
+    return jax.tree.map(np.array, fn(xs))  # a writable host copy
   outs = []
   for start in range(0, n, batch):
     rows = np.arange(start, min(start + batch, n))

@@ -45,7 +45,11 @@ _SHORTCUTS = {
 def _job(command: str) -> Callable[[ml_collections.ConfigDict], Any]:
   # Imported here so `id2image --help` starts fast and without JAX.
   # pylint: disable-next=g-import-not-at-top
-  from id2image_jax.jobs import embed, evaluate, invert, leakage, regressor
+  from id2image_jax.jobs import embed
+  from id2image_jax.jobs import evaluate
+  from id2image_jax.jobs import invert
+  from id2image_jax.jobs import leakage
+  from id2image_jax.jobs import regressor
   jobs = {'invert': invert, 'embed': embed, 'leakage': leakage,
           'regressor': regressor, 'evaluate': evaluate}
   if command not in jobs:

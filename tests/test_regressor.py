@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from id2image_jax import cli
+from id2image_jax import loading
 from id2image_jax.analysis import regressor
-from id2image_jax.analysis import train as train_lib
-from id2image_jax.models import registry
 
 _TINY = ['--set', 'generator=demo:demo-8', '--set', 'progress=False']
 
@@ -35,7 +34,7 @@ def test_job_trains_saves_and_reports(trained):
     for arm in ('regressor', 'start'):
       assert np.isfinite(held[measure][arm]), (measure, arm)
   assert (out / 'loss.png').exists()
-  model, params, config = train_lib.load_head(out / 'id_to_latent')
+  model, params, config = loading.load_head(out / 'id_to_latent')
   assert config['latent_space'] == 'w' and config['hidden'] == [64, 64]
   assert model.apply({'params': params}, np.zeros((2, 128), np.float32)).shape == (2, 16)
 
@@ -53,8 +52,8 @@ def test_invert_starts_from_the_regressor(trained, tmp_path):
 
 
 def test_sampler_passes_weights_as_arguments():
-  generator = registry.load_generator('demo:demo-8')
-  encoder = registry.load_encoder('dlib')
+  generator = loading.load_generator('demo:demo-8')
+  encoder = loading.load_encoder('dlib')
   sampler = regressor.make_sampler(generator, encoder, latent_space='w+')
   # The models' weights are leaves of the sampler, i.e. jit inputs.
   assert len(jax.tree.leaves(sampler)) == (
@@ -68,6 +67,6 @@ def test_sampler_passes_weights_as_arguments():
 
 
 def test_paper_variant():
-  config = cli.load_config(cli._CONFIG_DIR + '/regressor.py:paper')
+  config = cli.load_config(cli.config_dir() + '/regressor.py:paper')
   assert tuple(config.hidden) == (2048, 2048, 2048)
   assert config.generator == '' and config.encoder == ''

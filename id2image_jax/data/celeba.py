@@ -128,7 +128,7 @@ def celeb_a(split: str, *, data_dir: str | None = None,
   ``identity`` int32 (CelebA identity number), ``landmarks5`` float32 [5, 2]
   as (x, y) normalised to [0, 1]: a point on pixel column i lies at
   (i + 0.5) / width (pixel centres; the same convention as the 68 dlib
-  landmarks of `id2image_jax.analysis.landmarks`).
+  landmarks of `id2image_jax.data.dlib_landmarks`).
 
   Args:
     split: ``'train'``, ``'validation'`` or ``'test'`` (official partition).

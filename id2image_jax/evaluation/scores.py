@@ -226,7 +226,7 @@ class Pools:
     return self._cache[id(encoder)]
 
 
-def score_under(encoder, inversion, rows, pools, data, fmrs,
+def score_under(encoder, inversion, rows, pools, data, fmrs, *,
                 attacked=None) -> dict[str, Any]:
   """`identity_metrics` of an inversion's reconstructions under `encoder`.
 

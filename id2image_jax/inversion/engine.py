@@ -440,7 +440,7 @@ def invert(
   """
   started = time.perf_counter()
   targets = jax.tree.map(np.asarray, targets)
-  n = batching.num_rows(targets, 'targets')
+  n = batching.num_rows(targets, what='targets')
   if n == 0:
     raise ValueError('no targets to invert')
   if options.checkpoint_every is not None and workdir is None:
@@ -451,7 +451,7 @@ def invert(
   given_latents = None if callable(init) else jax.tree.map(
       lambda x: np.asarray(x, np.float32), init)
   if (given_latents is not None
-      and batching.num_rows(given_latents, 'init') != n):
+      and batching.num_rows(given_latents, what='init') != n):
     raise ValueError(f'per-target init latents must have {n} rows (one '
                      'latent for all targets: use broadcast_init)')
   skipped = _check_rows(targets, n, valid, given_latents)
@@ -558,7 +558,7 @@ def prepare_chunk(key: jax.Array, objective: step_lib.LossFn, params: Any,
     ``(step, state, params, targets)``: the jitted step (state donated),
     the initial state and the inputs placed on `mesh`.
   """
-  c = batching.num_rows(targets, 'targets')
+  c = batching.num_rows(targets, what='targets')
   if c != options.chunk_size:
     raise ValueError(f'prepare_chunk needs chunk_size ({options.chunk_size})'
                      f' targets, got {c}')

@@ -119,11 +119,11 @@ class Heads:
 
 
 def _predictor(path: str, what: str):
-  model, params, _ = loading.load_head(path, what)
+  model, params, _ = loading.load_head(path, what=what)
   return lambda x: train_lib.predict(model, params, x)
 
 
-def load_heads(heads: Mapping[str, str], init: str = '') -> Heads:
+def load_heads(heads: Mapping[str, str], *, init: str = '') -> Heads:
   """Loads ``heads.{landmarks, histogram, image_landmarks}`` and the
   regressor of ``init`` (anything but 'w_avg' / 'random')."""
   predictors = {name: _predictor(heads[name], name)
@@ -131,11 +131,11 @@ def load_heads(heads: Mapping[str, str], init: str = '') -> Heads:
   landmark_net = None
   if heads.get('image_landmarks'):
     path = heads['image_landmarks']
-    model, params, _ = loading.load_head(path, 'image->landmark')
+    model, params, _ = loading.load_head(path, what='image->landmark')
     landmark_net = protocols.LandmarkNet(
         apply=lambda v, x: model.apply({'params': v}, x), variables=params,
         source=f'the image->landmark CNN at {path}')
   regressor = None
   if init and init not in ('w_avg', 'random'):
-    regressor = loading.load_head(init, 'ID->latent')
+    regressor = loading.load_head(init, what='ID->latent')
   return Heads(predictors, landmark_net, regressor)

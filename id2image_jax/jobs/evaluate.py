@@ -74,7 +74,7 @@ def run(config: Any) -> dict[str, Any]:
        f'{evaluator.source}'
        + ('' if independent else '  [the SAME encoder: not independent]'))
 
-  heads = common.load_heads(dict(config.heads), config.init)
+  heads = common.load_heads(dict(config.heads), init=config.init)
   data = targets_lib.load(config, generator, attacked)
   targets = data.targets
   aux = targets_lib.attach_aux(config, targets, predictors=heads.predictors,
@@ -130,9 +130,9 @@ def run(config: Any) -> dict[str, Any]:
         'appearance': scores.appearance_metrics(targets.sources, inversion.images,
                                          rows, landmark_model=landmark_model),
         'attacked': scores.score_under(attacked, inversion, rows, pools, data,
-                                 fmrs, attacked),
+                                 fmrs, attacked=attacked),
         'evaluation': scores.score_under(evaluator, inversion, rows, pools, data,
-                                   fmrs, attacked),
+                                   fmrs, attacked=attacked),
     }
 
   transfer_report = run_transfer(
@@ -226,7 +226,7 @@ def run_transfer(config: Any, *, generator, attacked, encoders, data, aux,
     row = {}
     for spec_b, enc_b in encoders.items():
       scored = scores.score_under(enc_b, inversion, rows, pools, data, fmrs,
-                            enc_a)
+                            attacked=enc_a)
       row[labels[spec_b]] = {k: scored[k] for k in
                              ('cosine', 'tmr', 'num_impostor_pairs',
                               'unavailable') if k in scored}

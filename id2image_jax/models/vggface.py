@@ -181,7 +181,7 @@ class VGGFace(nn.Module):
         x = tnn.Conv2d(channels, 3, 1, 1, dtype=dtype,
                        name=f'conv{i}_{j}')(x)
         x = nn.relu(x)
-      x = tnn.max_pool2d(x, 2, 2)
+      x = tnn.max_pool2d(x, 2, stride=2)
       inter[f'pool{i}'] = x
     # NHWC flatten: fc6's kernel rows were reordered from torch's (C, H, W)
     # when porting, so no transpose is needed here.

@@ -230,7 +230,7 @@ class VGGFace2ResNet(nn.Module):
     x = nn.relu(tnn.BatchNorm(epsilon=BN_EPS, dtype=self.dtype,
                               name='bn1')(x))
     intermediates['stem'] = x
-    x = _on_images(lambda t: tnn.max_pool2d(t, 3, 2, 0, ceil_mode=True), x)
+    x = _on_images(lambda t: tnn.max_pool2d(t, 3, stride=2, padding=0, ceil_mode=True), x)
     for i, (planes, blocks) in enumerate(zip(PLANES, self.layers), start=1):
       for j in range(blocks):
         stride = 2 if (i > 1 and j == 0) else 1

@@ -66,7 +66,7 @@ IGNORE: tuple[str, ...] = (r'.*\.num_batches_tracked',)
 _IRSE_MARKERS = ('input_layer.0.weight', 'output_layer.0.weight')
 
 
-def infer_config(source: Mapping[str, Any],
+def infer_config(source: Mapping[str, Any], *,
                  what: str = 'checkpoint') -> dict[str, Any]:
   """Reads the architecture off the state dict keys.
 
@@ -145,10 +145,10 @@ def convert_state_dict(source: Mapping[str, Any], *,
   Returns:
     (config, variables) as `convert`.
   """
-  config = infer_config(source, what)
+  config = infer_config(source, what=what)
   # Name missing entries by their torch keys; `port` then checks shapes,
   # unknown keys and full coverage of the Flax tree.
-  require_keys(source, expected_keys(config), what)
+  require_keys(source, expected_keys(config), what=what)
   model = iresnet.build(config)
   abstract = jax.eval_shape(
       model.init, jax.random.key(0),

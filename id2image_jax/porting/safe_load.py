@@ -406,7 +406,7 @@ def load(path: str | os.PathLike) -> Any:
         'the file is corrupt, truncated or not a supported format') from None
 
 
-def flatten_arrays(tree: Any, prefix: str = '', sep: str = '.') -> dict[
+def flatten_arrays(tree: Any, *, prefix: str = '', sep: str = '.') -> dict[
     str, np.ndarray]:
   """Flattens nested dicts of arrays to ``{'a.b.c': array}``.
 
@@ -444,7 +444,8 @@ def flatten_arrays(tree: Any, prefix: str = '', sep: str = '.') -> dict[
 STATE_DICT_WRAPPERS = ('state_dict_backbone', 'model_state_dict', 'state_dict')
 
 
-def state_dict(obj: Any, what: str = 'checkpoint') -> dict[str, np.ndarray]:
+def state_dict(obj: Any, *, what: str = 'checkpoint'
+               ) -> dict[str, np.ndarray]:
   """A loaded checkpoint object as a flat ``{torch key: array}``.
 
   Unwraps `STATE_DICT_WRAPPERS` and a ``module.`` prefix on every key
@@ -471,4 +472,4 @@ def state_dict(obj: Any, what: str = 'checkpoint') -> dict[str, np.ndarray]:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """`state_dict` of the file at `path` (read by the restricted `load`)."""
-  return state_dict(load(path), os.fspath(path))
+  return state_dict(load(path), what=os.fspath(path))

@@ -84,7 +84,7 @@ def ignored(config: Mapping[str, Any]) -> tuple[str, ...]:
   return () if config.get('num_classes') else (r'fc8\.(weight|bias)',)
 
 
-def infer_config(source: Mapping[str, Any], what: str = 'checkpoint', *,
+def infer_config(source: Mapping[str, Any], *, what: str = 'checkpoint',
                  classifier: bool = False) -> dict[str, Any]:
   """Reads the architecture off the state dict keys and shapes.
 
@@ -158,11 +158,11 @@ def convert_state_dict(source: Mapping[str, Any], *, what: str = 'checkpoint',
   if descriptor_layer not in vggface.DESCRIPTOR_LAYERS:
     raise ValueError(f'descriptor_layer must be one of '
                      f'{vggface.DESCRIPTOR_LAYERS}, got {descriptor_layer!r}')
-  config = infer_config(source, what, classifier=classifier)
+  config = infer_config(source, what=what, classifier=classifier)
   config['descriptor_layer'] = descriptor_layer
   # Name missing entries by their torch keys; `port` then checks shapes,
   # unknown keys and full coverage of the Flax tree.
-  require_keys(source, expected_keys(config), what)
+  require_keys(source, expected_keys(config), what=what)
   model = vggface.build(config)
   abstract = jax.eval_shape(
       model.init, jax.random.key(0),

@@ -89,7 +89,7 @@ def _refuse_other_encoders(source: Mapping[str, Any], what: str) -> None:
         "VGGFace2; use encoder kind 'vggface'")
 
 
-def infer_config(source: Mapping[str, Any], what: str = 'checkpoint', *,
+def infer_config(source: Mapping[str, Any], *, what: str = 'checkpoint',
                  include_top: bool = False) -> dict[str, Any]:
   """Reads the architecture off the state dict keys.
 
@@ -173,10 +173,10 @@ def convert_state_dict(source: Mapping[str, Any], *,
   Returns:
     (config, variables) as `convert`.
   """
-  config = infer_config(source, what, include_top=include_top)
+  config = infer_config(source, what=what, include_top=include_top)
   # Name missing entries by their torch keys; `port` then checks shapes,
   # unknown keys and full coverage of the Flax tree.
-  require_keys(source, expected_keys(config), what)
+  require_keys(source, expected_keys(config), what=what)
   model = vggface2.build(config)
   abstract = jax.eval_shape(
       model.init, jax.random.key(0),
