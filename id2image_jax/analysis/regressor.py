@@ -22,6 +22,7 @@ import numpy as np
 
 from id2image_jax import metrics
 from id2image_jax import protocols
+from id2image_jax.inversion import objective
 
 LATENT_SPACES = ('z', 'w', 'w+')
 
@@ -63,30 +64,6 @@ def make_sampler(generator: protocols.Generator, encoder: protocols.Encoder,
   return jax.tree_util.Partial(fn, generator.variables, encoder.variables)
 
 
-def _baseline_latent(generator: protocols.Generator, latent_space: str):
-  """The latent the inversion starts from without a regressor."""
-  if latent_space == 'z':
-    return jnp.zeros((generator.z_dim,))
-  w_avg = generator.w_avg
-  if latent_space == 'w+':
-    return jnp.broadcast_to(w_avg, (generator.num_ws, w_avg.shape[-1]))
-  return w_avg
-
-
-def _render(generator: protocols.Generator, latents: jax.Array,
-            latent_space: str) -> jax.Array:
-  variables = generator.variables
-  if latent_space == 'z':
-    ws = generator.mapping(variables, latents)
-  elif latent_space == 'w':
-    ws = jnp.broadcast_to(latents[:, None], (latents.shape[0],
-                                              generator.num_ws,
-                                              latents.shape[-1]))
-  else:
-    ws = latents
-  return generator.synthesis(variables, ws)
-
-
 def evaluate(model, params, sampler, generator: protocols.Generator,
              encoder: protocols.Encoder, *, key: jax.Array, num: int,
              latent_space: str) -> dict[str, Any]:
@@ -98,13 +75,18 @@ def evaluate(model, params, sampler, generator: protocols.Generator,
   """
   descriptors, latents = jax.jit(sampler, static_argnums=1)(key, num)
   predicted = model.apply({'params': params}, descriptors)
-  start = jnp.broadcast_to(_baseline_latent(generator, latent_space),
-                           latents.shape)
+  # The latent the inversion starts from without a regressor.
+  start = (jnp.zeros(latents.shape) if latent_space == 'z' else
+           jnp.broadcast_to(objective.initial_latent(
+               generator.w_avg, latent_space=latent_space,
+               num_ws=generator.num_ws)['w'], latents.shape))
+  render = jax.jit(jax.vmap(objective.generator_render(
+      generator, latent_space=latent_space), in_axes=(None, 0)))
+  name_of = 'z' if latent_space == 'z' else 'w'
   out = {'num_pairs': int(num), 'latent_mse': {}, 'id_cosine': {}}
   for name, guess in (('regressor', predicted), ('start', start)):
     out['latent_mse'][name] = float(jnp.mean((guess - latents) ** 2))
-    images = jax.jit(_render, static_argnums=(0, 2))(generator, guess,
-                                                     latent_space)
+    images = render(generator.variables, {name_of: guess})
     cos = metrics.cosine_similarity(encoder.embed(np.asarray(images)),
                                     np.asarray(descriptors))
     out['id_cosine'][name] = float(jnp.mean(cos))

@@ -129,59 +129,45 @@ def attach_aux(config: Any, targets: targets_lib.Targets, *,
   use_heads, use_images = mode in ('auto', 'heads'), mode in ('auto',
                                                               'measured')
   out = {}
-
-  # Histogram.
-  if targets.histogram is not None:
-    out['histogram'] = {'from': 'file',
-                        'source': f'given in {config.targets}'}
-  elif use_heads and predictors.get('histogram'):
-    targets_lib.predict_from_descriptors(
-        targets, {'histogram': predictors['histogram']})
-    out['histogram'] = {'from': 'heads',
-                        'source': 'predicted from the descriptor by the '
-                        f'ID->histogram head {heads["histogram"]} (the '
-                        "paper's attack)"}
-  elif use_images and originals:
-    targets.histogram = np.asarray(losses.image_histogram(
-        np.nan_to_num(targets.sources, nan=-1.0), value_range=(-1.0, 1.0)))
-    out['histogram'] = {'from': 'images',
-                        'source': 'measured on the original images '
-                        '(losses.image_histogram): an oracle, the true '
-                        'histogram, so an upper bound on what an '
-                        'ID->histogram head can give'}
-  else:
-    out['histogram'] = {'unavailable': _missing(
-        mode, 'ID->histogram head (heads.histogram, trained by '
-        '`id2image leakage`)', originals)}
-
-  # Landmarks: the loss needs the image->landmark CNN on the reconstruction.
   if landmark_net is None:
+    # The landmark loss compares the reconstruction's landmarks.
     targets.landmarks = None
     out['landmarks'] = {'unavailable': (
         'no image->landmark model (heads.image_landmarks): the landmark '
         'loss compares the landmarks of the reconstruction, which needs '
         'that CNN; train it with `id2image leakage` (saved under '
         '<workdir>/heads/image/landmarks_cnn)')}
-  elif targets.landmarks is not None:
-    out['landmarks'] = {'from': 'file',
-                        'source': f'given in {config.targets}'}
-  elif use_heads and predictors.get('landmarks'):
-    targets_lib.predict_from_descriptors(
-        targets, {'landmarks': predictors['landmarks']})
-    out['landmarks'] = {'from': 'heads',
-                        'source': 'predicted from the descriptor by the '
-                        f'ID->landmark head {heads["landmarks"]} (the '
-                        "paper's attack)"}
-  elif use_images and originals:
-    targets.landmarks = landmark_net.predict(targets.sources)
-    out['landmarks'] = {'from': 'images',
-                        'source': 'measured on the original images by the '
-                        f'image->landmark network {landmark_net.source}: an '
-                        'oracle, an upper bound on what an ID->landmark head '
-                        'can give'}
-  else:
-    out['landmarks'] = {'unavailable': _missing(
-        mode, 'ID->landmark head (heads.landmarks)', originals)}
+  # term -> (how the originals are measured, in words; the measurement;
+  #          the head that predicts it from the descriptor).
+  measured = {
+      'histogram': ('(losses.image_histogram): an oracle, the true '
+                    'histogram', lambda x: np.asarray(losses.image_histogram(
+                        np.nan_to_num(x, nan=-1.0), value_range=(-1.0, 1.0))),
+                    'ID->histogram head (heads.histogram, trained by '
+                    '`id2image leakage`)'),
+      'landmarks': ('by the image->landmark network '
+                    f'{getattr(landmark_net, "source", "")}: an oracle',
+                    getattr(landmark_net, 'predict', None),
+                    'ID->landmark head (heads.landmarks)'),
+  }
+  for term, (how, measure, head) in measured.items():
+    if term in out:
+      continue
+    if getattr(targets, term) is not None:
+      out[term] = {'from': 'file', 'source': f'given in {config.targets}'}
+    elif use_heads and predictors.get(term):
+      targets_lib.predict_from_descriptors(targets,
+                                           {term: predictors[term]})
+      out[term] = {'from': 'heads', 'source': (
+          f'predicted from the descriptor by the {head.split(" (")[0]} '
+          f"{heads[term]} (the paper's attack)")}
+    elif use_images and originals:
+      setattr(targets, term, measure(targets.sources))
+      out[term] = {'from': 'images', 'source': (
+          f'measured on the original images {how}, an upper bound on what '
+          f'an {head.split(" (")[0]} can give')}
+    else:
+      out[term] = {'unavailable': _missing(mode, head, originals)}
   return out
 
 

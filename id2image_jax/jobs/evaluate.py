@@ -174,7 +174,7 @@ def run(config: Any) -> dict[str, Any]:
                              grid_rows=config.grid_rows)
     report_['files'] = paths
     common.say(report.console_summary(report_))
-  return report.json_safe(report_)
+  return inversion_report.json_safe(report_)
 
 
 def run_transfer(config: Any, *, generator, attacked, encoders, data, aux,

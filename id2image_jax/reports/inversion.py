@@ -110,7 +110,7 @@ def summary(result: InversionResult, *,
     final[name] = ({'mean': float(v.mean()), 'median': float(np.median(v)),
                     'min': float(v.min()), 'max': float(v.max())}
                    if v.size else None)
-  return _json_safe({
+  return json_safe({
       'num_targets': int(done.shape[0]),
       'num_done': int(done.sum()),
       'skipped': [{'row': r, 'reason': why}
@@ -176,25 +176,32 @@ def _name(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
-def _json_safe(obj):
-  if isinstance(obj, dict):
-    return {str(k): _json_safe(v) for k, v in obj.items()}
+def json_safe(obj: Any) -> Any:
+  """NaN/inf -> None, numpy -> Python, recursively (strict JSON)."""
+  if isinstance(obj, Mapping):
+    return {str(k): json_safe(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return [_json_safe(v) for v in obj]
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return json_safe(obj.tolist())
   if isinstance(obj, (np.integer, np.bool_)):
     return obj.item()
   if isinstance(obj, (float, np.floating)):
     return float(obj) if math.isfinite(obj) else None
-  if isinstance(obj, np.ndarray):
-    return _json_safe(obj.tolist())
   return obj
+
+
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
 
 
 def plot_history(path: str, result: InversionResult) -> None:
   """Mean (and per-target) loss curves, log scale."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = pyplot()
   names = [n for n in result.history if n != 'loss'] or ['loss']
   fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3),
                            squeeze=False)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from id2image_jax.reports import inversion as outputs
+
 # The paper's Table 1 (VGGFace2 / ArcFace descriptors of CelebA), for
 # comparison in every report. Landmarks: % of interocular distance;
 # histogram: EMD (the paper does not state its units).
@@ -127,27 +129,12 @@ def write(results: Mapping[str, Any], workdir: str) -> dict[str, str]:
   with open(paths['markdown'], 'w') as f:
     f.write(to_markdown(results))
   with open(paths['json'], 'w') as f:
-    json.dump(results, f, indent=2, default=_json_default)
+    json.dump(outputs.json_safe(results), f, indent=2, default=str)
   return paths
-
-
-def _json_default(obj):
-  if isinstance(obj, (np.integer, np.floating, np.bool_)):
-    return obj.item()
-  if isinstance(obj, np.ndarray):
-    return obj.tolist()
-  return str(obj)
 
 
 # ----------------------------------------------------------------------------
 # Figures (paper Fig. 3).
-
-
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
 
 
 def _to_pixels(points: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -172,7 +159,7 @@ def landmark_figure(path: str, images: np.ndarray | None, gt: np.ndarray,
   Returns:
     `path`.
   """
-  plt = _plt()
+  plt = outputs.pyplot()
   k = len(gt)
   if images is not None:  # normalised points fit any size of the image
     image_size = images.shape[1:3]
@@ -217,7 +204,7 @@ def histogram_figure(path: str, gt: np.ndarray, pred: np.ndarray, *,
   Returns:
     `path`.
   """
-  plt = _plt()
+  plt = outputs.pyplot()
   k, channels, bins = gt.shape
   centres = (np.arange(bins) + 0.5) * 255.0 / bins
   fig, axes = plt.subplots(1, k, figsize=(2.4 * k, 2.0), squeeze=False)
