@@ -16,11 +16,13 @@ from id2image_jax.evaluation.arms import parse_arm
 from id2image_jax.evaluation.arms import plan_arms
 from id2image_jax.evaluation.scores import appearance_metrics
 from id2image_jax.evaluation.scores import attack_scores
+from id2image_jax.evaluation.scores import count_pairs
 from id2image_jax.evaluation.scores import identity_metrics
 from id2image_jax.evaluation.scores import impostor_pair_scores
 from id2image_jax.evaluation.scores import tmr_report
 
 __all__ = [
-    'ArmPlan', 'appearance_metrics', 'attack_scores', 'identity_metrics',
+    'ArmPlan', 'appearance_metrics', 'attack_scores', 'count_pairs',
+    'identity_metrics',
     'impostor_pair_scores', 'parse_arm', 'plan_arms', 'tmr_report',
 ]

@@ -36,6 +36,28 @@ from id2image_jax import protocols
 _STABLE_COUNT = 10
 
 
+def count_pairs(labels: Any) -> dict[str, int]:
+  """Genuine and impostor pairs among images with identity `labels`.
+
+  Each unordered pair of images counts once: ``genuine`` pairs share a
+  label, ``impostor`` pairs do not (what `impostor_pair_scores` scores).
+
+  Args:
+    labels: [M] identity of each image.
+
+  Returns:
+    ``{'images', 'identities', 'genuine', 'impostor',
+    'identities_with_2_or_more'}``.
+  """
+  labels = np.asarray(labels)
+  _, counts = np.unique(labels, return_counts=True)
+  m = len(labels)
+  genuine = int(np.sum(counts * (counts - 1) // 2))
+  return {'images': m, 'identities': len(counts), 'genuine': genuine,
+          'impostor': m * (m - 1) // 2 - genuine,
+          'identities_with_2_or_more': int(np.sum(counts >= 2))}
+
+
 def impostor_pair_scores(descriptors: Any, labels: Any) -> np.ndarray:
   """Cosines of every unordered pair with different labels, each pair once.
 
