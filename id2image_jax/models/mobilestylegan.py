@@ -65,10 +65,13 @@ Variables::
   buffers/synthesis/conv1/noise [4, 4]
   buffers/synthesis/block{i}/conv{1,2}/noise [R, R]
 
-Compute dtype: ``config.dtype`` ('float32' or 'bfloat16') is used for the
-synthesis activations and convolutions; the mapping network, the styles and
-the last inverse DWT stay float32. Parameters are always float32. Output
-images are float32 NHWC, RGB in about [-1, 1] (not clipped).
+Compute dtype: with ``config.dtype`` 'bfloat16' the synthesis activations
+are stored in bfloat16 between layers and the matmul/conv operands are
+bfloat16 (float32 accumulation); the elementwise maths inside a layer
+(modulation, depthwise taps, noise, bias, activation, inverse DWT), the
+mapping network, the styles and the output image stay float32. Parameters
+are always float32. Output images are float32 NHWC, RGB in about [-1, 1]
+(not clipped).
 """
 
 from __future__ import annotations
@@ -388,24 +391,31 @@ class StyledConv(nn.Module):
     chex.assert_shape(x, (b, res, res, i))
     styles = _affine(w, i, 'affine') * (1.0 / math.sqrt(i * k * k))
     normal = nn.initializers.normal(_INIT_GAIN)
-    x = x.astype(self.dtype) * styles[:, None, None, :].astype(self.dtype)
+    # Activations are stored in `dtype`; the elementwise maths is float32
+    # (fused, free) and only the matmul/conv operands are `dtype`, with
+    # float32 accumulation: one rounding per layer output, which halves the
+    # bfloat16 error at 1024 px (docs/mobilestylegan.md).
+    x = x.astype(jnp.float32) * styles[:, None, None, :]
     if self.depthwise:
       dw = self.param('depthwise', nn.initializers.normal(1.0), (k, k, 1, i),
                       jnp.float32)
       pw = self.param('pointwise', normal, (i, o), jnp.float32)
       x = depthwise_conv2d(x, dw)
-      x = jnp.einsum('bhwi,io->bhwo', x, pw.astype(self.dtype))
+      x = jnp.einsum('bhwi,io->bhwo', x.astype(self.dtype),
+                     pw.astype(self.dtype),
+                     preferred_element_type=jnp.float32)
     else:
       weight = self.param('weight', normal, (k, k, i, o), jnp.float32)
       pad = ((k // 2, k // 2), (k // 2, k // 2))
       x = jax.lax.conv_general_dilated(
-          x, weight.astype(self.dtype), (1, 1), pad,
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+          x.astype(self.dtype), weight.astype(self.dtype), (1, 1), pad,
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          preferred_element_type=jnp.float32)
     noise = self.variable('buffers', 'noise', jnp.zeros, (res, res),
                           jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (o,), jnp.float32)
-    x = x + noise.value[None, :, :, None].astype(self.dtype)
-    return _leaky_relu(x + bias.astype(self.dtype))
+    x = x + noise.value[None, :, :, None] + bias
+    return _leaky_relu(x).astype(self.dtype)
 
 
 class ToBands(nn.Module):
@@ -424,9 +434,11 @@ class ToBands(nn.Module):
                         (self.in_channels, self.out_channels), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.out_channels,),
                       jnp.float32)
-    x = x.astype(self.dtype) * styles[:, None, None, :].astype(self.dtype)
-    y = jnp.einsum('bhwi,io->bhwo', x, weight.astype(self.dtype))
-    return y.astype(jnp.float32) + bias
+    x = x.astype(jnp.float32) * styles[:, None, None, :]
+    y = jnp.einsum('bhwi,io->bhwo', x.astype(self.dtype),
+                   weight.astype(self.dtype),
+                   preferred_element_type=jnp.float32)
+    return y + bias
 
 
 class WaveletUpsample(nn.Module):
@@ -440,8 +452,9 @@ class WaveletUpsample(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
     styles = _affine(w, self.in_channels, 'affine')
-    x = x.astype(self.dtype) * styles[:, None, None, :].astype(self.dtype)
-    return idwt_haar(*split_bands(x, self.in_channels // BANDS))
+    x = x.astype(jnp.float32) * styles[:, None, None, :]
+    return idwt_haar(*split_bands(x, self.in_channels // BANDS)).astype(
+        self.dtype)
 
 
 class SynthesisBlock(nn.Module):
