@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -47,6 +48,33 @@ SYNTHESIS = 'SynthesisNetwork'
 # The OpenVINO runtime.
 
 
+def have_openvino() -> bool:
+  """Whether the OpenVINO runtime is installed (without importing it)."""
+  return importlib.util.find_spec('openvino') is not None
+
+
+def import_openvino():
+  """Imports the OpenVINO runtime without its model-conversion tools.
+
+  ``import openvino`` also imports ``openvino.tools.ovc``, whose usage
+  telemetry forks a process to send a network ping: unwanted here, and
+  fork() in a multithreaded JAX process can deadlock. Only the runtime is
+  needed to run an IR, so ovc is kept out of that import (it stays
+  importable afterwards).
+  """
+  if 'openvino' in sys.modules:
+    return sys.modules['openvino']
+  blocked = 'openvino.tools.ovc' not in sys.modules
+  if blocked:
+    sys.modules['openvino.tools.ovc'] = None  # ImportError: ovc is optional
+  try:
+    import openvino  # pylint: disable=g-import-not-at-top
+  finally:
+    if blocked and sys.modules.get('openvino.tools.ovc', 0) is None:
+      del sys.modules['openvino.tools.ovc']
+  return openvino
+
+
 class OpenVINOReference:
   """Runs a MobileStyleGAN IR pair with OpenVINO (CPU, float32).
 
@@ -62,7 +90,7 @@ class OpenVINOReference:
   def __init__(self, mapping_xml: str | os.PathLike,
                synthesis_xml: str | os.PathLike, *,
                threads: int | None = None):
-    import openvino as ov  # pylint: disable=g-import-not-at-top
+    ov = import_openvino()
     self._core = ov.Core()
     # Full float32: the CPU plugin would otherwise pick bf16 on CPUs with
     # AMX / avx512_bf16.
