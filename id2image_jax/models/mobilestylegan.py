@@ -395,18 +395,23 @@ class StyledConv(nn.Module):
     # (fused, free) and only the matmul/conv operands are `dtype`, with
     # float32 accumulation: one rounding per layer output, which halves the
     # bfloat16 error at 1024 px (docs/mobilestylegan.md).
-    x = x.astype(jnp.float32) * styles[:, None, None, :]
+    x = x.astype(jnp.float32)
     if self.depthwise:
       dw = self.param('depthwise', nn.initializers.normal(1.0), (k, k, 1, i),
                       jnp.float32)
       pw = self.param('pointwise', normal, (i, o), jnp.float32)
-      x = depthwise_conv2d(x, dw)
+      # Per-channel styles commute with the per-channel conv: modulating
+      # after it lets the styles' gradient reuse the forward activations
+      # instead of a second transposed depthwise conv (fwd+bwd 1.9x faster
+      # on XLA:CPU at 1024 px; same maths up to rounding).
+      x = depthwise_conv2d(x, dw) * styles[:, None, None, :]
       x = jnp.einsum('bhwi,io->bhwo', x.astype(self.dtype),
                      pw.astype(self.dtype),
                      preferred_element_type=jnp.float32)
     else:
       weight = self.param('weight', normal, (k, k, i, o), jnp.float32)
       pad = ((k // 2, k // 2), (k // 2, k // 2))
+      x = x * styles[:, None, None, :]
       x = jax.lax.conv_general_dilated(
           x.astype(self.dtype), weight.astype(self.dtype), (1, 1), pad,
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
