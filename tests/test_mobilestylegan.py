@@ -33,6 +33,7 @@ import json
 import os
 import pathlib
 import re
+import sys
 
 import chex
 import jax
@@ -689,3 +690,27 @@ def test_real_parity_synthesis_1024(real):
   err = np.abs(np.asarray(_jitted(config16)(variables, w)) - want)
   assert err.mean() <= REAL_BF16_MEAN, err.mean()
   assert np.quantile(err, 0.999) <= REAL_BF16_P999, np.quantile(err, 0.999)
+
+
+def test_benchmark_script_smoke(tmp_path):
+  _need_openvino()
+  bench_dir = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'benchmarks')
+  if bench_dir not in sys.path:
+    sys.path.insert(0, bench_dir)
+  import bench_mobilestylegan  # pylint: disable=g-import-not-at-top
+  report = bench_mobilestylegan.main([
+      '--smoke', '--no-peak', '--batches', '1', '--no-previews',
+      '--out-dir', str(tmp_path)])
+  with open(tmp_path / 'mobilestylegan_cpu_smoke.json') as f:
+    saved = json.load(f)
+  assert saved['benchmark'] == report['benchmark'] == 'mobilestylegan'
+  assert saved['env']['openvino'] and saved['env']['dtype'] == 'float32'
+  impls = {(r['impl'], r['pass']) for r in saved['results']}
+  assert impls == {('jax', 'forward'), ('jax', 'forward+backward'),
+                   ('openvino', 'forward')}
+  for r in saved['results']:
+    assert r['median_s'] > 0 and r['throughput'] > 0 and r['N'] == 1
+    assert r['compile_s'] > 0
+  (ratio,) = saved['ratios']
+  assert ratio['jax_forward+backward_over_openvino_forward_time'] > 0
