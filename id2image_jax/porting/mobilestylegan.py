@@ -31,12 +31,16 @@ output, so a key is stable whatever the exporter called the constant:
              styles: Multiply(scale) <- Reshape <- Add(bias) <- MatMul
              (weight, transpose_b) <- the style Parameter
 
-Each Const gets a key (`expected_keys`): the PyTorch module path for
-parameters (``synthesis.layers.3.conv1.weight_dw``), ``...act.slope``,
-``...modulation.scale``, ``...idwt.*``, ``...split.*`` for structural
-constants (checked against the config, then ignored), and
-``plumbing.<name>#<id>`` for shape arithmetic (ShapeOf/Gather/Concat
-inputs, ignored). The keys then go through the same strict rule table
+Each Const gets a key: the PyTorch state-dict path for parameters
+(``synthesis.layers.3.conv1.conv.weight_dw``: every IR constant that kept
+its PyTorch name gets exactly that key, a test checks it), with a suffix
+for the folded ones (``conv.weight_demod``, ``conv.weight_permute_demod``,
+``noise.scaled_noise``; mapping ``fc{i}.weight`` / ``bias`` carry the
+equalised-lr gains); ``...act.slope``, ``...modulation.scale``,
+``...idwt.*`` and ``...idwt.split.*`` / ``bands.*`` for structural
+constants (`STRUCTURE`: checked against the config, then ignored); and
+``plumbing.<graph>.<name>#<id>`` for shape arithmetic (ShapeOf / Gather /
+Concat inputs, ignored); `expected_keys` lists the parameter keys. The keys then go through the same strict rule table
 machinery as every porter (`id2image_jax.porting.rules.port`): every Flax
 variable filled, every key used or explicitly ignored, shapes checked. A
 layer the patterns do not reach (an extra output, a dangling constant) is
