@@ -465,7 +465,18 @@ def _keyed(graph: openvino_ir.Graph, env: _Env, rename) -> Source:
 
 
 def read_mapping(graph: openvino_ir.Graph) -> Source:
-  """Keys the constants of a MappingNetwork IR (``mapping.*``)."""
+  """Keys the constants of a MappingNetwork IR (``mapping.*``).
+
+  Args:
+    graph: the parsed ``MappingNetwork.xml``.
+
+  Returns:
+    A `Source` holding every constant of the graph under its key.
+
+  Raises:
+    PortingError: the graph is not a MobileStyleGAN mapping network (names
+      the layer where the walk stopped, or the unreached layers).
+  """
   matcher = _Matcher(graph)
   layers, env = _repeat(matcher, lambda k, x: _dense(f'F{k}', x),
                         _PIXEL_NORM, _result(graph), _Env())
@@ -482,7 +493,18 @@ def read_mapping(graph: openvino_ir.Graph) -> Source:
 
 
 def read_synthesis(graph: openvino_ir.Graph) -> Source:
-  """Keys the constants of a SynthesisNetwork IR (``synthesis.*``)."""
+  """Keys the constants of a SynthesisNetwork IR (``synthesis.*``).
+
+  Args:
+    graph: the parsed ``SynthesisNetwork.xml``.
+
+  Returns:
+    A `Source` holding every constant of the graph under its key.
+
+  Raises:
+    PortingError: the graph is not a MobileStyleGAN synthesis network
+      (names the layer where the walk stopped, or the unreached layers).
+  """
   matcher = _Matcher(graph)
   try:
     env = matcher.match(_idwt('idwt', _to_img('B0.to_img', _Tensor('x0'))),
@@ -507,7 +529,18 @@ def read_synthesis(graph: openvino_ir.Graph) -> Source:
 
 def read_source(mapping_xml: str | os.PathLike,
                 synthesis_xml: str | os.PathLike) -> Source:
-  """Reads both IRs (``.bin`` next to each ``.xml``) into one `Source`."""
+  """Reads both IRs (``.bin`` next to each ``.xml``) into one `Source`.
+
+  Args:
+    mapping_xml: ``MappingNetwork.xml``.
+    synthesis_xml: ``SynthesisNetwork.xml``.
+
+  Returns:
+    The keyed constants of both graphs.
+
+  Raises:
+    FileNotFoundError, IRError, PortingError: see `convert`.
+  """
   mapping = read_mapping(openvino_ir.read(mapping_xml))
   synthesis = read_synthesis(openvino_ir.read(synthesis_xml))
   return Source({**mapping.arrays, **synthesis.arrays},
@@ -613,7 +646,15 @@ STRUCTURE = (
 
 def expected_value(key: str, config: msg.MobileStyleGANConfig
                    ) -> np.ndarray | None:
-  """The value a structural constant must hold; None for other keys."""
+  """The value a structural constant must hold.
+
+  Args:
+    key: a constant's key.
+    config: the architecture (style scales and band splits depend on it).
+
+  Returns:
+    float64 array, or None when `key` is not structural (see `STRUCTURE`).
+  """
   for pattern, fn in STRUCTURE:
     m = re.fullmatch(pattern, key)
     if m:
@@ -751,7 +792,17 @@ def expected_keys(config: msg.MobileStyleGANConfig) -> list[str]:
 def mean_w(config: msg.MobileStyleGANConfig, params: Mapping[str, Any], *,
            samples: int = W_AVG_SAMPLES, seed: int = W_AVG_SEED
            ) -> np.ndarray:
-  """Mean mapped w over `samples` fixed-seed z ([w_dim] float32 numpy)."""
+  """Mean mapped w over fixed-seed z, without truncation.
+
+  Args:
+    config: architecture.
+    params: ported ``params`` (the mapping part is used).
+    samples: number of z.
+    seed: numpy seed of the z.
+
+  Returns:
+    [w_dim] float32 numpy array.
+  """
   z = np.random.default_rng(seed).standard_normal(
       (samples, config.z_dim)).astype(np.float32)
   variables = {'params': params, 'buffers': {'mapping': {
