@@ -571,7 +571,7 @@ def infer_config(source: Source, *, what: str = 'MobileStyleGAN IR'
   blocks = _count(a, 'synthesis.layers.{}.conv1.conv.weight_permute_demod')
   last = f'synthesis.layers.{blocks - 1}.to_img.conv.weight'
   require_keys(a, ['mapping.fc0.weight', 'synthesis.input.input', last],
-               what)
+               what=what)
   channels = [int(a['synthesis.input.input'].shape[1])]
   channels += [int(a[f'synthesis.layers.{i}.conv1.conv.'
                      'weight_permute_demod'].shape[0])
@@ -834,7 +834,7 @@ def convert_source(source: Source, *, what: str = 'MobileStyleGAN IR',
   """
   config = infer_config(source, what=what)
   try:
-    require_keys(source.arrays, expected_keys(config), what)
+    require_keys(source.arrays, expected_keys(config), what=what)
     check_structure(source, config, what=what)
     abstract = msg.abstract_variables(config)
     del abstract['buffers']['mapping']  # the IR has no w_avg
