@@ -37,11 +37,13 @@ from id2image_jax import protocols
 from id2image_jax.models import dlib_resnet
 from id2image_jax.models import heads
 from id2image_jax.models import iresnet
+from id2image_jax.models import mobilestylegan
 from id2image_jax.models import stylegan2
 from id2image_jax.models import vggface
 from id2image_jax.models import vggface2
 from id2image_jax.porting import dlib_resnet as dlib_resnet_port
 from id2image_jax.porting import iresnet as iresnet_port
+from id2image_jax.porting import mobilestylegan as mobilestylegan_port
 from id2image_jax.porting import safe_load
 from id2image_jax.porting import stylegan2 as stylegan2_port
 from id2image_jax.porting import vggface as vggface_port
@@ -64,11 +66,14 @@ class Kind:
     parse: ``parse(path) -> parsed``; the file is read once, by this.
     convert: ``convert(parsed, what) -> (config, variables)``.
     detect: ``detect(parsed) -> bool``, True if the parse is this kind's.
-    suffixes: file suffixes only this kind reads (``.dat``); files of other
-      suffixes are parsed as (restricted) pickles / torch files.
+    markers: what names a file of this kind without parsing it: a file
+      suffix (``.dat``) or a file inside a directory (``SynthesisNetwork.xml``).
+      Files without a marker are parsed as (restricted) pickles / torch
+      files and recognised by ``detect``.
     input_spec: encoders: ``input_spec(config) -> preprocess.InputSpec``.
     default_file: ``default_file() -> path`` of weights that ship with a
       package; None = the user must pass a file.
+    default_source: the default weights' provenance and terms, in words.
     as_config: config dict (from ``meta.json``) -> the model's config.
     noise_maps: generators: ``noise_maps(config, variables)`` -> the fixed
       per-layer noise maps.
@@ -81,9 +86,10 @@ class Kind:
   parse: Callable[[str], Any]
   convert: Callable[[Any, str], tuple[Any, Any]]
   detect: Callable[[Any], bool] = lambda parsed: False
-  suffixes: tuple[str, ...] = ()
+  markers: tuple[str, ...] = ()
   input_spec: Callable[[Any], preprocess.InputSpec] | None = None
   default_file: Callable[[], Any] | None = None
+  default_source: str = ''
   as_config: Callable[[Any], Any] = dict
   noise_maps: Callable[[Any, Any], Any] = lambda config, variables: ()
 
@@ -136,6 +142,22 @@ KINDS: dict[str, Kind] = {
             parsed, what=what),
         as_config=stylegan2.as_config,
         noise_maps=lambda c, v: tuple(stylegan2.const_noise(c, v))),
+    'mobilestylegan': Kind(
+        name='mobilestylegan', role=GENERATOR,
+        files='the MobileStyleGAN FFHQ 1024 px OpenVINO IR pair '
+              '(MappingNetwork.xml + SynthesisNetwork.xml with their .bin, '
+              'from the PyPI wheel random-face==2021.7.21.1)',
+        build=mobilestylegan.build,
+        abstract=mobilestylegan.abstract_variables,
+        parse=mobilestylegan_port.read_files,
+        markers=('.xml', 'SynthesisNetwork.xml'),
+        convert=lambda source, what: mobilestylegan_port.convert_source(
+            source, what=what),
+        default_file=lambda: os.path.dirname(
+            mobilestylegan_port.default_files()[0]),
+        default_source='MobileStyleGAN FFHQ 1024 px, ported from '
+        + mobilestylegan_port.PACKAGE.describe(),
+        as_config=mobilestylegan.as_config),
     'dlib': Kind(
         name='dlib', role=ENCODER,
         files='dlib_face_recognition_resnet_model_v1.dat (ships in the '
@@ -143,7 +165,7 @@ KINDS: dict[str, Kind] = {
         build=dlib_resnet.build,
         abstract=encoder_abstract(dlib_resnet.build,
                                    dlib_resnet.input_spec),
-        parse=str, suffixes=('.dat',),
+        parse=str, markers=('.dat',),
         convert=lambda path, what: dlib_resnet_port.convert(path),
         input_spec=dlib_resnet.input_spec,
         default_file=dlib_resnet_port.default_path),
@@ -222,7 +244,7 @@ def _split(spec: str, role: str) -> tuple[Kind | None, str]:
 
 def _detect(parsed: Any, path: str, role: str) -> Kind:
   found = [k for k in KINDS.values()
-           if k.role == role and not k.suffixes and k.detect(parsed)]
+           if k.role == role and not k.markers and k.detect(parsed)]
   if len(found) != 1:
     why = ('matches several kinds: ' + ', '.join(k.name for k in found)
            if found else 'is not a file of any known kind')
@@ -230,6 +252,15 @@ def _detect(parsed: Any, path: str, role: str) -> Kind:
         f'cannot tell which {role} {path} holds: it {why}; name the kind '
         f'explicitly as KIND:PATH with KIND one of {_kinds(role)}')
   return found[0]
+
+
+def _by_marker(path: str, role: str) -> Kind | None:
+  for kind in KINDS.values():
+    if kind.role == role and any(
+        path.endswith(m) or os.path.isfile(os.path.join(path, m))
+        for m in kind.markers):
+      return kind
+  return None
 
 
 def read(spec: str, role: str) -> Loaded:
@@ -241,19 +272,18 @@ def read(spec: str, role: str) -> Loaded:
       file; the message names the offending key.
   """
   kind, path = _split(spec, role)
+  source = path
   if kind is not None and not path:
     path = os.fspath(kind.default_file())
+    source = kind.default_source or f'{kind.files}: the default weights'
   if not os.path.exists(path):
     want = kind.files if kind else ' or '.join(
         KINDS[k].files for k in _kinds(role))
     raise FileNotFoundError(f'{role} checkpoint not found: {path} (pass '
                             f'{want})')
-  if os.path.isdir(path):
+  if os.path.isfile(os.path.join(path, checkpoints.META_FILE)):
     return _read_converted(path, kind, role)
-  if kind is None:
-    by_suffix = [k for k in KINDS.values()
-                 if k.role == role and path.endswith(k.suffixes or ('\0',))]
-    kind = by_suffix[0] if by_suffix else None
+  kind = kind or _by_marker(path, role)
   what = os.path.basename(path)
   if kind is None:
     parsed = safe_load.load(path)
@@ -261,7 +291,7 @@ def read(spec: str, role: str) -> Loaded:
   else:
     parsed = kind.parse(path)
   config, variables = kind.convert(parsed, what)
-  return Loaded(kind, kind.as_config(config), variables, path)
+  return Loaded(kind, kind.as_config(config), variables, source)
 
 
 def _read_converted(path: str, kind: Kind | None, role: str) -> Loaded:
@@ -292,10 +322,6 @@ def load_encoder(spec: str = 'dlib', *, dtype: Any = None,
   """
   loaded = read(spec, ENCODER)
   kind, config = loaded.kind, dict(loaded.config)
-  source = loaded.source
-  if kind.default_file is not None and source == os.fspath(
-      kind.default_file()):
-    source = f'{kind.files}: the default weights'
   module = kind.build(config, dtype=dtype)
   spec_ = kind.input_spec(config)
   if crop is not None:
@@ -304,7 +330,7 @@ def load_encoder(spec: str = 'dlib', *, dtype: Any = None,
       (1, *spec_.size, 3)))[0].shape[-1])
   return protocols.Encoder(kind=kind.name, config=config, module=module,
                            variables=loaded.variables, spec=spec_, dim=dim,
-                           source=source)
+                           source=loaded.source)
 
 
 def load_generator(spec: str = DEMO_GENERATOR, *, seed: int = 0,

@@ -9,8 +9,9 @@ Generator modules (StyleGAN2, MobileStyleGAN) share one call contract::
 
   module.apply(v, z [B, z_dim], method='mapping', truncation_psi=)
       -> ws [B, num_ws, w_dim]
-  module.apply(v, ws, method='synthesis', noise_mode=, noise=, resolution=)
+  module.apply(v, ws, method='synthesis', resolution=)
       -> images [B, R, R, 3], RGB in about [-1, 1]
+  (generators with noise inputs also take noise_mode= and noise=)
 
 with ``variables['buffers']['mapping']['w_avg']`` the mean w, and a config
 with ``z_dim``, ``w_dim``, ``num_ws``, ``resolution`` and
@@ -111,10 +112,20 @@ class Generator:
   def synthesis(self, variables: Any, ws: jax.Array, *,
                 noise_mode: str = 'const', noise: Any = None,
                 resolution: int | None = None) -> jax.Array:
-    """ws [B, num_ws, w_dim] -> images [B, R, R, 3] in about [-1, 1]."""
+    """ws [B, num_ws, w_dim] -> images [B, R, R, 3] in about [-1, 1].
+
+    `noise_mode` / `noise` reach generators with noise inputs only; the
+    others render their one fixed ('const') image.
+    """
+    kwargs = {}
+    if noise_mode != 'const' or noise is not None:
+      if not self.noise_maps:
+        raise ValueError(f'the {self.kind} generator has no noise inputs '
+                         f'(noise_mode={noise_mode!r}, noise given: '
+                         f'{noise is not None})')
+      kwargs = {'noise_mode': noise_mode, 'noise': noise}
     return self.module.apply(variables, ws, method='synthesis',
-                             noise_mode=noise_mode, noise=noise,
-                             resolution=resolution)
+                             resolution=resolution, **kwargs)
 
   def render_ws(self, ws: np.ndarray, *, batch_size: int = 16,
                 resolution: int | None = None) -> np.ndarray:

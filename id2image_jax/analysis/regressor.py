@@ -17,9 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import tqdm
 
+from id2image_jax import batching
 from id2image_jax import metrics
 from id2image_jax import protocols
 from id2image_jax.inversion import objective
@@ -64,30 +65,59 @@ def make_sampler(generator: protocols.Generator, encoder: protocols.Encoder,
   return jax.tree_util.Partial(fn, generator.variables, encoder.variables)
 
 
-def evaluate(model, params, sampler, generator: protocols.Generator,
-             encoder: protocols.Encoder, *, key: jax.Array, num: int,
-             latent_space: str) -> dict[str, Any]:
-  """Head vs the plain start (w_avg / z = 0) on `num` held-out pairs.
+def sample_pairs(sampler: jax.tree_util.Partial, key: jax.Array, num: int,
+                 *, batch: int, progress: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """`num` (descriptor, latent) pairs drawn in jitted batches of `batch`.
+
+  Batch i uses ``fold_in(key, i)``, so the first k batches do not depend on
+  `num` (a longer draw extends a shorter one).
+
+  Returns:
+    (descriptors [num, D], latents [num, ...]) float32 host arrays.
+  """
+  draw = jax.jit(sampler, static_argnums=1)
+  out = []
+  for i in tqdm.trange(-(-num // batch), disable=not progress,
+                       desc='pairs', unit='batch'):
+    out.append(jax.tree.map(np.asarray, draw(jax.random.fold_in(key, i),
+                                             batch)))
+  d, z = (np.concatenate(x)[:num] for x in zip(*out))
+  return d.astype(np.float32), z.astype(np.float32)
+
+
+def evaluate(model, params, pairs: tuple[np.ndarray, np.ndarray],
+             generator: protocols.Generator, encoder: protocols.Encoder, *,
+             latent_space: str, batch: int = 8) -> dict[str, Any]:
+  """Head vs the plain start (w_avg / z = 0) on held-out pairs.
+
+  Args:
+    model, params: the trained head.
+    pairs: (descriptors [N, D], latents [N, ...]) not seen in training.
+    generator, encoder: what made the pairs.
+    latent_space: what the head predicts.
+    batch: images rendered per jitted call.
 
   Returns:
     ``latent_mse`` and ``id_cosine`` (target descriptor vs descriptor of the
     rendered latent), each ``{'regressor': float, 'start': float}``.
   """
-  descriptors, latents = jax.jit(sampler, static_argnums=1)(key, num)
-  predicted = model.apply({'params': params}, descriptors)
+  descriptors, latents = pairs
+  predicted = np.asarray(model.apply({'params': params}, descriptors))
   # The latent the inversion starts from without a regressor.
-  start = (jnp.zeros(latents.shape) if latent_space == 'z' else
-           jnp.broadcast_to(objective.initial_latent(
+  start = (np.zeros(latents.shape, np.float32) if latent_space == 'z' else
+           np.broadcast_to(np.asarray(objective.initial_latent(
                generator.w_avg, latent_space=latent_space,
-               num_ws=generator.num_ws)['w'], latents.shape))
+               num_ws=generator.num_ws)['w']), latents.shape))
   render = jax.jit(jax.vmap(objective.generator_render(
       generator, latent_space=latent_space), in_axes=(None, 0)))
   name_of = 'z' if latent_space == 'z' else 'w'
-  out = {'num_pairs': int(num), 'latent_mse': {}, 'id_cosine': {}}
+  out = {'num_pairs': len(descriptors), 'latent_mse': {}, 'id_cosine': {}}
   for name, guess in (('regressor', predicted), ('start', start)):
-    out['latent_mse'][name] = float(jnp.mean((guess - latents) ** 2))
-    images = render(generator.variables, {name_of: guess})
-    cos = metrics.cosine_similarity(encoder.embed(np.asarray(images)),
-                                    np.asarray(descriptors))
-    out['id_cosine'][name] = float(jnp.mean(cos))
+    out['latent_mse'][name] = float(np.mean((guess - latents) ** 2))
+    images = batching.batched_apply(
+        lambda x: render(generator.variables, {name_of: x}),
+        np.asarray(guess, np.float32), batch)
+    cos = metrics.cosine_similarity(encoder.embed(images), descriptors)
+    out['id_cosine'][name] = float(np.mean(cos))
   return out

@@ -68,7 +68,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from id2image_jax import checkpoints
 from id2image_jax import package_files
 from id2image_jax.models import mobilestylegan as msg
 from id2image_jax.porting import layout
@@ -885,42 +884,27 @@ def default_files() -> tuple[str, str]:
   return str(paths[0]), str(paths[2])
 
 
-def load(path: str | os.PathLike | None = None
-         ) -> tuple[msg.MobileStyleGANConfig, dict]:
-  """Loads MobileStyleGAN: the shipped model, an IR pair or a converted dir.
+IR_FILES = ('MappingNetwork.xml', 'SynthesisNetwork.xml')
 
-  Args:
-    path: None for the random-face FFHQ model (`default_files`); a
-      directory written by `id2image_jax.checkpoints.save` with kind
-      'mobilestylegan'; or a directory holding ``MappingNetwork.xml`` and
-      ``SynthesisNetwork.xml`` (+ ``.bin``).
 
-  Returns:
-    ``(MobileStyleGANConfig, variables)``.
+def ir_pair(path: str | os.PathLike) -> tuple[str, str]:
+  """(MappingNetwork.xml, SynthesisNetwork.xml) named by `path`: the
+  directory holding them, or either file (the other beside it).
 
   Raises:
-    FileNotFoundError: nothing usable there.
-    CheckpointMismatchError: a converted directory of another kind.
-    IRError / PortingError: see `convert`.
+    FileNotFoundError: says which file is missing where.
   """
-  if path is None:
-    config, variables = convert(*default_files())
-    return msg.as_config(config), variables
   path = os.fspath(path)
-  ir_pair = [os.path.join(path, f'{n}.xml') for n in
-             ('MappingNetwork', 'SynthesisNetwork')]
-  if os.path.isdir(path) and all(os.path.isfile(p) for p in ir_pair):
-    config, variables = convert(*ir_pair)
-    return msg.as_config(config), variables
-  if not os.path.isdir(path):
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  pair = tuple(os.path.join(folder, name) for name in IR_FILES)
+  missing = [p for p in pair if not os.path.isfile(p)]
+  if missing:
     raise FileNotFoundError(
-        f'{path} is not a directory: give a converted checkpoint directory '
-        'or one holding MappingNetwork.xml and SynthesisNetwork.xml')
-  meta = checkpoints.read_meta(path)
-  if meta.get('kind') != KIND:
-    raise checkpoints.CheckpointMismatchError(
-        f'{path} holds a {meta.get("kind")!r} checkpoint, not {KIND!r}')
-  config = msg.as_config(meta.get('config') or {})
-  variables = checkpoints.restore(path, msg.abstract_variables(config),
-                                  kind=KIND)
-  return config, variables
+        f'MobileStyleGAN IR not found: {", ".join(missing)} (the pair '
+        f'{IR_FILES} and their .bin files, as in the random-face wheel)')
+  return pair
+
+
+def read_files(path: str | os.PathLike) -> Source:
+  """`read_source` of the IR pair that `path` names (see `ir_pair`)."""
+  return read_source(*ir_pair(path))
