@@ -32,8 +32,12 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # 'dlib' (embedded, real weights), a checkpoint file, or KIND:PATH.
   c.encoder = 'dlib'
   c.encoder_crop = ()  # (top, left, bottom, right); () = encoder's FFHQ box
-  # '' = self-check; a .npy/.npz of descriptors; a folder of aligned faces.
+  # '' = self-check; a .npy/.npz of descriptors; a folder of face photos.
   c.targets = ''
+  # Cut folder photos the FFHQ way first (dlib's detector + 68 landmarks);
+  # photos without a detectable face are skipped and named. False: the
+  # folder holds FFHQ-aligned images already.
+  c.align_faces = True
   c.num_targets = 8  # self-check only
   c.self_check_truncation = 0.7
   c.seed = 0

@@ -76,7 +76,8 @@ def test_image_folder_skips_unreadable_files_and_names_them(tmp_path):
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(
         folder / name)
   (folder / 'broken.png').write_bytes(b'not a png at all')
-  _, summary = _invert(tmp_path, '--targets', str(folder), '--steps', '2')
+  _, summary = _invert(tmp_path, '--targets', str(folder), '--steps', '2',
+                       '--set', 'align_faces=False')
   assert summary['names'] == ['broken.png', 'face0.png', 'face1.jpg']
   assert summary['num_done'] == 2
   reasons = _skipped(summary)
@@ -279,3 +280,17 @@ def test_noise_can_be_optimised_with_the_latent(tmp_path, monkeypatch, init):
   moved = [np.abs(latents[k] - np.asarray(m)).max()
            for k, m in zip(noise, start)]
   assert max(moved) > 0, 'the noise maps were not optimised'
+
+
+def test_photos_are_aligned_and_faceless_ones_named(tmp_path):
+  skimage_data = pytest.importorskip('skimage.data')
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  Image.fromarray(skimage_data.astronaut()).save(folder / 'astronaut.jpg')
+  Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(
+      folder / 'wall.png')
+  out, summary = _invert(tmp_path, '--targets', str(folder), '--steps', '1')
+  assert summary['num_done'] == 1
+  reasons = _skipped(summary)
+  assert list(reasons) == [1] and 'no face detected in wall.png' in (
+      reasons[1])

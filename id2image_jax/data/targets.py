@@ -10,8 +10,9 @@
 * a ``.npy`` ([N, D] descriptors) or ``.npz`` (``descriptor`` [N, D] plus
   optional ``names`` [N], ``landmarks`` [N, 68, 2], ``histogram``
   [N, 3, bins]);
-* a folder of face images (FFHQ-aligned, like the generator's output): each
-  is embedded with the encoder, and kept as the source image for metrics.
+* a folder of face photos: each is cut the FFHQ way (`align`; photos
+  without a detectable face are skipped and named), embedded with the
+  encoder, and kept as the source image for metrics.
 
 `predict_from_descriptors` fills landmark / histogram targets with heads
 that predict them from the descriptor (the paper's attack).
@@ -27,9 +28,11 @@ from typing import Any
 
 import jax
 import numpy as np
+import tqdm
 from PIL import Image
 
 from id2image_jax import protocols
+from id2image_jax.data import align as align_lib
 from id2image_jax.preprocess import uint8_to_unit_range
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
@@ -116,12 +119,18 @@ def read_descriptor_file(path: str, *, dim: int) -> Targets:
 
 
 def read_image_folder(path: str, *, resolution: int,
-                      encoder: protocols.Encoder) -> Targets:
-  """Embeds every readable image of a folder; unreadable ones are skipped.
+                      encoder: protocols.Encoder,
+                      aligner: Any = None) -> Targets:
+  """Embeds every usable image of a folder; the others are skipped, named.
 
-  Images are taken as FFHQ-aligned faces (like generator output), resized
-  to the generator's resolution so that the encoder sees the same crop of
-  sources and reconstructions.
+  Args:
+    path: a folder of face photos.
+    resolution: images are brought to the generator's resolution, so that
+      the encoder sees the same crop of sources and reconstructions.
+    encoder: embeds them.
+    aligner: an `align.FaceAligner`: each photo (any size) is cut the FFHQ
+      way first, and photos without a detectable face are skipped. None
+      takes the images as FFHQ-aligned already and only resizes them.
   """
   files = sorted(f for f in os.listdir(path)
                  if f.lower().endswith(IMAGE_SUFFIXES))
@@ -130,17 +139,25 @@ def read_image_folder(path: str, *, resolution: int,
   images = np.full((len(files), resolution, resolution, 3), np.nan,
                    np.float32)
   skipped = {}
-  for i, name in enumerate(files):
+  for i, name in tqdm.tqdm(list(enumerate(files)), desc='images',
+                           disable=aligner is None or len(files) < 8):
     try:
       with Image.open(os.path.join(path, name)) as im:
-        im = im.convert('RGB').resize((resolution, resolution),
-                                      Image.Resampling.LANCZOS)
-        images[i] = np.asarray(uint8_to_unit_range(np.asarray(im)))
+        rgb = np.asarray(im.convert('RGB'))
     except (OSError, ValueError) as e:
       skipped[i] = f'unreadable image {name}: {e}'
+      continue
+    if aligner is not None:
+      rgb = aligner.align(rgb, resolution)
+      if rgb is None:
+        skipped[i] = f'no face detected in {name}'
+        continue
+    rgb = np.asarray(Image.fromarray(rgb).resize(
+        (resolution, resolution), Image.Resampling.LANCZOS))
+    images[i] = np.asarray(uint8_to_unit_range(rgb))
   good = np.flatnonzero(np.isfinite(images).all(axis=(1, 2, 3)))
   if not good.size:
-    raise ValueError(f'no readable image in {path}: '
+    raise ValueError(f'no usable image in {path}: '
                      + '; '.join(skipped.values()))
   descriptors = np.full((len(files), encoder.dim), np.nan, np.float32)
   descriptors[good] = encoder.embed(images[good])
@@ -150,7 +167,7 @@ def read_image_folder(path: str, *, resolution: int,
 
 def load_targets(spec: str, generator: protocols.Generator,
                  encoder: protocols.Encoder, *, num_targets: int, seed: int,
-                 truncation_psi: float) -> Targets:
+                 truncation_psi: float, align: bool = False) -> Targets:
   """Targets that `spec` names (module docstring).
 
   Args:
@@ -158,6 +175,7 @@ def load_targets(spec: str, generator: protocols.Generator,
     generator: renders the self-check; sets the folder images' size.
     encoder: embeds self-check and folder images.
     num_targets, seed, truncation_psi: of the self-check.
+    align: cut folder photos the FFHQ way first (`align.FaceAligner`).
   """
   if not spec:
     return self_check_targets(generator, encoder, num_targets=num_targets,
@@ -166,8 +184,9 @@ def load_targets(spec: str, generator: protocols.Generator,
     raise FileNotFoundError(f'targets not found: {spec} (a .npy/.npz of '
                             'descriptors or a folder of face images)')
   if os.path.isdir(spec):
-    return read_image_folder(spec, resolution=generator.resolution,
-                             encoder=encoder)
+    return read_image_folder(
+        spec, resolution=generator.resolution, encoder=encoder,
+        aligner=align_lib.FaceAligner() if align else None)
   return read_descriptor_file(spec, dim=encoder.dim)
 
 

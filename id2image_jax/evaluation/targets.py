@@ -89,7 +89,8 @@ def load(config: Any, generator: protocols.Generator,
                        pool_descriptors=pool.descriptors)
   targets = targets_lib.load_targets(
       config.targets, generator, encoder, num_targets=config.num_targets,
-      seed=config.seed + 1, truncation_psi=config.self_check_truncation)
+      seed=config.seed + 1, truncation_psi=config.self_check_truncation,
+      align=config.align_faces)
   n = len(targets.descriptors)
   usable = np.isfinite(targets.descriptors).all(axis=1)
   usable[list(targets.skipped)] = False

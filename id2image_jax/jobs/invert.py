@@ -40,7 +40,8 @@ def run(config: Any) -> dict[str, Any]:
   common.say(f'encoder:   {encoder.kind} ({encoder.dim}-d), {encoder.source}')
   targets = targets_lib.load_targets(
       config.targets, generator, encoder, num_targets=config.num_targets,
-      seed=config.seed + 1, truncation_psi=config.self_check_truncation)
+      seed=config.seed + 1, truncation_psi=config.self_check_truncation,
+      align=config.align_faces)
   targets_lib.predict_from_descriptors(targets, heads.predictors)
   common.say(f'targets:   {len(targets.descriptors)} '
              f'({config.targets or "self-check"})')

@@ -48,7 +48,8 @@ def save_images(directory: str | os.PathLike, images: np.ndarray,
 
 
 def image_grid(images: np.ndarray, *, sources: np.ndarray | None = None,
-               columns: int = 8, pad: int = 2) -> np.ndarray:
+               columns: int = 8, pad: int = 2,
+               max_size: int = 256) -> np.ndarray:
   """Tiles [K, H, W, 3] images (in [-1, 1]) into one uint8 picture.
 
   Args:
@@ -57,11 +58,17 @@ def image_grid(images: np.ndarray, *, sources: np.ndarray | None = None,
       ``source | reconstruction`` (sources resized to the images' size).
     columns: cells per grid row.
     pad: white border between cells, in pixels.
+    max_size: larger images are shrunk (antialiased) to this height, so a
+      grid of 1024 px faces stays a picture one can open.
 
   Returns:
     [rows * (H + pad) + pad, columns * (cell_w + pad) + pad, 3] uint8.
   """
   cells = to_uint8(images)
+  if cells.shape[1] > max_size:
+    size = (round(cells.shape[2] * max_size / cells.shape[1]), max_size)
+    cells = np.stack([np.asarray(Image.fromarray(c).resize(
+        size, Image.LANCZOS)) for c in cells])
   k, h, w, _ = cells.shape
   if sources is not None:
     src = [np.asarray(Image.fromarray(s).resize((w, h), Image.BILINEAR))
