@@ -48,7 +48,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # Optimise the per-layer noise maps with the latent (from the generator's
   # const maps; no noise regulariser, so they can soak up detail).
   c.optimize_noise = False
-  c.init = 'w_avg'  # 'w_avg' | 'random' | directory of an ID->latent head
+  # 'auto' (the shipped ID->latent head of this generator + encoder when
+  # there is one, else w_avg) | 'w_avg' | 'random' | a head's directory.
+  c.init = 'auto'
   c.steps = 120
   c.learning_rate = 0.02
   c.lr_schedule = 'cosine'  # 'constant' | 'cosine'

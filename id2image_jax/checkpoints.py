@@ -101,11 +101,13 @@ def restore(directory: str | os.PathLike, abstract: Any, *,
   with ocp.StandardCheckpointer() as ckptr:
     saved = ckptr.metadata(os.path.join(directory, _VARIABLES))
     saved_tree = getattr(saved, 'item_metadata', saved)
-    _check_same_tree(saved_tree, abstract, directory)
+    check_same_tree(saved_tree, abstract, directory)
     return ckptr.restore(os.path.join(directory, _VARIABLES), abstract)
 
 
-def _check_same_tree(saved: Any, abstract: Any, directory: str) -> None:
+def check_same_tree(saved: Any, abstract: Any, directory: str) -> None:
+  """Raises `CheckpointMismatchError` naming leaves missing, unexpected or
+  of another shape in `saved` against `abstract`."""
   flat_saved = {jax.tree_util.keystr(p): v for p, v in
                 jax.tree_util.tree_leaves_with_path(saved)}
   flat_want = {jax.tree_util.keystr(p): v for p, v in

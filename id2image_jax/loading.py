@@ -23,13 +23,16 @@ reference writer in ``ports/`` and one row here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from id2image_jax import checkpoints
 from id2image_jax import preprocess
@@ -377,20 +380,67 @@ def save_head(directory: str | os.PathLike, params: Any,
                           config=dict(config), source=source)
 
 
+# Heads trained here and shipped as package data (weights/id2image/*.npz,
+# provenance in PROVENANCE.md beside them): (generator kind, encoder kind) ->
+# the ID -> latent regressor that `init='auto'` starts the inversion from.
+SHIPPED_REGRESSORS = {
+    ('mobilestylegan', 'dlib'): 'id_to_latent_mobilestylegan_dlib.npz',
+}
+_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        'weights', 'id2image')
+
+
+def shipped_regressor(generator_kind: str, encoder_kind: str) -> str | None:
+  """Path of the shipped ID -> latent head for this pair, or None."""
+  name = SHIPPED_REGRESSORS.get((generator_kind, encoder_kind))
+  path = name and os.path.join(_WEIGHTS, name)
+  return path if path and os.path.isfile(path) else None
+
+
+def save_head_npz(path: str | os.PathLike, params: Any,
+                  config: Mapping[str, Any], *, source: str) -> str:
+  """One ``.npz`` (params by '/'-joined path, config and source as JSON):
+  the form heads ship in, read with ``allow_pickle=False``."""
+  flat = {'/'.join(str(k.key) for k in p): np.asarray(v) for p, v in
+          jax.tree_util.tree_leaves_with_path(params)}
+  meta = json.dumps({'config': dict(config), 'source': source},
+                    default=list)
+  np.savez(path, __meta__=np.asarray(meta), **{f'params/{k}': v
+                                               for k, v in flat.items()})
+  return os.fspath(path)
+
+
+def _load_head_npz(path: str) -> tuple[dict, Any]:
+  with np.load(path, allow_pickle=False) as f:
+    meta = json.loads(str(f['__meta__']))
+    flat = {k[len('params/'):]: f[k] for k in f.files
+            if k.startswith('params/')}
+  return meta['config'], flax.traverse_util.unflatten_dict(flat, sep='/')
+
+
 def load_head(directory: str | os.PathLike, *, what: str = 'head'
               ) -> tuple[Any, Any, dict[str, Any]]:
-  """Restores a head saved by `save_head`.
+  """Restores a head saved by `save_head` (or `save_head_npz`).
 
   Args:
-    directory: the head's directory.
+    directory: the head's directory, or a ``.npz`` of `save_head_npz`.
     what: names the head in the error message.
 
   Returns:
     (module, params, config).
 
   Raises:
-    FileNotFoundError: not a head directory; says how to make one.
+    FileNotFoundError: not a head; says how to make one.
+    CheckpointMismatchError: its parameters do not fit its config.
   """
+  if os.fspath(directory).endswith('.npz') and os.path.isfile(directory):
+    config, params = _load_head_npz(os.fspath(directory))
+    model = heads.build(config)
+    example = heads.example_input(config)
+    want = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(
+        example.shape, example.dtype))['params'])
+    checkpoints.check_same_tree(params, want, os.fspath(directory))
+    return model, jax.tree.map(jnp.asarray, params), config
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f'{what} head not found at {directory}: train it with `id2image '

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from id2image_jax import checkpoints
 from id2image_jax import loading
 from id2image_jax import losses
 from id2image_jax import metrics
@@ -166,6 +167,26 @@ def test_save_and_load_head(tmp_path):
   x = jax.random.normal(jax.random.key(1), (5, D))
   chex.assert_trees_all_close(model.apply({'params': params}, x),
                               model2.apply({'params': params2}, x))
+
+
+def test_shipped_form_round_trips_and_checks_its_tree(tmp_path):
+  from ports import ship_head  # pylint: disable=g-import-not-at-top
+  config = heads.head_config('id_to_latent', hidden=(8,), out_shape=(4,),
+                             input_dim=D)
+  model = heads.build(config)
+  params = model.init(jax.random.key(0), jnp.zeros((1, D)))['params']
+  loading.save_head(tmp_path / 'h', params, config, source='test run')
+  assert ship_head.main([str(tmp_path / 'h'), str(tmp_path / 'h.npz')]) == 0
+  model2, params2, config2 = loading.load_head(tmp_path / 'h.npz')
+  x = jax.random.normal(jax.random.key(1), (3, D))
+  chex.assert_trees_all_equal(model.apply({'params': params}, x),
+                              model2.apply({'params': params2}, x))
+  assert config2['out_shape'] == [4]
+  # A config that does not fit the stored parameters names the leaf.
+  loading.save_head_npz(tmp_path / 'bad.npz', params,
+                        dict(config, hidden=(9,)), source='')
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='fc0'):
+    loading.load_head(tmp_path / 'bad.npz')
 
 
 @pytest.mark.parametrize('kind,out_shape', [

@@ -123,9 +123,19 @@ def _predictor(path: str, what: str):
   return lambda x: train_lib.predict(model, params, x)
 
 
+def resolve_init(init: str, generator: protocols.Generator,
+                 encoder: protocols.Encoder) -> str:
+  """``init='auto'``: the shipped ID -> latent head of this generator and
+  encoder when there is one, else 'w_avg'."""
+  if init != 'auto':
+    return init
+  return loading.shipped_regressor(generator.kind, encoder.kind) or 'w_avg'
+
+
 def load_heads(heads: Mapping[str, str], *, init: str = '') -> Heads:
   """Loads ``heads.{landmarks, histogram, image_landmarks}`` and the
-  regressor of ``init`` (anything but 'w_avg' / 'random')."""
+  regressor of ``init`` (a path; not 'w_avg' / 'random', see
+  `resolve_init`)."""
   predictors = {name: _predictor(heads[name], name)
                 for name in ('landmarks', 'histogram') if heads.get(name)}
   landmark_net = None

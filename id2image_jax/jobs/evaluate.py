@@ -74,6 +74,7 @@ def run(config: Any) -> dict[str, Any]:
        f'{evaluator.source}'
        + ('' if independent else '  [the SAME encoder: not independent]'))
 
+  config.init = common.resolve_init(config.init, generator, attacked)
   heads = common.load_heads(dict(config.heads), init=config.init)
   data = targets_lib.load(config, generator, attacked)
   targets = data.targets
