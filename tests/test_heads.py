@@ -284,3 +284,19 @@ def test_emd_and_nme_and_accuracy():
   np.testing.assert_array_equal(
       metrics.binary_accuracy(np.array([0.9, 0.2, 0.6]),
                                np.array([True, True, False])), [1, 0, 0])
+
+
+def test_bootstrap_ci_resamples_identities_not_images():
+  rng = np.random.default_rng(0)
+  values = rng.normal(0.3, 1.0, 60)
+  lo, hi = leakage.bootstrap_ci(values, num=2000)
+  assert lo < values.mean() < hi
+  # Ten copies of every image of one person add no information: grouped by
+  # person, the interval stays as wide; counted as independent images, it
+  # would shrink about sqrt(10)-fold.
+  copies = np.repeat(values, 10)
+  people = np.repeat(np.arange(60), 10)
+  g_lo, g_hi = leakage.bootstrap_ci(copies, people, num=2000)
+  naive_lo, naive_hi = leakage.bootstrap_ci(copies, num=2000)
+  assert abs((g_hi - g_lo) - (hi - lo)) < 0.15 * (hi - lo)
+  assert (naive_hi - naive_lo) < 0.5 * (hi - lo)

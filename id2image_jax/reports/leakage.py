@@ -93,6 +93,50 @@ def _markdown_table(tab: Mapping[str, Any]) -> list[str]:
   return lines
 
 
+def _ci(values) -> str:
+  return f'[{values[0]:.1f}, {values[1]:.1f}]' if values else ''
+
+
+def leak_rows(details: Mapping[str, Any]) -> dict[str, list[dict]]:
+  """Per encoder, one row per measured quantity: the descriptor's figure and
+  interval, the baseline's, the gain over it (interval) and whether it
+  leaks (the gain's 95 % interval lies above 0)."""
+  out = {}
+  for encoder, det in details.items():
+    if not isinstance(det, Mapping) or encoder == 'image':
+      continue
+    rows = []
+    for name, r in (det.get('attributes') or {}).items():
+      rows.append({'what': name, 'unit': '% accuracy',
+                   'value': r['accuracy'], 'ci': r.get('accuracy_ci'),
+                   'baseline': r['baseline'], 'gain_ci': r.get('gain_ci'),
+                   'leaks': r.get('leaks')})
+    for name, key, unit in (('landmarks', 'nme', '% NME'),
+                            ('histogram', 'emd', 'EMD (bins)')):
+      r = det.get(name)
+      if r:
+        rows.append({'what': name, 'unit': unit, 'value': r[key],
+                     'ci': r.get('ci'), 'baseline': r['baseline'],
+                     'gain_ci': r.get('gain_ci'), 'leaks': r.get('leaks')})
+    out[encoder] = rows
+  return out
+
+
+def _leak_markdown(details: Mapping[str, Any]) -> list[str]:
+  lines = []
+  for encoder, rows in leak_rows(details).items():
+    lines += ['', f'### {encoder}: descriptor vs baseline (95 % bootstrap '
+              'intervals over test identities)', '',
+              '| | from ID | baseline | gain over baseline | leaks |',
+              '|---|---:|---:|---:|:---:|']
+    for r in rows:
+      lines.append(
+          f"| {r['what'].replace('_', ' ')} ({r['unit']}) | "
+          f"{r['value']:.1f} {_ci(r['ci'])} | {r['baseline']:.1f} | "
+          f"{_ci(r['gain_ci'])} | {'**yes**' if r['leaks'] else 'no'} |")
+  return lines
+
+
 def to_markdown(results: Mapping[str, Any]) -> str:
   """The report page: our table, units, notes, the paper's table, figures.
 
@@ -107,6 +151,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
   lines += _markdown_table(results['table'])
   lines += ['', 'Units:', '']
   lines += [f'- {k}: {v}' for k, v in UNITS.items()]
+  lines += _leak_markdown(results.get('details') or {})
   notes = results.get('notes') or []
   if notes:
     lines += ['', 'Notes:', '']
