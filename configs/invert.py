@@ -25,9 +25,11 @@ import ml_collections
 def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   """Returns the config of `variant`: 'default' or 'paper'."""
   c = ml_collections.ConfigDict()
-  # Models: 'demo' = randomly initialised StyleGAN2 (demo-64); or a
-  # stylegan2-ada .pkl / rosinality .pt / converted directory.
-  c.generator = 'demo'
+  # Models: 'mobilestylegan' = MobileStyleGAN FFHQ 1024 px (real faces;
+  # the pinned random-face wheel's IR, fetched once); 'demo' = a randomly
+  # initialised StyleGAN2 (not a face model); or a stylegan2-ada .pkl,
+  # rosinality .pt or converted directory.
+  c.generator = 'mobilestylegan'
   c.generator_seed = 0
   # 'dlib' (embedded, real weights), a checkpoint file, or KIND:PATH.
   c.encoder = 'dlib'
@@ -38,7 +40,7 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # photos without a detectable face are skipped and named. False: the
   # folder holds FFHQ-aligned images already.
   c.align_faces = True
-  c.num_targets = 8  # self-check only
+  c.num_targets = 4  # self-check only
   c.self_check_truncation = 0.7
   c.seed = 0
 
