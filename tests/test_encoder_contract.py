@@ -203,8 +203,9 @@ def test_float32_parity_with_reference(row, case, run_case):
   assert set(inter) == row.intermediates
   # Guard the tolerance against vacuity: outputs are not ~0 ...
   assert row.nonvacuous(want), np.abs(want).mean()
-  if case.batch > 1:  # ... and two inputs do not give the same descriptor.
-    assert np.abs(want[0] - want[1]).mean() > 1e-2 * np.abs(want).mean()
+  if case.batch > 1:  # ... and two inputs do not give the same descriptor
+    # (they differ by 4-100% of the mean |descriptor|: 4% VGGFace2).
+    assert np.abs(want[0] - want[1]).mean() > 0.03 * np.abs(want).mean()
   _assert_close(got, want, row.f32, inter=inter if run.want_inter else None,
                 want_inter=run.want_inter)
 
