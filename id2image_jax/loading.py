@@ -168,8 +168,9 @@ KINDS: dict[str, Kind] = {
         build=dlib_resnet.build,
         abstract=encoder_abstract(dlib_resnet.build,
                                    dlib_resnet.input_spec),
-        parse=str, markers=('.dat',),
-        convert=lambda path, what: dlib_resnet_port.convert(path),
+        parse=dlib_resnet_port.read_layers, markers=('.dat',),
+        convert=lambda layers, what: dlib_resnet_port.convert_layers(
+            layers, what=what),
         input_spec=dlib_resnet.input_spec,
         default_file=dlib_resnet_port.default_path),
     'vggface2': Kind(

@@ -7,25 +7,34 @@ iresnet.py`` (commit 7fadd420) with the same module names, so its
 ``layer2.0.downsample.0.weight``, ``fc.weight``, ``features.weight`` ...).
 It is independent of `id2image_jax` on purpose: it is what the JAX port is
 checked against. Dropout, fp16 autocast, gradient checkpointing and the
-training-time initialisation are left out; `randomize_` fills every
-parameter and every batch-norm running statistic with random values instead,
-so a port that swaps two tensors or ignores running stats cannot pass.
+training-time initialisation are left out; `torch_reference.randomize_`
+fills every parameter and every batch-norm running statistic with random
+values instead, so a port that swaps two tensors or ignores running stats
+cannot pass.
 
 Write a random checkpoint laid out like the public ones::
 
   python ports/iresnet_reference.py --variant r50 --out /tmp/backbone.pth
 
-Benchmarks: ``reference_model(config)`` returns the eval-mode torch module.
+Benchmarks: ``reference_model(config)`` returns the eval-mode torch module;
+tests: ``write_reference(path, config, seed=)`` writes the file and returns
+the reference as an NHWC callable (`torch_reference.nhwc`).
 """
 
 from __future__ import annotations
 
-import argparse
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+from ports import torch_reference  # pylint: disable=g-import-not-at-top
 
 # Same table as arcface_torch's iresnet18..iresnet200.
 VARIANTS = {
@@ -105,39 +114,6 @@ class IResNet(nn.Module):
     return self.forward_with_intermediates(x)[0]
 
 
-@torch.no_grad()
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-  """Fills all weights and BN running stats with random values, in place.
-
-  Scales keep activations O(1) through 100+ blocks so that float32 parity
-  stays meaningful: convs ~ N(0, 1/fan_in), BN scales in [0.5, 1.5] but
-  the residual branch's last BN (bn3) in [0.05, 0.25], running means
-  N(0, 0.1), running variances in [0.5, 1.5], PReLU slopes in [0, 0.5].
-  """
-  gen = torch.Generator().manual_seed(seed)
-  uniform = lambda t, lo, hi: t.copy_(
-      torch.rand(t.shape, generator=gen) * (hi - lo) + lo)
-  normal = lambda t, std: t.copy_(torch.randn(t.shape, generator=gen) * std)
-  for name, m in model.named_modules():
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-      normal(m.weight, (m.weight[0].numel()) ** -0.5)
-      if m.bias is not None:
-        normal(m.bias, 0.1)
-    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-      if name.endswith('bn3'):
-        uniform(m.weight, 0.05, 0.25)
-      else:
-        uniform(m.weight, 0.5, 1.5)
-      normal(m.bias, 0.1)
-      normal(m.running_mean, 0.1)
-      uniform(m.running_var, 0.5, 1.5)
-      m.num_batches_tracked.fill_(int(torch.randint(1, 10**6, (),
-                                                    generator=gen)))
-    elif isinstance(m, nn.PReLU):
-      uniform(m.weight, 0.0, 0.5)
-  return model
-
-
 def _layers(config: Mapping[str, Any]) -> tuple[int, ...]:
   if config.get('layers') is not None:
     return tuple(int(n) for n in config['layers'])
@@ -150,32 +126,32 @@ def reference_model(config: Mapping[str, Any], *, seed: int = 0) -> IResNet:
   Args:
     config: ``variant`` or ``layers``, optional ``num_features``, ``use_fc``,
       ``use_features`` (the fields of `id2image_jax.models.iresnet`).
-    seed: seeds `randomize_`.
+    seed: seeds `torch_reference.randomize_`.
 
   Returns:
     An eval-mode `IResNet` taking [N, 3, 112, 112] RGB in [-1, 1].
   """
-  model = IResNet(_layers(config),
-                  num_features=int(config.get('num_features', 512)),
-                  use_fc=bool(config.get('use_fc', True)),
-                  use_features=bool(config.get('use_features', True)))
-  return randomize_(model, seed).eval()
+  return torch_reference.instantiate(
+      IResNet, _layers(config), seed=seed,
+      num_features=int(config.get('num_features', 512)),
+      use_fc=bool(config.get('use_fc', True)),
+      use_features=bool(config.get('use_features', True)))
 
 
 def write_checkpoint(path: str, config: Mapping[str, Any], *,
                      seed: int = 0) -> IResNet:
   """Saves ``torch.save(model.state_dict())`` like arcface_torch does."""
   model = reference_model(config, seed=seed)
-  torch.save(model.state_dict(), path)
+  torch_reference.save(model, path, fmt='pth')
   return model
 
 
+write_reference = torch_reference.reference_writer(write_checkpoint)
+
+
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--variant', default='r50', choices=sorted(VARIANTS))
+  parser = torch_reference.parser(__doc__, VARIANTS, default='r50')
   parser.add_argument('--num-features', type=int, default=512)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--out', required=True, help='output .pth path')
   args = parser.parse_args()
   write_checkpoint(args.out, {'variant': args.variant,
                               'num_features': args.num_features},

@@ -7,9 +7,10 @@ its ``state_dict()`` has exactly the keys of the public
 ``layer3.4.bn2.running_var``, ``layer2.0.downsample.0.weight``,
 ``layer1.0.conv4.bias`` in SENet, ``fc.weight`` ...). It is independent of
 `id2image_jax` on purpose: it is what the JAX port is checked against. The
-training-time initialisation is left out; `randomize_` fills every parameter
-and every batch-norm running statistic with random values instead, so a port
-that swaps two tensors or ignores running stats cannot pass.
+training-time initialisation is left out; `torch_reference.randomize_` fills
+every parameter and every batch-norm running statistic with random values
+instead, so a port that swaps two tensors or ignores running stats cannot
+pass.
 
 Write a random checkpoint laid out like the public ones::
 
@@ -18,6 +19,8 @@ Write a random checkpoint laid out like the public ones::
 ``.pkl`` writes the official layout: a pickled dict of numpy arrays, without
 ``num_batches_tracked`` (the files were converted from Caffe before torch had
 those counters); ``.pth`` writes ``torch.save(model.state_dict())``.
+``write_reference(path, config, seed=)`` writes the file and returns the
+reference as an NHWC callable (`torch_reference.nhwc`), for the tests.
 
 Benchmarks: ``reference_model(config)`` is the eval-mode torch module and
 ``reference_descriptor(model, x, grad=True)`` runs forward (+ backward to the
@@ -26,8 +29,8 @@ input) the way the inversion uses the encoder.
 
 from __future__ import annotations
 
-import argparse
-import pickle
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+from ports import torch_reference  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
     'resnet50': {'layers': (3, 4, 6, 3), 'se': False},
@@ -118,43 +126,6 @@ class VGGFace2Net(nn.Module):
     return self.forward_with_intermediates(x)[0]
 
 
-@torch.no_grad()
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-  """Fills all weights and BN running stats with random values, in place.
-
-  Scales keep activations O(1) through the blocks so that float32 parity
-  errors stay meaningful: conv weights ~ N(0, 1/fan_in), the stem's 100x
-  smaller because inputs are mean-subtracted pixels (O(100)); the last BN of
-  each residual branch (bn3) has small scales so the identity dominates;
-  running means/vars are random so a port that ignores them fails.
-  """
-  gen = torch.Generator().manual_seed(seed)
-
-  def normal(t, std):
-    t.copy_(torch.randn(t.shape, generator=gen) * std)
-
-  def uniform(t, lo, hi):
-    t.copy_(lo + (hi - lo) * torch.rand(t.shape, generator=gen))
-
-  for name, m in model.named_modules():
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-      std = m.weight[0].numel() ** -0.5
-      normal(m.weight, std / 100 if name == 'conv1' else std)
-      if m.bias is not None:
-        normal(m.bias, 0.1)
-    elif isinstance(m, nn.BatchNorm2d):
-      if name.endswith('bn3'):
-        uniform(m.weight, 0.05, 0.25)
-      else:
-        uniform(m.weight, 0.5, 1.5)
-      normal(m.bias, 0.1)
-      normal(m.running_mean, 0.1)
-      uniform(m.running_var, 0.5, 1.5)
-      m.num_batches_tracked.fill_(int(torch.randint(1, 10**6, (),
-                                                    generator=gen)))
-  return model
-
-
 def _arch(config: Mapping[str, Any]) -> tuple[tuple[int, ...], bool]:
   table = VARIANTS.get(config.get('variant', 'resnet50'), {})
   layers = config.get('layers') or table['layers']
@@ -166,22 +137,22 @@ def reference_model(config: Mapping[str, Any], *,
                     seed: int = 0) -> VGGFace2Net:
   """The torch module for `config`, random weights, eval mode, float32.
 
+  The stem's weights are 100x smaller because its inputs are
+  mean-subtracted pixels (O(100)); see `torch_reference.randomize_`.
+
   Args:
     config: ``variant`` ('resnet50' / 'senet50') or ``layers`` + ``se``;
       optional ``num_classes`` (default 8631 as in the public files, 0 for
       no fc).
-    seed: seeds `randomize_`.
+    seed: seeds the random weights.
 
   Returns:
     An eval-mode `VGGFace2Net` taking [N, 3, 224, 224] mean-subtracted BGR.
   """
   layers, se = _arch(config)
-  # Built on the meta device: torch's default initialisation would be
-  # overwritten by `randomize_` anyway (which fills every tensor).
-  with torch.device('meta'):
-    model = VGGFace2Net(
-        layers, se, num_classes=int(config.get('num_classes', NUM_CLASSES)))
-  return randomize_(model.to_empty(device='cpu'), seed).eval()
+  return torch_reference.instantiate(
+      VGGFace2Net, layers, se, seed=seed, input_layer='conv1',
+      num_classes=int(config.get('num_classes', NUM_CLASSES)))
 
 
 def write_checkpoint(path: str, config: Mapping[str, Any], *,
@@ -191,7 +162,7 @@ def write_checkpoint(path: str, config: Mapping[str, Any], *,
   Args:
     path: output file.
     config: as `reference_model`.
-    seed: seeds `randomize_`.
+    seed: seeds the random weights.
     fmt: 'pkl' (official: pickled ``{key: numpy array}``, no
       ``num_batches_tracked``) or 'pth' (``torch.save(state_dict())``);
       default from the suffix of `path` ('.pth' / '.pt' -> 'pth').
@@ -200,18 +171,11 @@ def write_checkpoint(path: str, config: Mapping[str, Any], *,
     The eval-mode torch model whose weights were written.
   """
   model = reference_model(config, seed=seed)
-  if fmt is None:
-    fmt = 'pth' if str(path).endswith(('.pth', '.pt')) else 'pkl'
-  if fmt == 'pth':
-    torch.save(model.state_dict(), path)
-  elif fmt == 'pkl':
-    weights = {k: v.numpy().copy() for k, v in model.state_dict().items()
-               if not k.endswith('num_batches_tracked')}
-    with open(path, 'wb') as f:
-      pickle.dump(weights, f, protocol=2)
-  else:
-    raise ValueError(f'fmt must be pkl or pth, got {fmt!r}')
+  torch_reference.save(model, path, fmt=fmt)
   return model
+
+
+write_reference = torch_reference.reference_writer(write_checkpoint)
 
 
 def to_input(images_rgb01: np.ndarray) -> torch.Tensor:
@@ -244,12 +208,9 @@ def reference_descriptor(model: nn.Module, x: torch.Tensor, *,
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--variant', default='resnet50',
-                      choices=sorted(VARIANTS))
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--out', required=True,
-                      help='output path: .pkl (official layout) or .pth')
+  parser = torch_reference.parser(
+      __doc__, VARIANTS, default='resnet50',
+      out_help='output path: .pkl (official layout) or .pth')
   args = parser.parse_args()
   write_checkpoint(args.out, {'variant': args.variant}, seed=args.seed)
   print(f'wrote random VGGFace2 {args.variant} weights to {args.out}')

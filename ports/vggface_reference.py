@@ -9,25 +9,33 @@ the public ``vgg_face_dag.pth``: ``conv1_1.weight`` [64, 3, 3, 3] ..
 public one: 3x3 convs (padding 1) with ReLU, 2x2 max pools, pool5 flattened
 with ``view(N, -1)`` (C, H, W order), fc6 -> ReLU -> dropout -> fc7 -> ReLU
 -> dropout -> fc8. It is independent of `id2image_jax` on purpose: it is what
-the JAX port is checked against. `randomize_` fills every parameter with
-random values (biases included) so a port that swaps or mis-orders tensors
-cannot pass.
+the JAX port is checked against. `torch_reference.randomize_` fills every
+parameter with random values (biases included) so a port that swaps or
+mis-orders tensors cannot pass.
 
 Write a random checkpoint laid out like the public one (~530 MB)::
 
   python ports/vggface_reference.py --out /tmp/vgg_face_dag.pth
 
-Benchmarks: ``reference_model(config)`` returns the eval-mode torch module.
+Benchmarks: ``reference_model(config)`` returns the eval-mode torch module;
+tests: ``write_reference(path, config, seed=)`` writes the file and returns
+the reference as an NHWC callable (`torch_reference.nhwc`).
 """
 
 from __future__ import annotations
 
-import argparse
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+from ports import torch_reference  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {'vgg16': ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))}
 MEAN_RGB = (129.186279296875, 104.76238250732422, 93.59396362304688)
@@ -77,62 +85,48 @@ class VggFaceDag(nn.Module):
     return out['fc8'] if 'fc8' in out else out['fc7']
 
 
-@torch.no_grad()
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-  """Fills all weights and biases with random values, in place.
-
-  He-normal weights (std sqrt(2 / fan_in)) keep ReLU activations at a steady
-  scale through the 16 layers; conv1_1 is further divided by 100 because its
-  input is on the 0..255 scale minus the mean, so activations stay O(1).
-  Biases ~ N(0, 0.1) so that a dropped or misplaced bias shows.
-  """
-  gen = torch.Generator().manual_seed(seed)
-  for name, m in model.named_modules():
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
-      std = (2.0 / m.weight[0].numel()) ** 0.5
-      if name == 'conv1_1':
-        std /= 100.0
-      m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
-      m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
-  return model
-
-
 def reference_model(config: Mapping[str, Any], *, seed: int = 0
                     ) -> VggFaceDag:
   """The torch module for `config`, random weights, eval mode, float32.
+
+  He-normal weights (gain 2: std sqrt(2 / fan_in)) keep ReLU activations at
+  a steady scale through the 16 layers; conv1_1 is further divided by 100
+  because its input is on the 0..255 scale minus the mean, so activations
+  stay O(1); biases ~ N(0, 0.1) so that a dropped or misplaced bias shows
+  (`torch_reference.randomize_`).
 
   Args:
     config: ``variant`` or ``stages``, optional ``num_features`` and
       ``num_classes`` (the fields of `id2image_jax.models.vggface`; here
       ``num_classes`` defaults to 2622 as in the public file, since fc8 is
       always saved there).
-    seed: seeds `randomize_`.
+    seed: seeds the random weights.
 
   Returns:
     An eval-mode `VggFaceDag` taking [N, 3, 224, 224] RGB minus the mean.
   """
   stages = config.get('stages') or VARIANTS[config.get('variant', 'vgg16')]
   num_classes = config.get('num_classes')
-  model = VggFaceDag(tuple((int(c), int(n)) for c, n in stages),
-                     num_features=int(config.get('num_features', 4096)),
-                     num_classes=2622 if num_classes is None
-                     else int(num_classes))
-  return randomize_(model, seed).eval()
+  return torch_reference.instantiate(
+      VggFaceDag, tuple((int(c), int(n)) for c, n in stages), seed=seed,
+      gain=2.0, input_layer='conv1_1',
+      num_features=int(config.get('num_features', 4096)),
+      num_classes=2622 if num_classes is None else int(num_classes))
 
 
 def write_checkpoint(path: str, config: Mapping[str, Any], *,
                      seed: int = 0) -> VggFaceDag:
   """Saves ``torch.save(model.state_dict())`` like vgg_face_dag.pth."""
   model = reference_model(config, seed=seed)
-  torch.save(model.state_dict(), path)
+  torch_reference.save(model, path, fmt='pth')
   return model
 
 
+write_reference = torch_reference.reference_writer(write_checkpoint)
+
+
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--out', required=True, help='output .pth path')
-  args = parser.parse_args()
+  args = torch_reference.parser(__doc__).parse_args()
   write_checkpoint(args.out, {'variant': 'vgg16'}, seed=args.seed)
   print(f'wrote random vgg_face_dag state dict to {args.out}')
 

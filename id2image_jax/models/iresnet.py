@@ -221,7 +221,7 @@ class IResNet(nn.Module):
 
 
 def build(config: Mapping[str, Any], *, dtype: Any = jnp.float32) -> IResNet:
-  """Builds the module from a config (`get_config` or `porting.convert`).
+  """Builds the module from a config (`get_config` or the porter's).
 
   Args:
     config: ``layers`` (or just ``variant``), and optionally

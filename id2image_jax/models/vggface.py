@@ -40,8 +40,9 @@ are the same, no transpose of the feature map is needed at run time.
 
 fc8 (the 2622-way classifier) is only useful to classify the VGG-Face
 training identities, so the default config has no fc8 (``num_classes = 0``)
-and `id2image_jax.porting.vggface.convert` ignores fc8 unless asked to keep
-it (``classifier=True``); with it, the logits are ``intermediates['fc8']``.
+and `id2image_jax.porting.vggface.convert_state_dict` ignores fc8 unless
+asked to keep it (``classifier=True``); with it, the logits are
+``intermediates['fc8']``.
 
 Input: [*batch, 224, 224, 3] RGB, ``pixel_0_255 - mean`` (`input_spec`).
 """
@@ -199,7 +200,7 @@ class VGGFace(nn.Module):
 
 
 def build(config: Mapping[str, Any], *, dtype: Any = None) -> VGGFace:
-  """Builds the module from a config (`get_config` or `porting.convert`).
+  """Builds the module from a config (`get_config` or the porter's).
 
   Args:
     config: ``stages`` (or just ``variant``), and optionally

@@ -30,8 +30,8 @@ The descriptor is the pooled 2048-d feature before ``fc``, what the port's
 ``extract`` command saves (``include_top=False``) and what the ID2image paper
 uses (d in R^2048); it is not L2-normalised. ``fc`` is optional: configs with
 ``num_classes > 0`` add it and return its logits as
-``intermediates['logits']``; `id2image_jax.porting.vggface2.convert` leaves it
-out unless asked (70 MB of weights that inversion never reads).
+``intermediates['logits']``; `id2image_jax.porting.vggface2.convert_state_dict`
+leaves it out unless asked (70 MB of weights that inversion never reads).
 
 Every batch norm uses eps = 1e-5 (``nn.BatchNorm2d``'s default in the port,
 and Caffe's ``BatchNorm`` default) and runs in inference mode from
@@ -237,7 +237,7 @@ class VGGFace2ResNet(nn.Module):
 
 
 def build(config: Mapping[str, Any], *, dtype: Any = None) -> VGGFace2ResNet:
-  """Builds the module from a config (`get_config` or `porting.convert`).
+  """Builds the module from a config (`get_config` or the porter's).
 
   Args:
     config: ``variant`` and optionally ``layers``, ``se``, ``num_classes``.

@@ -22,6 +22,7 @@ from id2image_jax.porting import layout
 from id2image_jax.porting.dlib_format import Expect
 from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import require_keys
 
 FILE_NAME = 'dlib_face_recognition_resnet_model_v1.dat'
 
@@ -90,10 +91,23 @@ def expected_layout(config: dict[str, Any]) -> list[Expect]:
   return out
 
 
-def _flat_arrays(layers: list[dlib_format.Layer]) -> dict[str, np.ndarray]:
+def flat_arrays(layers: list[dlib_format.Layer]) -> dict[str, np.ndarray]:
   """``{'<layer name>.<array>': array}`` in dlib's layouts."""
   return {f'{layer.name}.{key}': value for layer in layers
           for key, value in layer.arrays.items()}
+
+
+# The arrays each kind of layer holds (`dlib_format.Layer.arrays`); con has
+# biases because `expected_layout` requires ``use_bias``, fc has none
+# because it requires FC_NO_BIAS.
+_ARRAYS = {'con': ('filters', 'biases'), 'affine': ('gamma', 'beta'),
+           'fc': ('weights',)}
+
+
+def expected_keys(config: dict[str, Any]) -> list[str]:
+  """The `flat_arrays` keys a model file of `config` holds."""
+  return [f'{e.name}.{a}' for e in expected_layout(config)
+          for a in _ARRAYS.get(e.kind, ())]
 
 
 # dlib layout -> Flax (NHWC); keys are '<layer name>.<array>' with the names
@@ -120,6 +134,40 @@ def read_layers(path: str | os.PathLike | None = None,
   return dlib_format.read_file(path, expected_layout(config))
 
 
+def port_arrays(arrays: dict[str, np.ndarray], config: dict[str, Any], *,
+                what: str = 'dlib model') -> dict:
+  """`flat_arrays` of a model file -> ``{'params': ...}`` for `config`.
+
+  Raises:
+    PortingError: a key missing, unknown or of the wrong shape (named).
+  """
+  # Name missing entries by their keys; `port` then checks shapes, unknown
+  # keys and full coverage of the Flax tree.
+  require_keys(arrays, expected_keys(config), what=what)
+  model = dlib_resnet.build(config)
+  size = config['input_size']
+  abstract = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, size, size, 3), jnp.float32))
+  return port(arrays, RULES, abstract, what=what)
+
+
+def convert_layers(layers: list[dlib_format.Layer], *,
+                   variant: str = dlib_resnet.DEFAULT_VARIANT,
+                   what: str = 'dlib model') -> tuple[dict[str, Any], dict]:
+  """`convert` for a file already parsed by `read_layers`."""
+  config = dlib_resnet.get_config(variant)
+  loss, inputs = layers[0], layers[-1]
+  config['input_mean'] = tuple(inputs.attrs[c] for c in
+                               ('avg_red', 'avg_green', 'avg_blue'))
+  config['loss'] = dict(kind=loss.kind, **loss.attrs)
+  fc = layers[1]
+  if fc.attrs['num_inputs'] != config['stages'][-1][0]:
+    raise dlib_format.DlibFormatError(
+        f'layer<1> fc: expected {config["stages"][-1][0]} inputs, found '
+        f'{fc.attrs["num_inputs"]}')
+  return config, port_arrays(flat_arrays(layers), config, what=what)
+
+
 def convert(path: str | os.PathLike | None = None, *,
             variant: str = dlib_resnet.DEFAULT_VARIANT
             ) -> tuple[dict[str, Any], dict]:
@@ -141,23 +189,6 @@ def convert(path: str | os.PathLike | None = None, *,
     DlibFormatError: the file is not this network (names the layer).
     PortingError: parameter shapes do not match the model.
   """
-  config = dlib_resnet.get_config(variant)
   path = default_path() if path is None else pathlib.Path(path)
-  layers = read_layers(path, config)
-  loss, inputs = layers[0], layers[-1]
-  config['input_mean'] = tuple(inputs.attrs[c] for c in
-                               ('avg_red', 'avg_green', 'avg_blue'))
-  config['loss'] = dict(kind=loss.kind, **loss.attrs)
-  fc = layers[1]
-  if fc.attrs['num_inputs'] != config['stages'][-1][0]:
-    raise dlib_format.DlibFormatError(
-        f'layer<1> fc: expected {config["stages"][-1][0]} inputs, found '
-        f'{fc.attrs["num_inputs"]}')
-
-  model = dlib_resnet.build(config)
-  size = config['input_size']
-  abstract = jax.eval_shape(model.init, jax.random.key(0),
-                            jnp.zeros((1, size, size, 3), jnp.float32))
-  variables = port(_flat_arrays(layers), RULES, abstract,
-                   what=f'dlib model {path}')
-  return config, variables
+  layers = read_layers(path, dlib_resnet.get_config(variant))
+  return convert_layers(layers, variant=variant, what=f'dlib model {path}')

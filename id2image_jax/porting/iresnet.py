@@ -1,13 +1,15 @@
 """Ports insightface arcface_torch IResNet state dicts to Flax variables.
 
-Reads the public ``backbone.pth`` / ``model.pt`` files that arcface_torch
-writes with ``torch.save(backbone.state_dict())`` (no torch needed; the file
-is read by the restricted `id2image_jax.porting.load_file`). Also accepted:
-a ``checkpoint_gpu_*.pt`` training checkpoint (its ``state_dict_backbone``
-entry is used) and a state dict whose every key carries DataParallel's
-``module.`` prefix. The architecture is inferred from the keys: the number of
-blocks in each of layer1..layer4 (hence the variant), the descriptor size
-(``fc.weight``) and whether ``fc`` / ``features`` exist.
+Ports the public ``backbone.pth`` / ``model.pt`` files that arcface_torch
+writes with ``torch.save(backbone.state_dict())``; files enter through
+`id2image_jax.loading.read` (kind 'iresnet'), which reads them once with the
+restricted loader (no torch needed) and flattens them with
+`safe_load.state_dict`. So also accepted: a ``checkpoint_gpu_*.pt`` training
+checkpoint (its ``state_dict_backbone`` entry is used) and a state dict
+whose every key carries DataParallel's ``module.`` prefix. The architecture
+is inferred from the keys: the number of blocks in each of layer1..layer4
+(hence the variant), the descriptor size (``fc.weight``) and whether ``fc``
+/ ``features`` exist.
 
 Only the arcface_torch layout is supported (see
 `id2image_jax.models.iresnet`); face.evoLVe / pSp ``model_ir_se50.pth`` and
@@ -16,7 +18,6 @@ TreB1eN IR-SE files are recognised and refused with a message saying so.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +34,6 @@ from id2image_jax.porting.rules import conv2d
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.rules import resnet_stage_blocks
-from id2image_jax.porting.safe_load import read_state_dict
 
 _BLOCK = r'layer([1-4])\.(\d+)'
 
@@ -140,10 +140,20 @@ def expected_keys(config: Mapping[str, Any]) -> list[str]:
 
 def convert_state_dict(source: Mapping[str, Any], *,
                        what: str = 'checkpoint') -> tuple[dict, dict]:
-  """`convert` for an already-read flat state dict.
+  """Ports an arcface_torch IResNet state dict.
+
+  Args:
+    source: flat ``{torch key: array}`` (`safe_load.state_dict` of the
+      ``torch.save(backbone.state_dict())`` file).
+    what: names the checkpoint in errors.
 
   Returns:
-    (config, variables) as `convert`.
+    config: JSON-able dict for `id2image_jax.models.iresnet.build`.
+    variables: ``{'params': ..., 'batch_stats': ...}`` float32 jax arrays.
+
+  Raises:
+    PortingError: a key, shape or block structure does not match the
+      arcface_torch IResNet (the message names the keys).
   """
   config = infer_config(source, what=what)
   # Name missing entries by their torch keys; `port` then checks shapes,
@@ -156,21 +166,3 @@ def convert_state_dict(source: Mapping[str, Any], *,
   variables = port(source, RULES, abstract, ignore=IGNORE, what=what)
   return config, jax.tree.map(jnp.asarray, variables)
 
-
-def convert(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
-  """Reads an arcface_torch IResNet checkpoint and ports it.
-
-  Args:
-    path: a ``torch.save(backbone.state_dict())`` file (``backbone.pth``).
-
-  Returns:
-    config: JSON-able dict for `id2image_jax.models.iresnet.build`.
-    variables: ``{'params': ..., 'batch_stats': ...}`` float32 jax arrays.
-
-  Raises:
-    FileNotFoundError: no such file.
-    CheckpointError: the file cannot be read safely.
-    PortingError: a key, shape or block structure does not match the
-      arcface_torch IResNet (the message names the keys).
-  """
-  return convert_state_dict(read_state_dict(path), what=os.fspath(path))

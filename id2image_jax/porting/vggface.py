@@ -1,11 +1,13 @@
 """Ports VGG-Face ``vgg_face_dag.pth`` state dicts to Flax variables.
 
-Reads the file of Samuel Albanie's PyTorch import of VGG-Face (a
+Ports the file of Samuel Albanie's PyTorch import of VGG-Face (a
 ``torch.save(model.state_dict())`` of ``Vgg_face_dag``: keys
-``conv1_1.weight`` / ``.bias`` .. ``conv5_3``, ``fc6``, ``fc7``, ``fc8``) with
-the restricted `id2image_jax.porting.load_file` (no torch needed). A state
-dict whose every key carries DataParallel's ``module.`` prefix, or one
-wrapped in ``{'state_dict': ...}``, is accepted too.
+``conv1_1.weight`` / ``.bias`` .. ``conv5_3``, ``fc6``, ``fc7``, ``fc8``);
+files enter through `id2image_jax.loading.read` (kind 'vggface'), which
+reads them once with the restricted loader (no torch needed) and flattens
+them with `safe_load.state_dict`. So a state dict whose every key carries
+DataParallel's ``module.`` prefix, or one wrapped in ``{'state_dict': ...}``,
+is accepted too.
 
 Rules (torch key, full match -> Flax leaf, transform):
 
@@ -17,17 +19,16 @@ Rules (torch key, full match -> Flax leaf, transform):
   fcK.bias                     -> params/fcK/bias             as is
 
 fc8 (the 2622-identity classifier) is ignored by default (the descriptor is
-fc7; see `id2image_jax.models.vggface`); ``convert(path, classifier=True)``
-ports it and the config then has ``num_classes = 2622``. The architecture
-(channels and convs per stage, fc width) is read off the keys and shapes,
-so the public file gives the 'vgg16' variant and any other VGG in the same
-naming ports as 'custom'.
+fc7; see `id2image_jax.models.vggface`); ``convert_state_dict(source,
+classifier=True)`` ports it and the config then has ``num_classes = 2622``.
+The architecture (channels and convs per stage, fc width) is read off the
+keys and shapes, so the public file gives the 'vgg16' variant and any other
+VGG in the same naming ports as 'custom'.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,7 +43,6 @@ from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import count_numbered
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
-from id2image_jax.porting.safe_load import read_state_dict
 
 _CONV = r'(conv[1-5]_\d+)'
 _POOL5 = vggface.INPUT_SIZE[0] // 2**5  # 7: pool5's height and width.
@@ -150,10 +150,23 @@ def expected_keys(config: Mapping[str, Any]) -> list[str]:
 def convert_state_dict(source: Mapping[str, Any], *, what: str = 'checkpoint',
                        classifier: bool = False,
                        descriptor_layer: str = 'fc7') -> tuple[dict, dict]:
-  """`convert` for an already-read flat state dict.
+  """Ports a vgg_face_dag state dict.
+
+  Args:
+    source: flat ``{torch key: array}`` (`safe_load.state_dict` of
+      ``vgg_face_dag.pth``).
+    what: names the checkpoint in errors.
+    classifier: also port fc8 (the 2622-identity logits, in the
+      intermediates as ``fc8``); by default fc8 is ignored.
+    descriptor_layer: 'fc7' (default) or 'fc6', stored in the config.
 
   Returns:
-    (config, variables) as `convert`.
+    config: JSON-able dict for `id2image_jax.models.vggface.build`.
+    variables: ``{'params': ...}`` float32 jax arrays.
+
+  Raises:
+    ValueError: an unknown `descriptor_layer`.
+    PortingError: a key or shape does not match (the message names it).
   """
   if descriptor_layer not in vggface.DESCRIPTOR_LAYERS:
     raise ValueError(f'descriptor_layer must be one of '
@@ -171,27 +184,3 @@ def convert_state_dict(source: Mapping[str, Any], *, what: str = 'checkpoint',
                    what=what)
   return config, jax.tree.map(jnp.asarray, variables)
 
-
-def convert(path: str | os.PathLike, *, classifier: bool = False,
-            descriptor_layer: str = 'fc7') -> tuple[dict[str, Any], dict]:
-  """Reads a vgg_face_dag checkpoint and ports it.
-
-  Args:
-    path: ``vgg_face_dag.pth`` (``torch.save(model.state_dict())``).
-    classifier: also port fc8 (the 2622-identity logits, in the
-      intermediates as ``fc8``); by default fc8 is ignored.
-    descriptor_layer: 'fc7' (default) or 'fc6', stored in the config.
-
-  Returns:
-    config: JSON-able dict for `id2image_jax.models.vggface.build`.
-    variables: ``{'params': ...}`` float32 jax arrays.
-
-  Raises:
-    FileNotFoundError: no such file.
-    CheckpointError: the file cannot be read safely.
-    PortingError: a key or shape does not match the vgg_face_dag layout
-      (the message names the keys).
-  """
-  return convert_state_dict(read_state_dict(path), what=os.fspath(path),
-                            classifier=classifier,
-                            descriptor_layer=descriptor_layer)

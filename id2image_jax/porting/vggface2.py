@@ -5,14 +5,16 @@ Reads the public weight files of cydonia999/VGGFace2-pytorch
 ones: pickled dicts ``{torch key: numpy array}``, often written by Python 2)
 and the same keys saved as a torch state dict (``.pth``, also wrapped in a
 ``{'model_state_dict': ...}`` training checkpoint of that repository, or with
-DataParallel's ``module.`` prefix). No torch is needed; files are read by the
-restricted `id2image_jax.porting.load_file`. ResNet-50 vs SENet-50 is read off
-the keys (SENet blocks carry ``conv4`` / ``conv5``), as are the blocks per
-layer.
+DataParallel's ``module.`` prefix). Files enter through
+`id2image_jax.loading.read` (kind 'vggface2'), which reads them once with the
+restricted loader (no torch needed) and flattens them with
+`safe_load.state_dict`. ResNet-50 vs SENet-50 is read off the keys (SENet
+blocks carry ``conv4`` / ``conv5``), as are the blocks per layer.
 
 The classifier ``fc`` (2048 -> 8631 identities) is in the files but not part
-of the descriptor: `convert` ignores it unless ``include_top=True``, which
-ports it as the model's ``fc`` (logits in ``intermediates['logits']``).
+of the descriptor: `convert_state_dict` ignores it unless
+``include_top=True``, which ports it as the model's ``fc`` (logits in
+``intermediates['logits']``).
 
 Files with the same key names but another architecture are refused where
 they can be told apart: torchvision's ImageNet ResNet-50 (``fc`` of 1000
@@ -23,7 +25,6 @@ VGG-Face (``conv1_1``).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +42,6 @@ from id2image_jax.porting.rules import conv2d
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.rules import resnet_stage_blocks
-from id2image_jax.porting.safe_load import read_state_dict
 
 _BLOCK = r'layer([1-4])\.(\d+)'
 
@@ -168,10 +168,22 @@ def expected_keys(config: Mapping[str, Any]) -> list[str]:
 def convert_state_dict(source: Mapping[str, Any], *,
                        what: str = 'checkpoint',
                        include_top: bool = False) -> tuple[dict, dict]:
-  """`convert` for an already-read flat state dict.
+  """Ports a VGGFace2 ResNet-50 / SENet-50 state dict.
+
+  Args:
+    source: flat ``{torch key: array}`` (`safe_load.state_dict` of
+      ``resnet50_ft_weight.pkl`` / ``senet50_ft_weight.pkl`` (or
+      ``_scratch``), or of a ``.pth`` state dict with the same keys).
+    what: names the checkpoint in errors.
+    include_top: also port the ``fc`` identity classifier.
 
   Returns:
-    (config, variables) as `convert`.
+    config: JSON-able dict for `id2image_jax.models.vggface2.build`.
+    variables: ``{'params': ..., 'batch_stats': ...}`` float32 jax arrays.
+
+  Raises:
+    PortingError: a key, shape or block structure does not match (the
+      message names the keys); nothing is returned half-loaded.
   """
   config = infer_config(source, what=what, include_top=include_top)
   # Name missing entries by their torch keys; `port` then checks shapes,
@@ -188,30 +200,3 @@ def convert_state_dict(source: Mapping[str, Any], *,
   variables = port(source, rules, abstract, ignore=ignore, what=what)
   return config, jax.tree.map(jnp.asarray, variables)
 
-
-def convert(path: str | os.PathLike, *,
-            include_top: bool = False) -> tuple[dict[str, Any], dict]:
-  """Reads a VGGFace2 ResNet-50 / SENet-50 weight file and ports it.
-
-  Args:
-    path: ``resnet50_ft_weight.pkl`` / ``senet50_ft_weight.pkl`` (or
-      ``_scratch``), or a ``.pth`` state dict with the same keys.
-    include_top: also port the ``fc`` identity classifier.
-
-  Returns:
-    config: JSON-able dict for `id2image_jax.models.vggface2.build`.
-    variables: ``{'params': ..., 'batch_stats': ...}`` float32 jax arrays.
-
-  Raises:
-    FileNotFoundError: no such file.
-    CheckpointError: the file cannot be read safely.
-    PortingError: a key, shape or block structure does not match (the
-      message names the keys); nothing is returned half-loaded.
-  """
-  if path is None:
-    raise FileNotFoundError(
-        'no VGGFace2 weights can be shipped: pass resnet50_ft_weight.pkl or '
-        'senet50_ft_weight.pkl (cydonia999/VGGFace2-pytorch), e.g. '
-        '--encoder vggface2:/path/to/resnet50_ft_weight.pkl')
-  return convert_state_dict(read_state_dict(path), what=os.fspath(path),
-                            include_top=include_top)
