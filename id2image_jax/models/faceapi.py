@@ -74,9 +74,11 @@ GENDER_LABELS = ('male', 'female')
 # 'aligned': the alignedRect that withFaceExpressions / withAgeAndGender
 #   crop (the 68 landmarks' bounding box grown by 20%), made square about
 #   its centre as face-api's padToSquare does (which pads with black).
+# Medians over 235 CelebA faces; per-face spread (std of the edges) 0.06-0.09
+# for 'detection', 0.02-0.07 for 'aligned'.
 FFHQ_CROPS = {
-    'detection': (0.2344, 0.2216, 0.8458, 0.7766),
-    'aligned': (0.2414, 0.1961, 0.8746, 0.8071),
+    'detection': (0.1910, 0.1280, 0.9043, 0.8413),
+    'aligned': (0.2863, 0.1510, 0.9746, 0.8334),
 }
 
 # Variants are data (big_vision style).

@@ -49,7 +49,9 @@ AGE_BIN_YEARS = (15.0, 23.0, 28.0, 35.5, 45.5, 55.5, 65.0)
 
 # Human's GEAR crop, the box [0, 0.1, 0.9, 0.9] of its face crop (BlazeFace
 # box x1.4, squared), in an FFHQ-aligned image; (top, left, bottom, right).
-FFHQ_CROP = (0.1540, 0.2234, 0.8496, 0.8415)
+# Median over 285 CelebA faces (ports/derive_npm_face_crops.py); 0.88 tall
+# by 0.78 wide, resampled to 198x198 as Human does.
+FFHQ_CROP = (0.1168, 0.1138, 0.9928, 0.8928)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     'human': {

