@@ -76,7 +76,8 @@ def prelu_slope(c: np.ndarray) -> np.ndarray:
 _ROOT = r'MobileFaceNet/MobileFaceNet/'
 _CONV = r'(Conv2d_\d+|Conv|Conv2d_\d+_InvResBlock_\d+/Conv(?:_1)?)'
 _DW = r'((?:Conv2d_\d+_InvResBlock_\d+/)?SeparableConv2d)'
-_PRELU = r'(Conv2d_\d+|Conv2d_\d+_InvResBlock_\d+/(?:Conv|SeparableConv2d))'
+_PRELU = (r'(Conv2d_\d+|(?:Conv2d_\d+_InvResBlock_\d+/)?'
+          r'(?:Conv|SeparableConv2d))')
 
 # "<consumer node>:<role>" (full match) -> Flax variable path.
 RULES: tuple[Rule, ...] = (
@@ -344,7 +345,8 @@ def check_graph(graph: tfjs.GraphModel, config: Mapping[str, Any]
   return _Walk(graph, config).run()
 
 
-def convert_graph(graph: tfjs.GraphModel) -> tuple[dict, dict]:
+def convert_graph(graph: tfjs.GraphModel, *, as_trained: bool = False
+                  ) -> tuple[dict, dict]:
   """`convert` for a graph already read.
 
   Returns:
@@ -352,7 +354,13 @@ def convert_graph(graph: tfjs.GraphModel) -> tuple[dict, dict]:
   """
   config = infer_config(graph)
   inert = set(check_graph(graph, config))
-  source = {k: v for k, v in graph.const_roles().items() if k not in inert}
+  source = graph.const_roles()
+  if as_trained and config['depthwise_activation'] == 'relu':
+    # Apply the slopes the graph leaves inert: a PReLU after each depthwise
+    # conv, as sirius-ai's MobileFaceNet_TF defines the block.
+    config['depthwise_activation'] = 'prelu'
+  else:
+    source = {k: v for k, v in source.items() if k not in inert}
   model = mobilefacenet.build(config)
   size = config['input_size']
   abstract = jax.eval_shape(
@@ -362,13 +370,19 @@ def convert_graph(graph: tfjs.GraphModel) -> tuple[dict, dict]:
   return config, jax.tree.map(jnp.asarray, variables)
 
 
-def convert(path: str | os.PathLike | None = None
-            ) -> tuple[dict[str, Any], dict]:
+def convert(path: str | os.PathLike | None = None, *,
+            as_trained: bool = False) -> tuple[dict[str, Any], dict]:
   """Reads the MobileFaceNet graph model and ports it.
 
   Args:
     path: ``mobilefacenet.json`` (its .bin beside it); default: the
       vendored copy.
+    as_trained: False (default) reproduces the TF.js graph, which Human
+      runs and the parity tests check: ReLU after every depthwise conv.
+      True applies instead the trained PReLU slopes the file also holds
+      there (the graph fused a Relu into each depthwise conv and its PReLU
+      reads the ReLU output, so TF.js never uses them): the network as
+      sirius-ai's MobileFaceNet_TF defines it. TF.js cannot check this form.
 
   Returns:
     config: JSON-able, for `id2image_jax.models.mobilefacenet.build`.
@@ -382,4 +396,4 @@ def convert(path: str | os.PathLike | None = None
   """
   if path is None:
     path = default_files()['model']
-  return convert_graph(tfjs.read_graph_model(path))
+  return convert_graph(tfjs.read_graph_model(path), as_trained=as_trained)

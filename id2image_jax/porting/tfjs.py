@@ -301,9 +301,11 @@ class GraphModel:
       ``{"<consumer>:<role>": array}`` for every (Const, consumer) pair.
 
     Raises:
-      TfjsError: a Const without weights, or an unknown fused op.
+      TfjsError: a Const without weights or without a consumer (a tensor
+        no port could account for), or an unknown fused op.
     """
     out: dict[str, np.ndarray] = {}
+    consumed: set[str] = set()
     for node in self.nodes.values():
       if node.op == 'Const':
         continue
@@ -318,6 +320,12 @@ class GraphModel:
           raise TfjsError(f'{self.path}: Const {source.name!r} has no weights '
                           'in the manifest')
         out[f'{node.name}:{roles[k]}'] = self.weights[source.name]
+        consumed.add(source.name)
+    unused = [n.name for n in self.nodes.values()
+              if n.op == 'Const' and n.name not in consumed]
+    if unused:
+      raise TfjsError(f'{self.path}: {len(unused)} Const(s) feed no node: '
+                      f'{", ".join(unused[:8])}')
     return out
 
 
@@ -370,8 +378,10 @@ def _const_from_attr(node: Node, raw: Mapping[str, Any]) -> np.ndarray | None:
   for key in ('floatVal', 'intVal', 'boolVal'):
     if key in tensor:
       vals = np.asarray(tensor[key], dtype)
-      return np.broadcast_to(vals, shape).copy() if vals.size == 1 else (
-          vals.reshape(shape))
+      # GraphDef stores a filled tensor as one value.
+      if vals.size == 1:
+        return np.full(shape, vals.reshape(()), dtype)
+      return vals.reshape(shape)
   return None
 
 
