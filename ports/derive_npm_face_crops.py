@@ -145,11 +145,12 @@ def main() -> int:
   n, height, width, _ = images.shape
 
   faces = Faces()
-  quads = []
+  quads, dlib_points = [], []
   for img in images:
     det = faces.best(img)
-    quads.append(None if det is None else
-                 ffhq_quad(landmarks(faces.sp68(img, det))))
+    dlib_points.append(None if det is None else
+                       landmarks(faces.sp68(img, det)))
+    quads.append(None if det is None else ffhq_quad(dlib_points[-1]))
 
   ssd = (tfjs_reference.PORTS / 'node_modules' / '@vladmandic' / 'face-api' /
          'model' / 'ssd_mobilenetv1_model-weights_manifest.json')
@@ -165,7 +166,8 @@ def main() -> int:
   boxes = {'faceapi_detection': [], 'faceapi_aligned': [],
            'human_face': [], 'human_gear': []}
   skipped = {key: 0 for key in boxes}
-  for quad, fa, hu in zip(quads, faceapi, human):
+  native_nme = []
+  for quad, lm, fa, hu in zip(quads, dlib_points, faceapi, human):
     if quad is None:
       for key in boxes:
         skipped[key] += 1
@@ -174,6 +176,10 @@ def main() -> int:
       skipped['faceapi_detection'] += 1
       skipped['faceapi_aligned'] += 1
     else:
+      # face-api's own pipeline vs dlib, inter-ocular NME (for the docs).
+      ours = np.asarray(fa['landmarks']) - 0.5
+      native_nme.append(np.linalg.norm(ours - lm, axis=-1).mean() /
+                        np.linalg.norm(lm[36] - lm[45]))
       for key, box in (('faceapi_detection', fa['detection']),
                        ('faceapi_aligned', fa['aligned'])):
         x, y, w, h = box
@@ -216,6 +222,9 @@ def main() -> int:
           f'  std {std}  median {median}  side quartiles '
           f'{np.percentile(side, [25, 50, 75])}  rotation '
           f'{rows[:, 4].mean():+.2f} +- {rows[:, 4].std():.2f} deg')
+  print(f'face-api pipeline 68 landmarks vs dlib: NME mean '
+        f'{np.mean(native_nme):.4f}, median {np.median(native_nme):.4f} '
+        f'({len(native_nme)} faces)')
   top, left, _, right = result['human_face']
   centre, side = (left + right) / 2, 1.0 - top
   result['mobilefacenet_in_frame'] = [round(v, 4) for v in (
