@@ -10,7 +10,8 @@ Tolerance table (`tfjs_parity.assert_close`):
   compute   tensor                               rtol   atol_frac  measured
   float32   age / gender / race probabilities    1e-4   1e-5       <= 2e-7
   float32   age logits                           1e-4   1e-5       4e-7
-  bfloat16  probabilities                        -      abs 0.1    ~0.02
+  (on CelebA faces, docs/face_models.md: probabilities <= 1.6e-6)
+  bfloat16  probabilities                        -      abs 0.05   0.008
 
 The float16 weights widen exactly to float32 in both; a wrong pooling
 window, folded batch norm order or head wiring fails by > 1e-2.
@@ -35,7 +36,7 @@ from id2image_jax.porting import tfjs
 from ports import tfjs_reference
 
 F32 = {'rtol': 1e-4, 'atol_frac': 1e-5}
-BF16_PROB_ABS = 0.1
+BF16_PROB_ABS = 0.05
 FACE_BOX = (20, 130, 240, 350)
 _M = 'StatefulPartitionedCall/model_1/'
 # TF.js node -> our output.

@@ -8,7 +8,9 @@ Tolerance table (`tfjs_parity.assert_close`):
   compute   tensor                              rtol   atol_frac  measured
   float32   embeddings (L2-normalised)          1e-4   1e-5       6e-7
   float32   SpatialSqueeze (before the L2)      1e-4   1e-5       6e-7
-  bfloat16  embedding cosine to TF.js float32   > 0.99            ~0.999
+  bfloat16  SpatialSqueeze, |err| / max|ref|     0.03              8e-3
+  bfloat16  cosine of (image 0 - image 1) of     > 0.95            0.994
+            SpatialSqueeze to TF.js float32's
 
 A PReLU slope not doubled, a dropped depthwise ReLU or the wrong 'SAME'
 padding side each move the embedding by > 1e-2.
@@ -32,7 +34,8 @@ from id2image_jax.porting import tfjs
 from ports import tfjs_reference
 
 F32 = {'rtol': 1e-4, 'atol_frac': 1e-5}
-BF16_MIN_COSINE = 0.99
+BF16_REL = 0.03
+BF16_MIN_DIFF_COSINE = 0.95
 FACE_BOX = (30, 140, 230, 340)
 SQUEEZE = 'MobileFaceNet/Logits/SpatialSqueeze'
 
@@ -81,12 +84,16 @@ def test_float32_parity_with_tfjs(ported, inputs, reference):
 def test_bfloat16_close_to_tfjs_float32(ported, inputs, reference):
   config, variables = ported
   model = mobilefacenet.build(config, dtype=jnp.bfloat16)
-  emb, _ = jax.jit(model.apply)(variables, inputs)
+  emb, inter = jax.jit(model.apply)(variables, inputs)
   assert emb.dtype == jnp.bfloat16
-  want = reference['embeddings']
-  cosine = np.sum(np.asarray(emb, np.float32) * want, -1) / np.linalg.norm(
-      want, axis=-1)
-  assert np.all(cosine > BF16_MIN_COSINE), cosine
+  got = np.asarray(inter['unnormalised'], np.float32)
+  want = reference[SQUEEZE]
+  assert np.abs(got - want).max() <= BF16_REL * np.abs(want).max()
+  # The output is mostly a constant vector, so compare what the input
+  # changes: the difference between the two images' outputs.
+  d, w = got[0] - got[1], want[0] - want[1]
+  cosine = d @ w / (np.linalg.norm(d) * np.linalg.norm(w))
+  assert cosine > BF16_MIN_DIFF_COSINE, cosine
 
 
 def test_as_trained_applies_the_depthwise_slopes(graph, ported, inputs):
