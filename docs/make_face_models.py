@@ -334,7 +334,7 @@ def sanity(models, root, count, pairs, faces):
   return result
 
 
-def overlay(images, ours_pts, dlib_pts, path, size=320, columns=4):
+def overlay(images, ours_pts, dlib_pts, path, size=288, columns=4):
   """A grid of aligned faces: face-api points red, dlib's green."""
   rows = -(-len(images) // columns)
   canvas = PIL.Image.new('RGB', (size * columns, size * rows))
