@@ -57,7 +57,7 @@ def default_encoder() -> str:
 def make_objective(gen, encoder, remat: str):
   """The ID2image objective (ID term only) for one target, W+ latents."""
   render = objective_lib.rematerialize(
-      objective_lib.stylegan2_render(gen.module, latent_space='w+'), remat)
+      objective_lib.generator_render(gen, latent_space='w+'), remat)
   return objective_lib.make_id2image_objective(render,
                                                encoder.descriptor_fn())
 
@@ -73,8 +73,10 @@ def jax_row(objective, params, gen, encoder, *, n, steps, repeats, lr,
   latents = {'w': np.broadcast_to(w_avg, (n, num_ws, w_dim)).copy()}
   compute_dtype = jnp.bfloat16 if dtype == 'bfloat16' else None
   step, state, p, t = inversion.prepare_chunk(
-      objective, params, targets, latents, steps=1 + repeats * steps,
-      tx=optax.adam(lr), compute_dtype=compute_dtype)
+      jax.random.key(0), objective, params, targets, latents,
+      options=inversion.InvertOptions(
+          steps=1 + repeats * steps, chunk_size=n, tx=optax.adam(lr),
+          compute_dtype=compute_dtype))
   start = time.perf_counter()
   compiled = step.lower(state, p, t).compile()
   row = {'compile_s': time.perf_counter() - start,

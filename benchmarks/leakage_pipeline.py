@@ -20,6 +20,7 @@ measures, on the default JAX device:
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -34,8 +35,9 @@ import optax
 from PIL import Image
 
 from id2image_jax import data
-from id2image_jax.analysis import embed
+from id2image_jax import loading
 from id2image_jax.analysis import train as train_lib
+from id2image_jax.data import descriptors as embed
 from id2image_jax.models import heads
 
 CELEBA_TRAIN = 182_637  # train + validation images, the paper's ~188k
@@ -116,8 +118,10 @@ def main():
     source = data.image_folder(full)
     time_pipeline(source, args.batch_size)  # warm caches
     result['decode_img_per_s'] = time_pipeline(source, args.batch_size)
-    embed_fn = (embed.load_encoder(args.encoder) if args.encoder
-                else stand_in_embed)
+    embed_fn = stand_in_embed
+    if args.encoder:
+      encoder = loading.load_encoder(args.encoder, crop=(0, 0, 1, 1))
+      embed_fn = functools.partial(encoder.batch_fn(), encoder.variables)
     result['encoder'] = args.encoder or 'stand-in (resize + slice)'
 
     def run(folder):

@@ -25,8 +25,9 @@ from typing import Any
 import common  # noqa: F401  (puts the repository root on sys.path)
 import numpy as np
 
+from id2image_jax import loading
 from id2image_jax import preprocess
-from id2image_jax.models import registry
+from id2image_jax import protocols
 from id2image_jax.models import stylegan2 as sg
 
 # Tiny generator for --smoke: 32 px, few channels (compiles in seconds).
@@ -51,7 +52,7 @@ def generator_config(resolution: int, *, smoke: bool = False
 
 def generator_pair(config: dict[str, Any], *, dtype: str = 'float32',
                    seed: int = 0, torch_side: bool = True):
-  """(registry.Generator, torch Generator or None), same weights.
+  """(protocols.Generator, torch Generator or None), same weights.
 
   The torch reference writes an NVIDIA network pickle; the JAX generator is
   ported from that file. Without torch (or `torch_side` False) the JAX
@@ -61,16 +62,17 @@ def generator_pair(config: dict[str, Any], *, dtype: str = 'float32',
     gen_config = sg.as_config(config)
     variables = sg.init_variables(
         __import__('jax').random.key(seed), gen_config, w_avg_samples=64)
-    return registry.Generator(config=gen_config,
-                              module=sg.build(gen_config, dtype=dtype),
-                              variables=variables, source='random init'), None
+    return protocols.Generator(kind='stylegan2', config=gen_config,
+                               module=sg.build(gen_config, dtype=dtype),
+                               variables=variables,
+                               source='random init'), None
   # pylint: disable-next=g-import-not-at-top
   from ports import stylegan2_reference as ref
   g = ref.reference_model(config, seed=seed)
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'network-snapshot.pkl')
     ref.write_network_pickle(path, g)
-    gen = registry.load_generator(path, dtype=dtype)
+    gen = loading.load_generator(path, dtype=dtype)
   return gen, g
 
 
@@ -132,7 +134,7 @@ def import_optional(name: str):
 
 def encoder_pair(name: str, *, dtype: str = 'float32', smoke: bool = False,
                  seed: int = 0, torch_side: bool = True):
-  """(registry.Encoder, torch module or None) with the same weights.
+  """(protocols.Encoder, torch module or None) with the same weights.
 
   Args:
     name: a key of `ENCODERS`.
@@ -152,7 +154,7 @@ def encoder_pair(name: str, *, dtype: str = 'float32', smoke: bool = False,
   entry = ENCODERS[name]
   if entry.kind == 'dlib':
     try:
-      return registry.load_encoder('dlib', dtype=dtype), None
+      return loading.load_encoder('dlib', dtype=dtype), None
     except FileNotFoundError as e:
       raise Unavailable(str(e)) from e
   model = import_optional(f'id2image_jax.models.{entry.kind}')
@@ -163,7 +165,7 @@ def encoder_pair(name: str, *, dtype: str = 'float32', smoke: bool = False,
     # real file is read (registry -> porting -> Flax variables).
     path = os.path.join(tmp, entry.filename)
     torch_model = ref.write_checkpoint(path, config, seed=seed)
-    encoder = registry.load_encoder(f'{entry.kind}:{path}', dtype=dtype)
+    encoder = loading.load_encoder(f'{entry.kind}:{path}', dtype=dtype)
   return encoder, (torch_model.eval() if torch_side else None)
 
 

@@ -21,7 +21,7 @@ def get_config(arg: str = 'celeb_a') -> ml_collections.ConfigDict:
   """``arg``: 'celeb_a' (all three splits), 'lfw' or 'folder'."""
   config = ml_collections.ConfigDict()
   # 'dlib' (embedded), a public checkpoint file, KIND:PATH, or a converted
-  # checkpoint directory (see id2image_jax.models.registry).
+  # checkpoint directory (see id2image_jax.loading).
   config.encoder = config_dict.placeholder(str)
   # Used in `out`; default: the checkpoint directory's name.
   config.encoder_name = config_dict.placeholder(str)
@@ -51,7 +51,7 @@ def get_config(arg: str = 'celeb_a') -> ml_collections.ConfigDict:
   config.image_size = config_dict.placeholder(tuple)
   config.histogram_bins = 10
   # 68-point dlib pseudo ground truth (paper 3.3); needs `pip install
-  # dlib-bin`. See id2image_jax/analysis/landmarks.py for the face box.
+  # dlib-bin`. See id2image_jax/data/dlib_landmarks.py for the face box.
   config.landmarks = ml_collections.ConfigDict({
       'enabled': arg == 'celeb_a',
       'face_box': 'detector',  # detector | full

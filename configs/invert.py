@@ -32,8 +32,12 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # 'dlib' (embedded, real weights), a checkpoint file, or KIND:PATH.
   c.encoder = 'dlib'
   c.encoder_crop = ()  # (top, left, bottom, right); () = encoder's FFHQ box
-  # '' = self-check; a .npy/.npz of descriptors; a folder of aligned faces.
+  # '' = self-check; a .npy/.npz of descriptors; a folder of face photos.
   c.targets = ''
+  # Cut folder photos the FFHQ way first (dlib's detector + 68 landmarks);
+  # photos without a detectable face are skipped and named. False: the
+  # folder holds FFHQ-aligned images already.
+  c.align_faces = True
   c.num_targets = 8  # self-check only
   c.self_check_truncation = 0.7
   c.seed = 0
@@ -44,7 +48,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # Optimise the per-layer noise maps with the latent (from the generator's
   # const maps; no noise regulariser, so they can soak up detail).
   c.optimize_noise = False
-  c.init = 'w_avg'  # 'w_avg' | 'random' | directory of an ID->latent head
+  # 'auto' (the shipped ID->latent head of this generator + encoder when
+  # there is one, else w_avg) | 'w_avg' | 'random' | a head's directory.
+  c.init = 'auto'
   c.steps = 120
   c.learning_rate = 0.02
   c.lr_schedule = 'cosine'  # 'constant' | 'cosine'
@@ -54,6 +60,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # 'dots' (keep conv outputs) or 'full' (least memory, most recompute).
   c.remat = 'none'
   c.identity_loss = 'l2'  # eq. 1 squared L2; 'cosine' = on unit vectors
+  # Render at a smaller preview resolution of the generator while optimising
+  # (cheaper; the encoder crops and resizes anyway); 0 = full resolution.
+  c.render_resolution = 0
 
   # Paper eq. 4 weights; a term is used when its target exists.
   c.weights = ml_collections.ConfigDict(

@@ -18,7 +18,7 @@ import ml_collections
 
 
 def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
-  """Returns the config of `variant`: 'default' or 'paper'."""
+  """Returns the config of `variant`: 'default', 'mobilestylegan', 'paper'."""
   c = ml_collections.ConfigDict()
   c.generator = 'demo'  # see configs/invert.py
   c.generator_seed = 0
@@ -31,15 +31,31 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # paper does not say (use 1.0 to cover the whole latent distribution).
   c.truncation_psi = 0.7
   c.hidden = (2048, 2048, 2048)  # paper: 3 hidden layers x 2048, ReLU
+  # 0: a fresh batch of pairs every step (`steps` steps). > 0: draw this
+  # many pairs once (cached in workdir/pairs.npz) and train `epochs` over
+  # them: for generators whose images cost seconds on a CPU.
+  c.pairs = 0
+  c.epochs = 0
   c.steps = 150
   c.batch_size = 16
   c.learning_rate = 1e-3
   c.eval_pairs = 32  # held-out synthetic pairs for the report
+  c.sample_batch = 8  # images rendered per jitted call when sampling pairs
   c.log_every = 10
   c.seed = 0
   c.workdir = 'runs/regressor'
   c.progress = True
-  if variant == 'paper':
+  if variant == 'mobilestylegan':
+    # The head shipped for the default models (MobileStyleGAN + dlib).
+    c.generator = 'mobilestylegan'
+    c.hidden = (512, 512, 512)  # small enough to ship (3.4 MB)
+    c.pairs = 4000
+    c.epochs = 60
+    c.batch_size = 64
+    c.eval_pairs = 64
+    c.sample_batch = 4
+    c.workdir = 'runs/regressor_mobilestylegan'
+  elif variant == 'paper':
     c.generator = ''
     c.encoder = ''
     c.truncation_psi = 1.0
@@ -49,5 +65,6 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
     c.eval_pairs = 1024
     c.log_every = 500
   elif variant != 'default':
-    raise ValueError(f"unknown variant {variant!r}: 'default' or 'paper'")
+    raise ValueError(f"unknown variant {variant!r}: 'default', "
+                     "'mobilestylegan' or 'paper'")
   return c.lock()

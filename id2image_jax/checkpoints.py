@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-_META = 'meta.json'
+META_FILE = 'meta.json'
 _VARIABLES = 'variables'
 FORMAT_VERSION = 1
 
@@ -52,10 +52,10 @@ def save(directory: str | os.PathLike, variables: Any, *, kind: str,
     ckptr.save(os.path.join(directory, _VARIABLES), variables, force=True)
   meta = {'format_version': FORMAT_VERSION, 'kind': kind,
           'config': dict(config or {}), 'source': source}
-  tmp = os.path.join(directory, _META + '.tmp')
+  tmp = os.path.join(directory, META_FILE + '.tmp')
   with open(tmp, 'w') as f:
     json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
-  os.replace(tmp, os.path.join(directory, _META))
+  os.replace(tmp, os.path.join(directory, META_FILE))
   return directory
 
 
@@ -70,10 +70,10 @@ def _json_default(obj):
 def read_meta(directory: str | os.PathLike) -> dict:
   """Reads ``meta.json``; raises FileNotFoundError naming what is missing."""
   directory = os.path.abspath(os.fspath(directory))
-  path = os.path.join(directory, _META)
+  path = os.path.join(directory, META_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f'no converted checkpoint at {directory} (missing {_META}); convert '
+        f'no converted checkpoint at {directory} (missing {META_FILE}); convert '
         'the original weights first (see README: "Using real checkpoints")')
   with open(path) as f:
     return json.load(f)
@@ -101,11 +101,13 @@ def restore(directory: str | os.PathLike, abstract: Any, *,
   with ocp.StandardCheckpointer() as ckptr:
     saved = ckptr.metadata(os.path.join(directory, _VARIABLES))
     saved_tree = getattr(saved, 'item_metadata', saved)
-    _check_same_tree(saved_tree, abstract, directory)
+    check_same_tree(saved_tree, abstract, directory)
     return ckptr.restore(os.path.join(directory, _VARIABLES), abstract)
 
 
-def _check_same_tree(saved: Any, abstract: Any, directory: str) -> None:
+def check_same_tree(saved: Any, abstract: Any, directory: str) -> None:
+  """Raises `CheckpointMismatchError` naming leaves missing, unexpected or
+  of another shape in `saved` against `abstract`."""
   flat_saved = {jax.tree_util.keystr(p): v for p, v in
                 jax.tree_util.tree_leaves_with_path(saved)}
   flat_want = {jax.tree_util.keystr(p): v for p, v in

@@ -27,9 +27,6 @@ from typing import Any
 
 import ml_collections
 
-_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'configs')
-
 # command -> (default config file, shortcut flag -> config field, job)
 _SHORTCUTS = {
     'invert': {'generator': 'generator', 'encoder': 'encoder',
@@ -46,23 +43,27 @@ _SHORTCUTS = {
 
 
 def _job(command: str) -> Callable[[ml_collections.ConfigDict], Any]:
-  # Imported lazily so `id2image --help` starts fast and without JAX.
-  if command == 'invert':
-    from id2image_jax.inversion import job  # pylint: disable=g-import-not-at-top
-    return job.run
-  if command == 'embed':
-    from id2image_jax.analysis import jobs  # pylint: disable=g-import-not-at-top
-    return jobs.run_embed
-  if command == 'leakage':
-    from id2image_jax.analysis import jobs  # pylint: disable=g-import-not-at-top
-    return jobs.run_leakage
-  if command == 'regressor':
-    from id2image_jax.analysis import regressor  # pylint: disable=g-import-not-at-top
-    return regressor.run
-  if command == 'evaluate':
-    from id2image_jax import evaluation  # pylint: disable=g-import-not-at-top
-    return evaluation.run
-  raise ValueError(f'unknown command {command!r}')
+  # Imported here so `id2image --help` starts fast and without JAX.
+  # pylint: disable-next=g-import-not-at-top
+  from id2image_jax.jobs import embed
+  from id2image_jax.jobs import evaluate
+  from id2image_jax.jobs import invert
+  from id2image_jax.jobs import leakage
+  from id2image_jax.jobs import regressor
+  jobs = {'invert': invert, 'embed': embed, 'leakage': leakage,
+          'regressor': regressor, 'evaluate': evaluate}
+  if command not in jobs:
+    raise ValueError(f'unknown command {command!r}')
+  return jobs[command].run
+
+
+def config_dir() -> str:
+  """Where the shipped ``configs/*.py`` are (package data when installed)."""
+  spec = importlib.util.find_spec('id2image_jax.configs')
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError('id2image_jax.configs is not installed: '
+                            'reinstall the package')
+  return list(spec.submodule_search_locations)[0]
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
   for command, shortcuts in _SHORTCUTS.items():
     p = sub.add_parser(command, help=helps[command])
     p.add_argument('--config',
-                   default=os.path.join(_CONFIG_DIR, f'{command}.py'),
+                   default=os.path.join(config_dir(), f'{command}.py'),
                    help='config file, optionally path.py:arg')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='override a config field (repeatable)')

@@ -17,6 +17,32 @@ import jax
 import jax.numpy as jnp
 
 
+def check_image_input(x: jax.Array, size: Sequence[int], *, model: str,
+                      channels: str = 'RGB', why: str = '',
+                      batched: bool = False) -> None:
+  """Refuses what an encoder cannot take, naming the model and the fix.
+
+  Shape [*batch, H, W, 3] (exactly [B, H, W, 3] if `batched`) with (H, W) =
+  `size`, a float dtype, and (outside jit, where values are known) finite
+  values: under jit a NaN only spoils its own image's descriptor.
+  """
+  h, w = (int(v) for v in size)
+  rank_ok = x.ndim == 4 if batched else x.ndim >= 3
+  if not rank_ok or tuple(x.shape[-3:]) != (h, w, 3):
+    batch = 'B' if batched else '*batch'
+    raise ValueError(
+        f'{model} expects [{batch}, {h}, {w}, 3] {channels} input{why}, got '
+        f'shape {tuple(x.shape)}; use preprocess.to_encoder_input with '
+        'input_spec(config)')
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f'{model} expects a float input (use '
+                     f'preprocess.to_encoder_input), got {x.dtype}')
+  if not isinstance(x, jax.core.Tracer):
+    bad = int(x.size - jnp.count_nonzero(jnp.isfinite(x)))
+    if bad:
+      raise ValueError(f'{model} input has {bad} non-finite value(s)')
+
+
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
   return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -83,9 +109,9 @@ def _pool_padding(size: int, window: int, stride: int, pad: int,
   return pad, max(high, 0)
 
 
-def max_pool2d(x: jax.Array, kernel_size: int | Sequence[int],
+def max_pool2d(x: jax.Array, kernel_size: int | Sequence[int], *,
                stride: int | Sequence[int] | None = None,
-               padding: int | Sequence[int] = 0, *,
+               padding: int | Sequence[int] = 0,
                ceil_mode: bool = False) -> jax.Array:
   """``torch.nn.functional.max_pool2d`` on [N, H, W, C] (pads with -inf)."""
   kh, kw = _pair(kernel_size)
@@ -97,9 +123,9 @@ def max_pool2d(x: jax.Array, kernel_size: int | Sequence[int],
                                (1, kh, kw, 1), (1, sh, sw, 1), pads)
 
 
-def avg_pool2d(x: jax.Array, kernel_size: int | Sequence[int],
+def avg_pool2d(x: jax.Array, kernel_size: int | Sequence[int], *,
                stride: int | Sequence[int] | None = None,
-               padding: int | Sequence[int] = 0, *,
+               padding: int | Sequence[int] = 0,
                ceil_mode: bool = False,
                count_include_pad: bool = True) -> jax.Array:
   """``torch.nn.functional.avg_pool2d`` on [N, H, W, C]."""

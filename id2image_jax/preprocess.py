@@ -131,7 +131,7 @@ def to_encoder_input(images: chex.Array, spec: InputSpec) -> jax.Array:
   return (x - mean) / std
 
 
-def check_finite(images: chex.Array, what: str = 'images') -> None:
+def check_finite(images: chex.Array, *, what: str = 'images') -> None:
   """Raises if concrete `images` hold NaN or Inf; a no-op under tracing.
 
   Inside `jax.jit` / `jax.grad` / `jax.vmap` the values are unknown at trace

@@ -23,12 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 from id2image_jax import checkpoints  # pylint: disable=g-import-not-at-top
-from id2image_jax.models import registry  # pylint: disable=g-import-not-at-top
+from id2image_jax import loading  # pylint: disable=g-import-not-at-top
+from id2image_jax import protocols  # pylint: disable=g-import-not-at-top
 
 
-def convert(spec: str, out_dir: str) -> registry.Encoder:
-  """Loads `spec` (see `registry.load_encoder`) and saves it to `out_dir`."""
-  encoder = registry.load_encoder(spec)
+def convert(spec: str, out_dir: str) -> protocols.Encoder:
+  """Loads `spec` (see `loading.load_encoder`) and saves it to `out_dir`."""
+  encoder = loading.load_encoder(spec)
   checkpoints.save(out_dir, encoder.variables, kind=encoder.kind,
                    config=encoder.config, source=encoder.source)
   return encoder

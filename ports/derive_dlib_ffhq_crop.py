@@ -29,11 +29,12 @@ import sys
 
 import dlib
 import numpy as np
-import PIL.Image
 import skimage.data
 import skimage.transform
 
 from id2image_jax import preprocess
+from id2image_jax.data.align import ffhq_quad
+from id2image_jax.data.align import warp_quad
 from id2image_jax.models import dlib_resnet
 from id2image_jax.porting import dlib_resnet as dlib_port
 
@@ -61,22 +62,6 @@ def chip_to_image(details) -> np.ndarray:
                   corner(r.right(), r.bottom())])
   a = np.linalg.solve(np.c_[src, np.ones(3)], dst).T  # [2, 3]
   return np.vstack([a, [0, 0, 1]])
-
-
-def ffhq_quad(lm68: np.ndarray) -> np.ndarray:
-  """The ffhq-dataset recipe's quad [TL, BL, BR, TR] in pixel coordinates."""
-  eye_left = lm68[36:42].mean(0)
-  eye_right = lm68[42:48].mean(0)
-  eye_avg = (eye_left + eye_right) * 0.5
-  eye_to_eye = eye_right - eye_left
-  mouth_avg = (lm68[48] + lm68[54]) * 0.5
-  eye_to_mouth = mouth_avg - eye_avg
-  x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
-  x /= np.hypot(*x)
-  x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
-  y = np.flipud(x) * [-1, 1]
-  c = eye_avg + eye_to_mouth * 0.1
-  return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
 
 
 def to_ffhq_fraction(quad: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -137,12 +122,8 @@ def check_chip_mapping(faces: Faces, img: np.ndarray) -> float:
 
 
 def ffhq_align(img: np.ndarray, lm68: np.ndarray, size: int) -> np.ndarray:
-  """The recipe's final quad transform (no shrink/pad steps: geometry only)."""
-  quad = ffhq_quad(lm68)
-  out = PIL.Image.fromarray(img).transform(
-      (size, size), PIL.Image.QUAD, tuple((quad + 0.5).flatten()),
-      PIL.Image.BILINEAR)
-  return np.asarray(out)
+  """The recipe's quad transform, as the project aligns photos."""
+  return warp_quad(img, ffhq_quad(lm68), size)
 
 
 def main() -> int:

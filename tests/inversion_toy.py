@@ -6,10 +6,14 @@ under a second on CPU, real enough (conv, dense, tanh) to exercise vmap,
 grad and sharding the way the StyleGAN2 / face-encoder objective does.
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from id2image_jax import inversion
 
 LATENT_DIM = 8
 DESCRIPTOR_DIM = 6
@@ -94,3 +98,18 @@ def make_targets(n, seed=1, params=None):
 def init_latents(n, seed=2):
   return {'w': 0.1 * np.random.default_rng(seed).normal(
       size=(n, LATENT_DIM)).astype(np.float32)}
+
+
+_OPTION_FIELDS = {f.name for f in dataclasses.fields(inversion.InvertOptions)}
+
+
+def invert(objective_fn, params, targets, *, key=None, **kwargs):
+  """`inversion.invert` with the options as keyword arguments (tests only).
+
+  ``key`` defaults to ``jax.random.key(0)``; keywords naming
+  `InvertOptions` fields become the options, the rest go to `invert`.
+  """
+  options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_FIELDS}
+  return inversion.invert(
+      jax.random.key(0) if key is None else key, objective_fn, params,
+      targets, options=inversion.InvertOptions(**options), **kwargs)

@@ -210,3 +210,63 @@ def test_training_epochs_reshuffle_and_cache(tmp_path):
   epochs = [[list(b['key']) for b in new_epoch()] for _ in range(3)]
   assert all(len(e) == 1 and len(e[0]) == 4 for e in epochs)  # drop rest
   assert len({tuple(e[0]) for e in epochs}) > 1  # a new order each epoch
+
+
+def test_celeba_layout_without_partition_or_landmarks(tmp_path):
+  # A CelebA-layout folder as users (and ../shared/data) have it: smaller
+  # images, no partition or landmark file, annotation rows for images that
+  # are not there.
+  truth = write_fake_celeba(tmp_path, num=24, as_zip=False, size=(21, 17),
+                            seed=3)
+  os.remove(tmp_path / celeba.PARTITION_FILE)
+  os.remove(tmp_path / celeba.LANDMARK_FILE)
+  os.remove(tmp_path / celeba.IMAGES_DIR / truth['names'][5])
+  identity = [i // 2 + 1 for i in range(24)]  # 12 people, 2 images each
+  with open(tmp_path / celeba.IDENTITY_FILE, 'w') as f:
+    f.writelines(f'{n} {i}\n' for n, i in zip(truth['names'], identity))
+  splits = {s: celeba.read_annotations(str(tmp_path), s)
+            for s in celeba.SPLITS}
+  keys = [k for s in splits.values() for k in s['key']]
+  assert sorted(keys) == sorted(set(truth['names']) - {truth['names'][5]})
+  people = [set(s['identity'].tolist()) for s in splits.values()]
+  for i in range(3):
+    for j in range(i + 1, 3):
+      assert not people[i] & people[j], 'an identity is in two splits'
+  assert all('landmarks5' not in s for s in splits.values())
+  assert all(len(s['key']) for s in splits.values())
+  by_name = dict(zip(truth['names'], identity))
+  for s in splits.values():
+    assert [by_name[k] for k in s['key']] == s['identity'].tolist()
+  src = data.celeb_a('test', manual_dir=str(tmp_path),
+                     data_dir=str(tmp_path / 'no_tfds'))
+  assert 'identity-disjoint' in src.info['split']
+  batch = next(data.batches(src, 2))
+  assert batch['image'].shape[1:] == (21, 17, 3)
+  assert set(batch) >= {'key', 'attributes', 'identity'}
+
+
+def test_identity_split_is_disjoint_deterministic_and_complete():
+  ids = np.repeat(np.arange(50), 3)
+  parts = [celeba.identity_split(ids, s) for s in celeba.SPLITS]
+  assert sorted(np.concatenate(parts).tolist()) == list(range(150))
+  assert [len(np.unique(ids[p])) for p in parts] == [40, 5, 5]
+  np.testing.assert_array_equal(parts[2], celeba.identity_split(ids, 'test'))
+  other = celeba.identity_split(ids, 'test', seed=1)
+  assert not np.array_equal(parts[2], other)
+  with pytest.raises(ValueError, match='summing to 1'):
+    celeba.identity_split(ids, 'test', fractions=(0.5, 0.5, 0.5))
+
+
+def test_pair_counts_each_unordered_pair_once():
+  from id2image_jax import evaluation  # pylint: disable=g-import-not-at-top
+  labels = np.array([7, 7, 7, 3, 3, 9])
+  got = evaluation.count_pairs(labels)
+  # Brute force over unordered pairs.
+  pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+  genuine = sum(labels[i] == labels[j] for i, j in pairs)
+  assert got == {'images': 6, 'identities': 3, 'genuine': genuine,
+                 'impostor': len(pairs) - genuine,
+                 'identities_with_2_or_more': 2}
+  scores = evaluation.impostor_pair_scores(
+      np.random.default_rng(0).normal(size=(6, 4)), labels)
+  assert len(scores) == got['impostor']

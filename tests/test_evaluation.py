@@ -1,12 +1,11 @@
 """Tests of the evaluate job (ablation, attack scores, transfer, report).
 
 End to end on the tiny demo-8 generator with toy encoders (a conv + dense
-encoder at 16x16, served through a patched `registry.load_encoder` under
-``toy:NAME`` specs) and, for the registry path, a random-weight IResNet
+encoder at 16x16, served through a patched `loading.load_encoder` under
+``toy:NAME`` specs) and, for the loading path, a random-weight IResNet
 saved as an orbax directory, so the whole file runs in well under a minute.
 """
 
-import inspect
 import json
 import math
 import os
@@ -20,13 +19,14 @@ import pytest
 from id2image_jax import checkpoints
 from id2image_jax import cli
 from id2image_jax import evaluation
+from id2image_jax import loading
 from id2image_jax import metrics
 from id2image_jax import preprocess
-from id2image_jax.analysis import train as train_lib
-from id2image_jax.evaluation import job as eval_job
+from id2image_jax import protocols
+from id2image_jax.jobs import common
+from id2image_jax.jobs import evaluate as evaluate_job
 from id2image_jax.models import heads
 from id2image_jax.models import iresnet
-from id2image_jax.models import registry
 
 _CONFIG = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'configs', 'evaluate.py')
@@ -41,10 +41,10 @@ class _ToyEncoder(nn.Module):
     return nn.Dense(self.dim)(h.reshape(h.shape[0], -1)), {}
 
 
-def _toy_encoder(seed: int, dim: int = 12) -> registry.Encoder:
+def _toy_encoder(seed: int, dim: int = 12) -> protocols.Encoder:
   module = _ToyEncoder(dim)
   variables = module.init(jax.random.key(seed), jnp.zeros((1, 16, 16, 3)))
-  return registry.Encoder(
+  return protocols.Encoder(
       kind='toy', config={'dim': dim}, module=module, variables=variables,
       spec=preprocess.InputSpec(size=(16, 16)), dim=dim,
       source=f'toy encoder seed {seed}')
@@ -53,7 +53,7 @@ def _toy_encoder(seed: int, dim: int = 12) -> registry.Encoder:
 @pytest.fixture
 def toy_registry(monkeypatch):
   """``toy:NAME`` specs load toy encoders; everything else goes through."""
-  real, cache = registry.load_encoder, {}
+  real, cache = loading.load_encoder, {}
 
   def load(spec='dlib', *, dtype=None, crop=None):
     if spec.startswith('toy:'):
@@ -61,7 +61,7 @@ def toy_registry(monkeypatch):
         cache[spec] = _toy_encoder(seed=len(cache))
       return cache[spec]
     return real(spec, dtype=dtype, crop=crop)
-  monkeypatch.setattr(registry, 'load_encoder', load)
+  monkeypatch.setattr(loading, 'load_encoder', load)
   return cache
 
 
@@ -81,7 +81,7 @@ def _landmark_cnn(path) -> str:
                              hidden=8, input_size=(16, 16))
   model = heads.build(config)
   params = model.init(jax.random.key(3), jnp.zeros((1, 16, 16, 3)))['params']
-  return train_lib.save_head(path, params, config)
+  return loading.save_head(path, params, config)
 
 
 def _tiny_iresnet(path) -> str:
@@ -177,7 +177,7 @@ def test_evaluate_end_to_end(tmp_path, toy_registry):
   config = _config(
       tmp_path, eval_encoder='toy:b', transfer_encoders=('toy:a', 'toy:b'),
       **{'heads.image_landmarks': _landmark_cnn(tmp_path / 'lm_cnn')})
-  report = evaluation.run(config)
+  report = evaluate_job.run(config)
   workdir = config.workdir
 
   # All three arms ran, each with its own weights.
@@ -238,7 +238,7 @@ def test_missing_eval_encoder_names_the_file(tmp_path, toy_registry):
   missing = str(tmp_path / 'nowhere' / 'backbone.pth')
   config = _config(tmp_path, eval_encoder=f'iresnet:{missing}')
   with pytest.raises(FileNotFoundError, match='eval_encoder') as info:
-    evaluation.run(config)
+    evaluate_job.run(config)
   assert missing in str(info.value)
   assert not os.path.exists(config.workdir)  # failed before any work
 
@@ -262,7 +262,7 @@ def test_cli_evaluate_with_an_iresnet_eval_encoder(tmp_path, toy_registry,
   assert report['eval_encoder']['kind'] == 'iresnet'
   assert report['arms']['id']['evaluation']['num_impostor_pairs'] == 10
   # Transfer defaults to the attacked and the evaluation encoder: 2 x 2,
-  # the IResNet row inverted through the IResNet loaded by the registry.
+  # the IResNet row inverted through the IResNet loaded by the loading.
   table = report['transfer']['table']
   assert list(table) == ['toy:a', 'iresnet:iresnet']
   for row in table.values():
@@ -278,7 +278,7 @@ def test_cli_evaluate_with_an_iresnet_eval_encoder(tmp_path, toy_registry,
 
 
 def test_encoder_labels_are_short_and_unique():
-  assert eval_job.encoder_labels(['dlib', 'iresnet:/a/b/backbone.pth',
+  assert common.encoder_labels(['dlib', 'iresnet:/a/b/backbone.pth',
                                   '/x/enc', '/y/enc']) == {
                                       'dlib': 'dlib',
                                       'iresnet:/a/b/backbone.pth':
@@ -294,7 +294,7 @@ def test_descriptor_targets_without_images(tmp_path, toy_registry):
   np.savez(tmp_path / 'targets.npz', descriptor=d)
   config = _config(tmp_path, targets=str(tmp_path / 'targets.npz'),
                    eval_encoder='toy:b', steps=2)
-  report = evaluation.run(config)
+  report = evaluate_job.run(config)
   assert [p['skipped'] != '' for p in report['plans']] == [False, True, True]
   arm = report['arms']['id']
   assert arm['num_done'] == 3 and list(arm['skipped_rows']) == ['2']
@@ -320,13 +320,3 @@ def test_config_variants(variant):
     config.not_a_field = 1  # locked
   if variant == 'paper':
     assert config.latent_space == 'w+' and config.steps == 1000
-
-
-def test_optional_arguments_are_keyword_only():
-  for name in evaluation.__all__:
-    fn = getattr(evaluation, name)
-    if not inspect.isfunction(fn):
-      continue
-    for p in inspect.signature(fn).parameters.values():
-      if p.default is not p.empty:
-        assert p.kind == p.KEYWORD_ONLY, f'{name}({p.name}=...)'

@@ -1,6 +1,5 @@
 """Heads learn planted signals; steps compile once; checkpoints round-trip."""
 
-import inspect
 
 import chex
 import jax
@@ -9,6 +8,8 @@ import numpy as np
 import optax
 import pytest
 
+from id2image_jax import checkpoints
+from id2image_jax import loading
 from id2image_jax import losses
 from id2image_jax import metrics
 from id2image_jax.analysis import leakage
@@ -160,12 +161,32 @@ def test_save_and_load_head(tmp_path):
   config = heads.head_config('histogram', out_shape=(3, 10), input_dim=D)
   model = heads.build(config)
   params = model.init(jax.random.key(0), jnp.zeros((1, D)))['params']
-  train_lib.save_head(tmp_path / 'h', params, config)
-  model2, params2, config2 = train_lib.load_head(tmp_path / 'h')
+  loading.save_head(tmp_path / 'h', params, config)
+  model2, params2, config2 = loading.load_head(tmp_path / 'h')
   assert config2 == config
   x = jax.random.normal(jax.random.key(1), (5, D))
   chex.assert_trees_all_close(model.apply({'params': params}, x),
                               model2.apply({'params': params2}, x))
+
+
+def test_shipped_form_round_trips_and_checks_its_tree(tmp_path):
+  from ports import ship_head  # pylint: disable=g-import-not-at-top
+  config = heads.head_config('id_to_latent', hidden=(8,), out_shape=(4,),
+                             input_dim=D)
+  model = heads.build(config)
+  params = model.init(jax.random.key(0), jnp.zeros((1, D)))['params']
+  loading.save_head(tmp_path / 'h', params, config, source='test run')
+  assert ship_head.main([str(tmp_path / 'h'), str(tmp_path / 'h.npz')]) == 0
+  model2, params2, config2 = loading.load_head(tmp_path / 'h.npz')
+  x = jax.random.normal(jax.random.key(1), (3, D))
+  chex.assert_trees_all_equal(model.apply({'params': params}, x),
+                              model2.apply({'params': params2}, x))
+  assert config2['out_shape'] == [4]
+  # A config that does not fit the stored parameters names the leaf.
+  loading.save_head_npz(tmp_path / 'bad.npz', params,
+                        dict(config, hidden=(9,)), source='')
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='fc0'):
+    loading.load_head(tmp_path / 'bad.npz')
 
 
 @pytest.mark.parametrize('kind,out_shape', [
@@ -265,19 +286,17 @@ def test_emd_and_nme_and_accuracy():
                                np.array([True, True, False])), [1, 0, 0])
 
 
-def test_optional_arguments_are_keyword_only():
-  # pylint: disable=g-import-not-at-top
-  from id2image_jax import analysis
-  from id2image_jax import data
-  from id2image_jax.analysis import report
-  # pylint: enable=g-import-not-at-top
-  fns = [getattr(analysis, n) for n in analysis.__all__]
-  fns += [getattr(data, n) for n in data.__all__ if n[0].islower()]
-  fns += [heads.head_config, heads.build, report.landmark_figure,
-          report.histogram_figure, leakage.attribute_leakage,
-          leakage.landmark_leakage, leakage.histogram_leakage,
-          leakage.image_head]
-  for fn in fns:
-    for p in inspect.signature(fn).parameters.values():
-      if p.default is not inspect.Parameter.empty:
-        assert p.kind == p.KEYWORD_ONLY, f'{fn.__name__}({p.name}=...)'
+def test_bootstrap_ci_resamples_identities_not_images():
+  rng = np.random.default_rng(0)
+  values = rng.normal(0.3, 1.0, 60)
+  lo, hi = leakage.bootstrap_ci(values, num=2000)
+  assert lo < values.mean() < hi
+  # Ten copies of every image of one person add no information: grouped by
+  # person, the interval stays as wide; counted as independent images, it
+  # would shrink about sqrt(10)-fold.
+  copies = np.repeat(values, 10)
+  people = np.repeat(np.arange(60), 10)
+  g_lo, g_hi = leakage.bootstrap_ci(copies, people, num=2000)
+  naive_lo, naive_hi = leakage.bootstrap_ci(copies, num=2000)
+  assert abs((g_hi - g_lo) - (hi - lo)) < 0.15 * (hi - lo)
+  assert (naive_hi - naive_lo) < 0.5 * (hi - lo)

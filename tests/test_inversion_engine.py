@@ -32,8 +32,8 @@ def _invert(problem, **kwargs):
   kwargs.setdefault('init', latents)
   kwargs.setdefault('steps', STEPS)
   kwargs.setdefault('chunk_size', 4)
-  return inversion.invert(toy.objective, params, targets, tx=TX,
-                          progress=False, **kwargs)
+  return toy.invert(toy.objective, params, targets, tx=TX,
+                    progress=False, **kwargs)
 
 
 @pytest.fixture(scope='module')
@@ -90,9 +90,9 @@ def test_bad_rows_are_reported_and_skipped(problem, reference):
   targets['descriptor'][3, 1] = np.inf
   valid = np.ones(N, bool)
   valid[6] = False
-  got = inversion.invert(toy.objective, params, targets, init=latents,
-                         steps=STEPS, chunk_size=4, tx=TX, valid=valid,
-                         progress=False)
+  got = toy.invert(toy.objective, params, targets, init=latents,
+                   steps=STEPS, chunk_size=4, tx=TX, valid=valid,
+                   progress=False)
   assert sorted(got.skipped) == [3, 6]
   assert 'non-finite' in got.skipped[3] and "['descriptor']" in got.skipped[3]
   assert 'valid=False' in got.skipped[6]
@@ -132,14 +132,14 @@ def test_initialisers(problem):
 
 def test_stochastic_results_do_not_depend_on_chunking(problem):
   params, targets, latents = problem
-  runs = [inversion.invert(toy.noisy_objective, params, targets,
-                           init=latents, steps=4, chunk_size=c, tx=TX,
-                           stochastic=True, key=jax.random.key(1),
-                           progress=False) for c in (2, 4)]
+  runs = [toy.invert(toy.noisy_objective, params, targets,
+                     init=latents, steps=4, chunk_size=c, tx=TX,
+                     stochastic=True, key=jax.random.key(1),
+                     progress=False) for c in (2, 4)]
   _assert_same(*runs)
-  with pytest.raises(ValueError, match='needs `key`'):
+  with pytest.raises(TypeError, match='targets'):  # the key comes first
     inversion.invert(toy.noisy_objective, params, targets, init=latents,
-                     steps=1, chunk_size=2, stochastic=True, progress=False)
+                     options=inversion.InvertOptions(steps=1, chunk_size=2))
 
 
 def test_resume_after_finished_chunk(problem, reference, tmp_path):
@@ -186,7 +186,7 @@ def test_argument_errors(problem):
     _invert(problem, chunk_size=0)
   with pytest.raises(ValueError, match='checkpoint_every needs a workdir'):
     _invert(problem, checkpoint_every=2)
-  with pytest.raises(ValueError, match='same leading target axis'):
+  with pytest.raises(ValueError, match='same leading row axis'):
     _invert(problem, init={'w': np.zeros((N, 8)), 'v': np.zeros((3, 1))})
 
 
@@ -203,14 +203,16 @@ def test_prepare_chunk_runs_what_invert_runs(problem):
   params, targets, latents = problem
   rows = slice(0, 4)
   step, st, p, t = inversion.prepare_chunk(
-      toy.noisy_objective, params, jax.tree.map(lambda x: x[rows], targets),
-      jax.tree.map(lambda x: x[rows], latents), steps=STEPS, tx=TX,
-      stochastic=True, key=jax.random.key(5))
+      jax.random.key(5), toy.noisy_objective, params,
+      jax.tree.map(lambda x: x[rows], targets),
+      jax.tree.map(lambda x: x[rows], latents),
+      options=inversion.InvertOptions(steps=STEPS, chunk_size=4, tx=TX,
+                                      stochastic=True))
   compiled = step.lower(st, p, t).compile()
   for _ in range(STEPS):
     st, _ = compiled(st, p, t)
-  want = inversion.invert(toy.noisy_objective, params, targets, init=latents,
-                          steps=STEPS, chunk_size=4, tx=TX, stochastic=True,
-                          key=jax.random.key(5), progress=False)
+  want = toy.invert(toy.noisy_objective, params, targets, init=latents,
+                    steps=STEPS, chunk_size=4, tx=TX, stochastic=True,
+                    key=jax.random.key(5), progress=False)
   np.testing.assert_allclose(st.latents['w'], want.latents['w'][rows],
                              rtol=1e-6, atol=1e-7)

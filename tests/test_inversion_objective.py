@@ -1,5 +1,7 @@
 """The ID2image objective and its StyleGAN2 / encoder adapters (toy models)."""
 
+import types
+
 import flax.linen as nn
 import inversion_toy as toy
 import jax
@@ -10,6 +12,7 @@ import pytest
 
 from id2image_jax import inversion
 from id2image_jax import losses
+from id2image_jax import protocols
 from id2image_jax.inversion import objective as obj
 from id2image_jax.preprocess import InputSpec
 from id2image_jax.preprocess import to_encoder_input
@@ -28,7 +31,8 @@ class FakeStyleGAN2(nn.Module):
     w = self.map(z) * truncation_psi
     return jnp.broadcast_to(w[:, None], (z.shape[0], NUM_WS, W_DIM))
 
-  def synthesis(self, ws, noise_mode='const', noise=None):
+  def synthesis(self, ws, noise_mode='const', noise=None, resolution=None):
+    del resolution  # one resolution only
     x = self.syn(ws.reshape(ws.shape[0], -1)).reshape(-1, 8, 8, 3)
     if noise is not None:                 # per-layer maps [B, 8, 8, 1]
       x = x + 0.1 * sum(noise)
@@ -41,6 +45,11 @@ class FakeStyleGAN2(nn.Module):
 
 
 G = FakeStyleGAN2()
+# The loaded-generator view the engine works through (`protocols.Generator`).
+GEN = protocols.Generator(
+    kind='fake', module=G, variables=None, source='test',
+    config=types.SimpleNamespace(z_dim=Z_DIM, w_dim=W_DIM, num_ws=NUM_WS,
+                                 resolution=8, preview_resolutions=()))
 
 
 @pytest.fixture(scope='module')
@@ -56,9 +65,9 @@ def test_latent_spaces(g_vars):
   rng = np.random.default_rng(0)
   w = rng.normal(size=(W_DIM,)).astype(np.float32)
   z = rng.normal(size=(Z_DIM,)).astype(np.float32)
-  w_space = obj.stylegan2_render(G, latent_space='w', num_ws=NUM_WS)
-  wplus = obj.stylegan2_render(G, latent_space='w+')
-  z_space = obj.stylegan2_render(G, latent_space='z')
+  w_space = obj.generator_render(GEN, latent_space='w')
+  wplus = obj.generator_render(GEN, latent_space='w+')
+  z_space = obj.generator_render(GEN, latent_space='z')
   image = w_space(g_vars, {'w': w})
   assert image.shape == (8, 8, 3)
   np.testing.assert_allclose(
@@ -70,10 +79,10 @@ def test_latent_spaces(g_vars):
   grad = jax.grad(lambda n: jnp.sum(wplus(
       g_vars, {'w': jnp.tile(w, (NUM_WS, 1)), 'noise': n})))(noise)
   assert all(np.abs(g).sum() > 0 for g in grad)
-  with pytest.raises(ValueError, match='num_ws'):
-    obj.stylegan2_render(G, latent_space='w')
   with pytest.raises(ValueError, match='latent_space'):
-    obj.stylegan2_render(G, latent_space='s')
+    obj.generator_render(GEN, latent_space='s')
+  with pytest.raises(ValueError, match='preview sizes'):
+    obj.generator_render(GEN, latent_space='w', resolution=4)
   assert obj.initial_latent(w, latent_space='w+',
                             num_ws=NUM_WS)['w'].shape == (NUM_WS, W_DIM)
 
@@ -86,7 +95,7 @@ def test_weighted_terms_match_hand_computation(g_vars):
   params = toy.make_params()
   rng = np.random.default_rng(1)
   lm_proj = rng.normal(size=(8 * 8 * 3, 136)).astype(np.float32) * 0.1
-  render = obj.stylegan2_render(G, latent_space='w+')
+  render = obj.generator_render(GEN, latent_space='w+')
   embed = lambda v, image: toy.embed(v, image)
   loss_fn = obj.make_id2image_objective(render, embed,
                                         landmarks_fn=_landmarks)
@@ -126,12 +135,12 @@ def test_weighted_terms_match_hand_computation(g_vars):
     obj.make_id2image_objective(render, embed)(p, latent, target)
 
 
-def test_encoder_embed_preprocesses():
+def test_encoder_descriptor_preprocesses():
   params = toy.make_params()
   spec = InputSpec(size=(8, 8), mean=(127.5,) * 3, std=(127.5,) * 3)
   image = np.random.default_rng(3).uniform(-1, 1, (16, 16, 3)).astype(
       np.float32)
-  got = obj.encoder_embed(toy.E, spec)(params['e'], image)
+  got = protocols.encoder_descriptor(toy.E, spec)(params['e'], image)
   want = toy.E.apply(params['e'], to_encoder_input(image[None], spec))[0][0]
   assert got.shape == (toy.DESCRIPTOR_DIM,)
   np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -140,7 +149,7 @@ def test_encoder_embed_preprocesses():
 def test_id2image_inversion_end_to_end(g_vars):
   """Descriptors of known w+ latents are matched better after inversion."""
   params = toy.make_params()
-  render = obj.stylegan2_render(G, latent_space='w+')
+  render = obj.generator_render(GEN, latent_space='w+')
   loss_fn = obj.make_id2image_objective(render, toy.embed)
   rng = np.random.default_rng(4)
   true_w = rng.normal(size=(6, NUM_WS, W_DIM)).astype(np.float32)
@@ -154,18 +163,17 @@ def test_id2image_inversion_end_to_end(g_vars):
                      im, value_range=(-1.0, 1.0)))(images))}
   init = inversion.broadcast_init(obj.initial_latent(
       np.zeros(W_DIM, np.float32), latent_space='w+', num_ws=NUM_WS))
-  result = inversion.invert(loss_fn, p, targets, init=init, steps=40,
-                            chunk_size=4, tx=optax.adam(0.05),
-                            compute_dtype=jnp.bfloat16, progress=False)
+  result = toy.invert(loss_fn, p, targets, init=init, steps=40,
+                      chunk_size=4, tx=optax.adam(0.05),
+                      compute_dtype=jnp.bfloat16, progress=False)
   assert set(result.history) == {'loss', 'id', 'histogram'}
   assert np.all(result.final['loss'] < 0.5 * result.history['loss'][:, 0])
 
 
 @pytest.mark.parametrize('policy', ['none', 'dots', 'full'])
 def test_rematerialize_keeps_values_and_gradients(policy):
-  gen = FakeStyleGAN2()
-  variables = gen.init(jax.random.key(0), jnp.zeros((1, Z_DIM)))
-  render = obj.stylegan2_render(gen, latent_space='w+', num_ws=NUM_WS)
+  variables = G.init(jax.random.key(0), jnp.zeros((1, Z_DIM)))
+  render = obj.generator_render(GEN, latent_space='w+')
   w = jax.random.normal(jax.random.key(1), (NUM_WS, W_DIM))
 
   def loss(fn, w):

@@ -9,7 +9,7 @@ import optax
 from PIL import Image
 
 from id2image_jax import inversion
-from id2image_jax.inversion import outputs
+from id2image_jax.reports import inversion as outputs
 
 
 def test_to_uint8():
@@ -22,9 +22,9 @@ def test_write_outputs(tmp_path):
   params = toy.make_params()
   targets, _ = toy.make_targets(5, params=params)
   targets['descriptor'][2, 0] = np.nan
-  result = inversion.invert(toy.objective, params, targets,
-                            init=toy.init_latents(5), steps=3, chunk_size=2,
-                            tx=optax.adam(0.05), progress=False)
+  result = toy.invert(toy.objective, params, targets,
+                      init=toy.init_latents(5), steps=3, chunk_size=2,
+                      tx=optax.adam(0.05), progress=False)
   images = inversion.map_targets(toy.render, params['g'],
                                  jax.tree.map(np.nan_to_num, result.latents),
                                  chunk_size=2)

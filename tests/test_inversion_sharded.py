@@ -53,8 +53,8 @@ _SCRIPT = textwrap.dedent("""
                              .sharding.device_set)
     out['loss_devices'] = len(metrics['loss'].sharding.device_set)
 
-    r8 = inversion.invert(toy.objective, params, targets, mesh=mesh8, **kw)
-    r1 = inversion.invert(toy.objective, params, targets, mesh=mesh1, **kw)
+    r8 = toy.invert(toy.objective, params, targets, mesh=mesh8, **kw)
+    r1 = toy.invert(toy.objective, params, targets, mesh=mesh1, **kw)
     out['max_diff'] = max(
         float(np.max(np.abs(r8.latents['w'] - r1.latents['w']))),
         float(np.max(np.abs(r8.history['loss'] - r1.history['loss']))))
@@ -69,19 +69,19 @@ _SCRIPT = textwrap.dedent("""
       if p.chunk == 1 and p.step == 4:
         raise Stop
     try:
-      inversion.invert(toy.objective, params, targets, mesh=mesh8,
-                       workdir=workdir, checkpoint_every=3, log_every=1,
-                       callback=stop, **kw)
+      toy.invert(toy.objective, params, targets, mesh=mesh8,
+                 workdir=workdir, checkpoint_every=3, log_every=1,
+                 callback=stop, **kw)
     except Stop:
       pass
-    again = inversion.invert(toy.objective, params, targets, mesh=mesh8,
-                             workdir=workdir, checkpoint_every=3, **kw)
+    again = toy.invert(toy.objective, params, targets, mesh=mesh8,
+                       workdir=workdir, checkpoint_every=3, **kw)
     out['resumed_steps'] = again.stats['steps_run']
     out['resume_diff'] = float(np.max(np.abs(again.latents['w']
                                              - r8.latents['w'])))
     try:
-      inversion.invert(toy.objective, params, targets, mesh=mesh8,
-                       **dict(kw, chunk_size=12))
+      toy.invert(toy.objective, params, targets, mesh=mesh8,
+                 **dict(kw, chunk_size=12))
     except ValueError as e:
       out['chunk_error'] = str(e)
     print('RESULT' + json.dumps(out))

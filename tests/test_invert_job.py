@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from id2image_jax import cli
-from id2image_jax.inversion import job
-from id2image_jax.models import registry
+from id2image_jax import loading
+from id2image_jax.data import targets as job
 
 _TINY = ['--set', 'generator=demo:demo-8', '--set', 'progress=False',
          '--set', 'chunk_size=4']
@@ -33,7 +33,7 @@ def _skipped(summary):
 
 @pytest.fixture(scope='module')
 def encoder():
-  return registry.load_encoder('dlib')
+  return loading.load_encoder('dlib')
 
 
 def test_self_check_runs_end_to_end_and_improves_identity(tmp_path):
@@ -76,7 +76,8 @@ def test_image_folder_skips_unreadable_files_and_names_them(tmp_path):
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(
         folder / name)
   (folder / 'broken.png').write_bytes(b'not a png at all')
-  _, summary = _invert(tmp_path, '--targets', str(folder), '--steps', '2')
+  _, summary = _invert(tmp_path, '--targets', str(folder), '--steps', '2',
+                       '--set', 'align_faces=False')
   assert summary['names'] == ['broken.png', 'face0.png', 'face1.jpg']
   assert summary['num_done'] == 2
   reasons = _skipped(summary)
@@ -135,19 +136,19 @@ def test_missing_targets_path_is_named(tmp_path):
 
 def test_missing_generator_says_what_to_pass(tmp_path):
   with pytest.raises(FileNotFoundError, match='ffhq.pkl'):
-    registry.load_generator(str(tmp_path / 'ffhq.pkl'))
+    loading.load_generator(str(tmp_path / 'ffhq.pkl'))
 
 
 @pytest.mark.parametrize('spec', ['vggface2', 'iresnet', 'arcface',
                                   'vggface'])
 def test_encoders_without_shipped_weights_ask_for_a_file(spec):
   with pytest.raises(FileNotFoundError, match='checkpoint file'):
-    registry.load_encoder(spec)
+    loading.load_encoder(spec)
 
 
 def test_missing_encoder_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match='resnet50_ft_weight.pkl'):
-    registry.load_encoder(str(tmp_path / 'resnet50_ft_weight.pkl'))
+    loading.load_encoder(str(tmp_path / 'resnet50_ft_weight.pkl'))
 
 
 def test_unrecognised_encoder_file_asks_for_a_kind(tmp_path):
@@ -156,7 +157,7 @@ def test_unrecognised_encoder_file_asks_for_a_kind(tmp_path):
   with open(path, 'wb') as f:
     pickle.dump({'foo.weight': np.zeros((2, 2), np.float32)}, f)
   with pytest.raises(ValueError, match='KIND:PATH'):
-    registry.load_encoder(str(path))
+    loading.load_encoder(str(path))
 
 
 def test_cli_rejects_unknown_fields_and_bad_overrides(tmp_path):
@@ -169,7 +170,7 @@ def test_cli_rejects_unknown_fields_and_bad_overrides(tmp_path):
 
 
 def test_cli_overrides_are_typed():
-  config = cli.load_config(os.path.join(cli._CONFIG_DIR, 'invert.py'))
+  config = cli.load_config(os.path.join(cli.config_dir(), 'invert.py'))
   cli.apply_override(config, 'steps', cli._parse_value('7'))
   cli.apply_override(config, 'learning_rate', cli._parse_value('1'))
   cli.apply_override(config, 'weights.histogram', cli._parse_value('0.5'))
@@ -181,27 +182,26 @@ def test_cli_overrides_are_typed():
 
 
 def test_paper_config_variant_and_unknown_variant():
-  paper = cli.load_config(os.path.join(cli._CONFIG_DIR, 'invert.py') +
+  paper = cli.load_config(os.path.join(cli.config_dir(), 'invert.py') +
                           ':paper')
   assert paper.latent_space == 'w+' and paper.learning_rate == 1e-3
   assert (paper.weights.id, paper.weights.landmarks,
           paper.weights.histogram) == (1.0, 0.0006, 0.01)
   with pytest.raises(ValueError, match='unknown variant'):
-    cli.load_config(os.path.join(cli._CONFIG_DIR, 'invert.py') + ':nope')
+    cli.load_config(os.path.join(cli.config_dir(), 'invert.py') + ':nope')
 
 
 def _save_random_head(path, kind, **overrides):
   # pylint: disable=g-import-not-at-top
   import jax
 
-  from id2image_jax.analysis import train as train_lib
   from id2image_jax.models import heads
   # pylint: enable=g-import-not-at-top
   config = heads.head_config(kind, **overrides)
   example = heads.example_input(config)
   params = heads.build(config).init(
       jax.random.key(len(kind)), np.zeros(example.shape, np.float32))
-  return train_lib.save_head(str(path), params['params'], config)
+  return loading.save_head(str(path), params['params'], config)
 
 
 def test_heads_from_the_leakage_job_add_landmark_and_histogram_terms(
@@ -241,7 +241,7 @@ def test_converted_encoder_directory_gives_the_same_descriptors(
     tmp_path, encoder):
   from ports import convert_encoder  # pylint: disable=g-import-not-at-top
   assert convert_encoder.main(['dlib', str(tmp_path / 'dlib')]) == 0
-  restored = registry.load_encoder(str(tmp_path / 'dlib'))
+  restored = loading.load_encoder(str(tmp_path / 'dlib'))
   assert (restored.kind, restored.dim) == ('dlib', 128)
   assert restored.spec == encoder.spec
   images = np.random.default_rng(3).uniform(-1, 1, (2, 24, 24, 3))
@@ -256,7 +256,7 @@ def test_noise_can_be_optimised_with_the_latent(tmp_path, monkeypatch, init):
   import dataclasses  # pylint: disable=g-import-not-at-top
 
   import jax  # pylint: disable=g-import-not-at-top
-  load = registry.load_generator
+  load = loading.load_generator
 
   def load_with_noise(*args, **kwargs):
     g = load(*args, **kwargs)
@@ -264,7 +264,7 @@ def test_noise_can_be_optimised_with_the_latent(tmp_path, monkeypatch, init):
         lambda path, x: x + 0.5 if 'noise_strength' in str(path[-1]) else x,
         g.variables)
     return dataclasses.replace(g, variables=variables)
-  monkeypatch.setattr(registry, 'load_generator', load_with_noise)
+  monkeypatch.setattr(loading, 'load_generator', load_with_noise)
   out, summary = _invert(tmp_path, '--steps', '3', '--num-targets', '2',
                          '--set', 'optimize_noise=True',
                          '--set', f'init={init}')
@@ -280,3 +280,17 @@ def test_noise_can_be_optimised_with_the_latent(tmp_path, monkeypatch, init):
   moved = [np.abs(latents[k] - np.asarray(m)).max()
            for k, m in zip(noise, start)]
   assert max(moved) > 0, 'the noise maps were not optimised'
+
+
+def test_photos_are_aligned_and_faceless_ones_named(tmp_path):
+  skimage_data = pytest.importorskip('skimage.data')
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  Image.fromarray(skimage_data.astronaut()).save(folder / 'astronaut.jpg')
+  Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(
+      folder / 'wall.png')
+  out, summary = _invert(tmp_path, '--targets', str(folder), '--steps', '1')
+  assert summary['num_done'] == 1
+  reasons = _skipped(summary)
+  assert list(reasons) == [1] and 'no face detected in wall.png' in (
+      reasons[1])

@@ -13,7 +13,6 @@ arcface_torch's 1e-5 (checked by hand: all three depths then fail).
 bfloat16 keeps 8 mantissa bits: ~1% relative error after 20-100 layers.
 """
 
-import inspect
 import json
 import os
 
@@ -190,14 +189,6 @@ def test_variant_table_and_build():
       jax.ShapeDtypeStruct((2, 112, 112, 3), jnp.float32))
   assert 'features' not in abstract['params']
   assert abstract['params']['fc']['kernel'].shape == (25088, 128)
-
-
-def test_optional_arguments_are_keyword_only():
-  for fn, names in ((iresnet.build, ('dtype',)),
-                    (iresnet.input_spec, ('crop',))):
-    params = inspect.signature(fn).parameters
-    for name in names:
-      assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
 
 
 def test_input_spec_crops_the_psp_box():

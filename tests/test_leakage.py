@@ -1,10 +1,9 @@
 """Descriptor datasets, resumable embedding, dlib labels and the report job."""
 
+import functools
 import importlib.util
 import json
 import os
-import sys
-import types
 
 import flax.linen as nn
 import jax
@@ -15,12 +14,13 @@ from fake_data import write_fake_celeba
 
 from id2image_jax import checkpoints
 from id2image_jax import data
+from id2image_jax import loading
 from id2image_jax import losses
 from id2image_jax import preprocess
-from id2image_jax.analysis import embed
-from id2image_jax.analysis import jobs
-from id2image_jax.analysis import landmarks
-from id2image_jax.analysis import train as train_lib
+from id2image_jax.data import descriptors as embed
+from id2image_jax.data import dlib_landmarks as landmarks
+from id2image_jax.jobs import embed as embed_job
+from id2image_jax.jobs import leakage as leakage_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = (44, 36)  # tiny CelebA-shaped images
@@ -143,7 +143,7 @@ def test_embed_and_leakage_jobs_end_to_end(celeba_dir, tmp_path):
   cfg.out = str(tmp_path / 'desc' / '{encoder}_{split}.npz')
   cfg.batch_size = 4
   cfg.progress = False
-  paths = jobs.run_embed(cfg, embed_fn=toy_embed, landmarker=ToyLandmarker())
+  paths = embed_job.run(cfg, embed_fn=toy_embed, landmarker=ToyLandmarker())
   assert [os.path.basename(p) for p in paths] == [
       'toy_train.npz', 'toy_validation.npz', 'toy_test.npz']
 
@@ -163,7 +163,7 @@ def test_embed_and_leakage_jobs_end_to_end(celeba_dir, tmp_path):
   cfg.data.manual_dir = celeba_dir
   cfg.data.data_dir = os.path.join(celeba_dir, 'no_tfds')
   cfg.figures.num_examples = 3
-  results = jobs.run_leakage(cfg)
+  results = leakage_job.run(cfg)
 
   table = results['table']
   assert table['columns'] == ['Smiling', 'Eyeglasses', 'Landmarks',
@@ -182,12 +182,12 @@ def test_embed_and_leakage_jobs_end_to_end(celeba_dir, tmp_path):
     assert (run / fig).stat().st_size > 1000
   assert len(results['figures']) == 2
   # The trained heads restore and predict.
-  model, params, config = train_lib.load_head(run / 'heads' / 'toy' /
+  model, params, config = loading.load_head(run / 'heads' / 'toy' /
                                               'landmarks')
   assert config['encoder'] == 'toy'
   assert model.apply({'params': params}, jnp.ones((2, 16))).shape == (
       2, 68, 2)
-  model, params, _ = train_lib.load_head(run / 'heads' / 'image' /
+  model, params, _ = loading.load_head(run / 'heads' / 'image' /
                                          'landmarks_cnn')
   assert model.apply({'params': params}, jnp.zeros((1, 30, 20, 3))).shape == (
       1, 68, 2)
@@ -200,7 +200,7 @@ def test_leakage_missing_descriptors_says_how_to_make_them(tmp_path):
   cfg.encoders = 'vggface2'
   cfg.figures.images = False
   with pytest.raises(FileNotFoundError, match='id2image embed'):
-    jobs.run_leakage(cfg)
+    leakage_job.run(cfg)
 
 
 def test_run_leakage_image_baseline_needs_data(tmp_path):
@@ -208,7 +208,7 @@ def test_run_leakage_image_baseline_needs_data(tmp_path):
   cfg.data.manual_dir = str(tmp_path)
   cfg.data.data_dir = str(tmp_path)
   with pytest.raises(data.DataNotFoundError, match='list_attr_celeba.txt'):
-    jobs.run_leakage(cfg)
+    leakage_job.run(cfg)
 
 
 @pytest.mark.dlib
@@ -247,7 +247,8 @@ def test_dlib_landmarks_on_a_real_face():
   np.testing.assert_array_equal(found, detected)
 
 
-def test_load_encoder_follows_the_encoder_contract(tmp_path, monkeypatch):
+def test_a_new_encoder_kind_is_one_row_in_the_kinds_table(tmp_path,
+                                                         monkeypatch):
   class Toy(nn.Module):
     dim: int
     dtype: object = None
@@ -261,16 +262,19 @@ def test_load_encoder_follows_the_encoder_contract(tmp_path, monkeypatch):
     del config
     return preprocess.InputSpec(size=(8, 8))
 
-  module = types.SimpleNamespace(
-      build=lambda config, *, dtype=None: Toy(config['dim'], dtype),
-      input_spec=input_spec)
-  monkeypatch.setitem(sys.modules, 'id2image_jax.models.toyenc', module)
+  build = lambda config, *, dtype=None: Toy(config['dim'], dtype)
+  monkeypatch.setitem(loading.KINDS, 'toyenc', loading.Kind(
+      name='toyenc', role=loading.ENCODER, files='toy.file', build=build,
+      abstract=loading.encoder_abstract(build, input_spec), parse=str,
+      convert=None, input_spec=input_spec))
   net = Toy(5)
   variables = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
   checkpoints.save(tmp_path / 'enc', variables, kind='toyenc',
                    config={'dim': 5})
-  embed_fn = embed.load_encoder(str(tmp_path / 'enc'),
-                                crop=(0.0, 0.0, 0.5, 1.0))
+  encoder = loading.load_encoder(str(tmp_path / 'enc'),
+                                 crop=(0.0, 0.0, 0.5, 1.0))
+  assert (encoder.kind, encoder.dim) == ('toyenc', 5)
+  embed_fn = functools.partial(encoder.batch_fn(), encoder.variables)
   images = np.random.default_rng(0).integers(0, 256, (2, 16, 8, 3),
                                              np.uint8)
   spec = preprocess.InputSpec(size=(8, 8), crop=(0.0, 0.0, 0.5, 1.0))
@@ -278,6 +282,7 @@ def test_load_encoder_follows_the_encoder_contract(tmp_path, monkeypatch):
       preprocess.uint8_to_unit_range(images), spec))
   np.testing.assert_allclose(jax.jit(embed_fn)(images), want, rtol=1e-5,
                              atol=1e-5)
-  with pytest.raises(ValueError, match='no encoder module id2image_jax.models.nothing'):
-    checkpoints.save(tmp_path / 'bad', variables, kind='nothing')
-    embed.load_encoder(str(tmp_path / 'bad'))
+  checkpoints.save(tmp_path / 'bad', variables, kind='nothing')
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match="'nothing' checkpoint"):
+    loading.load_encoder(str(tmp_path / 'bad'))

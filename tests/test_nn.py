@@ -27,12 +27,12 @@ def _nhwc(t):
 def test_pools_match_torch(size, k, s, p, ceil):
   x = np.random.default_rng(0).normal(size=(2, size, size + 1, 3)).astype(
       np.float32)
-  got = tnn.max_pool2d(jnp.asarray(x), k, s, p, ceil_mode=ceil)
+  got = tnn.max_pool2d(jnp.asarray(x), k, stride=s, padding=p, ceil_mode=ceil)
   want = _nhwc(F.max_pool2d(_nchw(x), k, s, p, ceil_mode=ceil))
   np.testing.assert_allclose(got, want, rtol=0, atol=0)
   for include in (True, False):
-    got = tnn.avg_pool2d(jnp.asarray(x), k, s, p, ceil_mode=ceil,
-                         count_include_pad=include)
+    got = tnn.avg_pool2d(jnp.asarray(x), k, stride=s, padding=p,
+                         ceil_mode=ceil, count_include_pad=include)
     want = _nhwc(F.avg_pool2d(_nchw(x), k, s, p, ceil_mode=ceil,
                               count_include_pad=include))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

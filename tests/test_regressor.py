@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from id2image_jax import cli
+from id2image_jax import loading
 from id2image_jax.analysis import regressor
-from id2image_jax.analysis import train as train_lib
-from id2image_jax.models import registry
 
 _TINY = ['--set', 'generator=demo:demo-8', '--set', 'progress=False']
 
@@ -35,9 +34,36 @@ def test_job_trains_saves_and_reports(trained):
     for arm in ('regressor', 'start'):
       assert np.isfinite(held[measure][arm]), (measure, arm)
   assert (out / 'loss.png').exists()
-  model, params, config = train_lib.load_head(out / 'id_to_latent')
+  model, params, config = loading.load_head(out / 'id_to_latent')
   assert config['latent_space'] == 'w' and config['hidden'] == [64, 64]
   assert model.apply({'params': params}, np.zeros((2, 128), np.float32)).shape == (2, 16)
+
+
+def test_pairs_mode_draws_once_and_trains_epochs(tmp_path):
+  args = ['regressor', *_TINY, '--out', str(tmp_path), '--set', 'pairs=48',
+          '--set', 'epochs=3', '--set', 'batch_size=8', '--set',
+          'hidden=(32,)', '--set', 'eval_pairs=8']
+  assert cli.main(args) == 0
+  with open(tmp_path / 'summary.json') as f:
+    summary = json.load(f)
+  assert summary['loss_history']['epochs'] == [1, 2, 3]
+  with np.load(tmp_path / 'pairs.npz') as f:
+    assert f['descriptor'].shape == (48, 128) and f['latent'].shape == (
+        48, 16)
+    first = f['descriptor'].copy()
+  # A rerun reads the cached pairs instead of drawing new ones; a smaller
+  # request is a prefix of them.
+  stamp = (tmp_path / 'pairs.npz').stat().st_mtime_ns
+  args[args.index('pairs=48')] = 'pairs=40'
+  assert cli.main(args) == 0
+  assert (tmp_path / 'pairs.npz').stat().st_mtime_ns == stamp
+  d, _ = regressor.sample_pairs(
+      regressor.make_sampler(loading.load_generator('demo:demo-8'),
+                             loading.load_encoder('dlib'),
+                             truncation_psi=0.7),
+      jax.random.fold_in(jax.random.split(jax.random.key(0))[0], 1), 8,
+      batch=8)  # the job's sample_batch
+  np.testing.assert_allclose(d, first[:8], rtol=1e-5, atol=1e-5)
 
 
 def test_invert_starts_from_the_regressor(trained, tmp_path):
@@ -53,8 +79,8 @@ def test_invert_starts_from_the_regressor(trained, tmp_path):
 
 
 def test_sampler_passes_weights_as_arguments():
-  generator = registry.load_generator('demo:demo-8')
-  encoder = registry.load_encoder('dlib')
+  generator = loading.load_generator('demo:demo-8')
+  encoder = loading.load_encoder('dlib')
   sampler = regressor.make_sampler(generator, encoder, latent_space='w+')
   # The models' weights are leaves of the sampler, i.e. jit inputs.
   assert len(jax.tree.leaves(sampler)) == (
@@ -68,6 +94,6 @@ def test_sampler_passes_weights_as_arguments():
 
 
 def test_paper_variant():
-  config = cli.load_config(cli._CONFIG_DIR + '/regressor.py:paper')
+  config = cli.load_config(cli.config_dir() + '/regressor.py:paper')
   assert tuple(config.hidden) == (2048, 2048, 2048)
   assert config.generator == '' and config.encoder == ''

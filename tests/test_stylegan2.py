@@ -14,7 +14,6 @@ test_stylegan2_porting.py). Tolerances (float32; elementwise
 
 import dataclasses
 import functools
-import inspect
 import json
 
 import chex
@@ -446,13 +445,3 @@ def test_resolution_4_generator():
   variables = sg.init_variables(jax.random.key(13), config)
   img = _jitted('__call__', config=config)(variables, jnp.ones((2, 8)))
   assert img.shape == (2, 4, 4, 3) and config.num_ws == 2
-
-
-def test_optional_arguments_are_keyword_only():
-  fns = [sg.Generator.__call__, sg.Generator.mapping, sg.Generator.synthesis,
-         sg.modulated_conv2d, sg.upfirdn2d, sg.upsample2d, sg.truncate,
-         sg.init_variables, sg.build]
-  for fn in fns:
-    for p in inspect.signature(fn).parameters.values():
-      if p.default is not inspect.Parameter.empty:
-        assert p.kind == p.KEYWORD_ONLY, f'{fn.__qualname__}: {p.name}'

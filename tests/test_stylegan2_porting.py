@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from id2image_jax import checkpoints
+from id2image_jax import loading
 from id2image_jax.models import stylegan2 as sg
 from id2image_jax.porting import CheckpointError
 from id2image_jax.porting import PortingError
@@ -276,16 +277,18 @@ def test_convert_cli_and_load_directory(written, case, tmp_path):
   meta = checkpoints.read_meta(out)
   assert meta['kind'] == 'stylegan2'
   assert meta['source'] == 'network-snapshot.pkl'
-  config, variables = pst.load(out)
+  loaded = loading.read(out, loading.GENERATOR)
   _, want_config, want = case('nvidia', 'clamped')
-  assert config == want_config
-  chex.assert_trees_all_close(jax.tree.map(np.asarray, variables), want,
-                              rtol=0, atol=0)
-  loaded_config, _ = pst.load(paths['nvidia'])  # files work too
-  assert loaded_config == want_config
+  assert loaded.kind.name == 'stylegan2'
+  assert loaded.config == want_config
+  chex.assert_trees_all_close(jax.tree.map(np.asarray, loaded.variables),
+                              want, rtol=0, atol=0)
+  # Files work too, their kind detected from the one parse.
+  assert loading.read(paths['nvidia'], loading.GENERATOR).config == (
+      want_config)
   other = checkpoints.save(str(tmp_path / 'other'), want, kind='iresnet')
   with pytest.raises(checkpoints.CheckpointMismatchError, match='iresnet'):
-    pst.load(other)
+    loading.read(other, loading.GENERATOR)
 
 
 # --------------------------------------------------------------------------

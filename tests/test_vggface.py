@@ -20,7 +20,6 @@ transformation, gradient and porting-error tests use a narrow VGG of
 the same depth and naming so that they stay cheap.
 """
 
-import inspect
 
 import chex
 import jax
@@ -29,9 +28,9 @@ import numpy as np
 import pytest
 from torch_parity import torch_outputs
 
+from id2image_jax import loading
 from id2image_jax import preprocess
 from id2image_jax.models import dlib_resnet
-from id2image_jax.models import registry
 from id2image_jax.models import vggface
 from id2image_jax.porting import CheckpointError
 from id2image_jax.porting import PortingError
@@ -243,15 +242,6 @@ def test_config_table_and_build():
                    jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
 
 
-def test_optional_arguments_are_keyword_only():
-  for fn, names in ((vggface.build, ('dtype',)),
-                    (vggface.input_spec, ('crop',)),
-                    (pvgg.convert, ('classifier', 'descriptor_layer'))):
-    params = inspect.signature(fn).parameters
-    for name in names:
-      assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
-
-
 def test_input_spec_rgb_minus_mean_on_the_face_box():
   spec = vggface.input_spec(vggface.get_config())
   assert spec.size == (224, 224) and spec.channel_order == 'RGB'
@@ -346,8 +336,8 @@ def test_prefixed_and_wrapped_files_port_and_bad_files_fail(tiny, tmp_path):
 @pytest.mark.torch
 def test_registry_detects_and_loads_vgg_face_dag(tiny):
   path, model, _ = tiny
-  assert registry.detect_encoder_kind(str(path)) == 'vggface'
-  encoder = registry.load_encoder(str(path))
+  assert loading.read(str(path), loading.ENCODER).kind.name == 'vggface'
+  encoder = loading.load_encoder(str(path))
   assert encoder.kind == 'vggface' and encoder.dim == 32
   assert encoder.spec == vggface.input_spec(encoder.config)
   images = np.random.default_rng(6).uniform(-1, 1, (3, 96, 96, 3))

@@ -98,6 +98,44 @@ def attribute_labels(arrays: Mapping[str, Any], name: str) -> np.ndarray:
   return values > 0
 
 
+def bootstrap_ci(values: np.ndarray, groups: np.ndarray | None = None, *,
+                 num: int = 1000, level: float = 0.95, seed: int = 0
+                 ) -> tuple[float, float]:
+  """Confidence interval of a mean by resampling whole groups.
+
+  Test images of one person are not independent, so the bootstrap draws
+  identities (with replacement) and keeps all their images.
+
+  Args:
+    values: [N] per-example values (e.g. 1/0 correct, or a gain).
+    groups: [N] group (identity) of each example; None: every example is
+      its own group.
+    num: bootstrap resamples.
+    level: coverage of the percentile interval.
+    seed: resampling seed.
+
+  Returns:
+    (low, high) percentiles of the resampled means.
+  """
+  values = np.asarray(values, np.float64)
+  if groups is None:
+    groups = np.arange(len(values))
+  _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+  sums = np.bincount(inverse, weights=values)
+  counts = np.bincount(inverse).astype(np.float64)
+  draw = np.random.default_rng(seed).integers(0, len(sums),
+                                              (num, len(sums)))
+  means = sums[draw].sum(1) / counts[draw].sum(1)
+  tail = (1 - level) / 2 * 100
+  lo, hi = np.percentile(means, [tail, 100 - tail])
+  return float(lo), float(hi)
+
+
+def _identities(arrays: Mapping[str, Any]) -> np.ndarray | None:
+  ids = arrays.get('identity')
+  return ids if isinstance(ids, np.ndarray) else None
+
+
 def attribute_leakage(key: jax.Array, train: Mapping[str, Any],
                       test: Mapping[str, Any], names: Sequence[str],
                       training: Training, *, progress: bool = False
@@ -105,8 +143,13 @@ def attribute_leakage(key: jax.Array, train: Mapping[str, Any],
   """One binary head per attribute (paper 3.1), with majority baselines.
 
   Returns:
-    ({attribute: {'accuracy', 'baseline', 'positive_rate'}} in %, heads).
+    ({attribute: {'accuracy', 'baseline', 'positive_rate', 'accuracy_ci',
+    'gain_ci', 'leaks'}} in %, heads). The intervals are 95 % bootstraps
+    over test identities (`bootstrap_ci`); ``gain`` is accuracy minus the
+    majority baseline on the same images, and ``leaks`` says its interval
+    lies above 0.
   """
+  groups = _identities(test)
   results, trained = {}, []
   dim = train['descriptor'].shape[1]
   for i, name in enumerate(names):
@@ -122,22 +165,36 @@ def attribute_leakage(key: jax.Array, train: Mapping[str, Any],
         progress=progress)
     probs = train_lib.predict(model, params, test['descriptor'])[:, 0]
     majority = bool(y_train.mean() >= 0.5)
+    correct = np.asarray(metrics.binary_accuracy(probs, y_test), np.float64)
+    base = (y_test == majority).astype(np.float64)
+    gain_ci = bootstrap_ci(correct - base, groups)
     results[name] = {
-        'accuracy': 100 * float(np.mean(
-            metrics.binary_accuracy(probs, y_test))),
-        'baseline': 100 * float(np.mean(y_test == majority)),
+        'accuracy': 100 * float(np.mean(correct)),
+        'baseline': 100 * float(np.mean(base)),
         'positive_rate': 100 * float(y_test.mean()),
+        'accuracy_ci': [100 * v for v in bootstrap_ci(correct, groups)],
+        'gain_ci': [100 * v for v in gain_ci],
+        'leaks': bool(gain_ci[0] > 0),
     }
     trained.append(Trained(f'attribute_{name}', config, params, probs,
                            history))
   return results, trained
 
 
-def _emd(pred: np.ndarray, target: np.ndarray) -> tuple[float, list[float]]:
+def _emd(pred: np.ndarray, target: np.ndarray
+         ) -> tuple[float, list[float], np.ndarray]:
   per_channel = np.asarray(metrics.histogram_emd(
       pred, target, channel_reduction='none'))  # [N, 3], in bins
   return (float(per_channel.sum(-1).mean()),
-          [float(v) for v in per_channel.mean(0)])
+          [float(v) for v in per_channel.mean(0)], per_channel.sum(-1))
+
+
+def _error_gain(errors: np.ndarray, baseline: np.ndarray,
+                groups: np.ndarray | None) -> dict[str, Any]:
+  """Intervals of an error and of its reduction below the baseline's."""
+  gain_ci = bootstrap_ci(baseline - errors, groups)
+  return {'ci': list(bootstrap_ci(errors, groups)), 'gain_ci': list(gain_ci),
+          'leaks': bool(gain_ci[0] > 0)}
 
 
 def histogram_leakage(key: jax.Array, train: Mapping[str, Any],
@@ -147,8 +204,10 @@ def histogram_leakage(key: jax.Array, train: Mapping[str, Any],
   """Histogram regression (paper 3.2) and the mean-histogram baseline.
 
   Returns:
-    ({'emd', 'emd_per_channel', 'baseline', 'baseline_per_channel'}, head);
-    EMD in bins per channel, ``emd`` summed over the channels.
+    ({'emd', 'emd_per_channel', 'baseline', 'baseline_per_channel', 'ci',
+    'gain_ci', 'leaks'}, head); EMD in bins per channel, ``emd`` summed over
+    the channels; intervals as in `attribute_leakage` (gain: baseline EMD
+    minus the head's).
   """
   target = train['histogram'].astype(np.float32)
   config = heads.head_config(
@@ -159,11 +218,12 @@ def histogram_leakage(key: jax.Array, train: Mapping[str, Any],
       batch_size=training.batch_size, num_epochs=training.num_epochs,
       progress=progress)
   pred = train_lib.predict(model, params, test['descriptor'])
-  emd, emd_c = _emd(pred, test['histogram'])
+  emd, emd_c, each = _emd(pred, test['histogram'])
   mean = np.broadcast_to(target.mean(0), test['histogram'].shape)
-  base, base_c = _emd(mean, test['histogram'])
+  base, base_c, base_each = _emd(mean, test['histogram'])
   return ({'emd': emd, 'emd_per_channel': emd_c, 'baseline': base,
-           'baseline_per_channel': base_c},
+           'baseline_per_channel': base_c,
+           **_error_gain(each, base_each, _identities(test))},
           Trained('histogram', config, params, pred, history))
 
 
@@ -180,11 +240,15 @@ def landmark_rows(arrays: Mapping[str, Any], require_detection: bool
 
 
 def nme_percent(pred: np.ndarray, target: np.ndarray,
-                scale: tuple[float, float]) -> float:
+                scale: tuple[float, float], *, per_example: bool = False
+                ) -> float | np.ndarray:
+  """Mean (or [N] per-example) landmark NME in % of the interocular
+  distance."""
   # Coordinates are fractions of (width, height): scale to pixels first so
   # distances are isotropic on non-square crops.
   s = np.asarray(scale, np.float32)
-  return 100 * float(np.mean(metrics.landmark_nme(pred * s, target * s)))
+  each = 100 * np.asarray(metrics.landmark_nme(pred * s, target * s))
+  return each if per_example else float(np.mean(each))
 
 
 def landmark_leakage(key: jax.Array, train: Mapping[str, Any],
@@ -206,8 +270,9 @@ def landmark_leakage(key: jax.Array, train: Mapping[str, Any],
     progress: show a progress bar.
 
   Returns:
-    ({'nme', 'baseline', 'num_train', 'num_test'} with NME in % of the
-    interocular distance, head; its ``test_rows`` are the test rows used).
+    ({'nme', 'baseline', 'num_train', 'num_test', 'ci', 'gain_ci',
+    'leaks'} with NME in % of the interocular distance and intervals as in
+    `attribute_leakage`, head; its ``test_rows`` are the test rows used).
   """
   tr = landmark_rows(train, require_detection)
   te = landmark_rows(test, require_detection)
@@ -226,9 +291,13 @@ def landmark_leakage(key: jax.Array, train: Mapping[str, Any],
   gt = test['landmarks68'][te]
   scale = image_scale(test)
   mean = np.broadcast_to(target.mean(0), gt.shape)
-  return ({'nme': nme_percent(pred, gt, scale),
-           'baseline': nme_percent(mean, gt, scale),
-           'num_train': int(len(tr)), 'num_test': int(len(te))},
+  each = nme_percent(pred, gt, scale, per_example=True)
+  base = nme_percent(mean, gt, scale, per_example=True)
+  groups = _identities(test)
+  return ({'nme': float(each.mean()), 'baseline': float(base.mean()),
+           'num_train': int(len(tr)), 'num_test': int(len(te)),
+           **_error_gain(each, base, None if groups is None
+                         else groups[te])},
           Trained('landmarks', config, params, pred, history, te))
 
 

@@ -4,8 +4,7 @@
 `array_batches`, or image batches from a `Source`); `train_head` is the
 descriptor case end to end; `train_id_to_latent` trains the ID -> latent
 regressor on pairs sampled on device by a jittable ``sample_fn``. Heads are
-saved and restored with `id2image_jax.checkpoints` (kind ``'head'``), their
-`heads.head_config` stored alongside.
+saved and restored by `id2image_jax.loading` (`save_head`, `load_head`).
 
 Losses are per example and unreduced (``[B, ...] -> [B]``); the step
 averages them.
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -31,10 +29,8 @@ import numpy as np
 import optax
 import tqdm
 
-from id2image_jax import checkpoints
+from id2image_jax import batching
 from id2image_jax.models import heads
-
-HEAD_KIND = 'head'
 
 # ----------------------------------------------------------------------------
 # Per-example losses on the heads' pre-activation outputs.
@@ -278,21 +274,8 @@ def predict(model: nn.Module, params: Any, inputs: np.ndarray, *,
   Returns:
     [N, *out_shape] numpy predictions (after the output activation).
   """
-  inputs = np.asarray(inputs)
-  n = len(inputs)
-  if n == 0:
-    raise ValueError('nothing to predict')
-  batch_size = min(batch_size, n)
-  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = inputs[start:start + batch_size]
-    m = len(chunk)
-    if m < batch_size:
-      chunk = np.concatenate(
-          [chunk, np.zeros((batch_size - m,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(apply(params, chunk))[:m])
-  return np.concatenate(out)
+  apply = jax.jit(lambda x: model.apply({'params': params}, x))
+  return batching.batched_apply(apply, inputs, batch_size)
 
 
 # ----------------------------------------------------------------------------
@@ -379,32 +362,3 @@ def train_id_to_latent(key: jax.Array, sample_fn: SampleFn, *,
       history.loss.append(float(jnp.mean(jnp.stack(window))))
       window = []
   return model, state.params, config, history
-
-
-# ----------------------------------------------------------------------------
-# Checkpoints.
-
-
-def save_head(directory: str | os.PathLike, params: Any,
-              config: Mapping[str, Any], *, source: str | None = None
-              ) -> str:
-  """Saves a head's params with its config (kind ``'head'``)."""
-  return checkpoints.save(directory, {'params': params}, kind=HEAD_KIND,
-                          config=dict(config), source=source)
-
-
-def load_head(directory: str | os.PathLike) -> tuple[nn.Module, Any,
-                                                     dict[str, Any]]:
-  """Restores a head saved by `save_head`.
-
-  Returns:
-    (module, params, config).
-  """
-  config = checkpoints.read_meta(directory)['config']
-  model = heads.build(config)
-  example = heads.example_input(config)
-  abstract = jax.eval_shape(
-      lambda: {'params': model.init(jax.random.key(0), jnp.zeros(
-          example.shape, example.dtype))['params']})
-  variables = checkpoints.restore(directory, abstract, kind=HEAD_KIND)
-  return model, variables['params'], config

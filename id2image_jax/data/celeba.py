@@ -7,6 +7,13 @@ Two ways to read it, never a download:
   ``tfds build celeb_a --manual_dir=...`` or by ``celeb_a(..., prepare=True)``;
 * the original files in a manual directory (the files TFDS' own builder reads,
   named as in its ``checksums.tsv``), read directly: no TFRecord copy needed.
+  This is also the layout of any CelebA-like folder: images (any size, e.g.
+  a half-resolution copy) plus ``list_attr_celeba.txt`` and
+  ``identity_CelebA.txt`` are required; without ``list_eval_partition.txt``
+  the splits are **identity-disjoint** (`identity_split`: no person in two
+  splits), without ``list_landmarks_align_celeba.txt`` there is no
+  ``landmarks5`` label, and annotation rows whose image is not in the
+  folder are left out.
 
 Example keys are the CelebA file names (``'000001.jpg'``) when reading the
 original files and TFDS record ids when reading a prepared dataset.
@@ -59,6 +66,12 @@ MANUAL_FILES = {
     LANDMARK_FILE: 12156055,
     IDENTITY_FILE: 3424458,
 }
+# What a CelebA-layout folder cannot do without (the rest is optional).
+REQUIRED_FILES = (IMAGES_ZIP, ATTRIBUTE_FILE, IDENTITY_FILE)
+# Identity-disjoint split used when there is no partition file: fractions of
+# the identities (train, validation, test), drawn with a fixed seed.
+IDENTITY_SPLIT = (0.8, 0.1, 0.1)
+IDENTITY_SPLIT_SEED = 0
 
 _INFO = {
     'dataset': 'celeb_a',
@@ -95,15 +108,21 @@ def instructions(data_dir: str, manual_dir: str) -> str:
   for name, size in MANUAL_FILES.items():
     extra = f' (or the extracted folder {IMAGES_DIR}/)' if (
         name == IMAGES_ZIP) else ''
+    if name not in REQUIRED_FILES:
+      extra += ' (optional when reading the folder directly)'
     lines.append(f'      {name}  [{size} bytes]{extra}')
   return '\n'.join(lines)
 
 
 def missing_manual_files(manual_dir: str, *,
                          need_zip: bool = False) -> list[str]:
-  """Names of the manual files absent from `manual_dir`."""
+  """Names of the needed manual files absent from `manual_dir`.
+
+  `need_zip` (building TFDS from them) needs all of `MANUAL_FILES`;
+  reading the folder directly needs `REQUIRED_FILES`.
+  """
   missing = []
-  for name in MANUAL_FILES:
+  for name in MANUAL_FILES if need_zip else REQUIRED_FILES:
     path = os.path.join(manual_dir, name)
     if name == IMAGES_ZIP and not need_zip and os.path.isdir(
         os.path.join(manual_dir, IMAGES_DIR)):
@@ -128,7 +147,7 @@ def celeb_a(split: str, *, data_dir: str | None = None,
   ``identity`` int32 (CelebA identity number), ``landmarks5`` float32 [5, 2]
   as (x, y) normalised to [0, 1]: a point on pixel column i lies at
   (i + 0.5) / width (pixel centres; the same convention as the 68 dlib
-  landmarks of `id2image_jax.analysis.landmarks`).
+  landmarks of `id2image_jax.data.dlib_landmarks`).
 
   Args:
     split: ``'train'``, ``'validation'`` or ``'test'`` (official partition).
@@ -214,22 +233,68 @@ def _read_table(path: str, *, header: bool) -> tuple[list[str], list[str],
   return names, files, values
 
 
+def identity_split(identities: np.ndarray, split: str, *,
+                   fractions: tuple[float, float, float] = IDENTITY_SPLIT,
+                   seed: int = IDENTITY_SPLIT_SEED) -> np.ndarray:
+  """Rows of `split` in an identity-disjoint split (no person in two).
+
+  The distinct identities are shuffled with `seed` and cut by `fractions`
+  (train, validation, test); every image goes where its identity went.
+
+  Args:
+    identities: [N] identity of each image.
+    split: ``'train'``, ``'validation'`` or ``'test'``.
+    fractions: of the identities, summing to 1.
+    seed: shuffling seed.
+
+  Returns:
+    [K] row indices into `identities` (ascending) of the images in `split`.
+  """
+  _check_split(split)
+  if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(
+      fractions) < 0:
+    raise ValueError(f'fractions must be 3 non-negative numbers summing to '
+                     f'1, got {fractions}')
+  people = np.random.default_rng(seed).permutation(np.unique(identities))
+  cuts = np.round(np.cumsum(fractions)[:2] * len(people)).astype(int)
+  chosen = np.split(people, cuts)[SPLITS.index(split)]
+  return np.flatnonzero(np.isin(identities, chosen))
+
+
+def _image_names(manual_dir: str) -> set[str] | None:
+  """File names of the extracted image folder, or None (zip: all)."""
+  folder = os.path.join(manual_dir, IMAGES_DIR)
+  return set(os.listdir(folder)) if os.path.isdir(folder) else None
+
+
 def read_annotations(manual_dir: str, split: str) -> dict[str, np.ndarray]:
   """Labels of one split from the original text files, sorted by file name.
 
   Args:
     manual_dir: folder with the CelebA text files.
-    split: ``'train'``, ``'validation'`` or ``'test'``.
+    split: ``'train'``, ``'validation'`` or ``'test'``: the official
+      partition when ``list_eval_partition.txt`` is there, else the
+      identity-disjoint `identity_split`.
 
   Returns:
-    ``{'key': str [N], 'attributes': bool [N, 40], 'identity': int32 [N],
-    'landmarks5': float32 [N, 5, 2] in [0, 1]}`` in file-name order (as
-    TFDS orders them).
+    ``{'key': str [N], 'attributes': bool [N, 40], 'identity': int32 [N]}``
+    and, with the landmark file, ``'landmarks5': float32 [N, 5, 2]`` in
+    [0, 1]; in file-name order (as TFDS orders them).
   """
   _check_split(split)
-  _, files, part = _read_table(os.path.join(manual_dir, PARTITION_FILE),
-                               header=False)
-  keys = sorted(f for f, p in zip(files, part[:, 0]) if p == _SPLIT_IDS[split])
+  _, id_files, identity = _read_table(
+      os.path.join(manual_dir, IDENTITY_FILE), header=False)
+  present = _image_names(manual_dir)
+  keep = [i for i, f in enumerate(id_files) if present is None or f in present]
+  id_files = [id_files[i] for i in keep]
+  identity = identity[keep, 0]
+  partition_path = os.path.join(manual_dir, PARTITION_FILE)
+  if os.path.isfile(partition_path):
+    _, files, part = _read_table(partition_path, header=False)
+    wanted = {f for f, p in zip(files, part[:, 0]) if p == _SPLIT_IDS[split]}
+    keys = sorted(f for f in id_files if f in wanted)
+  else:
+    keys = sorted(id_files[i] for i in identity_split(identity, split))
 
   def rows(path, header):
     names, files, values = _read_table(path, header=header)
@@ -243,16 +308,20 @@ def read_annotations(manual_dir: str, split: str) -> dict[str, np.ndarray]:
   if tuple(attr_names) != ATTRIBUTE_NAMES:
     raise ValueError(f'{ATTRIBUTE_FILE}: unexpected attribute columns '
                      f'{attr_names[:5]}...')
-  _, landmarks = rows(os.path.join(manual_dir, LANDMARK_FILE), True)
   _, identity = rows(os.path.join(manual_dir, IDENTITY_FILE), False)
-  scale = np.asarray([IMAGE_SIZE[1], IMAGE_SIZE[0]], np.float32)
-  return {
+  out = {
       pipeline.KEY: np.asarray(keys, dtype=np.str_),
       'attributes': attributes > 0,  # the files say -1 / 1
       'identity': identity[:, 0].astype(np.int32),
-      'landmarks5': (landmarks.reshape(-1, 5, 2).astype(np.float32) + 0.5) /
-                    scale,
   }
+  landmark_path = os.path.join(manual_dir, LANDMARK_FILE)
+  if os.path.isfile(landmark_path):
+    _, landmarks = rows(landmark_path, True)
+    # The file's pixels are those of the 178x218 originals.
+    scale = np.asarray([IMAGE_SIZE[1], IMAGE_SIZE[0]], np.float32)
+    out['landmarks5'] = (landmarks.reshape(-1, 5, 2).astype(np.float32)
+                         + 0.5) / scale
+  return out
 
 
 def _from_manual(split: str, manual_dir: str) -> pipeline.Source:
@@ -288,6 +357,10 @@ def _from_manual(split: str, manual_dir: str) -> pipeline.Source:
         (images, t.data.Dataset.from_tensor_slices(rest))).map(
             lambda image, ex: {pipeline.IMAGE: image, **ex})
 
+  split_kind = ('official partition' if os.path.isfile(
+      os.path.join(manual_dir, PARTITION_FILE)) else
+                'identity-disjoint split '
+                f'{IDENTITY_SPLIT} (seed {IDENTITY_SPLIT_SEED})')
   return pipeline.Source(name=f'celeb_a/{split}', num_examples=len(keys),
                          make_dataset=make_dataset,
-                         info=dict(_INFO, reader='manual'))
+                         info=dict(_INFO, reader='manual', split=split_kind))

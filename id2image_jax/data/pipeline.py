@@ -337,3 +337,19 @@ def with_labels(source: Source, keys: Sequence[str],
 
   return Source(name=name or source.name, num_examples=len(keys),
                 make_dataset=make_dataset, info=source.info)
+
+
+def concat_sources(sources: Sequence[Source]) -> Source:
+  """One source over several, in order (e.g. all training splits)."""
+  if len(sources) == 1:
+    return sources[0]
+
+  def make_dataset(start: int):
+    ds = sources[0].make_dataset(0)
+    for s in sources[1:]:
+      ds = ds.concatenate(s.make_dataset(0))
+    return ds.skip(start)
+
+  return Source(name='+'.join(s.name for s in sources),
+                num_examples=sum(s.num_examples for s in sources),
+                make_dataset=make_dataset, info=sources[0].info)

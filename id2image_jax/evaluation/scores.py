@@ -25,12 +25,37 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
+from id2image_jax import losses
 from id2image_jax import metrics
+from id2image_jax import protocols
 
 # Fewer than this many impostor scores above the threshold: noisy.
 _STABLE_COUNT = 10
+
+
+def count_pairs(labels: Any) -> dict[str, int]:
+  """Genuine and impostor pairs among images with identity `labels`.
+
+  Each unordered pair of images counts once: ``genuine`` pairs share a
+  label, ``impostor`` pairs do not (what `impostor_pair_scores` scores).
+
+  Args:
+    labels: [M] identity of each image.
+
+  Returns:
+    ``{'images', 'identities', 'genuine', 'impostor',
+    'identities_with_2_or_more'}``.
+  """
+  labels = np.asarray(labels)
+  _, counts = np.unique(labels, return_counts=True)
+  m = len(labels)
+  genuine = int(np.sum(counts * (counts - 1) // 2))
+  return {'images': m, 'identities': len(counts), 'genuine': genuine,
+          'impostor': m * (m - 1) // 2 - genuine,
+          'identities_with_2_or_more': int(np.sum(counts >= 2))}
 
 
 def impostor_pair_scores(descriptors: Any, labels: Any) -> np.ndarray:
@@ -127,3 +152,115 @@ def summarize(values: Any) -> dict[str, float | None]:
     return {'mean': None, 'std': None, 'min': None, 'max': None}
   return {'mean': float(x.mean()), 'std': float(x.std()),
           'min': float(x.min()), 'max': float(x.max())}
+
+
+def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
+                     pool_descriptors: np.ndarray, pool_labels: np.ndarray,
+                     impostor_pairs: np.ndarray,
+                     fmrs: Sequence[float]) -> dict[str, Any]:
+  """Identity cosine and TMR@FMR of reconstructions under one encoder.
+
+  Args:
+    reconstructed: [N, D] descriptors of the reconstructions of `rows`.
+    rows: [N] their target rows (= their originals' labels).
+    pool_descriptors: [M, D] the originals' descriptors, same encoder.
+    pool_labels: [M] their labels.
+    impostor_pairs: [P] `impostor_pair_scores` of the pool.
+    fmrs: false match rates.
+
+  Returns:
+    ``genuine`` (per row), ``cosine`` (summary of genuine), ``attack_impostor``
+    (summary of reconstruction vs other originals), ``tmr``
+    (`tmr_report`), ``num_impostor_pairs``.
+  """
+  if not len(rows):
+    return {'genuine': [], 'cosine': summarize([]), 'tmr': {},
+            'num_impostor_pairs': len(impostor_pairs)}
+  genuine, impostor = attack_scores(reconstructed, rows,
+                                           pool_descriptors, pool_labels)
+  return {'genuine': genuine.tolist(),
+          'attack_impostor_scores': impostor.tolist(),
+          'cosine': summarize(genuine),
+          'attack_impostor': summarize(impostor),
+          'tmr': tmr_report(genuine, impostor_pairs, fmrs),
+          'num_impostor_pairs': len(impostor_pairs)}
+
+
+def appearance_metrics(sources: np.ndarray | None, images: np.ndarray,
+                       rows: np.ndarray, *, landmark_model=None
+                       ) -> dict[str, Any]:
+  """Pixel, histogram and landmark agreement of reconstructions and sources.
+
+  Args:
+    sources: [N, H, W, 3] originals in [-1, 1], or None.
+    images: [N, H', W', 3] reconstructions in [-1, 1].
+    rows: the rows to score.
+    landmark_model: optional ``fn(images) -> [K, 68, 2]`` (an
+      image->landmark network); then landmark NME (recon vs original, both
+      measured by the same network) is added.
+
+  Returns:
+    ``{name: summary}`` for mse ([0, 1] scale), psnr (dB), ssim,
+    histogram_emd (10-bin, bins, summed over R, G, B) and landmark_nme;
+    {} without sources.
+  """
+  if sources is None or not len(rows):
+    return {}
+  src, rec = np.asarray(sources)[rows], np.asarray(images)[rows]
+  if src.shape != rec.shape:
+    src = np.asarray(jax.image.resize(src, rec.shape, 'linear',
+                                      antialias=True))
+  out = {
+      'mse': np.asarray(metrics.mse((src + 1) / 2, (rec + 1) / 2)),
+      'psnr': np.asarray(metrics.psnr(src, rec, value_range=(-1, 1))),
+      'ssim': np.asarray(metrics.ssim(src, rec, value_range=(-1, 1))),
+      'histogram_emd': np.asarray(metrics.histogram_emd(
+          losses.image_histogram(rec, value_range=(-1, 1)),
+          losses.image_histogram(src, value_range=(-1, 1)),
+          channel_reduction='sum')),
+  }
+  if landmark_model is not None:
+    out['landmark_nme'] = np.asarray(metrics.landmark_nme(
+        landmark_model(rec), landmark_model(src)))
+  return {k: {**summarize(v), 'values': v.tolist()}
+          for k, v in out.items()}
+
+
+class Pools:
+  """Descriptors and impostor pairs of the originals, per encoder."""
+
+  def __init__(self, data: Any,
+               attacked: protocols.Encoder):
+    self._data = data
+    self._cache = {id(attacked): self._pairs(data.pool_descriptors)}
+
+  def _pairs(self, descriptors):
+    return descriptors, impostor_pair_scores(descriptors,
+                                                    self._data.pool_labels)
+
+  def available(self, encoder: protocols.Encoder) -> bool:
+    return id(encoder) in self._cache or self._data.pool_images is not None
+
+  def get(self, encoder: protocols.Encoder):
+    if id(encoder) not in self._cache:
+      self._cache[id(encoder)] = self._pairs(
+          encoder.embed(self._data.pool_images))
+    return self._cache[id(encoder)]
+
+
+def score_under(encoder, inversion, rows, pools, data, fmrs, *,
+                attacked=None) -> dict[str, Any]:
+  """`identity_metrics` of an inversion's reconstructions under `encoder`.
+
+  The attacked encoder's descriptors of the reconstructions are reused;
+  any other encoder embeds the images.
+  """
+  if not pools.available(encoder):
+    return {'unavailable': 'no original images to embed with this encoder '
+            '(targets are descriptors only)'}
+  descriptors, pairs = pools.get(encoder)
+  recon = (inversion.descriptors[rows] if encoder is attacked
+           else encoder.embed(inversion.images[rows]) if len(rows) else
+           np.zeros((0, encoder.dim), np.float32))
+  return identity_metrics(recon, rows, descriptors, data.pool_labels, pairs,
+                          fmrs)

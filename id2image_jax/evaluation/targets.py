@@ -41,9 +41,8 @@ from typing import Any
 import numpy as np
 
 from id2image_jax import losses
-from id2image_jax.analysis import train as train_lib
-from id2image_jax.inversion import job as job_lib
-from id2image_jax.models import registry
+from id2image_jax import protocols
+from id2image_jax.data import targets as targets_lib
 
 AUX_MODES = ('auto', 'heads', 'measured')
 
@@ -59,13 +58,13 @@ class EvalTargets:
     pool_descriptors: [M, D] descriptors of the pool under the attacked
       encoder (when there are no images: the target descriptors).
   """
-  targets: job_lib.Targets
+  targets: targets_lib.Targets
   pool_images: np.ndarray | None
   pool_labels: np.ndarray
   pool_descriptors: np.ndarray
 
 
-def _rows(targets: job_lib.Targets, n: int) -> job_lib.Targets:
+def _rows(targets: targets_lib.Targets, n: int) -> targets_lib.Targets:
   cut = lambda x: None if x is None else x[:n]
   return dataclasses.replace(
       targets, descriptors=targets.descriptors[:n], names=targets.names[:n],
@@ -75,20 +74,23 @@ def _rows(targets: job_lib.Targets, n: int) -> job_lib.Targets:
       skipped={r: w for r, w in targets.skipped.items() if r < n})
 
 
-def load(config: Any, generator: registry.Generator,
-         encoder: registry.Encoder) -> EvalTargets:
+def load(config: Any, generator: protocols.Generator,
+         encoder: protocols.Encoder) -> EvalTargets:
   """Reads or generates the targets and the pool (module docstring)."""
   if not config.targets:
     n, extra = config.num_targets, config.num_impostor_images
     if extra < 0:
       raise ValueError(f'num_impostor_images must be >= 0, got {extra}')
-    pool = job_lib.self_check_targets(
+    pool = targets_lib.self_check_targets(
         generator, encoder, num_targets=n + extra, seed=config.seed + 1,
         truncation_psi=config.self_check_truncation)
     return EvalTargets(targets=_rows(pool, n), pool_images=pool.sources,
                        pool_labels=np.arange(n + extra),
                        pool_descriptors=pool.descriptors)
-  targets = job_lib.load_targets(config, generator, encoder)
+  targets = targets_lib.load_targets(
+      config.targets, generator, encoder, num_targets=config.num_targets,
+      seed=config.seed + 1, truncation_psi=config.self_check_truncation,
+      align=config.align_faces)
   n = len(targets.descriptors)
   usable = np.isfinite(targets.descriptors).all(axis=1)
   usable[list(targets.skipped)] = False
@@ -102,18 +104,19 @@ def load(config: Any, generator: registry.Generator,
                      pool_descriptors=targets.descriptors[labels])
 
 
-def _measured_landmarks(path: str, images: np.ndarray) -> np.ndarray:
-  model, params, _ = job_lib.load_head(path, 'image->landmark')
-  return train_lib.predict(model, params, np.nan_to_num(images, nan=0.0),
-                           batch_size=32)
-
-
-def attach_aux(config: Any, targets: job_lib.Targets) -> dict[str, dict]:
+def attach_aux(config: Any, targets: targets_lib.Targets, *,
+               predictors: dict[str, Any],
+               landmark_net: protocols.LandmarkNet | None
+               ) -> dict[str, dict]:
   """Fills ``targets.landmarks`` / ``targets.histogram`` per `aux_targets`.
 
   Args:
-    config: the evaluate config (``aux_targets``, ``heads``).
+    config: the evaluate config (``aux_targets``, ``heads``: the paths, for
+      the report).
     targets: modified in place.
+    predictors: the loaded descriptor heads, 'landmarks' / 'histogram' ->
+      ``fn(descriptors) -> targets`` (absent when not configured).
+    landmark_net: the image->landmark network, or None.
 
   Returns:
     term -> ``{'from': 'heads' | 'images' | 'file', 'source': words}``
@@ -127,57 +130,45 @@ def attach_aux(config: Any, targets: job_lib.Targets) -> dict[str, dict]:
   use_heads, use_images = mode in ('auto', 'heads'), mode in ('auto',
                                                               'measured')
   out = {}
-
-  # Histogram.
-  if targets.histogram is not None:
-    out['histogram'] = {'from': 'file',
-                        'source': f'given in {config.targets}'}
-  elif use_heads and heads.get('histogram'):
-    job_lib.attach_head_targets(targets, {'histogram': heads['histogram']})
-    out['histogram'] = {'from': 'heads',
-                        'source': 'predicted from the descriptor by the '
-                        f'ID->histogram head {heads["histogram"]} (the '
-                        "paper's attack)"}
-  elif use_images and originals:
-    targets.histogram = np.asarray(losses.image_histogram(
-        np.nan_to_num(targets.sources, nan=-1.0), value_range=(-1.0, 1.0)))
-    out['histogram'] = {'from': 'images',
-                        'source': 'measured on the original images '
-                        '(losses.image_histogram): an oracle, the true '
-                        'histogram, so an upper bound on what an '
-                        'ID->histogram head can give'}
-  else:
-    out['histogram'] = {'unavailable': _missing(
-        mode, 'ID->histogram head (heads.histogram, trained by '
-        '`id2image leakage`)', originals)}
-
-  # Landmarks: the loss needs the image->landmark CNN on the reconstruction.
-  cnn = heads.get('image_landmarks')
-  if not cnn:
+  if landmark_net is None:
+    # The landmark loss compares the reconstruction's landmarks.
     targets.landmarks = None
     out['landmarks'] = {'unavailable': (
         'no image->landmark model (heads.image_landmarks): the landmark '
         'loss compares the landmarks of the reconstruction, which needs '
         'that CNN; train it with `id2image leakage` (saved under '
         '<workdir>/heads/image/landmarks_cnn)')}
-  elif targets.landmarks is not None:
-    out['landmarks'] = {'from': 'file',
-                        'source': f'given in {config.targets}'}
-  elif use_heads and heads.get('landmarks'):
-    job_lib.attach_head_targets(targets, {'landmarks': heads['landmarks']})
-    out['landmarks'] = {'from': 'heads',
-                        'source': 'predicted from the descriptor by the '
-                        f'ID->landmark head {heads["landmarks"]} (the '
-                        "paper's attack)"}
-  elif use_images and originals:
-    targets.landmarks = _measured_landmarks(cnn, targets.sources)
-    out['landmarks'] = {'from': 'images',
-                        'source': 'measured on the original images by the '
-                        f'image->landmark CNN {cnn}: an oracle, an upper '
-                        'bound on what an ID->landmark head can give'}
-  else:
-    out['landmarks'] = {'unavailable': _missing(
-        mode, 'ID->landmark head (heads.landmarks)', originals)}
+  # term -> (how the originals are measured, in words; the measurement;
+  #          the head that predicts it from the descriptor).
+  measured = {
+      'histogram': ('(losses.image_histogram): an oracle, the true '
+                    'histogram', lambda x: np.asarray(losses.image_histogram(
+                        np.nan_to_num(x, nan=-1.0), value_range=(-1.0, 1.0))),
+                    'ID->histogram head (heads.histogram, trained by '
+                    '`id2image leakage`)'),
+      'landmarks': ('by the image->landmark network '
+                    f'{getattr(landmark_net, "source", "")}: an oracle',
+                    getattr(landmark_net, 'predict', None),
+                    'ID->landmark head (heads.landmarks)'),
+  }
+  for term, (how, measure, head) in measured.items():
+    if term in out:
+      continue
+    if getattr(targets, term) is not None:
+      out[term] = {'from': 'file', 'source': f'given in {config.targets}'}
+    elif use_heads and predictors.get(term):
+      targets_lib.predict_from_descriptors(targets,
+                                           {term: predictors[term]})
+      out[term] = {'from': 'heads', 'source': (
+          f'predicted from the descriptor by the {head.split(" (")[0]} '
+          f"{heads[term]} (the paper's attack)")}
+    elif use_images and originals:
+      setattr(targets, term, measure(targets.sources))
+      out[term] = {'from': 'images', 'source': (
+          f'measured on the original images {how}, an upper bound on what '
+          f'an {head.split(" (")[0]} can give')}
+    else:
+      out[term] = {'unavailable': _missing(mode, head, originals)}
   return out
 
 
@@ -191,9 +182,9 @@ def _missing(mode: str, head: str, originals: bool) -> str:
           if not originals else f'no {head}')
 
 
-def transfer_targets(eval_targets: EvalTargets, encoder: registry.Encoder,
+def transfer_targets(eval_targets: EvalTargets, encoder: protocols.Encoder,
                      aux_sources: dict[str, dict]) -> tuple[
-                         job_lib.Targets, list[str]]:
+                         targets_lib.Targets, list[str]]:
   """The same targets as seen by another encoder (transfer attack).
 
   The descriptors are that encoder's descriptors of the originals.

@@ -7,8 +7,8 @@ checkpoints. `objective.make_id2image_objective` builds the ID2image loss.
 """
 
 from id2image_jax.inversion.engine import InversionResult
+from id2image_jax.inversion.engine import InvertOptions
 from id2image_jax.inversion.engine import Progress
-from id2image_jax.inversion.engine import ResumeMismatchError
 from id2image_jax.inversion.engine import broadcast_init
 from id2image_jax.inversion.engine import initial_latents
 from id2image_jax.inversion.engine import invert
@@ -25,9 +25,11 @@ from id2image_jax.inversion.step import jit_step
 from id2image_jax.inversion.step import make_eval_fn
 from id2image_jax.inversion.step import make_step
 from id2image_jax.inversion.step import make_step_fn
+from id2image_jax.inversion.store import ResumeMismatchError
 
 __all__ = [
-    'InversionResult', 'InversionState', 'Progress', 'ResumeMismatchError',
+    'InversionResult', 'InversionState', 'InvertOptions', 'Progress',
+    'ResumeMismatchError',
     'broadcast_init', 'default_optimizer', 'history_names', 'init_state',
     'initial_latents', 'initialize_distributed', 'invert', 'jit_step', 'make_eval_fn',
     'make_mesh', 'make_step', 'make_step_fn', 'map_targets', 'prepare_chunk',

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -31,22 +29,53 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from id2image_jax import batching
 from id2image_jax.inversion import sharding
 from id2image_jax.inversion import state as state_lib
 from id2image_jax.inversion import step as step_lib
+from id2image_jax.inversion import store as store_lib
 
 InitFn = Callable[[jax.Array, Any], Any]
 
-_RUN_FILE = 'run.json'
 
+@dataclasses.dataclass(frozen=True)
+class InvertOptions:
+  """How `invert` runs; the same options compile the same step.
 
-class ResumeMismatchError(ValueError):
-  """A work directory holds a different run than the one asked for."""
+  Attributes:
+    steps: optimiser steps per target.
+    chunk_size: targets per compiled step; a multiple of the device count.
+    tx: optimiser (default ``optax.adam(1e-3)``); one state per target.
+    stochastic: the objective takes a key first.
+    compute_dtype: e.g. ``jnp.bfloat16`` for the objective's compute;
+      latents and optimiser state stay float32.
+    history_every: record loss and aux terms every this many steps.
+    log_every: progress-bar / callback period in steps (one host sync each;
+      default: 20 updates per chunk).
+    checkpoint_every: also checkpoint the running chunk every this many
+      steps (needs a workdir).
+    max_chunks: compute at most this many chunks in this call, then return
+      (the rest stay not `done`; a later call with the same workdir
+      resumes).
+    progress: show a tqdm progress bar (process 0 only).
+  """
+  steps: int
+  chunk_size: int
+  tx: optax.GradientTransformation | None = None
+  stochastic: bool = False
+  compute_dtype: Any = None
+  history_every: int = 1
+  log_every: int | None = None
+  checkpoint_every: int | None = None
+  max_chunks: int | None = None
+  progress: bool = True
+
+  @property
+  def optimizer(self) -> optax.GradientTransformation:
+    return step_lib.default_optimizer() if self.tx is None else self.tx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,15 +165,15 @@ def random_init(like: Any, *, scale: float = 1.0) -> InitFn:
                      float(scale))
 
 
-def initial_latents(init: InitFn | Any, targets: Any, rows: np.ndarray, *,
-                    key: jax.Array | None = None) -> Any:
+def initial_latents(key: jax.Array, init: InitFn | Any, targets: Any,
+                    rows: np.ndarray) -> Any:
   """The latents `invert` starts `rows` from (same keys), as host numpy.
 
   Args:
+    key: the key passed to `invert`.
     init: as for `invert`.
     targets: as for `invert` (leaves [N, ...]).
     rows: [K] row indices.
-    key: the key passed to `invert`.
 
   Returns:
     Pytree of [K, ...] numpy leaves.
@@ -152,20 +181,11 @@ def initial_latents(init: InitFn | Any, targets: Any, rows: np.ndarray, *,
   rows = np.asarray(rows)
   if not callable(init):
     return jax.tree.map(lambda x: np.asarray(x)[rows], init)
-  init_key, _ = jax.random.split(jax.random.key(0) if key is None else key)
+  init_key, _ = jax.random.split(key)
   fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
   picked = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[rows]), targets)
   return jax.tree.map(np.asarray, jax.vmap(init)(
       fold(init_key, jnp.asarray(rows)), picked))
-
-
-def _num_rows(tree: Any, what: str) -> int:
-  sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None
-           for x in jax.tree.leaves(tree)}
-  if len(sizes) != 1 or None in sizes:
-    raise ValueError(f'every leaf of {what} needs the same leading target '
-                     f'axis, got leading sizes {sorted(map(str, sizes))}')
-  return sizes.pop()
 
 
 def _check_chunk_size(chunk_size: int, mesh: Mesh) -> None:
@@ -175,16 +195,6 @@ def _check_chunk_size(chunk_size: int, mesh: Mesh) -> None:
         f'chunk_size must be a positive multiple of the number of devices '
         f'({mesh.size}) so every device holds the same number of targets; '
         f'got {chunk_size} (try {lower} or {lower + mesh.size})')
-
-
-def _pad(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """`rows` padded to `size` (repeating the first) and the real-row mask.
-
-  Padding rows are real data, so they compute finite values, and a ragged
-  last chunk keeps the shapes that the step was compiled for.
-  """
-  pad = np.full(size - len(rows), rows[0], rows.dtype)
-  return np.concatenate([rows, pad]), np.arange(size) < len(rows)
 
 
 def _take(tree: Any, index) -> Any:
@@ -248,99 +258,6 @@ def _merge(out: InversionResult, res: Mapping[str, Any]) -> None:
   out.done[rows] = True
 
 
-def _sha1(tree: Any) -> str:
-  h = hashlib.sha1()
-  for x in jax.tree.leaves(tree):
-    x = np.ascontiguousarray(x)
-    h.update(f'{x.dtype}{x.shape}'.encode())
-    h.update(x.tobytes())
-  return h.hexdigest()
-
-
-class _Store:
-  """Orbax checkpoints of one run in `workdir`.
-
-  Layout::
-
-    run.json        what the run is (sizes, hashes); resuming checks it
-    chunks/<k>/     results of finished chunk k (numpy, rows without padding)
-    state/<i>/      the running chunk's state (latest only) + {chunk, step}
-
-  Orbax writes each checkpoint under a temporary name and renames it when
-  complete, so a chunk listed in ``chunks/`` is finished, whatever killed
-  the previous run.
-  """
-
-  def __init__(self, workdir: str, fingerprint: Mapping[str, Any]):
-    workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
-    self._check_run(workdir, dict(fingerprint))
-    self._chunks = ocp.CheckpointManager(
-        os.path.join(workdir, 'chunks'),
-        options=ocp.CheckpointManagerOptions(create=True))
-    self._state = ocp.CheckpointManager(
-        os.path.join(workdir, 'state'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-    self._steps_per_chunk = int(fingerprint['steps']) + 1
-
-  @staticmethod
-  def _check_run(workdir, fingerprint):
-    path = os.path.join(workdir, _RUN_FILE)
-    want = json.loads(json.dumps(fingerprint))
-    if os.path.exists(path):
-      with open(path) as f:
-        have = json.load(f)
-      if have != want:
-        diff = sorted(k for k in set(have) | set(want)
-                      if have.get(k) != want.get(k))
-        raise ResumeMismatchError(
-            f'{workdir} holds a different run (differs in: '
-            f'{", ".join(diff)}); use a new workdir or delete this one')
-    elif jax.process_index() == 0:
-      tmp = path + '.tmp'
-      with open(tmp, 'w') as f:
-        json.dump(want, f, indent=2, sort_keys=True)
-      os.replace(tmp, path)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices('id2image_jax.inversion.run_json')
-
-  def finished(self) -> set[int]:
-    return set(self._chunks.all_steps())
-
-  def load_chunk(self, k: int) -> dict[str, Any]:
-    return self._chunks.restore(k, args=ocp.args.StandardRestore())
-
-  def save_chunk(self, k: int, result: dict[str, Any]) -> None:
-    # Asynchronous: the next chunk computes while this one is written.
-    self._chunks.save(k, args=ocp.args.StandardSave(result))
-
-  def save_state(self, k: int, step: int, st: state_lib.InversionState):
-    # A state of chunk k may only exist once chunk k-1's results are on
-    # disk: state checkpoint ids then only grow, and a resumed run never
-    # finds a later chunk's state while an earlier chunk is unfinished.
-    self._chunks.wait_until_finished()
-    self._state.save(
-        k * self._steps_per_chunk + step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(st),
-            meta=ocp.args.JsonSave({'chunk': k, 'step': step})))
-
-  def load_state(self, k: int, abstract) -> state_lib.InversionState | None:
-    latest = self._state.latest_step()
-    if latest is None or latest // self._steps_per_chunk != k:
-      return None
-    got = self._state.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        meta=ocp.args.JsonRestore()))
-    assert got['meta']['chunk'] == k, got['meta']
-    return got['state']
-
-  def close(self):
-    for manager in (self._chunks, self._state):
-      manager.wait_until_finished()
-      manager.close()
-
-
 # The compiled functions are cached across `invert` calls with the same
 # objective, optimiser and options (and shapes), so inverting several test
 # sets in one process compiles once.
@@ -348,28 +265,25 @@ _cached_step = functools.lru_cache(maxsize=16)(step_lib.make_step)
 _cached_eval = functools.lru_cache(maxsize=16)(step_lib.make_eval_fn)
 
 
-def _setup(objective, params, *, chunk_size, tx, key, stochastic,
-           compute_dtype, history_every, mesh):
+def _setup(key, objective, params, options: InvertOptions, mesh):
   """Checks and placements shared by `invert` and `prepare_chunk`.
 
   Returns:
-    ``(mesh, tx, params, init_key, loss_key, step)``: `params` cast to the
-    compute dtype once and replicated; `loss_key` None if not `stochastic`;
+    ``(mesh, params, init_key, loss_key, step)``: `params` cast to the
+    compute dtype once and replicated; `loss_key` None if not stochastic;
     `step` the (cached) jitted step.
   """
   mesh = sharding.make_mesh() if mesh is None else mesh
-  _check_chunk_size(chunk_size, mesh)
-  if stochastic and key is None:
-    raise ValueError('a stochastic objective needs `key`')
-  tx = step_lib.default_optimizer() if tx is None else tx
-  init_key, loss_key = jax.random.split(
-      jax.random.key(0) if key is None else key)
-  params = sharding.to_global(step_lib.cast_floating(params, compute_dtype),
-                              mesh, replicate=True)
-  step = _cached_step(objective, tx, stochastic=stochastic,
-                      compute_dtype=compute_dtype,
-                      history_every=history_every, mesh=mesh)
-  return (mesh, tx, params, init_key, loss_key if stochastic else None,
+  _check_chunk_size(options.chunk_size, mesh)
+  init_key, loss_key = jax.random.split(key)
+  params = sharding.to_global(
+      step_lib.cast_floating(params, options.compute_dtype), mesh,
+      replicate=True)
+  step = _cached_step(objective, options.optimizer,
+                      stochastic=options.stochastic,
+                      compute_dtype=options.compute_dtype,
+                      history_every=options.history_every, mesh=mesh)
+  return (mesh, params, init_key, loss_key if options.stochastic else None,
           step)
 
 
@@ -388,36 +302,116 @@ def _start_chunk(init_fn, latents, targets, rows, active, *, init_key,
   return sharding.constrain(st, mesh)
 
 
+
+
+@dataclasses.dataclass
+class _Run:
+  """What every chunk of one `invert` call shares."""
+  options: InvertOptions
+  mesh: Mesh
+  params: Any
+  targets: Any
+  given_latents: Any
+  init_fn: Any
+  start: Callable[..., state_lib.InversionState]
+  step_fn: Callable[..., Any]
+  evaluate: Callable[..., Any]
+  store: store_lib.Store | None
+  num_chunks: int
+  callback: Callable[[Progress], None] | None
+  bar: Any
+
+  def inputs(self, rows: np.ndarray):
+    """Chunk inputs on the mesh: rows padded to the chunk size (masked)."""
+    padded, active = batching.pad_rows(rows, self.options.chunk_size)
+    latents = None
+    if self.given_latents is not None:
+      latents = sharding.to_global(_take(self.given_latents, padded),
+                                   self.mesh)
+    return (latents, sharding.to_global(_take(self.targets, padded),
+                                        self.mesh),
+            sharding.to_global(padded.astype(np.int32), self.mesh),
+            sharding.to_global(active, self.mesh))
+
+  def resumed_state(self, k, latents, targets, rows_dev, active):
+    """Chunk k's checkpointed running state, or None."""
+    if self.store is None or not self.options.checkpoint_every:
+      return None
+    abstract = jax.eval_shape(self.start, self.init_fn, latents, targets,
+                              rows_dev, active)
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(
+            s.shape, s.dtype,
+            sharding=sharding.target_sharding(self.mesh, len(s.shape))),
+        abstract)
+    return self.store.load_state(k, abstract)
+
+
+def _run_chunk(run: _Run, k: int, rows: np.ndarray
+               ) -> tuple[dict[str, Any], int]:
+  """Optimises chunk k from its start (or its checkpoint) to the end.
+
+  Returns:
+    The chunk's host results (rows without padding), as `Store` saves them,
+    and the number of steps run now.
+  """
+  opts = run.options
+  steps = opts.steps
+  log_every = opts.log_every or max(1, steps // 20)
+  latents, targets, rows_dev, active = run.inputs(rows)
+  st = run.resumed_state(k, latents, targets, rows_dev, active)
+  if st is None:
+    st, s = run.start(run.init_fn, latents, targets, rows_dev, active), 0
+  else:
+    s = int(st.step)
+    run.bar.update(s)
+  resumed_at = s
+  while s < steps:
+    st, metrics = run.step_fn(st, run.params, targets)
+    s += 1
+    if opts.checkpoint_every and s % opts.checkpoint_every == 0 and s < steps:
+      run.store.save_state(k, s, st)
+    if s % log_every == 0 or s == steps:
+      # The only host sync inside a chunk: a few bytes per log point.
+      loss = sharding.to_host(metrics['loss'])[:len(rows)]
+      run.bar.set_postfix(chunk=f'{k + 1}/{run.num_chunks}',
+                          loss=f'{np.nanmean(loss):.4g}', refresh=False)
+      if run.callback is not None:
+        run.callback(Progress(k, run.num_chunks, s, steps, rows, loss,
+                              False))
+    run.bar.update(1)
+  final = run.evaluate(st, run.params, targets)
+  host = sharding.to_host({'latents': st.latents, 'history': st.history,
+                           'final': final, 'active': st.active})
+  res = _take(host, slice(len(rows)))
+  res['rows'] = rows
+  return res, steps - resumed_at
+
+
 def invert(
+    key: jax.Array,
     objective: step_lib.LossFn,
     params: Any,
     targets: Any,
     *,
     init: InitFn | Any,
-    steps: int,
-    chunk_size: int,
-    key: jax.Array | None = None,
-    tx: optax.GradientTransformation | None = None,
-    stochastic: bool = False,
-    compute_dtype=None,
+    options: InvertOptions,
     valid: np.ndarray | None = None,
     mesh: Mesh | None = None,
     workdir: str | os.PathLike | None = None,
-    checkpoint_every: int | None = None,
-    history_every: int = 1,
-    log_every: int | None = None,
-    max_chunks: int | None = None,
     callback: Callable[[Progress], None] | None = None,
-    progress: bool = True,
     step_fn: Callable[..., Any] | None = None,
     run_config: Mapping[str, Any] | None = None,
 ) -> InversionResult:
   """Inverts N targets with one compiled, sharded step, chunk by chunk.
 
   Args:
+    key: typed PRNG key for initialisation and stochastic objectives; each
+      target's keys derive from ``fold_in(key, row)`` so they do not depend
+      on chunking.
     objective: per-target ``loss_fn(params, latent, target) -> (loss, aux)``
-      (``loss_fn(key, params, latent, target)`` if `stochastic`); see
-      `step.py`. ``aux`` is a dict of per-target scalars, all recorded.
+      (``loss_fn(key, params, latent, target)`` if ``options.stochastic``);
+      see `step.py`. ``aux`` is a dict of per-target scalars, all recorded.
     params: model variables shared by all targets (replicated on devices).
     targets: pytree of host arrays, leaves [N, ...] (e.g.
       ``{'descriptor': [N, D], 'landmarks': [N, 68, 2]}``).
@@ -427,32 +421,14 @@ def invert(
       regressor goes here). Pass a function's large arrays through
       ``jax.tree_util.Partial(fn, variables)`` so they become inputs of the
       compiled program, not constants in it.
-    steps: optimiser steps per target.
-    chunk_size: targets per compiled step; a multiple of the device count.
-    key: typed PRNG key for random initialisation and stochastic objectives;
-      each target's keys derive from ``fold_in(key, row)`` so they do not
-      depend on chunking. Required if `stochastic`; init functions get keys
-      from ``jax.random.key(0)`` when it is None.
-    tx: optimiser (default ``optax.adam(1e-3)``); one state per target.
-    stochastic: the objective takes a key first.
-    compute_dtype: e.g. ``jnp.bfloat16`` for the objective's compute;
-      latents and optimiser state stay float32.
+    options: steps, chunk size, optimiser, dtype, logging (`InvertOptions`).
     valid: optional [N] bool; False rows are skipped (as are rows with
       non-finite targets or initial latents).
     mesh: 1-D device mesh with axis ``'targets'`` (default: all devices).
     workdir: where to checkpoint and resume (None: no checkpoints).
-    checkpoint_every: also checkpoint the running chunk every this many
-      steps (needs `workdir`).
-    history_every: record loss and aux terms every this many steps.
-    log_every: progress-bar / callback period in steps (one host sync each;
-      default: 20 updates per chunk).
-    max_chunks: compute at most this many chunks in this call, then return
-      (the rest stay not `done`; a later call with the same `workdir`
-      resumes).
     callback: called with a `Progress` at every log point and after every
       finished chunk; an exception raised there aborts the run after
       pending checkpoints are written.
-    progress: show a tqdm progress bar (process 0 only).
     step_fn: a pre-built jitted step (`step.make_step` with the same
       objective, optimiser and options); default builds one.
     run_config: JSON-able settings stored in ``run.json`` and compared on
@@ -464,74 +440,51 @@ def invert(
   """
   started = time.perf_counter()
   targets = jax.tree.map(np.asarray, targets)
-  n = _num_rows(targets, 'targets')
+  n = batching.num_rows(targets, what='targets')
   if n == 0:
     raise ValueError('no targets to invert')
-  if checkpoint_every is not None and workdir is None:
+  if options.checkpoint_every is not None and workdir is None:
     raise ValueError('checkpoint_every needs a workdir')
-  mesh, tx, params, init_key, loss_key, default_step = _setup(
-      objective, params, chunk_size=chunk_size, tx=tx, key=key,
-      stochastic=stochastic, compute_dtype=compute_dtype,
-      history_every=history_every, mesh=mesh)
-  step_fn = default_step if step_fn is None else step_fn
-  log_every = log_every or max(1, steps // 20)
+  mesh, params, init_key, loss_key, default_step = _setup(
+      key, objective, params, options, mesh)
 
   given_latents = None if callable(init) else jax.tree.map(
       lambda x: np.asarray(x, np.float32), init)
-  if given_latents is not None and _num_rows(given_latents, 'init') != n:
+  if (given_latents is not None
+      and batching.num_rows(given_latents, what='init') != n):
     raise ValueError(f'per-target init latents must have {n} rows (one '
                      'latent for all targets: use broadcast_init)')
   skipped = _check_rows(targets, n, valid, given_latents)
   schedule = np.asarray([r for r in range(n) if r not in skipped], np.int64)
-  chunks = [schedule[i:i + chunk_size]
-            for i in range(0, len(schedule), chunk_size)]
-
+  chunks = [schedule[i:i + options.chunk_size]
+            for i in range(0, len(schedule), options.chunk_size)]
   init_fn = None
   if given_latents is None:
     init_fn = (init if isinstance(init, jax.tree_util.Partial)
                else jax.tree_util.Partial(init))
-
-  one_target = jax.tree.map(lambda x: x[0], targets)
-  if given_latents is not None:
-    one_latent = _take(given_latents, 0)
-  else:
-    one_latent = jax.eval_shape(init_fn, init_key, one_target)
+  one_target = _take(targets, 0)
+  one_latent = (_take(given_latents, 0) if given_latents is not None else
+                jax.eval_shape(init_fn, init_key, one_target))
   names = step_lib.history_names(objective, params, one_latent, one_target,
-                                 stochastic=stochastic)
-  hist_len = state_lib.history_length(steps, history_every)
-
-  start = functools.partial(
-      _start_chunk, init_key=init_key, loss_key=loss_key, tx=tx, names=names,
-      hist_len=hist_len, mesh=mesh)
-  evaluate = _cached_eval(objective, stochastic=stochastic,
-                          compute_dtype=compute_dtype, mesh=mesh)
-
-  def chunk_inputs(rows):
-    padded, active = _pad(rows, chunk_size)
-    latents = None
-    if given_latents is not None:
-      latents = sharding.to_global(_take(given_latents, padded), mesh)
-    return (latents, sharding.to_global(_take(targets, padded), mesh),
-            sharding.to_global(padded.astype(np.int32), mesh),
-            sharding.to_global(active, mesh))
-
-  out = _empty_result(n, one_latent, names, hist_len,
-                      state_lib.history_steps(steps, history_every), skipped)
+                                 stochastic=options.stochastic)
+  hist_len = state_lib.history_length(options.steps, options.history_every)
+  out = _empty_result(n, one_latent, names, hist_len, state_lib.history_steps(
+      options.steps, options.history_every), skipped)
 
   store = None
   if workdir is not None:
-    store = _Store(workdir, {
-        'format': 1, 'num_targets': n, 'chunk_size': chunk_size,
-        'steps': steps, 'history_every': history_every,
+    store = store_lib.Store(workdir, {
+        'format': 1, 'num_targets': n, 'chunk_size': options.chunk_size,
+        'steps': options.steps, 'history_every': options.history_every,
         'history_names': list(names), 'skipped': sorted(skipped),
-        'targets_sha1': _sha1(targets),
-        'init': ('per-target latents ' + _sha1(given_latents)
+        'targets_sha1': store_lib.sha1(targets),
+        'init': ('per-target latents ' + store_lib.sha1(given_latents)
                  if given_latents is not None else 'function'),
         'latent_shapes': jax.tree.map(lambda x: list(np.shape(x)),
                                       one_latent),
-        'stochastic': stochastic,
-        'compute_dtype': None if compute_dtype is None
-                         else jnp.dtype(compute_dtype).name,
+        'stochastic': options.stochastic,
+        'compute_dtype': None if options.compute_dtype is None
+                         else jnp.dtype(options.compute_dtype).name,
         'run_config': dict(run_config or {})})
 
   stats = {'chunks_total': len(chunks), 'chunks_restored': 0,
@@ -543,57 +496,33 @@ def invert(
       _merge(out, store.load_chunk(k))
       stats['chunks_restored'] += 1
     todo = [k for k in range(len(chunks)) if k not in finished]
-    if max_chunks is not None:
-      todo = todo[:max_chunks]
-    bar = tqdm.tqdm(total=len(todo) * steps, unit='step', disable=(
-        not progress or jax.process_index() != 0))
-
+    if options.max_chunks is not None:
+      todo = todo[:options.max_chunks]
+    bar = tqdm.tqdm(total=len(todo) * options.steps, unit='step', disable=(
+        not options.progress or jax.process_index() != 0))
+    run = _Run(
+        options=options, mesh=mesh, params=params, targets=targets,
+        given_latents=given_latents, init_fn=init_fn,
+        start=functools.partial(
+            _start_chunk, init_key=init_key, loss_key=loss_key,
+            tx=options.optimizer, names=names, hist_len=hist_len, mesh=mesh),
+        step_fn=default_step if step_fn is None else step_fn,
+        evaluate=_cached_eval(objective, stochastic=options.stochastic,
+                              compute_dtype=options.compute_dtype,
+                              mesh=mesh),
+        store=store, num_chunks=len(chunks), callback=callback, bar=bar)
     for k in todo:
       rows = chunks[k]
-      latents, chunk_targets, rows_dev, active = chunk_inputs(rows)
-      st = None
-      if store is not None and checkpoint_every:
-        abstract = jax.eval_shape(start, init_fn, latents, chunk_targets,
-                                  rows_dev, active)
-        abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(
-                s.shape, s.dtype,
-                sharding=sharding.target_sharding(mesh, len(s.shape))),
-            abstract)
-        st = store.load_state(k, abstract)
-      if st is None:
-        st, s = start(init_fn, latents, chunk_targets, rows_dev, active), 0
-      else:
-        s = int(st.step)
-        bar.update(s)
-      while s < steps:
-        st, metrics = step_fn(st, params, chunk_targets)
-        s += 1
-        stats['steps_run'] += 1
-        if checkpoint_every and s % checkpoint_every == 0 and s < steps:
-          store.save_state(k, s, st)
-        if s % log_every == 0 or s == steps:
-          # The only host sync inside a chunk: a few bytes per log point.
-          loss = sharding.to_host(metrics['loss'])[:len(rows)]
-          bar.set_postfix(chunk=f'{k + 1}/{len(chunks)}',
-                          loss=f'{np.nanmean(loss):.4g}', refresh=False)
-          if callback is not None:
-            callback(Progress(k, len(chunks), s, steps, rows, loss, False))
-        bar.update(1)
-
-      final = evaluate(st, params, chunk_targets)
-      host = sharding.to_host({'latents': st.latents, 'history': st.history,
-                               'final': final, 'active': st.active})
-      res = _take(host, slice(len(rows)))
-      res['rows'] = rows
+      res, steps_run = _run_chunk(run, k, rows)
       _merge(out, res)
       if store is not None:
         store.save_chunk(k, res)
       stats['chunks_run'] += 1
+      stats['steps_run'] += steps_run
       stats['targets_run'] += len(rows)
       if callback is not None:
-        callback(Progress(k, len(chunks), steps, steps, rows,
-                          res['final']['loss'], True))
+        callback(Progress(k, len(chunks), options.steps, options.steps,
+                          rows, res['final']['loss'], True))
   finally:
     if bar is not None:
       bar.close()
@@ -605,48 +534,49 @@ def invert(
   return out
 
 
-def prepare_chunk(objective: step_lib.LossFn, params: Any, targets: Any,
-                  latents: Any, *, steps: int,
-                  tx: optax.GradientTransformation | None = None,
-                  key: jax.Array | None = None, stochastic: bool = False,
-                  compute_dtype=None, history_every: int = 1,
+def prepare_chunk(key: jax.Array, objective: step_lib.LossFn, params: Any,
+                  targets: Any, latents: Any, *, options: InvertOptions,
                   mesh: Mesh | None = None):
   """One chunk exactly as `invert` runs it, for benchmarks and profiling.
 
   Example::
 
-    step, state, params, targets = prepare_chunk(obj, variables, targets,
-                                                 latents, steps=100)
+    step, state, params, targets = prepare_chunk(key, obj, variables,
+                                                 targets, latents,
+                                                 options=options)
     compiled = step.lower(state, params, targets).compile()  # compile time
     state, metrics = compiled(state, params, targets)        # steady state
 
   Args:
-    objective, params, tx, key, stochastic, compute_dtype, history_every,
-    mesh: as in `invert`.
-    targets: pytree of host arrays, leaves [C, ...]; C is the chunk size (a
-      multiple of the device count).
+    key, objective, params, mesh: as in `invert`.
+    targets: pytree of host arrays, leaves [C, ...]; C must equal
+      ``options.chunk_size`` (a multiple of the device count).
     latents: pytree of initial latents, leaves [C, ...].
-    steps: history length the state is sized for.
+    options: as in `invert`; ``options.steps`` sizes the history.
 
   Returns:
     ``(step, state, params, targets)``: the jitted step (state donated),
     the initial state and the inputs placed on `mesh`.
   """
-  c = _num_rows(targets, 'targets')
+  c = batching.num_rows(targets, what='targets')
+  if c != options.chunk_size:
+    raise ValueError(f'prepare_chunk needs chunk_size ({options.chunk_size})'
+                     f' targets, got {c}')
   # The same set-up, hence the same keys for rows 0..C-1, as `invert`.
-  mesh, tx, params, init_key, loss_key, step = _setup(
-      objective, params, chunk_size=c, tx=tx, key=key, stochastic=stochastic,
-      compute_dtype=compute_dtype, history_every=history_every, mesh=mesh)
+  mesh, params, init_key, loss_key, step = _setup(key, objective, params,
+                                                  options, mesh)
   latents = jax.tree.map(lambda x: np.asarray(x, np.float32), latents)
   names = step_lib.history_names(objective, params, _take(latents, 0),
-                                 _take(targets, 0), stochastic=stochastic)
+                                 _take(targets, 0),
+                                 stochastic=options.stochastic)
   targets = sharding.to_global(targets, mesh)
   st = _start_chunk(
       None, sharding.to_global(latents, mesh), targets,
       sharding.to_global(np.arange(c, dtype=np.int32), mesh),
       sharding.to_global(np.ones(c, bool), mesh), init_key=init_key,
-      loss_key=loss_key, tx=tx, names=names,
-      hist_len=state_lib.history_length(steps, history_every), mesh=mesh)
+      loss_key=loss_key, tx=options.optimizer, names=names,
+      hist_len=state_lib.history_length(options.steps,
+                                        options.history_every), mesh=mesh)
   return step, st, params, targets
 
 
@@ -670,20 +600,16 @@ def map_targets(fn: Callable[[Any, Any], Any], params: Any, inputs: Any, *,
   Returns:
     ``fn``'s outputs stacked on a leading axis N, as host numpy.
   """
-  inputs = jax.tree.map(np.asarray, inputs)
-  n = _num_rows(inputs, 'inputs')
   mesh = sharding.make_mesh() if mesh is None else mesh
   _check_chunk_size(chunk_size, mesh)
   params = sharding.to_global(step_lib.cast_floating(params, compute_dtype),
                               mesh, replicate=True)
-  outs = []
-  for i in range(0, n, chunk_size):
-    rows = np.arange(i, min(i + chunk_size, n))
-    padded, _ = _pad(rows, chunk_size)
-    x = sharding.to_global(_take(inputs, padded), mesh)
-    y = _apply(params, x, fn=fn, compute_dtype=compute_dtype, mesh=mesh)
-    outs.append(_take(sharding.to_host(y), slice(len(rows))))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+  def apply(x):
+    y = _apply(params, sharding.to_global(x, mesh), fn=fn,
+               compute_dtype=compute_dtype, mesh=mesh)
+    return sharding.to_host(y)
+  return batching.batched_apply(apply, inputs, chunk_size, pad_small=True)
 
 
 @functools.partial(jax.jit, static_argnames=('fn', 'compute_dtype', 'mesh'))

@@ -10,10 +10,10 @@ with paper weights 1, 0.0006, 0.01. The parts are callables so that the
 engine does not depend on particular models:
 
 * ``render(variables, latent) -> image [H, W, 3]`` in [-1, 1], ONE target;
-  `stylegan2_render` builds it from the Flax StyleGAN2 generator for the
-  'z', 'w' and 'w+' latent spaces, with fixed or optimised noise.
-* ``embed(variables, image) -> descriptor [D]``; `encoder_embed` builds it
-  from an encoder module and its `InputSpec`.
+  `generator_render` builds it from any loaded generator for the 'z', 'w'
+  and 'w+' latent spaces, with fixed or optimised noise.
+* ``embed(variables, image) -> descriptor [D]``; `Encoder.descriptor_fn`
+  builds it from an encoder module and its `InputSpec`.
 * ``landmarks_fn(variables, image) -> [68, 2]`` (the image->landmark CNN).
 * ``histogram_fn(image) -> [3, bins]`` (default: the soft histogram).
 
@@ -36,8 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from id2image_jax import losses
-from id2image_jax.preprocess import InputSpec
-from id2image_jax.preprocess import to_encoder_input
+from id2image_jax.protocols import Generator
 
 LatentSpace = Literal['z', 'w', 'w+']
 
@@ -122,41 +121,44 @@ def _soft_histogram_of_generator_image(image: jax.Array) -> jax.Array:
   return losses.image_soft_histogram(image, value_range=(-1.0, 1.0))
 
 
-def stylegan2_render(generator, *, latent_space: LatentSpace = 'w+',
-                     num_ws: int | None = None,
+def generator_render(generator: Generator, *,
+                     latent_space: LatentSpace = 'w+',
                      noise_mode: str = 'const',
-                     truncation_psi: float = 1.0):
-  """``render(variables, latent)`` for one target from a Flax StyleGAN2.
+                     truncation_psi: float = 1.0,
+                     resolution: int | None = None):
+  """``render(variables, latent) -> image [R, R, 3]`` for ONE target.
+
+  Works for any generator of the `protocols.Generator` contract.
 
   Latents (ONE target, no batch axis):
 
   * ``'z'``: ``{'z': [z_dim]}``, mapped with `truncation_psi`;
-  * ``'w'``: ``{'w': [w_dim]}``, broadcast to all `num_ws` layers;
+  * ``'w'``: ``{'w': [w_dim]}``, broadcast to all ``num_ws`` layers;
   * ``'w+'``: ``{'w': [num_ws, w_dim]}``, one w per layer;
 
   plus optionally ``'noise'``: a list of per-layer noise maps (no batch
   axis) that are optimised too; without it the generator's `noise_mode`
-  applies ('const' = its fixed buffers).
+  applies ('const' = its fixed maps).
 
   Args:
-    generator: the linen module with methods ``mapping(z, truncation_psi=)
-      -> ws [B, num_ws, w_dim]`` and ``synthesis(ws, noise_mode=, noise=)
-      -> [B, H, W, 3]``.
+    generator: a loaded generator (its module is used, not its variables:
+      those arrive as the ``variables`` argument).
     latent_space: 'z', 'w' or 'w+'.
-    num_ws: number of w layers; needed for 'w'.
     noise_mode: passed to synthesis.
     truncation_psi: for 'z'.
+    resolution: render at this preview resolution of the generator (cheaper;
+      the encoder crops and resizes anyway); None = full.
   """
   if latent_space not in ('z', 'w', 'w+'):
     raise ValueError(f"latent_space must be 'z', 'w' or 'w+', got "
                      f'{latent_space!r}')
-  if latent_space == 'w' and num_ws is None:
-    raise ValueError("latent_space 'w' needs num_ws")
+  generator.check_resolution(resolution)
+  num_ws = generator.num_ws
 
   def render(variables, latent):
     if latent_space == 'z':
-      ws = generator.apply(variables, latent['z'][None], method='mapping',
-                           truncation_psi=truncation_psi)
+      ws = generator.mapping(variables, latent['z'][None],
+                             truncation_psi=truncation_psi)
     elif latent_space == 'w':
       w = latent['w']
       ws = jnp.broadcast_to(w, (1, num_ws) + w.shape)
@@ -165,24 +167,10 @@ def stylegan2_render(generator, *, latent_space: LatentSpace = 'w+',
     noise = latent.get('noise')
     if noise is not None:
       noise = [n[None] for n in noise]
-    image = generator.apply(variables, ws, method='synthesis',
-                            noise_mode=noise_mode, noise=noise)
-    return image[0]
+    return generator.synthesis(variables, ws, noise_mode=noise_mode,
+                               noise=noise, resolution=resolution)[0]
 
   return render
-
-
-def encoder_embed(encoder, spec: InputSpec):
-  """``embed(variables, image [H, W, 3]) -> descriptor [D]`` from a module.
-
-  The encoder follows the project contract ``__call__(x) -> (descriptor
-  [B, D], intermediates)`` on inputs prepared by `to_encoder_input`.
-  """
-  def embed(variables, image):
-    descriptor, _ = encoder.apply(variables, to_encoder_input(image[None],
-                                                              spec))
-    return descriptor[0]
-  return embed
 
 
 def initial_latent(w_avg: jax.Array, *, latent_space: LatentSpace,

@@ -24,6 +24,7 @@ This path cannot be exercised on a single machine; the single-process path
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import jax
@@ -115,3 +116,21 @@ def to_host(tree: Any) -> Any:
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
   return jax.tree.map(get, tree)
+
+
+def batch_sharding(batch_size: int) -> jax.sharding.Sharding | None:
+  """Splits batches over all local devices (data parallel), if several.
+
+  Returns:
+    A ``NamedSharding`` over the leading axis, or None on one device or when
+    `batch_size` does not divide evenly.
+  """
+  devices = jax.local_devices()
+  if len(devices) < 2:
+    return None
+  if batch_size % len(devices):
+    logging.warning('batch_size %d is not a multiple of the %d devices: '
+                    'using one device', batch_size, len(devices))
+    return None
+  mesh = jax.sharding.Mesh(np.asarray(devices), ('batch',))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch'))

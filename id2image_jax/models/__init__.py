@@ -1,21 +1,11 @@
-"""Models: StyleGAN2 generator, face encoders and heads.
+"""Flax modules, and nothing else: no file reading, no PRNG keys held.
 
-`load_generator` / `load_encoder` turn what a user types (``demo``,
-``dlib``, a public checkpoint file, a converted directory) into a loaded
-model; see `id2image_jax.models.registry`.
+* `stylegan2`: the StyleGAN2 generator (config-f maths).
+* `dlib_resnet`, `vggface2`, `iresnet`, `vggface`: face encoders, each
+  ``apply(variables, x) -> (descriptor, intermediates)`` with an
+  ``input_spec(config)``.
+* `heads`: the MLP / CNN heads of the leakage analysis and the ID -> latent
+  regressor.
+
+Models are loaded from files by `id2image_jax.loading`.
 """
-
-# pylint: disable=g-importing-member
-from id2image_jax.models.registry import ENCODER_KINDS
-from id2image_jax.models.registry import Encoder
-from id2image_jax.models.registry import Generator
-from id2image_jax.models.registry import load_encoder
-from id2image_jax.models.registry import load_generator
-
-__all__ = (
-    'ENCODER_KINDS',
-    'Encoder',
-    'Generator',
-    'load_encoder',
-    'load_generator',
-)

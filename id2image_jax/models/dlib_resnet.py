@@ -170,7 +170,8 @@ class DlibResNet(nn.Module):
         non-finite chip gives a meaningless descriptor for that chip only
         (XLA's CPU max may even drop the NaN), so validate upstream.
     """
-    _check_input(x, self.input_size)
+    tnn.check_image_input(x, (self.input_size,) * 2, model='dlib_resnet',
+                          batched=True)
     dtype = self.dtype or x.dtype
     x = x.astype(dtype)
     inter = {}
@@ -188,20 +189,6 @@ class DlibResNet(nn.Module):
     x = nn.Dense(self.descriptor_dim, use_bias=False, dtype=dtype,
                  name='fc')(x)
     return x, inter
-
-
-def _check_input(x: jax.Array, size: int) -> None:
-  if getattr(x, 'ndim', None) != 4 or tuple(x.shape[1:]) != (size, size, 3):
-    raise ValueError(
-        f'dlib_resnet expects [B, {size}, {size}, 3] RGB chips normalised '
-        f'by its InputSpec, got shape {getattr(x, "shape", None)}')
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f'dlib_resnet expects a float input (use '
-                     f'preprocess.to_encoder_input), got {x.dtype}')
-  if not isinstance(x, jax.core.Tracer):
-    bad = int(jnp.size(x) - jnp.count_nonzero(jnp.isfinite(x)))
-    if bad:
-      raise ValueError(f'dlib_resnet input has {bad} non-finite value(s)')
 
 
 def build(config: Mapping[str, Any], *, dtype: Any = None) -> DlibResNet:

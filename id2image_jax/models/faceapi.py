@@ -34,7 +34,7 @@ Heads (``fullyConnectedLayer``: ``x @ weights + bias``):
     input square (face-api's ``postProcess`` only undoes its padding to a
     square, a no-op for the square crops fed here). Continuous coordinates:
     face-api multiplies them by the image size to draw on a canvas, so 0
-    and 1 are the crop's outer edges, as in `id2image_jax.analysis.landmarks`.
+    and 1 are the crop's outer edges, as in `id2image_jax.data.dlib_landmarks`.
   expression: fc 256 -> 7, softmax over `EXPRESSION_LABELS`.
   age_gender: fc 512 -> 1 (age in years, a regression) and fc 512 -> 2,
     softmax over `GENDER_LABELS` (index 0 is male).

@@ -21,7 +21,7 @@ coordinates, latents) by default and its pre-activation outputs with
 ``logits=True``, which the losses use for numerical stability.
 
 Landmark coordinates are (x, y) normalised to [0, 1] of the image (pixel
-centres at (i + 0.5) / size; see `id2image_jax.analysis.landmarks`). Their
+centres at (i + 0.5) / size; see `id2image_jax.data.dlib_landmarks`). Their
 heads may set ``output_scale`` (e.g. 224) so that the last layer works in
 pixels, as the paper's did; predictions stay normalised.
 """

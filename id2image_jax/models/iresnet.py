@@ -186,15 +186,9 @@ class IResNet(nn.Module):
       raise ValueError('use_features needs use_fc: `features` normalises the '
                        'fc output')
     x = jnp.asarray(x)
-    if x.ndim < 3 or tuple(x.shape[-3:]) != INPUT_SIZE + (3,):
-      raise ValueError(
-          f'IResNet expects [*batch, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}, 3] RGB '
-          f'input (fc is sized for 7x7 after four stride-2 stages), got '
-          f'shape {tuple(x.shape)}; use preprocess.to_encoder_input with '
-          'input_spec(config)')
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      raise ValueError(f'IResNet expects normalised float input, got '
-                       f'{x.dtype}')
+    tnn.check_image_input(x, INPUT_SIZE, model='IResNet',
+                          why=' (fc is sized for 7x7 after four stride-2 '
+                          'stages)')
     x = x.astype(self.dtype)
     bn = lambda name: tnn.BatchNorm(epsilon=BN_EPS, dtype=self.dtype,
                                     name=name)

@@ -150,6 +150,12 @@ class StyleGAN2Config:
   def block_resolutions(self) -> tuple[int, ...]:
     return tuple(2 ** i for i in range(2, int(math.log2(self.resolution)) + 1))
 
+  @property
+  def preview_resolutions(self) -> tuple[int, ...]:
+    """Smaller outputs synthesis can stop at: the RGB skip image of an
+    earlier block, without the cost of the blocks above it."""
+    return self.block_resolutions[:-1]
+
   def channels(self, res: int) -> int:
     """Feature channels of the block at resolution `res`."""
     return min(self.channel_base // res, self.channel_max)
@@ -649,8 +655,13 @@ class SynthesisNetwork(nn.Module):
   @nn.compact
   def __call__(self, ws: jax.Array, *, noise_mode: str = 'const',
                noise: Sequence[jax.Array] | None = None,
-               fused_modconv: bool = DEFAULT_FUSED_MODCONV) -> jax.Array:
+               fused_modconv: bool = DEFAULT_FUSED_MODCONV,
+               resolution: int | None = None) -> jax.Array:
     cfg = self.config
+    last = cfg.resolution if resolution is None else resolution
+    if last not in cfg.block_resolutions:
+      raise ValueError(f'resolution must be one of {cfg.block_resolutions}, '
+                       f'got {resolution!r}')
     if noise_mode not in NOISE_MODES:
       raise ValueError(f'noise_mode must be one of {NOISE_MODES}, got '
                        f'{noise_mode!r}')
@@ -674,6 +685,8 @@ class SynthesisNetwork(nn.Module):
           x, img, ws[:, w_idx:w_idx + num_conv + 1], noise_mode=noise_mode,
           noise=block_noise, fused_modconv=fused_modconv)
       w_idx += num_conv
+      if res == last:
+        break
     return img
 
 
@@ -722,7 +735,8 @@ class Generator(nn.Module):
 
   def synthesis(self, ws: jax.Array, *, noise_mode: str = 'const',
                 noise: Sequence[jax.Array] | None = None,
-                fused_modconv: bool = DEFAULT_FUSED_MODCONV) -> jax.Array:
+                fused_modconv: bool = DEFAULT_FUSED_MODCONV,
+                resolution: int | None = None) -> jax.Array:
     """ws [B, num_ws, w_dim] (W+) or [B, w_dim] (W) -> images [B, R, R, 3].
 
     Args:
@@ -734,12 +748,16 @@ class Generator(nn.Module):
         standard-normal scale (each layer multiplies by its
         ``noise_strength``).
       fused_modconv: modulated-conv formulation (see `modulated_conv2d`).
+      resolution: stop at this block and return its RGB skip image (a
+        cheaper preview, `StyleGAN2Config.preview_resolutions`); None = full.
+        Noise maps of the blocks not run are ignored.
 
     Returns:
-      float32 [B, resolution, resolution, img_channels], about [-1, 1].
+      float32 [B, R, R, img_channels], about [-1, 1].
     """
     return self.synthesis_network(ws, noise_mode=noise_mode, noise=noise,
-                                  fused_modconv=fused_modconv)
+                                  fused_modconv=fused_modconv,
+                                  resolution=resolution)
 
 
 def build(config: StyleGAN2Config | Mapping[str, Any], *,

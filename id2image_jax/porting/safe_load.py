@@ -406,7 +406,7 @@ def load(path: str | os.PathLike) -> Any:
         'the file is corrupt, truncated or not a supported format') from None
 
 
-def flatten_arrays(tree: Any, prefix: str = '', sep: str = '.') -> dict[
+def flatten_arrays(tree: Any, *, prefix: str = '', sep: str = '.') -> dict[
     str, np.ndarray]:
   """Flattens nested dicts of arrays to ``{'a.b.c': array}``.
 
@@ -437,3 +437,39 @@ def flatten_arrays(tree: Any, prefix: str = '', sep: str = '.') -> dict[
 
   walk(tree, prefix)
   return out
+
+
+# Dicts that checkpoints wrap their weights in (arcface_torch training
+# checkpoints, common training scripts).
+STATE_DICT_WRAPPERS = ('state_dict_backbone', 'model_state_dict', 'state_dict')
+
+
+def state_dict(obj: Any, *, what: str = 'checkpoint'
+               ) -> dict[str, np.ndarray]:
+  """A loaded checkpoint object as a flat ``{torch key: array}``.
+
+  Unwraps `STATE_DICT_WRAPPERS` and a ``module.`` prefix on every key
+  (``nn.DataParallel``).
+
+  Raises:
+    CheckpointError: not a dict of arrays.
+  """
+  if isinstance(obj, Mapping):
+    for wrapper in STATE_DICT_WRAPPERS:
+      if isinstance(obj.get(wrapper), Mapping):
+        obj = obj[wrapper]
+        break
+  if not isinstance(obj, Mapping):
+    raise CheckpointError(f'{what}: expected a state dict, found '
+                          f'{type(obj).__name__}')
+  source = flatten_arrays(obj)
+  if not source:
+    raise CheckpointError(f'{what}: holds no arrays')
+  if all(k.startswith('module.') for k in source):
+    source = {k[len('module.'):]: v for k, v in source.items()}
+  return source
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """`state_dict` of the file at `path` (read by the restricted `load`)."""
+  return state_dict(load(path), what=os.fspath(path))

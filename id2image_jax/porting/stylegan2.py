@@ -56,7 +56,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from id2image_jax import checkpoints
 from id2image_jax.models import stylegan2
 from id2image_jax.porting import layout
 from id2image_jax.porting.rules import PortingError
@@ -387,13 +386,13 @@ def _infer_nvidia(a: Mapping[str, np.ndarray], kw: Mapping[str, Any],
   blocks = sorted(int(m.group(1)) for k in a
                   if (m := re.fullmatch(rf'{_B}\.conv1\.weight', k)))
   if not fcs:
-    require_keys(a, ['mapping.fc0.weight'], what)
+    require_keys(a, ['mapping.fc0.weight'], what=what)
   if not blocks:
-    require_keys(a, ['synthesis.b4.conv1.weight'], what)
+    require_keys(a, ['synthesis.b4.conv1.weight'], what=what)
   num_layers = fcs[-1] + 1
   resolution = blocks[-1]
   require_keys(a, [f'mapping.fc{num_layers - 1}.weight',
-                   f'synthesis.b{resolution}.torgb.weight'], what)
+                   f'synthesis.b{resolution}.torgb.weight'], what=what)
   fc0, fc_last = a['mapping.fc0.weight'], a[
       f'mapping.fc{num_layers - 1}.weight']
   z_dim, w_dim = int(fc0.shape[1]), int(fc_last.shape[0])
@@ -423,7 +422,7 @@ def _infer_nvidia(a: Mapping[str, np.ndarray], kw: Mapping[str, Any],
 def _infer_rosinality(a: Mapping[str, np.ndarray], what: str
                       ) -> stylegan2.StyleGAN2Config:
   require_keys(a, ['style.1.weight', 'input.input', 'to_rgb1.conv.weight'],
-               what)
+               what=what)
   num_layers = 0
   while f'style.{num_layers + 1}.weight' in a:
     num_layers += 1
@@ -432,7 +431,7 @@ def _infer_rosinality(a: Mapping[str, np.ndarray], what: str
     num_rgbs += 1
   resolution = 4 * 2 ** num_rgbs
   require_keys(a, [f'convs.{2 * k}.conv.weight' for k in range(num_rgbs)],
-               what)
+               what=what)
   channels = {4: int(a['input.input'].shape[1])}
   for k in range(num_rgbs):
     channels[8 * 2 ** k] = int(a[f'convs.{2 * k}.conv.weight'].shape[1])
@@ -497,7 +496,7 @@ def convert_source(source: Source, *, what: str = 'checkpoint'
   config = infer_config(source, what=what)
   has_w_avg = (source.fmt == 'nvidia' or 'latent_avg' in source.arrays)
   require_keys(source.arrays,
-               expected_keys(source.fmt, config, with_w_avg=has_w_avg), what)
+               expected_keys(source.fmt, config, with_w_avg=has_w_avg), what=what)
   _check_filters(source, config, what)
   abstract = stylegan2.abstract_variables(config)
   if not has_w_avg:
@@ -530,37 +529,10 @@ def convert(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
       message); nothing is returned half-filled.
   """
   what = os.path.basename(os.fspath(path))
-  source = read_source(load_file(path), what=what)
-  return convert_source(source, what=what)
+  return convert_object(load_file(path), what=what)
 
 
-def load(path_or_dir: str | os.PathLike
-         ) -> tuple[stylegan2.StyleGAN2Config, dict]:
-  """Loads a generator from an original checkpoint or a converted directory.
-
-  Args:
-    path_or_dir: a ``.pkl`` / ``.pt`` file (converted on the fly), or a
-      directory written by ``ports/convert_stylegan2.py`` /
-      `id2image_jax.checkpoints.save` with kind 'stylegan2'.
-
-  Returns:
-    ``(StyleGAN2Config, variables)``.
-
-  Raises:
-    FileNotFoundError: nothing there.
-    CheckpointMismatchError: a directory of another kind, or whose saved
-      tree does not match its config.
-    CheckpointError / PortingError: see `convert`.
-  """
-  if os.path.isdir(path_or_dir):
-    meta = checkpoints.read_meta(path_or_dir)
-    if meta.get('kind') != KIND:
-      raise checkpoints.CheckpointMismatchError(
-          f'{path_or_dir} holds a {meta.get("kind")!r} checkpoint, not '
-          f'{KIND!r}')
-    config = stylegan2.as_config(meta.get('config') or {})
-    variables = checkpoints.restore(
-        path_or_dir, stylegan2.abstract_variables(config), kind=KIND)
-    return config, variables
-  config, variables = convert(path_or_dir)
-  return stylegan2.as_config(config), variables
+def convert_object(obj: Any, *, what: str = 'checkpoint'
+                   ) -> tuple[dict[str, Any], dict]:
+  """`convert` for a file already read by `load_file` (layout detected)."""
+  return convert_source(read_source(obj, what=what), what=what)

@@ -42,9 +42,7 @@ from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import count_numbered
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
-from id2image_jax.porting.safe_load import CheckpointError
-from id2image_jax.porting.safe_load import flatten_arrays
-from id2image_jax.porting.safe_load import load as load_file
+from id2image_jax.porting.safe_load import read_state_dict
 
 _CONV = r'(conv[1-5]_\d+)'
 _POOL5 = vggface.INPUT_SIZE[0] // 2**5  # 7: pool5's height and width.
@@ -86,27 +84,7 @@ def ignored(config: Mapping[str, Any]) -> tuple[str, ...]:
   return () if config.get('num_classes') else (r'fc8\.(weight|bias)',)
 
 
-def state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a vgg_face_dag checkpoint file to a flat ``{key: array}``.
-
-  Raises:
-    FileNotFoundError: no such file.
-    CheckpointError: unreadable file, or not a state dict.
-  """
-  obj = load_file(path)
-  if (isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping)
-      and 'conv1_1.weight' not in obj):
-    obj = obj['state_dict']
-  if not isinstance(obj, Mapping):
-    raise CheckpointError(f'{os.fspath(path)}: expected a state dict, found '
-                          f'{type(obj).__name__}')
-  source = flatten_arrays(obj)
-  if source and all(k.startswith('module.') for k in source):
-    source = {k[len('module.'):]: v for k, v in source.items()}
-  return source
-
-
-def infer_config(source: Mapping[str, Any], what: str = 'checkpoint', *,
+def infer_config(source: Mapping[str, Any], *, what: str = 'checkpoint',
                  classifier: bool = False) -> dict[str, Any]:
   """Reads the architecture off the state dict keys and shapes.
 
@@ -180,11 +158,11 @@ def convert_state_dict(source: Mapping[str, Any], *, what: str = 'checkpoint',
   if descriptor_layer not in vggface.DESCRIPTOR_LAYERS:
     raise ValueError(f'descriptor_layer must be one of '
                      f'{vggface.DESCRIPTOR_LAYERS}, got {descriptor_layer!r}')
-  config = infer_config(source, what, classifier=classifier)
+  config = infer_config(source, what=what, classifier=classifier)
   config['descriptor_layer'] = descriptor_layer
   # Name missing entries by their torch keys; `port` then checks shapes,
   # unknown keys and full coverage of the Flax tree.
-  require_keys(source, expected_keys(config), what)
+  require_keys(source, expected_keys(config), what=what)
   model = vggface.build(config)
   abstract = jax.eval_shape(
       model.init, jax.random.key(0),
@@ -214,6 +192,6 @@ def convert(path: str | os.PathLike, *, classifier: bool = False,
     PortingError: a key or shape does not match the vgg_face_dag layout
       (the message names the keys).
   """
-  return convert_state_dict(state_dict(path), what=os.fspath(path),
+  return convert_state_dict(read_state_dict(path), what=os.fspath(path),
                             classifier=classifier,
                             descriptor_layer=descriptor_layer)

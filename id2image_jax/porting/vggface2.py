@@ -41,9 +41,7 @@ from id2image_jax.porting.rules import conv2d
 from id2image_jax.porting.rules import port
 from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.rules import resnet_stage_blocks
-from id2image_jax.porting.safe_load import CheckpointError
-from id2image_jax.porting.safe_load import flatten_arrays
-from id2image_jax.porting.safe_load import load as load_file
+from id2image_jax.porting.safe_load import read_state_dict
 
 _BLOCK = r'layer([1-4])\.(\d+)'
 
@@ -72,38 +70,9 @@ IGNORE: tuple[str, ...] = (r'.*\.num_batches_tracked',)
 IGNORE_TOP: tuple[str, ...] = (r'fc\.weight', r'fc\.bias')
 
 # Training checkpoints of VGGFace2-pytorch (trainer.py) wrap the weights.
-_WRAPPERS = ('model_state_dict', 'state_dict')
 _SE_KEY = re.compile(rf'{_BLOCK}\.conv[45]\.')
 # torchvision's ImageNet classifier size.
 _IMAGENET_CLASSES = 1000
-
-
-def state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a VGGFace2 weight file to a flat ``{torch key: array}``.
-
-  Args:
-    path: ``*_weight.pkl`` (pickled dict of numpy arrays) or a torch
-      state-dict file with the same keys.
-
-  Raises:
-    FileNotFoundError: no such file.
-    CheckpointError: unreadable file, or not a dict of arrays.
-  """
-  obj = load_file(path)
-  if isinstance(obj, Mapping):
-    for wrapper in _WRAPPERS:
-      if isinstance(obj.get(wrapper), Mapping):
-        obj = obj[wrapper]
-        break
-  if not isinstance(obj, Mapping):
-    raise CheckpointError(f'{os.fspath(path)}: expected a dict of weights, '
-                          f'found {type(obj).__name__}')
-  source = flatten_arrays(obj)
-  if not source:
-    raise CheckpointError(f'{os.fspath(path)}: holds no arrays')
-  if all(k.startswith('module.') for k in source):
-    source = {k[len('module.'):]: v for k, v in source.items()}
-  return source
 
 
 def _refuse_other_encoders(source: Mapping[str, Any], what: str) -> None:
@@ -120,7 +89,7 @@ def _refuse_other_encoders(source: Mapping[str, Any], what: str) -> None:
         "VGGFace2; use encoder kind 'vggface'")
 
 
-def infer_config(source: Mapping[str, Any], what: str = 'checkpoint', *,
+def infer_config(source: Mapping[str, Any], *, what: str = 'checkpoint',
                  include_top: bool = False) -> dict[str, Any]:
   """Reads the architecture off the state dict keys.
 
@@ -204,10 +173,10 @@ def convert_state_dict(source: Mapping[str, Any], *,
   Returns:
     (config, variables) as `convert`.
   """
-  config = infer_config(source, what, include_top=include_top)
+  config = infer_config(source, what=what, include_top=include_top)
   # Name missing entries by their torch keys; `port` then checks shapes,
   # unknown keys and full coverage of the Flax tree.
-  require_keys(source, expected_keys(config), what)
+  require_keys(source, expected_keys(config), what=what)
   model = vggface2.build(config)
   abstract = jax.eval_shape(
       model.init, jax.random.key(0),
@@ -244,5 +213,5 @@ def convert(path: str | os.PathLike, *,
         'no VGGFace2 weights can be shipped: pass resnet50_ft_weight.pkl or '
         'senet50_ft_weight.pkl (cydonia999/VGGFace2-pytorch), e.g. '
         '--encoder vggface2:/path/to/resnet50_ft_weight.pkl')
-  return convert_state_dict(state_dict(path), what=os.fspath(path),
+  return convert_state_dict(read_state_dict(path), what=os.fspath(path),
                             include_top=include_top)

