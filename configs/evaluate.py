@@ -50,7 +50,13 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   with c.unlocked():
     # Identity is scored under this encoder too ('' = the attacked one,
     # which is then reported as not independent).
-    c.eval_encoder = ''
+    # 'auto': a different real encoder than the attacked one when the
+    # project has one (jobs.common.EVALUATION_PARTNERS), else the same.
+    c.eval_encoder = 'auto'
+    # Attribute networks that label originals and reconstructions alike
+    # (attribute preservation): 'faceapi_age_gender', 'faceapi_expression'
+    # (shipped), 'gear' (fetched once, 145 MB).
+    c.attribute_nets = ('faceapi_age_gender', 'faceapi_expression')
     # Transfer matrix: invert with each, score with each. () = the attacked
     # and the evaluation encoder.
     c.transfer_encoders = ()

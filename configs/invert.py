@@ -69,9 +69,13 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # Paper eq. 4 weights; a term is used when its target exists.
   c.weights = ml_collections.ConfigDict(
       {'id': 1.0, 'landmarks': 0.0006, 'histogram': 0.01})
-  # Heads trained by `id2image leakage` (directories; '' = unused).
+  # Heads trained by `id2image leakage` (directories; '' = unused), and the
+  # image->landmark network the landmark loss measures reconstructions with:
+  # 'faceapi_landmarks' (face-api.js's 68-point net, shipped) or the
+  # leakage job's CNN (<workdir>/heads/image/landmarks_cnn).
   c.heads = ml_collections.ConfigDict(
-      {'landmarks': '', 'image_landmarks': '', 'histogram': ''})
+      {'landmarks': '', 'image_landmarks': 'faceapi_landmarks',
+       'histogram': ''})
   c.landmark_pixel_scale = 224.0
 
   # Output, resume and scale.

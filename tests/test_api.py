@@ -23,6 +23,7 @@ _POSITIONAL_DEFAULTS = {
     ('input_spec', 'config'),    # input_spec(config) of an encoder module
     ('load_encoder', 'spec'),    # loading.load_encoder('dlib')
     ('load_generator', 'spec'),  # loading.load_generator('demo')
+    ('load_landmark_net', 'spec'),
     ('main', 'argv'),            # cli.main(argv)
     ('default_manual_dir', 'data_dir'),
     ('read_layers', 'path'),     # dlib: the file, default the shipped one

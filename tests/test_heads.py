@@ -296,7 +296,7 @@ def test_bootstrap_ci_resamples_identities_not_images():
   # would shrink about sqrt(10)-fold.
   copies = np.repeat(values, 10)
   people = np.repeat(np.arange(60), 10)
-  g_lo, g_hi = leakage.bootstrap_ci(copies, people, num=2000)
+  g_lo, g_hi = leakage.bootstrap_ci(copies, groups=people, num=2000)
   naive_lo, naive_hi = leakage.bootstrap_ci(copies, num=2000)
   assert abs((g_hi - g_lo) - (hi - lo)) < 0.15 * (hi - lo)
   assert (naive_hi - naive_lo) < 0.5 * (hi - lo)

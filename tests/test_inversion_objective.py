@@ -48,6 +48,7 @@ G = FakeStyleGAN2()
 # The loaded-generator view the engine works through (`protocols.Generator`).
 GEN = protocols.Generator(
     kind='fake', module=G, variables=None, source='test',
+    noise_maps=(np.zeros((8, 8, 1), np.float32),) * 2,
     config=types.SimpleNamespace(z_dim=Z_DIM, w_dim=W_DIM, num_ws=NUM_WS,
                                  resolution=8, preview_resolutions=()))
 

@@ -17,7 +17,7 @@ from id2image_jax import loading
 from id2image_jax.data import targets as job
 
 _TINY = ['--set', 'generator=demo:demo-8', '--set', 'progress=False',
-         '--set', 'chunk_size=4']
+         '--set', 'chunk_size=4', '--num-targets', '8']
 
 
 def _invert(tmp_path, *args):
@@ -123,7 +123,7 @@ def test_folder_without_images(tmp_path, encoder):
 
 def test_folder_where_no_image_reads(tmp_path, encoder):
   (tmp_path / 'a.png').write_bytes(b'broken')
-  with pytest.raises(ValueError, match='no readable image.*a.png'):
+  with pytest.raises(ValueError, match='no usable image.*a.png'):
     job.read_image_folder(str(tmp_path), resolution=32, encoder=encoder)
 
 
@@ -234,7 +234,8 @@ def test_landmark_head_without_the_image_network_is_an_error(tmp_path):
   lm = _save_random_head(tmp_path / 'landmarks', 'landmarks', input_dim=128)
   with pytest.raises(ValueError, match='heads.image_landmarks'):
     _invert(tmp_path, '--steps', '1', '--num-targets', '1',
-            '--set', f'heads.landmarks={lm}')
+            '--set', f'heads.landmarks={lm}',
+            '--set', 'heads.image_landmarks=')
 
 
 def test_converted_encoder_directory_gives_the_same_descriptors(

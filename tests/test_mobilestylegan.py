@@ -42,6 +42,7 @@ import numpy as np
 import pytest
 
 from id2image_jax import checkpoints
+from id2image_jax import loading
 from id2image_jax.models import mobilestylegan as msg
 from id2image_jax.porting import PortingError
 from id2image_jax.porting import mobilestylegan as pm
@@ -564,15 +565,18 @@ def test_load_converted_directory_and_ir_directory(tiny_ir, tmp_path):
   config, variables = _convert(*tiny_ir)
   out = checkpoints.save(str(tmp_path / 'converted'), variables,
                          kind=pm.KIND, config=config, source='tiny')
-  got_config, got = pm.load(out)
-  assert got_config == ovref.TINY
-  chex.assert_trees_all_equal(jax.tree.map(np.asarray, got), variables)
-  ir_config, _ = pm.load(os.path.dirname(tiny_ir[0]))
-  assert ir_config == ovref.TINY
+  got = loading.read(out, loading.GENERATOR)
+  assert got.kind.name == 'mobilestylegan' and got.config == ovref.TINY
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, got.variables),
+                              variables)
+  # A directory holding the IR pair, and either XML file, are recognised
+  # by their names and read once.
+  for path in (os.path.dirname(tiny_ir[0]), tiny_ir[1]):
+    assert loading.read(path, loading.GENERATOR).config == ovref.TINY
   other = checkpoints.save(str(tmp_path / 'other'), variables,
                            kind='stylegan2')
   with pytest.raises(checkpoints.CheckpointMismatchError, match='stylegan2'):
-    pm.load(other)
+    loading.read(f'mobilestylegan:{other}', loading.GENERATOR)
 
 
 # --------------------------------------------------------------------------

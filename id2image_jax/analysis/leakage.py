@@ -98,7 +98,7 @@ def attribute_labels(arrays: Mapping[str, Any], name: str) -> np.ndarray:
   return values > 0
 
 
-def bootstrap_ci(values: np.ndarray, groups: np.ndarray | None = None, *,
+def bootstrap_ci(values: np.ndarray, *, groups: np.ndarray | None = None,
                  num: int = 1000, level: float = 0.95, seed: int = 0
                  ) -> tuple[float, float]:
   """Confidence interval of a mean by resampling whole groups.
@@ -167,12 +167,12 @@ def attribute_leakage(key: jax.Array, train: Mapping[str, Any],
     majority = bool(y_train.mean() >= 0.5)
     correct = np.asarray(metrics.binary_accuracy(probs, y_test), np.float64)
     base = (y_test == majority).astype(np.float64)
-    gain_ci = bootstrap_ci(correct - base, groups)
+    gain_ci = bootstrap_ci(correct - base, groups=groups)
     results[name] = {
         'accuracy': 100 * float(np.mean(correct)),
         'baseline': 100 * float(np.mean(base)),
         'positive_rate': 100 * float(y_test.mean()),
-        'accuracy_ci': [100 * v for v in bootstrap_ci(correct, groups)],
+        'accuracy_ci': [100 * v for v in bootstrap_ci(correct, groups=groups)],
         'gain_ci': [100 * v for v in gain_ci],
         'leaks': bool(gain_ci[0] > 0),
     }
@@ -192,8 +192,8 @@ def _emd(pred: np.ndarray, target: np.ndarray
 def _error_gain(errors: np.ndarray, baseline: np.ndarray,
                 groups: np.ndarray | None) -> dict[str, Any]:
   """Intervals of an error and of its reduction below the baseline's."""
-  gain_ci = bootstrap_ci(baseline - errors, groups)
-  return {'ci': list(bootstrap_ci(errors, groups)), 'gain_ci': list(gain_ci),
+  gain_ci = bootstrap_ci(baseline - errors, groups=groups)
+  return {'ci': list(bootstrap_ci(errors, groups=groups)), 'gain_ci': list(gain_ci),
           'leaks': bool(gain_ci[0] > 0)}
 
 

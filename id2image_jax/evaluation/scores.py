@@ -226,6 +226,46 @@ def appearance_metrics(sources: np.ndarray | None, images: np.ndarray,
           for k, v in out.items()}
 
 
+def attribute_preservation(nets: Sequence[protocols.AttributeNet],
+                           sources: np.ndarray | None, images: np.ndarray,
+                           rows: np.ndarray) -> dict[str, Any]:
+  """Do reconstructions keep the originals' attributes (paper's claim)?
+
+  Both are labelled by the same attribute networks; per network and
+  output: ``male_prob`` -> gender agreement (%), ``age_years`` -> mean
+  absolute difference (years), ``*_probs`` -> top-class agreement (%).
+
+  Args:
+    nets: loaded attribute networks.
+    sources: [N, H, W, 3] originals in [-1, 1], or None (then {}).
+    images: [N, H', W', 3] reconstructions.
+    rows: rows to compare.
+
+  Returns:
+    ``{net kind: {measure: summary + 'values'}}``.
+  """
+  if sources is None or not len(rows) or not nets:
+    return {}
+  out = {}
+  for net in nets:
+    src = net.predict(np.asarray(sources)[rows])
+    rec = net.predict(np.asarray(images)[rows])
+    measures = {}
+    for name in src:
+      a, b = np.asarray(src[name]), np.asarray(rec[name])
+      if name == 'male_prob':
+        measures['gender_agreement_pct'] = 100.0 * ((a > 0.5) == (b > 0.5))
+      elif name == 'age_years':
+        measures['age_abs_diff_years'] = np.abs(a - b)
+      elif name.endswith('_probs'):
+        key = name[:-len('_probs')]
+        measures[f'{key}_agreement_pct'] = 100.0 * (
+            a.argmax(-1) == b.argmax(-1))
+    out[net.kind] = {k: {**summarize(v), 'values': np.asarray(v).tolist()}
+                     for k, v in measures.items()}
+  return out
+
+
 class Pools:
   """Descriptors and impostor pairs of the originals, per encoder."""
 

@@ -78,6 +78,22 @@ def encoder_file_stem(spec: str) -> str:
   return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
+# The default evaluation encoder for an attacked one: a different network,
+# so that identity scores are an independent measure (issue: MobileFaceNet
+# of human-models separates identities too poorly to serve, see
+# docs/face_models.md).
+EVALUATION_PARTNERS: dict[str, str] = {}
+
+
+def evaluation_partner(eval_encoder: str, attacked: str) -> str:
+  """``eval_encoder`` if set; for 'auto' (or '') the attacked encoder's
+  partner in `EVALUATION_PARTNERS`, else the attacked encoder itself
+  (the report then says the measure is not independent)."""
+  if eval_encoder and eval_encoder != 'auto':
+    return eval_encoder
+  return EVALUATION_PARTNERS.get(attacked, attacked)
+
+
 class Encoders:
   """Loads each encoder spec once; errors name the config field."""
 
@@ -140,11 +156,7 @@ def load_heads(heads: Mapping[str, str], *, init: str = '') -> Heads:
                 for name in ('landmarks', 'histogram') if heads.get(name)}
   landmark_net = None
   if heads.get('image_landmarks'):
-    path = heads['image_landmarks']
-    model, params, _ = loading.load_head(path, what='image->landmark')
-    landmark_net = protocols.LandmarkNet(
-        apply=lambda v, x: model.apply({'params': v}, x), variables=params,
-        source=f'the image->landmark CNN at {path}')
+    landmark_net = loading.load_landmark_net(heads['image_landmarks'])
   regressor = None
   if init and init not in ('w_avg', 'random'):
     regressor = loading.load_head(init, what='ID->latent')

@@ -58,7 +58,7 @@ def run(config: Any) -> dict[str, Any]:
   # Load every encoder first, so a missing file fails before any inversion.
   encoders = common.Encoders(config.encoder_crop)
   attacked = encoders.get(config.encoder, 'encoder', attacked=True)
-  eval_spec = config.eval_encoder or config.encoder
+  eval_spec = common.evaluation_partner(config.eval_encoder, config.encoder)
   evaluator = encoders.get(eval_spec, 'eval_encoder',
                            attacked=eval_spec == config.encoder)
   independent = evaluator is not attacked
@@ -99,6 +99,8 @@ def run(config: Any) -> dict[str, Any]:
       common.say(f'  arm {plan.requested}: runs as {plan.name} (dropped '
            + '; '.join(f'{t}: {r}' for t, r in plan.dropped.items()) + ')')
 
+  attribute_nets = [loading.load_attribute_net(n)
+                    for n in config.attribute_nets]
   pools = scores.Pools(data, attacked)
   landmark_model = (heads.landmark_net.predict if heads.landmark_net
                     else None)
@@ -128,8 +130,11 @@ def run(config: Any) -> dict[str, Any]:
         'diverged_rows': np.flatnonzero(result.diverged).tolist(),
         'final_loss': {k: scores.summarize(v[rows])
                        for k, v in result.final.items()},
-        'appearance': scores.appearance_metrics(targets.sources, inversion.images,
-                                         rows, landmark_model=landmark_model),
+        'appearance': scores.appearance_metrics(
+            targets.sources, inversion.images, rows,
+            landmark_model=landmark_model),
+        'attributes': scores.attribute_preservation(
+            attribute_nets, targets.sources, inversion.images, rows),
         'attacked': scores.score_under(attacked, inversion, rows, pools, data,
                                  fmrs, attacked=attacked),
         'evaluation': scores.score_under(evaluator, inversion, rows, pools, data,

@@ -99,7 +99,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def infer_config(source: Mapping[str, Any], what: str = 'weights'
+def infer_config(source: Mapping[str, Any], *, what: str = 'weights'
                  ) -> dict[str, Any]:
   """Which face-api.js net the tensors are (see the module docstring).
 
@@ -134,7 +134,7 @@ def convert_weights(source: Mapping[str, np.ndarray], *,
   Returns:
     (config, variables) as `convert`.
   """
-  config = infer_config(source, what)
+  config = infer_config(source, what=what)
   model = faceapi.build(config)
   abstract = jax.eval_shape(
       model.init, jax.random.key(0),

@@ -132,7 +132,7 @@ class Graph:
     src, src_port = self._producer[(layer.id, port)]
     return self.layers[src], src_port
 
-  def consumers(self, layer: Layer, port: int | None = None
+  def consumers(self, layer: Layer, *, port: int | None = None
                 ) -> list[tuple[Layer, int]]:
     """(layer, input index) pairs fed by `layer` (one output port or all)."""
     out = []
@@ -276,7 +276,7 @@ def const_value(layer: Layer, blob: bytes | memoryview, *, what: str = 'IR'
   return array
 
 
-def read(xml_path: str | os.PathLike,
+def read(xml_path: str | os.PathLike, *,
          bin_path: str | os.PathLike | None = None) -> Graph:
   """Reads an IR: the XML graph and every constant from the ``.bin``.
 

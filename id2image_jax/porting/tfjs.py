@@ -127,7 +127,7 @@ def decode_weight(spec: Mapping[str, Any], data: bytes) -> np.ndarray:
 
 
 def decode_groups(groups: Sequence[Mapping[str, Any]],
-                  base_dir: str | os.PathLike,
+                  base_dir: str | os.PathLike, *,
                   what: str = 'weights manifest') -> dict[str, np.ndarray]:
   """Reads every weight of a manifest's groups from its shards.
 

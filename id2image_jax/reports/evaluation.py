@@ -172,6 +172,19 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines.append('| (no original images: pixel metrics need them) |'
                  + ' |' * len(names))
 
+  measures = sorted({(net, m) for a in names
+                     for net, ms in arms[a].get('attributes', {}).items()
+                     for m in ms})
+  if measures:
+    lines += ['', '## Attribute preservation (original vs reconstruction, '
+              'labelled by the same network)', '',
+              '| network | measure | ' + ' | '.join(names) + ' |',
+              '|---|---|' + '---:|' * len(names)]
+    for net, m in measures:
+      lines.append(f'| {net} | {m.replace("_", " ")} | ' + ' | '.join(
+          _fmt(arms[a].get('attributes', {}).get(net, {}).get(m, {}).get(
+              'mean'), '{:.1f}') for a in names) + ' |')
+
   fmrs = [f'{f:g}' for f in report['fmrs']]
   lines += ['', '## Identity', '',
             '| encoder | measure | ' + ' | '.join(names) + ' |',
@@ -262,6 +275,9 @@ def console_summary(report: Mapping[str, Any]) -> str:
         parts.append(f'{key} {_fmt(app[key]["mean"], "{:.3f}")}')
     parts.append('id cos (attacked) '
                  + _fmt(arm['attacked']['cosine']['mean']))
+    for net, ms in arm.get('attributes', {}).items():
+      for m, v in ms.items():
+        parts.append(f'{m} {_fmt(v["mean"], "{:.1f}")}')
     if 'cosine' in ev:
       parts.append(f'id cos (eval) {_fmt(ev["cosine"]["mean"])}')
       for fmr, e in ev['tmr'].items():
