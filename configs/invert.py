@@ -53,7 +53,7 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # 'auto' (the shipped ID->latent head of this generator + encoder when
   # there is one, else w_avg) | 'w_avg' | 'random' | a head's directory.
   c.init = 'auto'
-  c.steps = 120
+  c.steps = 30
   c.learning_rate = 0.02
   c.lr_schedule = 'cosine'  # 'constant' | 'cosine'
   c.chunk_size = 8  # targets per compiled step (multiple of device count)

@@ -2,6 +2,10 @@
 
   id2image invert --out runs/invert
   python docs/make_selfcheck_figure.py runs/invert docs/selfcheck.png
+  id2image invert --targets photos/ --set steps=60 --out runs/photos
+  python docs/make_selfcheck_figure.py runs/photos docs/photos.png \
+      --title 'id2image invert --targets photos/: real photos'
+
 
 Reads the run's grid.png (cells are target | reconstruction) and
 summary.json (per-target identity cosine and PSNR).
@@ -23,6 +27,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('run', help='workdir of an `id2image invert` run')
   parser.add_argument('out', help='PNG to write')
+  parser.add_argument('--title', default=(
+      'id2image invert: targets from known latents, inverted from their '
+      'descriptors alone'))
   parser.add_argument('--pad', type=int, default=2,
                       help='border of the run grid (outputs.image_grid)')
   args = parser.parse_args()
@@ -49,8 +56,7 @@ def main() -> None:
       ax.set_yticks([])
   axes[0, 0].set_ylabel('target')
   axes[1, 0].set_ylabel('reconstruction')
-  fig.suptitle('id2image invert: targets from known latents, inverted from '
-               'their descriptors alone', fontsize=9)
+  fig.suptitle(args.title, fontsize=9)
   fig.tight_layout()
   fig.savefig(args.out, dpi=80)
 

@@ -33,11 +33,27 @@ def node_executable() -> str | None:
   return shutil.which('node')
 
 
-def check_installed() -> None:
-  """Raises if ports/node_modules lacks the pinned packages."""
+def _missing() -> list[str]:
   need = [PORTS / 'node_modules' / '@tensorflow' / 'tfjs',
           PORTS / 'node_modules' / '@vladmandic' / 'face-api']
-  missing = [p.name for p in need if not p.is_dir()]
+  return [p.name for p in need if not p.is_dir()]
+
+
+def ensure_installed() -> bool:
+  """Installs the pinned packages (``npm ci``, lockfile, no scripts) when
+  node is there and they are not; True when they are there."""
+  if node_executable() is None:
+    return False
+  if _missing() and shutil.which('npm'):
+    subprocess.run(['npm', 'ci', '--prefix', str(PORTS), '--ignore-scripts',
+                    '--no-audit', '--no-fund'], check=False,
+                   capture_output=True)
+  return not _missing()
+
+
+def check_installed() -> None:
+  """Raises if ports/node_modules lacks the pinned packages."""
+  missing = _missing()
   if missing:
     raise RuntimeError(f'TF.js reference packages missing ({missing}): run '
                        f'`{INSTALL}` from the repository root')

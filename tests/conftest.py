@@ -25,3 +25,13 @@ def _fresh_trace_counters():
   # two test files that both jit a local `embed` would otherwise collide.
   chex.clear_trace_counter()
   yield
+
+
+def pytest_sessionstart(session):
+  # The TF.js parity references run under node with pinned npm packages;
+  # install them once, before the workers start, so the README's test
+  # command is all a fresh clone needs.
+  if hasattr(session.config, 'workerinput'):
+    return
+  from ports import tfjs_reference  # pylint: disable=g-import-not-at-top
+  tfjs_reference.ensure_installed()
