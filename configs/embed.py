@@ -26,7 +26,8 @@ def get_config(arg: str = 'celeb_a') -> ml_collections.ConfigDict:
   # Used in `out`; default: the checkpoint directory's name.
   config.encoder_name = config_dict.placeholder(str)
   # Face box (top, left, bottom, right fractions) of the dataset's images fed
-  # to the encoder's input spec; (0, 0, 1, 1): already aligned for it.
+  # to the encoder's input spec; (0, 0, 1, 1): already aligned for it;
+  # (): the encoder's own FFHQ box (for a copy made by `id2image align`).
   config.crop = (0.0, 0.0, 1.0, 1.0)
   config.dtype = 'float32'  # encoder compute dtype (or bfloat16)
 

@@ -39,6 +39,7 @@ _SHORTCUTS = {
                  'out': 'workdir'},
     'regressor': {'generator': 'generator', 'encoder': 'encoder',
                   'out': 'workdir', 'steps': 'steps'},
+    'align': {'data': 'source', 'out': 'out'},
 }
 
 
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                   'evaluation with MSE/PSNR/SSIM, cosine and TMR@FMR',
       'regressor': 'train the ID->latent network on synthetic pairs (it '
                    'initialises the inversion: invert --set init=...)',
+      'align': 'an FFHQ-aligned copy of a folder of faces, with their 68 '
+               'landmarks (dlib)',
   }
   for command, shortcuts in _SHORTCUTS.items():
     p = sub.add_parser(command, help=helps[command])

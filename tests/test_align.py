@@ -44,3 +44,41 @@ def test_aligned_photo_puts_the_eyes_level_and_centred(aligner):
 
 def test_no_face_gives_none(aligner):
   assert aligner.align(np.full((80, 80, 3), 200, np.uint8), 64) is None
+
+
+def test_align_folder_keeps_the_layout_and_maps_the_landmarks(tmp_path,
+                                                              aligner):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from id2image_jax.data import celeba  # pylint: disable=g-import-not-at-top
+  src, dst = tmp_path / 'src', tmp_path / 'dst'
+  (src / celeba.IMAGES_DIR).mkdir(parents=True)
+  Image.fromarray(skimage_data.astronaut()).save(
+      src / celeba.IMAGES_DIR / '000001.jpg')
+  Image.fromarray(np.full((60, 50, 3), 90, np.uint8)).save(
+      src / celeba.IMAGES_DIR / '000002.jpg')
+  for name, text in ((celeba.IDENTITY_FILE, '000001.jpg 7\n000002.jpg 8\n'),
+                     (celeba.ATTRIBUTE_FILE, '2\n' + ' '.join(
+                         celeba.ATTRIBUTE_NAMES) + '\n' + ''.join(
+                             f'{n} ' + ' '.join(['1'] * 40) + '\n'
+                             for n in ('000001.jpg', '000002.jpg')))):
+    (src / name).write_text(text)
+  counts = align.align_folder(str(src), str(dst), size=128, progress=False)
+  assert counts == {'aligned': 1, 'skipped': 1, 'reused': 0}
+  assert (dst / celeba.IDENTITY_FILE).exists()
+  assert '000002.jpg no face' in (dst / align.SKIPPED_FILE).read_text()
+  # The stored points are where the predictor finds them in the aligned
+  # image (within a few pixels of 128).
+  stored = np.array((dst / align.LANDMARK_FILE).read_text().split()[1:],
+                    np.float64).reshape(68, 2)
+  image = np.asarray(Image.open(dst / celeba.IMAGES_DIR / '000001.jpg'))
+  found = aligner.landmarks(image)
+  err = np.abs(stored * 128 - (found + 0.5)).mean()
+  assert err < 2.0, err
+  # The CelebA reader serves them as labels; a rerun redoes nothing.
+  labels = {k: v for s in celeba.SPLITS
+            for k, v in celeba.read_annotations(str(dst), s).items()
+            if k == 'landmarks68' and len(v)}
+  np.testing.assert_allclose(labels['landmarks68'][0], stored, atol=1e-5)
+  again = align.align_folder(str(src), str(dst), size=128, progress=False)
+  assert again == {'aligned': 0, 'skipped': 0, 'reused': 2}

@@ -66,6 +66,8 @@ MANUAL_FILES = {
     LANDMARK_FILE: 12156055,
     IDENTITY_FILE: 3424458,
 }
+# 68 dlib landmarks of an aligned copy (`id2image align`), when present.
+LANDMARK68_FILE = 'landmarks68_ffhq.txt'
 # What a CelebA-layout folder cannot do without (the rest is optional).
 REQUIRED_FILES = (IMAGES_ZIP, ATTRIBUTE_FILE, IDENTITY_FILE)
 # Identity-disjoint split used when there is no partition file: fractions of
@@ -314,6 +316,18 @@ def read_annotations(manual_dir: str, split: str) -> dict[str, np.ndarray]:
       'attributes': attributes > 0,  # the files say -1 / 1
       'identity': identity[:, 0].astype(np.int32),
   }
+  lm68_path = os.path.join(manual_dir, LANDMARK68_FILE)
+  if os.path.isfile(lm68_path):
+    # Written by `id2image align` (data.align.align_folder): dlib's 68
+    # points in the aligned images, as floats.
+    with open(lm68_path) as f:
+      rows68 = {r[0]: r[1:] for r in (line.split() for line in f) if r}
+    missing = [k for k in keys if k not in rows68]
+    if missing:
+      raise ValueError(f'{lm68_path} has no row for {missing[:5]}')
+    out['landmarks68'] = np.asarray([rows68[k] for k in keys],
+                                    np.float32).reshape(-1, 68, 2)
+    out['landmarks68_detected'] = np.ones(len(keys), bool)
   landmark_path = os.path.join(manual_dir, LANDMARK_FILE)
   if os.path.isfile(landmark_path):
     _, landmarks = rows(landmark_path, True)

@@ -42,10 +42,11 @@ def run(config: Any, *, embed_fn: descriptors.EmbedFn | None = None,
       raise ValueError('set config.encoder (--encoder): dlib, a public '
                        'encoder checkpoint file, KIND:PATH or a converted '
                        'checkpoint directory')
-    # The dataset's images are aligned for the encoder: the whole image
-    # unless config.crop says otherwise.
+    # config.crop: the box of the dataset's images the encoder reads; ()
+    # = the encoder's own FFHQ box (for FFHQ-aligned images, `id2image
+    # align`).
     encoder = loading.load_encoder(config.encoder,
-                                   crop=tuple(config.crop or (0, 0, 1, 1)),
+                                   crop=tuple(config.crop) or None,
                                    dtype=jnp.dtype(config.dtype))
     embed_fn = functools.partial(encoder.batch_fn(), encoder.variables)
   name = config.encoder_name or common.encoder_file_stem(config.encoder)
