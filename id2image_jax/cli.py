@@ -45,14 +45,16 @@ _SHORTCUTS = {
 
 def _job(command: str) -> Callable[[ml_collections.ConfigDict], Any]:
   # Imported here so `id2image --help` starts fast and without JAX.
-  # pylint: disable-next=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from id2image_jax.jobs import align
   from id2image_jax.jobs import embed
   from id2image_jax.jobs import evaluate
   from id2image_jax.jobs import invert
   from id2image_jax.jobs import leakage
   from id2image_jax.jobs import regressor
+  # pylint: enable=g-import-not-at-top
   jobs = {'invert': invert, 'embed': embed, 'leakage': leakage,
-          'regressor': regressor, 'evaluate': evaluate}
+          'regressor': regressor, 'evaluate': evaluate, 'align': align}
   if command not in jobs:
     raise ValueError(f'unknown command {command!r}')
   return jobs[command].run
