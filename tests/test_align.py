@@ -82,3 +82,15 @@ def test_align_folder_keeps_the_layout_and_maps_the_landmarks(tmp_path,
   np.testing.assert_allclose(labels['landmarks68'][0], stored, atol=1e-5)
   again = align.align_folder(str(src), str(dst), size=128, progress=False)
   assert again == {'aligned': 0, 'skipped': 0, 'reused': 2}
+
+
+def test_cli_align(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from id2image_jax import cli  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'in').mkdir()
+  Image.fromarray(np.full((40, 40, 3), 10, np.uint8)).save(
+      tmp_path / 'in' / 'wall.png')
+  assert cli.main(['align', '--data', str(tmp_path / 'in'), '--out',
+                   str(tmp_path / 'out'), '--set', 'progress=False']) == 0
+  assert 'wall.png' in (tmp_path / 'out' / align.SKIPPED_FILE).read_text()
