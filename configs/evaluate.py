@@ -69,6 +69,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
     # Self-check: extra originals that are only embedded, never inverted,
     # to get enough impostor pairs for the FMR thresholds.
     c.num_impostor_images = 40
+    # For a CelebA-layout folder of targets (aligned by `id2image align`):
+    # the split whose people are used.
+    c.split = 'test'
     c.fmrs = (1e-2, 1e-3)
     c.grid_rows = 8
     c.workdir = 'runs/evaluate'

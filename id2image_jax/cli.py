@@ -40,6 +40,9 @@ _SHORTCUTS = {
     'regressor': {'generator': 'generator', 'encoder': 'encoder',
                   'out': 'workdir', 'steps': 'steps'},
     'align': {'data': 'source', 'out': 'out'},
+    'audit': {'encoder': 'encoder', 'data': 'data',
+              'eval_encoder': 'eval_encoder', 'budget': 'budget',
+              'generator': 'generator', 'out': 'workdir'},
 }
 
 
@@ -47,6 +50,7 @@ def _job(command: str) -> Callable[[ml_collections.ConfigDict], Any]:
   # Imported here so `id2image --help` starts fast and without JAX.
   # pylint: disable=g-import-not-at-top
   from id2image_jax.jobs import align
+  from id2image_jax.jobs import audit
   from id2image_jax.jobs import embed
   from id2image_jax.jobs import evaluate
   from id2image_jax.jobs import invert
@@ -54,7 +58,8 @@ def _job(command: str) -> Callable[[ml_collections.ConfigDict], Any]:
   from id2image_jax.jobs import regressor
   # pylint: enable=g-import-not-at-top
   jobs = {'invert': invert, 'embed': embed, 'leakage': leakage,
-          'regressor': regressor, 'evaluate': evaluate, 'align': align}
+          'regressor': regressor, 'evaluate': evaluate, 'align': align,
+          'audit': audit}
   if command not in jobs:
     raise ValueError(f'unknown command {command!r}')
   return jobs[command].run
@@ -128,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                    'initialises the inversion: invert --set init=...)',
       'align': 'an FFHQ-aligned copy of a folder of faces, with their 68 '
                'landmarks (dlib)',
+      'audit': 'one self-contained HTML report of what an encoder\'s '
+               'templates leak: attributes, geometry, colour, identity '
+               '(white- and black-box reconstruction)',
   }
   for command, shortcuts in _SHORTCUTS.items():
     p = sub.add_parser(command, help=helps[command])

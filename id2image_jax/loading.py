@@ -391,6 +391,11 @@ def read(spec: str, role: str) -> Loaded:
   if os.path.isfile(os.path.join(path, checkpoints.META_FILE)):
     return _read_converted(path, kind, role)
   kind = kind or _by_marker(path, role)
+  if kind is None and os.path.isdir(path):
+    raise FileNotFoundError(
+        f'{path} is a directory but not a converted checkpoint (no '
+        f'{checkpoints.META_FILE}); pass a {role} file or KIND:PATH with '
+        f'KIND one of {_kinds(role)}')
   what = os.path.basename(path)
   if kind is None:
     parser = _PARSERS.get(os.path.splitext(path)[1].lower(), safe_load.load)

@@ -103,12 +103,30 @@ def quad_to_square(quad: np.ndarray, size: int) -> np.ndarray:
   return a.T
 
 
+_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+
+
+def image_names(folder: str) -> list[str]:
+  """Images of `folder` and of its subfolders one level down (one folder
+  per person, as LFW), as sorted relative paths."""
+  names = []
+  for entry in sorted(os.listdir(folder)):
+    path = os.path.join(folder, entry)
+    if os.path.isdir(path):
+      names += [f'{entry}/{f}' for f in sorted(os.listdir(path))
+                if f.lower().endswith(_SUFFIXES)]
+    elif entry.lower().endswith(_SUFFIXES):
+      names.append(entry)
+  return names
+
+
 def align_folder(src: str, dst: str, *, size: int = 256,
                  upsample: int = 1, progress: bool = True) -> dict[str, int]:
   """An FFHQ-aligned copy of a folder of face photos, with 68 landmarks.
 
-  Every image of `src` (or of ``src/img_align_celeba`` for a CelebA-layout
-  folder, whose annotation files are copied along) is cut the FFHQ way
+  Every image of `src` (and of its person subfolders, or of
+  ``src/img_align_celeba`` for a CelebA-layout folder, whose annotation
+  files are copied along) is cut the FFHQ way
   into ``dst`` (same relative name, PNG), its 68 dlib landmarks mapped into
   the square and listed in `LANDMARK_FILE`; photos without a detectable
   face are left out and named in `SKIPPED_FILE`. Images already in `dst`
@@ -128,8 +146,7 @@ def align_folder(src: str, dst: str, *, size: int = 256,
                  celeba.PARTITION_FILE):
       if os.path.isfile(os.path.join(src, name)):
         shutil.copy(os.path.join(src, name), os.path.join(dst, name))
-  names = sorted(f for f in os.listdir(images_in) if f.lower().endswith(
-      ('.png', '.jpg', '.jpeg', '.bmp', '.webp')))
+  names = image_names(images_in)
   if not names:
     raise ValueError(f'{images_in} holds no images')
   lm_path = os.path.join(dst, LANDMARK_FILE)
@@ -162,7 +179,9 @@ def align_folder(src: str, dst: str, *, size: int = 256,
       # `a` maps pixel-index coordinates to the square's continuous ones
       # (both sides of warp_quad's half-pixel shift cancel).
       points = (np.c_[lm, np.ones(len(lm))] @ a.T) / size
-      Image.fromarray(out).save(os.path.join(images_out, name), quality=95)
+      target = os.path.join(images_out, name)
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      Image.fromarray(out).save(target, quality=95)
       lm_file.write(name + ' ' + ' '.join(f'{v:.5f}' for v in
                                           points.reshape(-1)) + '\n')
       counts['aligned'] += 1

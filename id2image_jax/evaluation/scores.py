@@ -156,34 +156,61 @@ def summarize(values: Any) -> dict[str, float | None]:
 
 def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
                      pool_descriptors: np.ndarray, pool_labels: np.ndarray,
-                     impostor_pairs: np.ndarray,
-                     fmrs: Sequence[float]) -> dict[str, Any]:
+                     impostor_pairs: np.ndarray, fmrs: Sequence[float], *,
+                     pool_identity: np.ndarray | None = None
+                     ) -> dict[str, Any]:
   """Identity cosine and TMR@FMR of reconstructions under one encoder.
+
+  Type I: the reconstruction against its own original (the image whose
+  descriptor was inverted). Type II, when identities are known: against
+  the *other* images of the same person (what a verification system holds
+  of them).
 
   Args:
     reconstructed: [N, D] descriptors of the reconstructions of `rows`.
     rows: [N] their target rows (= their originals' labels).
     pool_descriptors: [M, D] the originals' descriptors, same encoder.
-    pool_labels: [M] their labels.
+    pool_labels: [M] their labels (one image each; target row i has
+      label i).
     impostor_pairs: [P] `impostor_pair_scores` of the pool.
     fmrs: false match rates.
+    pool_identity: [M] the person in each pool image; adds type II.
 
   Returns:
     ``genuine`` (per row), ``cosine`` (summary of genuine), ``attack_impostor``
-    (summary of reconstruction vs other originals), ``tmr``
-    (`tmr_report`), ``num_impostor_pairs``.
+    (summary of reconstruction vs other people's originals), ``tmr``
+    (`tmr_report`), ``num_impostor_pairs``; with `pool_identity` also
+    ``type2`` {``genuine``, ``cosine``, ``tmr``, ``num_genuine``}.
   """
   if not len(rows):
     return {'genuine': [], 'cosine': summarize([]), 'tmr': {},
             'num_impostor_pairs': len(impostor_pairs)}
-  genuine, impostor = attack_scores(reconstructed, rows,
-                                           pool_descriptors, pool_labels)
-  return {'genuine': genuine.tolist(),
-          'attack_impostor_scores': impostor.tolist(),
-          'cosine': summarize(genuine),
-          'attack_impostor': summarize(impostor),
-          'tmr': tmr_report(genuine, impostor_pairs, fmrs),
-          'num_impostor_pairs': len(impostor_pairs)}
+  genuine, _ = attack_scores(reconstructed, rows, pool_descriptors,
+                             pool_labels)
+  pool_labels = np.asarray(pool_labels)
+  person = (pool_labels if pool_identity is None
+            else np.asarray(pool_identity))
+  # The person of each reconstruction: that of its own original.
+  own = person[[int(np.flatnonzero(pool_labels == r)[0]) for r in rows]]
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True),
+                                  1e-12)
+  cos = unit(np.asarray(reconstructed, np.float64)) @ unit(
+      np.asarray(pool_descriptors, np.float64)).T  # [N, M]
+  impostor = cos[own[:, None] != person[None, :]]
+  out = {'genuine': genuine.tolist(),
+         'attack_impostor_scores': impostor.tolist(),
+         'cosine': summarize(genuine),
+         'attack_impostor': summarize(impostor),
+         'tmr': tmr_report(genuine, impostor_pairs, fmrs),
+         'num_impostor_pairs': len(impostor_pairs)}
+  if pool_identity is not None:
+    same = (own[:, None] == person[None, :]) & (
+        np.asarray(rows)[:, None] != pool_labels[None, :])
+    second = cos[same]
+    out['type2'] = {'genuine': second.tolist(), 'cosine': summarize(second),
+                    'tmr': tmr_report(second, impostor_pairs, fmrs),
+                    'num_genuine': int(second.size)}
+  return out
 
 
 def appearance_metrics(sources: np.ndarray | None, images: np.ndarray,
@@ -275,8 +302,10 @@ class Pools:
     self._cache = {id(attacked): self._pairs(data.pool_descriptors)}
 
   def _pairs(self, descriptors):
+    # Pairs of different people (each unordered pair once) set the
+    # threshold.
     return descriptors, impostor_pair_scores(descriptors,
-                                                    self._data.pool_labels)
+                                             self._data.pool_identity)
 
   def available(self, encoder: protocols.Encoder) -> bool:
     return id(encoder) in self._cache or self._data.pool_images is not None
@@ -302,5 +331,6 @@ def score_under(encoder, inversion, rows, pools, data, fmrs, *,
   recon = (inversion.descriptors[rows] if encoder is attacked
            else encoder.embed(inversion.images[rows]) if len(rows) else
            np.zeros((0, encoder.dim), np.float32))
-  return identity_metrics(recon, rows, descriptors, data.pool_labels, pairs,
-                          fmrs)
+  return identity_metrics(
+      recon, rows, descriptors, data.pool_labels, pairs, fmrs,
+      pool_identity=data.pool_identity if data.knows_identities else None)

@@ -9,11 +9,15 @@ of originals whose pairs set the verification threshold is
 * self-check: the inverted targets plus ``num_impostor_images`` more images
   of known latents that are only embedded, never inverted (cheap, and it
   gets the pair count to the >= 1000 that FMR 1e-3 needs);
-* image folder: every readable image.
+* image folder: every readable image;
+* a CelebA-layout folder (identity file present; `celeba_layout`): people
+  with two or more images give the targets (image A inverted, images B
+  kept for the type-II attack), plus images of other people.
 
-Every original is taken as its own identity (labels = pool row), which is
-exact for the self-check. For a folder with several images per person this
-counts same-person pairs as impostors (a stricter threshold).
+Without identity annotations every original is taken as its own identity
+(labels = pool row), which is exact for the self-check. For a folder with
+several images per person this counts same-person pairs as impostors (a
+stricter threshold).
 
 **Landmark and histogram targets** (``config.aux_targets``):
 
@@ -36,13 +40,17 @@ term is unavailable, whatever the targets.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from id2image_jax import losses
 from id2image_jax import protocols
+from id2image_jax.data import celeba
 from id2image_jax.data import targets as targets_lib
+from id2image_jax.preprocess import uint8_to_unit_range
 
 AUX_MODES = ('auto', 'heads', 'measured')
 
@@ -54,7 +62,11 @@ class EvalTargets:
   Attributes:
     targets: the invert job's `Targets` (rows that are inverted).
     pool_images: [M, H, W, 3] original images in [-1, 1], or None.
-    pool_labels: [M] identity label of each; target row i has label i.
+    pool_labels: [M] a label per image; target row i has label i.
+    pool_identity: [M] the person in each image (= pool_labels when each
+      image is taken as its own person).
+    knows_identities: True when `pool_identity` comes from identity
+      annotations (then type-II scores exist).
     pool_descriptors: [M, D] descriptors of the pool under the attacked
       encoder (when there are no images: the target descriptors).
   """
@@ -62,6 +74,12 @@ class EvalTargets:
   pool_images: np.ndarray | None
   pool_labels: np.ndarray
   pool_descriptors: np.ndarray
+  pool_identity: np.ndarray | None = None
+  knows_identities: bool = False
+
+  def __post_init__(self):
+    if self.pool_identity is None:
+      self.pool_identity = self.pool_labels
 
 
 def _rows(targets: targets_lib.Targets, n: int) -> targets_lib.Targets:
@@ -74,9 +92,59 @@ def _rows(targets: targets_lib.Targets, n: int) -> targets_lib.Targets:
       skipped={r: w for r, w in targets.skipped.items() if r < n})
 
 
+def _read_aligned(folder: str, keys: np.ndarray) -> np.ndarray:
+  images = []
+  for k in keys:
+    with Image.open(os.path.join(folder, celeba.IMAGES_DIR, k)) as im:
+      images.append(np.asarray(im.convert('RGB')))
+  return np.asarray(uint8_to_unit_range(np.stack(images)))
+
+
+def celeba_layout(config: Any, encoder: protocols.Encoder) -> EvalTargets:
+  """Targets and pool from a CelebA-layout folder with identities.
+
+  Of the split's people with two or more images, the first
+  ``config.num_targets`` (in a fixed shuffled order, ``config.seed``) give a
+  target each: their first image A is inverted; every image of them is in
+  the pool (type II compares the reconstruction with their other images B),
+  plus ``config.num_impostor_images`` images of other people of the split,
+  so that impostor pairs (different people, each pair once) set the
+  thresholds. The folder's images are taken as FFHQ-aligned (`id2image
+  align`).
+  """
+  ann = celeba.read_annotations(config.targets, config.split)
+  keys, people = ann['key'], ann['identity']
+  ids, counts = np.unique(people, return_counts=True)
+  chosen = np.random.default_rng(config.seed).permutation(ids[counts >= 2])
+  chosen = chosen[:config.num_targets]
+  if not len(chosen):
+    raise ValueError(f'{config.targets} ({config.split}) has no person with '
+                     'two or more images')
+  rows = [np.flatnonzero(people == p) for p in chosen]
+  firsts = [r[0] for r in rows]
+  others = [i for r in rows for i in r[1:]]
+  rest = np.flatnonzero(~np.isin(people, chosen))
+  extra = np.random.default_rng(config.seed + 1).permutation(rest)[
+      :config.num_impostor_images]
+  order = np.concatenate([firsts, others, extra]).astype(int)
+  images = _read_aligned(config.targets, keys[order])
+  descriptors = encoder.embed(images)
+  n = len(firsts)
+  targets = targets_lib.Targets(
+      descriptors=descriptors[:n], names=[str(k) for k in keys[order[:n]]],
+      sources=images[:n])
+  return EvalTargets(targets=targets, pool_images=images,
+                     pool_labels=np.arange(len(order)),
+                     pool_descriptors=descriptors,
+                     pool_identity=people[order], knows_identities=True)
+
+
 def load(config: Any, generator: protocols.Generator,
          encoder: protocols.Encoder) -> EvalTargets:
   """Reads or generates the targets and the pool (module docstring)."""
+  if config.targets and os.path.isfile(
+      os.path.join(config.targets, celeba.IDENTITY_FILE)):
+    return celeba_layout(config, encoder)
   if not config.targets:
     n, extra = config.num_targets, config.num_impostor_images
     if extra < 0:

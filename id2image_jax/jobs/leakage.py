@@ -67,6 +67,8 @@ def run(config: Any) -> dict[str, Any]:
                                 cfg['landmarks'])
   attribute_names = (common.names(attr_cfg['names']) if attr_cfg['enabled']
                      else [])
+  if attribute_names == ['all']:
+    attribute_names = list(data_lib.CELEBA_ATTRIBUTES)
   img_cfg = cfg['image_baseline']
   notes = []
 

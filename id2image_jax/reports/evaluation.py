@@ -202,6 +202,14 @@ def to_markdown(report: Mapping[str, Any]) -> str:
       lines.append(f'| {label} | TMR @ FMR {fmr} | ' + ' | '.join(
           _tmr_cell(arms[a][role]['tmr'].get(fmr, {})) for a in names)
                    + ' |')
+    if all('type2' in arms[a][role] for a in names):
+      lines.append(f'| {label} | type II: cosine vs other photos, mean | '
+                   + ' | '.join(_fmt(arms[a][role]['type2']['cosine'][
+                       'mean']) for a in names) + ' |')
+      for fmr in fmrs:
+        lines.append(f'| {label} | type II: TMR @ FMR {fmr} | ' + ' | '.join(
+            _tmr_cell(arms[a][role]['type2']['tmr'].get(fmr, {}))
+            for a in names) + ' |')
   lines += ['', _pairs_note(report, names), '']
 
   transfer = report['transfer']

@@ -1,0 +1,46 @@
+"""The ``id2image audit`` job: what do stored templates of a face encoder
+give away? One self-contained HTML report plus ``audit.json``.
+
+On the shipped models (dlib attacked, MobileStyleGAN generator) and a folder
+of faces, the quick budget runs in minutes on a 2-core CPU::
+
+  id2image audit --encoder dlib --data photos/ --out runs/audit
+
+``--data`` is a folder of photos (flat, or one subfolder per person), a
+CelebA-layout folder (identities and attributes from its annotation files),
+an aligned copy made by ``id2image align``, or ``tfds:lfw`` (a prepared TFDS
+dataset). ``--budget`` quick | standard | full scales the work; any field of
+the budget can be set on its own (``--set steps=100``).
+"""
+
+import ml_collections
+
+# images: faces used (0: all); targets: inverted per attack; steps: white-box
+# Adam steps; epochs: of the leakage heads; nes_population / nes_steps: the
+# black-box attacker; nes_targets: targets it attacks.
+BUDGETS = {
+    'quick': dict(images=60, targets=3, steps=20, epochs=10,
+                  nes_population=4, nes_steps=6, nes_targets=2),
+    'standard': dict(images=600, targets=8, steps=60, epochs=20,
+                     nes_population=8, nes_steps=40, nes_targets=4),
+    'full': dict(images=0, targets=64, steps=300, epochs=40,
+                 nes_population=32, nes_steps=300, nes_targets=16),
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.encoder = 'dlib'  # the encoder whose templates are audited
+  c.eval_encoder = 'auto'  # an independent verifier ('auto': see evaluate)
+  c.generator = 'mobilestylegan'
+  c.data = ''
+  c.budget = 'quick'
+  # 0 = the budget's value (BUDGETS above).
+  for field in BUDGETS['quick']:
+    c[field] = 0
+  c.attribute_nets = ('faceapi_age_gender', 'faceapi_expression')
+  c.fmrs = (1e-2, 1e-3)
+  c.seed = 0
+  c.workdir = 'runs/audit'
+  c.progress = True
+  return c.lock()

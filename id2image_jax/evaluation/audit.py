@@ -1,0 +1,249 @@
+"""The measurements of an audit, on faces in memory (no file I/O).
+
+* `leakage`: Table 1 for one encoder on a face set: heads trained on an
+  identity-disjoint split predict attributes, 68 landmarks and the colour
+  histogram from descriptors; baselines and bootstrap intervals from
+  `analysis.leakage`.
+* `attack_targets` / `score_attack`: who is inverted (a photo A of people
+  who have another photo B), and how often the reconstruction is accepted
+  as them (type I: vs A; type II: vs B) at fixed FMRs.
+* `blackbox_attack`: the same inversion when only similarity scores can be
+  queried (`inversion.blackbox`), with its query count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from id2image_jax import losses
+from id2image_jax import protocols
+from id2image_jax.analysis import leakage as leakage_lib
+from id2image_jax.data import celeba
+from id2image_jax.data import faces as faces_lib
+from id2image_jax.data import targets as targets_lib
+from id2image_jax.evaluation import scores
+from id2image_jax.inversion import blackbox
+from id2image_jax.inversion import engine
+from id2image_jax.inversion import recipe
+
+# Labels an attribute network gives when the data has none (pseudo labels).
+_NET_ATTRIBUTES = {
+    'male_prob': ('Male', lambda v: v > 0.5),
+    'age_years': ('Young', lambda v: v < 30.0),
+}
+
+
+def split_rows(faces: faces_lib.Faces, *, seed: int = 0
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) rows, identity-disjoint (70 / 30 % of the people)."""
+  people = (faces.identity if faces.identity is not None
+            else np.arange(len(faces)))
+  return tuple(celeba.identity_split(people, s, fractions=(0.7, 0.0, 0.3),
+                                     seed=seed) for s in ('train', 'test'))
+
+
+def labels(faces: faces_lib.Faces,
+           nets: Sequence[protocols.AttributeNet]) -> tuple[
+               dict[str, np.ndarray], str]:
+  """Binary attributes to predict, and where they come from (in words).
+
+  The data's own annotations when it has them (CelebA's 40), else pseudo
+  labels from the attribute networks: Male, Young (< 30 years), and the top
+  expression (Smiling = happy).
+  """
+  if faces.attributes:
+    return dict(faces.attributes), 'the data set\'s annotations'
+  out = {}
+  for net in nets:
+    pred = net.predict(faces.images)
+    for name, value in pred.items():
+      if name in _NET_ATTRIBUTES:
+        label, rule = _NET_ATTRIBUTES[name]
+        out[label] = np.asarray(rule(value))
+      elif name == 'expression_probs':
+        top = np.asarray(value).argmax(-1)
+        for i, expr in enumerate(net.labels[name]):
+          if expr == 'happy':
+            out['Smiling'] = top == i
+  kinds = ', '.join(n.kind for n in nets)
+  return out, f'pseudo labels from the attribute networks ({kinds})'
+
+
+def leakage(key: jax.Array, faces: faces_lib.Faces, descriptors: np.ndarray,
+            attributes: dict[str, np.ndarray], *, epochs: int,
+            progress: bool = False) -> dict[str, Any]:
+  """Table 1 for one encoder (see the module docstring).
+
+  Returns:
+    ``{'attributes': {...}, 'landmarks': {...}, 'histogram': {...},
+    'num_train', 'num_test', 'skipped_attributes': {name: why}}`` in the
+    form of `analysis.leakage` (with intervals and ``leaks`` flags).
+  """
+  train_rows, test_rows = split_rows(faces)
+  size = faces.images.shape[1]
+  arrays = {
+      'descriptor': descriptors,
+      'identity': (faces.identity if faces.identity is not None
+                   else np.arange(len(faces))),
+      'landmarks68': faces.landmarks,
+      'landmarks68_detected': np.ones(len(faces), bool),
+      'histogram': np.asarray(losses.image_histogram(
+          faces.images, value_range=(-1.0, 1.0))),
+      **{f'attr:{n}': v for n, v in attributes.items()},
+      'meta': {'image_size': [size, size]},
+  }
+  train = leakage_lib.subset(arrays, train_rows)
+  test = leakage_lib.subset(arrays, test_rows)
+  # An attribute constant on either side teaches nothing measurable.
+  usable, skipped = [], {}
+  for n, v in attributes.items():
+    if len(np.unique(v[train_rows])) < 2 or len(np.unique(v[test_rows])) < 2:
+      skipped[n] = 'one class only in the training or test split'
+    else:
+      usable.append(n)
+  short = lambda hidden, lr, opt, batch: leakage_lib.Training(
+      hidden=hidden, optimizer=opt, learning_rate=lr,
+      batch_size=min(batch, len(train_rows)), num_epochs=epochs)
+  attrs, _ = leakage_lib.attribute_leakage(
+      jax.random.fold_in(key, 0), train, test, [f'attr:{n}' for n in usable],
+      short((256, 256, 256), 1e-3, 'adam', 256), progress=progress)
+  lm, _ = leakage_lib.landmark_leakage(
+      jax.random.fold_in(key, 1), train, test,
+      short((256, 256), 1e-3, 'sgd', 16), pixel_scale=224.0,
+      progress=progress)
+  hist, _ = leakage_lib.histogram_leakage(
+      jax.random.fold_in(key, 2), train, test,
+      short((8, 8), 1e-3, 'adam', 32), progress=progress)
+  return {'attributes': {n[len('attr:'):]: r for n, r in attrs.items()},
+          'landmarks': lm, 'histogram': hist,
+          'num_train': int(len(train_rows)), 'num_test': int(len(test_rows)),
+          'skipped_attributes': skipped}
+
+
+@dataclasses.dataclass
+class AttackSet:
+  """Who is attacked, and the pool that sets the thresholds.
+
+  Attributes:
+    rows: [T] face rows whose descriptor is inverted (photo A).
+    others: [T] a second photo B of the same person per target, or -1.
+    pool: [M] face rows (the test split) whose pairs of different people
+      set the verification thresholds.
+    why_no_type2: why there is no type-II attack, or ''.
+  """
+  rows: np.ndarray
+  others: np.ndarray
+  pool: np.ndarray
+  why_no_type2: str
+
+
+def attack_targets(faces: faces_lib.Faces, num: int) -> AttackSet:
+  """Up to `num` test people, photo A of each (module docstring)."""
+  _, test = split_rows(faces)
+  if faces.identity is None:
+    return AttackSet(test[:num], np.full(min(num, len(test)), -1), test,
+                     'the data has no identities (one photo per person '
+                     'assumed): only type I is measured')
+  people = faces.identity[test]
+  rows, others = [], []
+  for p in dict.fromkeys(people):  # in order, each person once
+    mine = test[people == p]
+    if len(mine) >= 2:
+      rows.append(mine[0])
+      others.append(mine[1])
+    if len(rows) == num:
+      break
+  why = ''
+  if not rows:
+    why = ('no test person has two photos: only type I is measured')
+    rows = list(test[:num])
+    others = [-1] * len(rows)
+  return AttackSet(np.asarray(rows), np.asarray(others), test, why)
+
+
+def score_attack(encoder: protocols.Encoder, images: np.ndarray,
+                 faces: faces_lib.Faces, attack: AttackSet,
+                 fmrs: Sequence[float], *,
+                 pool_descriptors: np.ndarray | None = None
+                 ) -> dict[str, Any]:
+  """Identity scores of reconstructions under `encoder` (type I and II).
+
+  Args:
+    encoder: the scoring encoder.
+    images: [T, H, W, 3] reconstructions of ``attack.rows``.
+    faces: the face set.
+    attack: targets and pool.
+    fmrs: false match rates.
+    pool_descriptors: the pool's descriptors under `encoder` if known.
+  """
+  if pool_descriptors is None:
+    pool_descriptors = encoder.embed(faces.images[attack.pool])
+  identity = (faces.identity if faces.identity is not None
+              else np.arange(len(faces)))
+  pairs = scores.impostor_pair_scores(pool_descriptors,
+                                      identity[attack.pool])
+  labels = np.arange(len(attack.pool))
+  index = {int(r): i for i, r in enumerate(attack.pool)}
+  rows = np.asarray([index[int(r)] for r in attack.rows])
+  out = scores.identity_metrics(
+      encoder.embed(images), rows, pool_descriptors, labels, pairs, fmrs,
+      pool_identity=(identity[attack.pool] if not attack.why_no_type2
+                     else None))
+  out['num_pool_images'] = int(len(attack.pool))
+  return out
+
+
+def invert(config: Any, generator: protocols.Generator,
+           encoder: protocols.Encoder, faces: faces_lib.Faces,
+           rows: np.ndarray, *, regressor=None) -> recipe.Inversion:
+  """The white-box attack: the ID2image inversion of the rows' templates."""
+  targets = targets_lib.Targets(
+      descriptors=encoder.embed(faces.images[rows]),
+      names=[faces.keys[r] for r in rows], sources=faces.images[rows])
+  return recipe.invert_targets(config, generator, encoder, targets,
+                               regressor=regressor)
+
+
+def blackbox_attack(config: Any, generator: protocols.Generator,
+                    encoder: protocols.Encoder, faces: faces_lib.Faces,
+                    rows: np.ndarray, *, population: int, steps: int,
+                    sigma: float = 0.05, regressor=None) -> dict[str, Any]:
+  """The score-only attacker on the same templates, same start.
+
+  Returns:
+    ``{'images' [T, R, R, 3], 'queries_per_target', 'seconds',
+    'score_history' [T, steps + 1 recorded], 'final_score' [T]}``.
+  """
+  started = time.perf_counter()
+  targets = targets_lib.Targets(
+      descriptors=encoder.embed(faces.images[rows]),
+      names=[faces.keys[r] for r in rows])
+  render = recipe.render_fn(config, generator)
+  objective = blackbox.nes_objective(
+      blackbox.cosine_score(encoder.descriptor_fn()), render,
+      population=population, sigma=sigma)
+  init = recipe.make_init(config, generator, targets, regressor=regressor)
+  result = engine.invert(
+      jax.random.key(config.seed), objective,
+      {'generator': generator.variables, 'encoder': encoder.variables},
+      {'descriptor': targets.descriptors}, init=init,
+      options=engine.InvertOptions(
+          steps=steps, chunk_size=len(rows),
+          tx=optax.adam(config.learning_rate), stochastic=True,
+          progress=config.progress))
+  latents = jax.tree.map(np.asarray, result.latents)
+  images, _ = recipe.reconstructions(render, generator, encoder, latents,
+                                     np.arange(len(rows)), len(rows))
+  # Every step and the final evaluation each query 2P + 1 images.
+  per_target = (steps + 1) * blackbox.queries_per_step(population)
+  return {'images': images, 'queries_per_target': int(per_target),
+          'seconds': time.perf_counter() - started,
+          'score_history': result.history['score'],
+          'final_score': result.final['score']}

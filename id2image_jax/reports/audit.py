@@ -1,0 +1,368 @@
+"""The audit report: one self-contained HTML file (pictures and plots
+embedded as data URIs; opens offline) and ``audit.json`` with every figure.
+
+Every number shown is read from the results dict that is also written as
+JSON, and carries ``data-key="<path>"`` so that a test (or a reader) can
+match each rendered figure to its JSON value.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from id2image_jax.reports import inversion as outputs
+from id2image_jax.reports import leakage as leakage_report
+
+SECTIONS = ('summary', 'leakage', 'attack', 'blackbox', 'facts')
+
+
+def png_uri(image: np.ndarray) -> str:
+  """A uint8 image as a ``data:image/png;base64,...`` URI."""
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buf, format='PNG',
+                                                    optimize=True)
+  return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def figure_uri(fig) -> str:
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=90)
+  return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
+
+
+def _get(results: Mapping[str, Any], path: str) -> Any:
+  node = results
+  for part in path.split('/'):
+    node = node[part] if isinstance(node, Mapping) else node[int(part)]
+  return node
+
+
+def _num(results, path: str, spec: str = '{:.3f}') -> str:
+  """A figure of `results`, formatted, tagged with its JSON path."""
+  value = _get(results, path)
+  text = 'n/a' if value is None else spec.format(value)
+  return f'<span data-key="{html.escape(path)}">{text}</span>'
+
+
+# --------------------------------------------------------------------------
+# Verdicts: what a non-specialist reads first.
+
+
+def _level(value: float | None, high: float, moderate: float) -> str:
+  if value is None:
+    return 'unknown'
+  return 'HIGH' if value >= high else 'MODERATE' if value >= moderate else (
+      'LOW')
+
+
+def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
+  """One plain-language line per risk, with the number behind it."""
+  out = []
+  attack = results.get('attack') or {}
+  ev = attack.get('evaluation') or attack.get('attacked') or {}
+  fmr = f'{results["config"]["fmrs"][-1]:g}'
+  tmr = (ev.get('tmr') or {}).get(fmr, {}).get('tmr')
+  who = attack.get('evaluation_encoder', 'the attacked encoder')
+  out.append({
+      'risk': 'Identity reconstruction',
+      'level': _level(tmr, 0.5, 0.1),
+      'text': ('Faces rebuilt from stored templates are accepted as the '
+               f'same person by {who} in {{}} of attempts at a false-match '
+               f'rate of {fmr}.'),
+      'key': f'attack/{"evaluation" if attack.get("evaluation") else "attacked"}/tmr/{fmr}/tmr',
+      'spec': '{:.0%}'})
+  leak = results.get('leakage') or {}
+  attrs = leak.get('attributes') or {}
+  leaking = [n for n, r in attrs.items() if r.get('leaks')]
+  out.append({
+      'risk': 'Attribute leakage',
+      'level': _level(len(leaking) / max(1, len(attrs)), 0.5, 0.1),
+      'text': (f'{len(leaking)} of {len(attrs)} attributes are predicted '
+               'from the template better than by guessing the most common '
+               'value (95 % interval above the baseline)'
+               + (f', e.g. {", ".join(leaking[:3])}' if leaking else '')
+               + '; the largest gain is {} percentage points.'),
+      'key': 'leakage/max_attribute_gain', 'spec': '{:.1f}'})
+  for name, label, unit in (('landmarks', 'Face geometry (68 landmarks)',
+                             '% of the eye distance'),
+                            ('histogram', 'Colour (RGB histogram)',
+                             'bins of EMD')):
+    r = leak.get(name) or {}
+    out.append({
+        'risk': f'{label} leakage',
+        'level': 'HIGH' if r.get('leaks') else 'LOW' if r else 'unknown',
+        'text': (('Predictable from the template' if r.get('leaks') else
+                  'Not predictable beyond the average face')
+                 + f': error {{}} {unit} vs {r.get("baseline", 0):.2f} for '
+                 'the average.'),
+        'key': f'leakage/{name}/{"nme" if name == "landmarks" else "emd"}',
+        'spec': '{:.2f}'})
+  bb = results.get('blackbox') or {}
+  if bb:
+    out.append({
+        'risk': 'Black-box attacker (scores only)',
+        'level': _level(bb.get('mean_final_score'), 0.9, 0.6),
+        'text': ('Without weights or gradients, only by querying similarity '
+                 f'scores ({bb.get("queries_per_target")} queries per '
+                 'person), an attacker reaches a mean similarity of {} to '
+                 'the stored template.'),
+        'key': 'blackbox/mean_final_score', 'spec': '{:.3f}'})
+  return out
+
+
+# --------------------------------------------------------------------------
+# Plots.
+
+
+def leakage_chart(results: Mapping[str, Any]) -> str | None:
+  """Bar chart: accuracy gain over the baseline per attribute, with
+  95 % intervals; leaking attributes in colour."""
+  attrs = (results.get('leakage') or {}).get('attributes') or {}
+  if not attrs:
+    return None
+  plt = outputs.pyplot()
+  names = sorted(attrs, key=lambda n: -(attrs[n]['accuracy']
+                                        - attrs[n]['baseline']))
+  gains = [attrs[n]['accuracy'] - attrs[n]['baseline'] for n in names]
+  lo = [g - attrs[n]['gain_ci'][0] for n, g in zip(names, gains)]
+  hi = [attrs[n]['gain_ci'][1] - g for n, g in zip(names, gains)]
+  fig, ax = plt.subplots(figsize=(max(4, 0.28 * len(names) + 1), 3.2))
+  ax.bar(range(len(names)), gains, yerr=[lo, hi], capsize=2,
+         color=['C3' if attrs[n].get('leaks') else '0.7' for n in names])
+  ax.axhline(0, color='k', lw=0.8)
+  ax.set_xticks(range(len(names)))
+  ax.set_xticklabels([n.replace('_', ' ') for n in names], rotation=70,
+                     fontsize=7, ha='right')
+  ax.set_ylabel('accuracy above baseline\n(percentage points)')
+  ax.set_title('Attribute leakage (red: interval above 0)', fontsize=9)
+  fig.tight_layout()
+  uri = figure_uri(fig)
+  plt.close(fig)
+  return uri
+
+
+def score_histogram(attack: Mapping[str, Any], role: str) -> str | None:
+  """Genuine (type I and II) vs impostor similarity, with thresholds."""
+  ev = attack.get(role) or {}
+  if not ev.get('genuine'):
+    return None
+  plt = outputs.pyplot()
+  fig, ax = plt.subplots(figsize=(5, 3))
+  sets = [('impostor (other people)', ev.get('attack_impostor_scores', []),
+           'C1'), ('type I (vs photo A)', ev['genuine'], 'C0')]
+  if 'type2' in ev:
+    sets.append(('type II (vs photo B)', ev['type2']['genuine'], 'C2'))
+  values = np.concatenate([np.asarray(v, float) for _, v, _ in sets if v])
+  bins = np.linspace(values.min() - 1e-3, values.max() + 1e-3, 40)
+  for label, v, colour in sets:
+    if len(v):
+      ax.hist(v, bins=bins, density=True, alpha=0.5, color=colour,
+              label=label)
+  for i, (fmr, e) in enumerate((ev.get('tmr') or {}).items()):
+    if e.get('threshold') is not None:
+      ax.axvline(e['threshold'], color='k', ls=('--', ':')[i % 2], lw=1,
+                 label=f'threshold @ FMR {fmr}')
+  ax.set_xlabel(f'cosine similarity ({attack.get(role + "_encoder", role)})')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  uri = figure_uri(fig)
+  plt.close(fig)
+  return uri
+
+
+def blackbox_chart(bb: Mapping[str, Any]) -> str | None:
+  """Score vs queries of the black-box attacker, with the white-box end."""
+  hist = bb.get('score_history')
+  hist = np.asarray([] if hist is None else hist, np.float64)
+  if not hist.size:
+    return None
+  plt = outputs.pyplot()
+  per_step = bb['queries_per_step']
+  x = np.arange(hist.shape[1]) * per_step
+  fig, ax = plt.subplots(figsize=(5, 3))
+  for row in hist:
+    ax.plot(x, row, color='0.7', lw=0.8)
+  ax.plot(x, hist.mean(0), color='C3', lw=2, label='black-box (mean)')
+  if bb.get('whitebox_final_score') is not None:
+    ax.axhline(bb['whitebox_final_score'], color='C0', ls='--',
+               label=f'white-box after {bb["whitebox_steps"]} gradient steps')
+  ax.set_xlabel('similarity-score queries per target')
+  ax.set_ylabel('cosine to the template')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  uri = figure_uri(fig)
+  plt.close(fig)
+  return uri
+
+
+# --------------------------------------------------------------------------
+# The page.
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;
+color:#222;line-height:1.4}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;
+padding:.25em .6em;font-size:.9em}th{background:#f4f4f4}
+.HIGH{background:#c62828;color:#fff}.MODERATE{background:#f9a825}
+.LOW{background:#2e7d32;color:#fff}.unknown{background:#999;color:#fff}
+.level{font-weight:bold;padding:.15em .6em;border-radius:.3em}
+img{max-width:100%}.note{color:#555;font-size:.9em}
+"""
+
+
+def _table(rows: list[list[str]], head: list[str]) -> str:
+  out = ['<table><tr>' + ''.join(f'<th>{h}</th>' for h in head) + '</tr>']
+  out += ['<tr>' + ''.join(f'<td>{c}</td>' for c in r) + '</tr>'
+          for r in rows]
+  return '\n'.join(out + ['</table>'])
+
+
+def _img(uri: str | None, alt: str) -> str:
+  return f'<p><img src="{uri}" alt="{html.escape(alt)}"></p>' if uri else ''
+
+
+def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
+  """The HTML page (module docstring)."""
+  esc = html.escape
+  parts = ['<!doctype html><html><head><meta charset="utf-8">',
+           '<title>Face template privacy audit</title>',
+           f'<style>{_STYLE}</style></head><body>',
+           '<h1>What do the stored templates of '
+           f'<code>{esc(results["facts"]["encoder"]["kind"])}</code> give '
+           'away?</h1>']
+  parts.append('<section id="summary"><h2>Summary</h2>')
+  rows = []
+  for v in verdicts(results):
+    number = _num(results, v['key'], v['spec'])
+    rows.append([esc(v['risk']),
+                 f'<span class="level {v["level"]}">{v["level"]}</span>',
+                 esc(v['text']).replace('{}', number)])
+  parts.append(_table(rows, ['risk', 'level', 'what it means']))
+  parts.append('</section>')
+
+  leak = results.get('leakage') or {}
+  parts.append('<section id="leakage"><h2>Leakage: what a template reveals '
+               'besides identity (paper Table 1)</h2>')
+  if leak:
+    parts.append(f'<p class="note">Heads trained on {leak["num_train"]} '
+                 f'templates, tested on {leak["num_test"]} of other people; '
+                 f'labels: {esc(leak["label_source"])}. Intervals: 95 % '
+                 'bootstrap over test people.</p>')
+    rows = []
+    for r in leakage_report.leak_rows({'e': leak})['e']:
+      base = r['what'] if r['what'] in ('landmarks', 'histogram') else (
+          f'attributes/{r["what"]}')
+      value_key = {'landmarks': 'landmarks/nme', 'histogram':
+                   'histogram/emd'}.get(r['what'], f'{base}/accuracy')
+      rows.append([esc(r['what'].replace('_', ' ')), esc(r['unit']),
+                   _num(leak, value_key, '{:.1f}') + ' ' + esc(
+                       f'[{r["ci"][0]:.1f}, {r["ci"][1]:.1f}]'),
+                   f'{r["baseline"]:.1f}',
+                   esc(f'[{r["gain_ci"][0]:.1f}, {r["gain_ci"][1]:.1f}]'),
+                   '<b>yes</b>' if r['leaks'] else 'no'])
+    parts.append(_table(rows, ['what', 'unit', 'from the template',
+                               'baseline', 'gain (95 %)', 'leaks']))
+    parts.append(_img(results.get('_figures', {}).get('leakage_chart'),
+                      'attribute leakage chart'))
+    for n, why in (leak.get('skipped_attributes') or {}).items():
+      parts.append(f'<p class="note">{esc(n)}: not measured ({esc(why)})'
+                   '</p>')
+  else:
+    parts.append(f'<p>{esc(results.get("leakage_note", "not run"))}</p>')
+  parts.append('</section>')
+
+  attack = results.get('attack') or {}
+  parts.append('<section id="attack"><h2>Reconstruction attack (white-box)'
+               '</h2>')
+  if attack:
+    parts.append(f'<p class="note">{attack["num_targets"]} templates '
+                 f'inverted through {esc(results["facts"]["generator"])} '
+                 f'({attack["steps"]} Adam steps); scores by '
+                 f'{esc(attack.get("evaluation_encoder", "-"))} (independent'
+                 f' verifier) and the attacked encoder; thresholds from '
+                 f'{attack.get("num_impostor_pairs", 0)} pairs of real photos '
+                 'of different people.</p>')
+    rows = []
+    for role in ('evaluation', 'attacked'):
+      ev = attack.get(role)
+      if not ev:
+        continue
+      for fmr in (f'{f:g}' for f in results['config']['fmrs']):
+        cells = [esc(attack.get(f'{role}_encoder', role)), fmr,
+                 _num(attack, f'{role}/tmr/{fmr}/tmr', '{:.3f}')]
+        cells.append(_num(attack, f'{role}/type2/tmr/{fmr}/tmr', '{:.3f}')
+                     if 'type2' in ev else 'n/a')
+        rows.append(cells)
+    parts.append(_table(rows, ['verifier', 'FMR', 'TMR type I (photo A)',
+                               'TMR type II (other photo B)']))
+    if attack.get('why_no_type2'):
+      parts.append(f'<p class="note">Type II absent: '
+                   f'{esc(attack["why_no_type2"])}</p>')
+    parts.append(_img(results.get('_figures', {}).get('scores'),
+                      'genuine vs impostor scores'))
+    if grid is not None:
+      parts.append('<p>Targets | reconstructions | another photo of the '
+                   'same person:</p>' + _img(png_uri(grid), 'grid'))
+    kept = attack.get('attributes') or {}
+    rows = [[esc(net), esc(m.replace('_', ' ')),
+             _num(attack, f'attributes/{net}/{m}/mean', '{:.1f}')]
+            for net, ms in kept.items() for m in ms]
+    if rows:
+      parts.append('<h3>Attribute preservation</h3>'
+                   + _table(rows, ['network', 'measure', 'mean']))
+  parts.append('</section>')
+
+  bb = results.get('blackbox') or {}
+  parts.append('<section id="blackbox"><h2>Black-box attacker: similarity '
+               'scores only</h2>')
+  if bb:
+    parts.append(_table([
+        ['white-box (gradients)', f'{bb["whitebox_steps"]} forward + '
+         'backward', _num(bb, 'whitebox_seconds', '{:.0f}'),
+         _num(bb, 'whitebox_final_score', '{:.3f}')],
+        ['black-box (antithetic NES)', _num(bb, 'queries_per_target', '{}')
+         + ' score queries', _num(bb, 'seconds', '{:.0f}'),
+         _num(bb, 'mean_final_score', '{:.3f}')]],
+        ['attacker', 'encoder calls per target', 'wall time [s]',
+         'cosine to the template']))
+    parts.append(_img(results.get('_figures', {}).get('blackbox'),
+                      'black-box progress'))
+  parts.append('</section>')
+
+  facts = results['facts']
+  parts.append('<section id="facts"><h2>Run facts</h2>')
+  rows = [[esc(k), esc(json.dumps(v) if not isinstance(v, str) else v)]
+          for k, v in facts.items()]
+  parts.append(_table(rows, ['fact', 'value']) + '</section>')
+  parts.append('</body></html>')
+  return '\n'.join(parts)
+
+
+def write(workdir: str, results: dict[str, Any], *,
+          grid: np.ndarray | None) -> dict[str, str]:
+  """Writes ``audit.html`` and ``audit.json`` (atomically); their paths."""
+  os.makedirs(workdir, exist_ok=True)
+  figures = {'leakage_chart': leakage_chart(results),
+             'scores': score_histogram(results.get('attack') or {},
+                                       'evaluation')
+             or score_histogram(results.get('attack') or {}, 'attacked'),
+             'blackbox': blackbox_chart(results.get('blackbox') or {})}
+  page = render({**results, '_figures': figures}, grid)
+  paths = {'html': os.path.join(workdir, 'audit.html'),
+           'json': os.path.join(workdir, 'audit.json')}
+  for path, text in ((paths['html'], page), (paths['json'], json.dumps(
+      outputs.json_safe(results), indent=1))):
+    with open(path + '.tmp', 'w') as f:
+      f.write(text)
+    os.replace(path + '.tmp', path)
+  return paths

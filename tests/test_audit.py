@@ -1,0 +1,142 @@
+"""`id2image audit` end to end on a tiny aligned face set, checked as a
+document: every section, every picture decodes, every figure shown is the
+one in audit.json. (A headless-browser rendering check is not run: the
+report is checked structurally here.)"""
+
+import base64
+import io
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from id2image_jax import cli
+from id2image_jax.data import align
+from id2image_jax.data import celeba
+from id2image_jax.reports import audit as report
+
+PEOPLE, PER_PERSON, SIZE = 6, 3, 32
+TINY = ['--set', 'images=18', '--set', 'targets=2', '--set', 'steps=2',
+        '--set', 'epochs=1', '--set', 'nes_population=2', '--set',
+        'nes_steps=2', '--set', 'nes_targets=1', '--set', 'progress=False',
+        '--set', "attribute_nets=('faceapi_age_gender',)",
+        '--generator', 'demo:demo-8']
+
+
+def _aligned_folder(root):
+  """What `id2image align` writes for a CelebA-layout folder (random
+  images: the plumbing, not the faces, is under test)."""
+  rng = np.random.default_rng(0)
+  (root / celeba.IMAGES_DIR).mkdir(parents=True)
+  names = [f'{i + 1:06d}.jpg' for i in range(PEOPLE * PER_PERSON)]
+  lines = []
+  for name in names:
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), np.uint8)).save(
+        root / celeba.IMAGES_DIR / name)
+    points = rng.uniform(0.2, 0.8, 136)
+    lines.append(name + ' ' + ' '.join(f'{v:.4f}' for v in points) + '\n')
+  (root / align.LANDMARK_FILE).write_text(''.join(lines))
+  (root / celeba.IDENTITY_FILE).write_text(''.join(
+      f'{n} {i // PER_PERSON + 1}\n' for i, n in enumerate(names)))
+  attrs = rng.choice([-1, 1], (len(names), 40))
+  (root / celeba.ATTRIBUTE_FILE).write_text(
+      f'{len(names)}\n' + ' '.join(celeba.ATTRIBUTE_NAMES) + '\n' + ''.join(
+          n + ' ' + ' '.join(str(v) for v in a) + '\n'
+          for n, a in zip(names, attrs)))
+  return root
+
+
+@pytest.fixture(scope='module')
+def audited(tmp_path_factory):
+  root = tmp_path_factory.mktemp('audit')
+  data = _aligned_folder(root / 'faces')
+  out = root / 'run'
+  assert cli.main(['audit', '--encoder', 'dlib', '--data', str(data),
+                   '--out', str(out), *TINY]) == 0
+  return data, out
+
+
+def test_every_section_and_picture(audited):
+  _, out = audited
+  page = (out / 'audit.html').read_text()
+  for section in report.SECTIONS:
+    assert f'<section id="{section}">' in page, section
+  uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+  assert len(uris) >= 3  # leakage chart, scores, grid (+ black-box)
+  for uri in uris:
+    Image.open(io.BytesIO(base64.b64decode(uri))).verify()
+  assert 'src="http' not in page and "src='http" not in page  # offline
+
+
+def test_shown_figures_are_the_json_figures(audited):
+  _, out = audited
+  page = (out / 'audit.html').read_text()
+  with open(out / 'audit.json') as f:
+    results = json.load(f)
+  shown = re.findall(r'data-key="([^"]+)">([^<]*)<', page)
+  assert len(shown) >= 10
+  for path, text in shown:
+    for scope in (results, results['leakage'], results['attack'],
+                  results['blackbox']):
+      try:
+        value = report._get(scope, path)  # pylint: disable=protected-access
+        break
+      except (KeyError, IndexError, TypeError):
+        continue
+    else:
+      raise AssertionError(f'{path} is shown but not in audit.json')
+    if value is None:
+      assert text == 'n/a'
+      continue
+    # Equal up to the shown rounding.
+    digits = text.rstrip('%').partition('.')[2]
+    scale = 100 if text.endswith('%') else 1
+    number = float(text.rstrip('%')) / scale
+    assert abs(number - value) <= 0.51 * 10 ** -len(digits) / scale, (
+        path, text, value)
+
+
+def test_counts_and_sections_in_json(audited):
+  _, out = audited
+  with open(out / 'audit.json') as f:
+    results = json.load(f)
+  assert results['facts']['faces'] == PEOPLE * PER_PERSON
+  leak = results['leakage']
+  assert leak['num_train'] + leak['num_test'] == PEOPLE * PER_PERSON
+  assert set(leak) >= {'attributes', 'landmarks', 'histogram'}
+  attack = results['attack']
+  assert attack['num_targets'] == 2 and not attack['why_no_type2']
+  assert 'type2' in attack['attacked']
+  bb = results['blackbox']
+  # (steps + 1) x (2 P + 1) queries per target: 3 x 5.
+  assert bb['queries_per_target'] == 15
+  assert len(bb['final_score']) == 1
+
+
+def test_rerun_reuses_finished_parts(audited):
+  data, out = audited
+  parts = sorted((out / 'parts').iterdir())
+  stamps = {p.name: p.stat().st_mtime_ns for p in parts}
+  assert cli.main(['audit', '--encoder', 'dlib', '--data', str(data),
+                   '--out', str(out), *TINY]) == 0
+  assert {p.name: p.stat().st_mtime_ns
+          for p in (out / 'parts').iterdir()} == stamps
+
+
+def test_bad_input_is_clear_and_writes_nothing(tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(ValueError, match='holds no images'):
+    cli.main(['audit', '--data', str(empty), '--out', str(tmp_path / 'a'),
+              *TINY])
+  assert not (tmp_path / 'a' / 'audit.html').exists()
+  with pytest.raises(FileNotFoundError, match='not a converted checkpoint'):
+    cli.main(['audit', '--encoder', str(empty), '--data', str(empty),
+              '--out', str(tmp_path / 'b'), *TINY])
+  with pytest.raises(FileNotFoundError, match='no such folder'):
+    cli.main(['audit', '--data', str(tmp_path / 'nope'),
+              '--out', str(tmp_path / 'c'), *TINY])
+  assert not os.path.exists(tmp_path / 'c' / 'audit.html')
