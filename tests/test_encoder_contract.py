@@ -384,10 +384,15 @@ def _count_parses(monkeypatch) -> list[str]:
       calls.append(os.fspath(path))
       return parse(path)
     return wrapper
-  monkeypatch.setattr(safe_load, 'load', counted(safe_load.load))
+  # Kinds that share a parser must keep sharing one wrapper (detection
+  # groups kinds by parser identity), the fallback `safe_load.load` too.
+  wrappers = {safe_load.load: counted(safe_load.load)}
+  monkeypatch.setattr(safe_load, 'load', wrappers[safe_load.load])
   for name in loading.ENCODER_KINDS:
+    parse = loading.KINDS[name].parse
+    wrapped = wrappers.setdefault(parse, counted(parse))
     monkeypatch.setitem(loading.KINDS, name, dataclasses.replace(
-        loading.KINDS[name], parse=counted(loading.KINDS[name].parse)))
+        loading.KINDS[name], parse=wrapped))
   return calls
 
 
