@@ -94,3 +94,30 @@ def test_cli_align(tmp_path):
   assert cli.main(['align', '--data', str(tmp_path / 'in'), '--out',
                    str(tmp_path / 'out'), '--set', 'progress=False']) == 0
   assert 'wall.png' in (tmp_path / 'out' / align.SKIPPED_FILE).read_text()
+
+
+def test_budgeted_choice_aligns_only_chosen_people_with_two_photos_first(
+    tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from id2image_jax.data import celeba  # pylint: disable=g-import-not-at-top
+  from id2image_jax.data import faces  # pylint: disable=g-import-not-at-top
+  src = tmp_path / 'src'
+  (src / celeba.IMAGES_DIR).mkdir(parents=True)
+  # People 1..6 have one photo, people 7 and 8 two each.
+  people = {f'{i:06d}.jpg': p for i, p in
+            enumerate([1, 2, 3, 7, 4, 5, 8, 6, 7, 8], start=1)}
+  for name in people:
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(
+        src / celeba.IMAGES_DIR / name)
+  (src / celeba.IDENTITY_FILE).write_text(
+      ''.join(f'{k} {p}\n' for k, p in people.items()))
+  chosen = faces.choose(str(src), 4, seed=3)
+  assert sorted(people[k] for k in chosen) == [7, 7, 8, 8]
+  assert faces.choose(str(src), 4, seed=3) == chosen
+  counts = align.align_folder(str(src), str(tmp_path / 'dst'),
+                              names=chosen[:3], progress=False)
+  # Grey squares hold no face: all three tried and skipped, no others.
+  assert counts == {'aligned': 0, 'skipped': 3, 'reused': 0}
+  skipped = (tmp_path / 'dst' / align.SKIPPED_FILE).read_text().split('\n')
+  assert sorted(s.split()[0] for s in skipped if s) == sorted(chosen[:3])

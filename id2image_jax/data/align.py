@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Sequence
 
 import numpy as np
 import tqdm
@@ -121,7 +122,8 @@ def image_names(folder: str) -> list[str]:
 
 
 def align_folder(src: str, dst: str, *, size: int = 256,
-                 upsample: int = 1, progress: bool = True) -> dict[str, int]:
+                 upsample: int = 1, names: Sequence[str] | None = None,
+                 progress: bool = True) -> dict[str, int]:
   """An FFHQ-aligned copy of a folder of face photos, with 68 landmarks.
 
   Every image of `src` (and of its person subfolders, or of
@@ -130,7 +132,8 @@ def align_folder(src: str, dst: str, *, size: int = 256,
   into ``dst`` (same relative name, PNG), its 68 dlib landmarks mapped into
   the square and listed in `LANDMARK_FILE`; photos without a detectable
   face are left out and named in `SKIPPED_FILE`. Images already in `dst`
-  are not redone (a rerun resumes).
+  are not redone (a rerun resumes). `names` (relative paths as
+  `image_names` gives them) limits the work to those images.
 
   Returns:
     ``{'aligned', 'skipped', 'reused'}`` counts.
@@ -146,7 +149,7 @@ def align_folder(src: str, dst: str, *, size: int = 256,
                  celeba.PARTITION_FILE):
       if os.path.isfile(os.path.join(src, name)):
         shutil.copy(os.path.join(src, name), os.path.join(dst, name))
-  names = image_names(images_in)
+  names = image_names(images_in) if names is None else list(names)
   if not names:
     raise ValueError(f'{images_in} holds no images')
   lm_path = os.path.join(dst, LANDMARK_FILE)

@@ -62,6 +62,31 @@ def select(identity: np.ndarray | None, num: int, *, seed: int = 0
   return np.sort(rows[:num])
 
 
+def identities(folder: str, keys: list[str]) -> np.ndarray | None:
+  """Person labels of `keys` (relative image names) in `folder`: from a
+  CelebA-layout identity file, or the person subfolders; None if unknown."""
+  id_path = os.path.join(folder, celeba.IDENTITY_FILE)
+  if os.path.isfile(id_path):
+    ids = _read_table(id_path)
+    return np.asarray([int(ids[k][0]) for k in keys])
+  if any('/' in k for k in keys):
+    return np.unique([k.split('/')[0] for k in keys], return_inverse=True)[1]
+  return None
+
+
+def images_folder(folder: str) -> str:
+  """Where the images of a (raw or aligned) face folder are."""
+  inner = os.path.join(folder, celeba.IMAGES_DIR)
+  return inner if os.path.isdir(inner) else folder
+
+
+def choose(folder: str, num: int, *, seed: int = 0) -> list[str]:
+  """Up to `num` image names of a raw face folder, chosen by `select`, so a
+  budgeted audit aligns only what it will use."""
+  keys = align.image_names(images_folder(folder))
+  return [keys[i] for i in select(identities(folder, keys), num, seed=seed)]
+
+
 def read_aligned(folder: str, *, max_images: int = 0, seed: int = 0
                  ) -> Faces:
   """The faces of an aligned folder (module docstring).
@@ -83,24 +108,17 @@ def read_aligned(folder: str, *, max_images: int = 0, seed: int = 0
   skipped_path = os.path.join(folder, align.SKIPPED_FILE)
   if os.path.isfile(skipped_path):
     skipped = {k: ' '.join(v) for k, v in _read_table(skipped_path).items()}
-  layout = os.path.isfile(os.path.join(folder, celeba.IDENTITY_FILE))
-  images_dir = os.path.join(folder, celeba.IMAGES_DIR) if layout else folder
+  images_dir = images_folder(folder)
   keys = sorted(points)
-  identity, attributes = None, {}
-  if layout:
-    ids = _read_table(os.path.join(folder, celeba.IDENTITY_FILE))
-    identity = np.asarray([int(ids[k][0]) for k in keys])
-    attr_path = os.path.join(folder, celeba.ATTRIBUTE_FILE)
-    if os.path.isfile(attr_path):
-      with open(attr_path) as f:
-        f.readline()
-        names = f.readline().split()
-        rows = {r[0]: r[1:] for r in (line.split() for line in f) if r}
-      values = np.asarray([[int(v) > 0 for v in rows[k]] for k in keys])
-      attributes = {n: values[:, i] for i, n in enumerate(names)}
-  elif any('/' in k for k in keys):
-    people = [k.split('/')[0] for k in keys]
-    _, identity = np.unique(people, return_inverse=True)
+  identity, attributes = identities(folder, keys), {}
+  attr_path = os.path.join(folder, celeba.ATTRIBUTE_FILE)
+  if os.path.isfile(attr_path):
+    with open(attr_path) as f:
+      f.readline()
+      names = f.readline().split()
+      rows = {r[0]: r[1:] for r in (line.split() for line in f) if r}
+    values = np.asarray([[int(v) > 0 for v in rows[k]] for k in keys])
+    attributes = {n: values[:, i] for i, n in enumerate(names)}
   chosen = (select(identity, max_images, seed=seed) if max_images
             else np.arange(len(keys)))
   keys = [keys[i] for i in chosen]

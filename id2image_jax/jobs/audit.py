@@ -83,8 +83,10 @@ class _Parts:
     return {**value, '_arrays': arrays or {}}
 
 
-def _aligned_folder(config: Any) -> str:
-  """The faces as an aligned folder (aligned once into the workdir)."""
+def _aligned_folder(config: Any, num_images: int) -> str:
+  """The faces as an aligned folder (aligned once into the workdir); with
+  a budget of `num_images` (0: all), only a few more than that are aligned
+  (some photos have no detectable face)."""
   spec = config.data
   if not spec:
     raise ValueError('set --data: a folder of face photos, a CelebA-layout '
@@ -96,7 +98,10 @@ def _aligned_folder(config: Any) -> str:
   if os.path.isfile(os.path.join(spec, align.LANDMARK_FILE)):
     return spec
   out = os.path.join(config.workdir, 'aligned')
-  counts = align.align_folder(spec, out, progress=config.progress)
+  names = (faces_lib.choose(spec, num_images + num_images // 4 + 2,
+                            seed=config.seed) if num_images else None)
+  counts = align.align_folder(spec, out, names=names,
+                              progress=config.progress)
   common.say(f'aligned {counts["aligned"] + counts["reused"]} photo(s); '
              f'{counts["skipped"]} without a detectable face')
   return out
@@ -146,7 +151,7 @@ def run(config: Any) -> dict[str, Any]:
                else loading.load_encoder(eval_spec))
   generator = loading.load_generator(config.generator, seed=config.seed)
   nets = [loading.load_attribute_net(n) for n in config.attribute_nets]
-  faces = faces_lib.read_aligned(_aligned_folder(config),
+  faces = faces_lib.read_aligned(_aligned_folder(config, budget['images']),
                                  max_images=budget['images'],
                                  seed=config.seed)
   if len(faces) < 4:
