@@ -321,3 +321,46 @@ def test_config_variants(variant):
     config.not_a_field = 1  # locked
   if variant == 'paper':
     assert config.latent_space == 'w+' and config.steps == 1000
+
+
+def test_celeba_layout_targets_type_two_and_other_photo_column(
+    tmp_path, toy_registry):
+  # 3 people with two photos, 4 with one, all in the test partition.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from id2image_jax.data import celeba  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'aligned'
+  (folder / celeba.IMAGES_DIR).mkdir(parents=True)
+  people = [1, 1, 2, 2, 3, 3, 4, 5, 6, 7]
+  rng = np.random.default_rng(0)
+  names = [f'{i + 1:06d}.jpg' for i in range(len(people))]
+  for name in names:
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+        folder / celeba.IMAGES_DIR / name)
+  (folder / celeba.IDENTITY_FILE).write_text(
+      ''.join(f'{n} {p}\n' for n, p in zip(names, people)))
+  (folder / celeba.PARTITION_FILE).write_text(
+      ''.join(f'{n} 2\n' for n in names))  # all test
+  (folder / celeba.ATTRIBUTE_FILE).write_text(
+      f'{len(names)}\n' + ' '.join(celeba.ATTRIBUTE_NAMES) + '\n' + ''.join(
+          n + ' -1' * 40 + '\n' for n in names))
+  config = _config(tmp_path, targets=str(folder), num_targets=2,
+                   num_impostor_images=3, eval_encoder='toy:b',
+                   arms=('id',), align_faces=False)
+  report = evaluate_job.run(config)
+  arm = report['arms']['id']
+  assert arm['num_done'] == 2
+  for role in ('attacked', 'evaluation'):
+    type2 = arm[role]['type2']
+    # Each target's person has exactly one other photo in the pool.
+    assert type2['num_genuine'] == 2
+    assert all(-1 <= g <= 1 for g in type2['genuine'])
+  # 2 targets + their 2 second photos + 3 others = 7 images, 2 people twice.
+  assert report['pool']['num_originals'] == 7
+  assert report['pool']['num_impostor_pairs'] == 7 * 6 // 2 - 2
+  assert report['pool']['has_second_photos']
+  grid = np.asarray(Image.open(os.path.join(config.workdir, 'grid.png')))
+  # original | id | other photo: three 96-px cells with 2-px gaps.
+  assert grid.shape[1] == 3 * (96 + 2) + 2
+  with open(os.path.join(config.workdir, 'report.md')) as f:
+    assert 'other photo of the person' in f.read()

@@ -81,6 +81,21 @@ class EvalTargets:
     if self.pool_identity is None:
       self.pool_identity = self.pool_labels
 
+  def second_photos(self) -> np.ndarray | None:
+    """[N, H, W, 3] another photo of each target's person (the type-II
+    comparison), or None without identities or images."""
+    if not self.knows_identities or self.pool_images is None:
+      return None
+    n = len(self.targets.descriptors)
+    found = []
+    for i in range(n):
+      same = np.flatnonzero(self.pool_identity == self.pool_identity[i])
+      same = same[same != i]
+      if not len(same):
+        return None
+      found.append(same[0])
+    return self.pool_images[np.asarray(found)]
+
 
 def _rows(targets: targets_lib.Targets, n: int) -> targets_lib.Targets:
   cut = lambda x: None if x is None else x[:n]

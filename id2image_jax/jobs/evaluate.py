@@ -146,6 +146,7 @@ def run(config: Any) -> dict[str, Any]:
       data=data, aux=aux, plans=plans, inversions=inversions, pools=pools,
       fmrs=fmrs, heads=heads)
 
+  second_photos = data.second_photos()
   report_ = {
       'generator': generator.source,
       'generator_is_demo': generator.is_demo,
@@ -159,6 +160,7 @@ def run(config: Any) -> dict[str, Any]:
       'num_targets': n,
       'pool': {'num_originals': len(data.pool_labels),
                'has_images': data.pool_images is not None,
+               'has_second_photos': second_photos is not None,
                'num_impostor_pairs': len(pools.get(evaluator)[1])
                if pools.available(evaluator) else None,
                'num_impostor_pairs_attacked': len(pools.get(attacked)[1])},
@@ -177,6 +179,7 @@ def run(config: Any) -> dict[str, Any]:
     paths = report.write(workdir, report_, sources=targets.sources,
                              images={k: v.images for k, v in
                                      inversions.items()},
+                             second_photos=second_photos,
                              grid_rows=config.grid_rows)
     report_['files'] = paths
     common.say(report.console_summary(report_))

@@ -5,7 +5,8 @@ Files written into the workdir by `write`::
   report.json     everything (per-row values included)
   report.md       Table 2 (ablation), identity and TMR@FMR, transfer table,
                   and the caveats (independence, pair counts, oracles)
-  grid.png        original | one column per arm, one target per row
+  grid.png        original | one column per arm (| another photo of the
+                  person, type II), one target per row
   similarity.png  paper Fig. 9 style: genuine vs impostor cosines per arm
                   under the evaluation encoder, with the FMR thresholds
 """
@@ -243,7 +244,9 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   lines += ['', '## Files', '']
   if 'grid' in files:
     lines.append('- grid.png: ' + ' | '.join(
-        (['original'] if report['pool']['has_images'] else []) + names))
+        (['original'] if report['pool']['has_images'] else []) + names
+        + (['other photo of the person']
+           if report['pool'].get('has_second_photos') else [])))
   if 'similarity' in files:
     lines.append('- similarity.png: genuine vs impostor cosines under the '
                  'evaluation encoder (paper Fig. 9)')
@@ -302,13 +305,21 @@ def console_summary(report: Mapping[str, Any]) -> str:
 def write(workdir: str, report: dict[str, Any], *,
           sources: np.ndarray | None,
           images: Mapping[str, np.ndarray],
+          second_photos: np.ndarray | None = None,
           grid_rows: int = 8) -> dict[str, str]:
-  """Writes the files listed in the module docstring; returns their paths."""
+  """Writes the files listed in the module docstring; returns their paths.
+
+  `second_photos` (another photo of each target's person, type II) become
+  the grid's last column.
+  """
   os.makedirs(workdir, exist_ok=True)
   paths = {}
   if images:
     paths['grid'] = os.path.join(workdir, 'grid.png')
-    Image.fromarray(comparison_grid(sources, images, rows=grid_rows)).save(
+    columns = dict(images)
+    if second_photos is not None:
+      columns['other photo'] = second_photos
+    Image.fromarray(comparison_grid(sources, columns, rows=grid_rows)).save(
         paths['grid'])
   if any(a['evaluation'].get('genuine') for a in report['arms'].values()):
     paths['similarity'] = os.path.join(workdir, 'similarity.png')
