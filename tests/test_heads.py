@@ -300,3 +300,19 @@ def test_bootstrap_ci_resamples_identities_not_images():
   naive_lo, naive_hi = leakage.bootstrap_ci(copies, num=2000)
   assert abs((g_hi - g_lo) - (hi - lo)) < 0.15 * (hi - lo)
   assert (naive_hi - naive_lo) < 0.5 * (hi - lo)
+
+
+def test_diverging_training_stops_with_a_clear_error():
+  x, rng = _descriptors(5, 64)
+  targets = rng.uniform(0, 500, size=(64, 68, 2)).astype(np.float32)
+  config = heads.head_config('landmarks', hidden=(16,), input_norm='none',
+                             out_shape=(68, 2))
+  with pytest.raises(train_lib.TrainingDiverged,
+                     match='became (nan|inf).*lower the learning rate'):
+    train_lib.train_head(jax.random.key(0), config, x * 1e3, targets,
+                         tx=optax.sgd(10.0), batch_size=16, num_epochs=5)
+  # The same data at a sane rate trains.
+  _, _, history = train_lib.train_head(
+      jax.random.key(0), config, x, targets, tx=optax.adam(1e-3),
+      batch_size=16, num_epochs=2)
+  assert np.isfinite(history.loss).all()

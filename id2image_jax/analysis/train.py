@@ -181,6 +181,10 @@ class History:
   eval: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
+class TrainingDiverged(FloatingPointError):
+  """The training loss stopped being finite (the weights are lost)."""
+
+
 def fit(key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
         loss_fn: Callable[[jax.Array, jax.Array], jax.Array],
         epoch_batches: Callable[[jax.Array, int], Iterable[Batch]], *,
@@ -205,6 +209,9 @@ def fit(key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
 
   Returns:
     (params, history).
+
+  Raises:
+    TrainingDiverged: an epoch's mean loss is NaN or infinite.
   """
   init_key, data_key = jax.random.split(key)
   state = init_state(init_key, model, example, tx)
@@ -220,6 +227,12 @@ def fit(key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
       raise ValueError('an epoch yielded no batches (batch size larger than '
                        'the data?)')
     history.loss.append(float(jnp.mean(jnp.stack(losses))))
+    if not np.isfinite(history.loss[-1]):
+      raise TrainingDiverged(
+          f'{desc}: the training loss became {history.loss[-1]} in epoch '
+          f'{epoch + 1} of {num_epochs} (losses so far: '
+          f'{[round(v, 4) for v in history.loss[:-1]]}); lower the learning '
+          'rate or use Adam')
     if on_epoch is not None:
       history.eval.append(dict(on_epoch(epoch, state.params)))
   return state.params, history

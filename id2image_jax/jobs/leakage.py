@@ -19,6 +19,7 @@ import numpy as np
 from id2image_jax import data as data_lib
 from id2image_jax import loading
 from id2image_jax.analysis import leakage
+from id2image_jax.analysis import train as train_lib
 from id2image_jax.data import descriptors
 from id2image_jax.data import pipeline
 from id2image_jax.jobs import common
@@ -149,9 +150,13 @@ def run(config: Any) -> dict[str, Any]:
                '(EMD 0), as in the paper.')
   train, test = first
   if img_cfg['enabled']:
-    image_row.update(_image_rows(
-        jax.random.fold_in(key, 1000), cfg, image_sources, train, test,
-        attribute_names, details, workdir, progress))
+    try:
+      image_row.update(_image_rows(
+          jax.random.fold_in(key, 1000), cfg, image_sources, train, test,
+          attribute_names, details, workdir, progress))
+    except train_lib.TrainingDiverged as e:
+      # The descriptor rows are done and still worth writing.
+      notes.append(f'From image: not reported, its CNN diverged: {e}.')
   else:
     notes.append('From image: image baselines disabled '
                  '(image_baseline.enabled=False).')
