@@ -18,7 +18,7 @@
 //      "age_gender", "manifest": "<...-weights_manifest.json>",
 //    or "kind": "graph", "model": "<model.json>", "outputs": [node names],
 //    "input": "<raw little-endian float32 file>", "shape": [B, H, W, 3],
-//    "out_dir": "<dir>", "repeat": 0, "warmup": 1}
+//    "out_dir": "<dir>", "repeat": 0, "warmup": 1, "backend": "cpu"}
 // faceapi inputs are pixels on the 0..255 scale (face-api normalises);
 // graph inputs are fed as they are. Writes <out_dir>/<name>.f32 (raw
 // float32) and <out_dir>/result.json:
@@ -28,6 +28,11 @@
 // untimed runs (each ending in dataSync, i.e. all work done): face-api's
 // forwardInput (its normalisation, the net and post-processing) or the
 // graph's execute for the requested outputs.
+//
+// "backend": "wasm" runs graph models on the WebAssembly backend instead
+// (tfjs-backend-wasm, same version; ~10x faster than pure JS here): for
+// measurements on many images, never for the parity tests, whose
+// reference stays the pure-JS backend.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -124,7 +129,15 @@ async function loadGraph(request) {
 
 async function main() {
   const request = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
-  await tf.setBackend('cpu');
+  const backend = request.backend || 'cpu';
+  if (backend === 'wasm') {
+    const wasm = require('@tensorflow/tfjs-backend-wasm');
+    wasm.setWasmPaths(path.join(path.dirname(require.resolve(
+      '@tensorflow/tfjs-backend-wasm')), path.sep));
+  } else if (backend !== 'cpu') {
+    throw new Error(`unknown backend ${backend}: cpu or wasm`);
+  }
+  await tf.setBackend(backend);
   await tf.ready();
   const x = readFloat32(request.input, request.shape);
   const forward = request.kind === 'faceapi'
