@@ -190,7 +190,8 @@ def _read_json(path: str | os.PathLike) -> Any:
   except FileNotFoundError:
     raise
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise TfjsError(f'{os.fspath(path)}: not JSON ({e})') from None
+    raise TfjsError(f'{os.fspath(path)}: not JSON ({e}); truncated, or not '
+                    'a TF.js model file?') from None
 
 
 def read_weights_manifest(path: str | os.PathLike) -> dict[str, np.ndarray]:
