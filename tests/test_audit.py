@@ -112,6 +112,17 @@ def test_counts_and_sections_in_json(audited):
   attack = results['attack']
   assert attack['num_targets'] == 2 and not attack['why_no_type2']
   assert 'type2' in attack['attacked']
+  # Thresholds from every face: all pairs of different people.
+  n = PEOPLE * PER_PERSON
+  assert attack['attacked']['num_pool_images'] == n
+  assert attack['num_impostor_pairs'] == n * (n - 1) // 2 - PEOPLE * (
+      PER_PERSON * (PER_PERSON - 1) // 2)
+  # So few test faces cannot rule leakage out: no green light for it.
+  levels = {v['risk']: v['level'] for v in report.verdicts(results)}
+  assert leak['num_test'] < report.MIN_TEST_FACES
+  assert levels['Attribute leakage'] in ('UNCLEAR', 'MODERATE', 'HIGH')
+  assert 'LOW' not in levels.values() or levels[
+      'Identity reconstruction'] == 'LOW'
   bb = results['blackbox']
   # (steps + 1) x (2 P + 1) queries per target: 3 x 5.
   assert bb['queries_per_target'] == 15

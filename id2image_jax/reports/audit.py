@@ -64,12 +64,24 @@ def _level(value: float | None, high: float, moderate: float) -> str:
       'LOW')
 
 
+# Fewer test faces than this: leakage intervals are too wide for a verdict.
+MIN_TEST_FACES = 100
+
+
+def _measurable_fmr(tmrs: Mapping[str, Any], fmrs) -> str:
+  """The strictest false-match rate whose TMR could be measured."""
+  for fmr in sorted(fmrs):
+    if (tmrs.get(f'{fmr:g}') or {}).get('tmr') is not None:
+      return f'{fmr:g}'
+  return f'{max(fmrs):g}'
+
+
 def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
   """One plain-language line per risk, with the number behind it."""
   out = []
   attack = results.get('attack') or {}
   ev = attack.get('evaluation') or attack.get('attacked') or {}
-  fmr = f'{results["config"]["fmrs"][-1]:g}'
+  fmr = _measurable_fmr(ev.get('tmr') or {}, results['config']['fmrs'])
   tmr = (ev.get('tmr') or {}).get(fmr, {}).get('tmr')
   who = attack.get('evaluation_encoder', 'the attacked encoder')
   out.append({
@@ -83,14 +95,20 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
   leak = results.get('leakage') or {}
   attrs = leak.get('attributes') or {}
   leaking = [n for n, r in attrs.items() if r.get('leaks')]
+  # A leak shown on few faces stands; its absence on few faces says little.
+  few = leak.get('num_test', 0) < MIN_TEST_FACES
+  unclear = (f' Only {leak.get("num_test", 0)} test faces: too few to '
+             'rule leakage out (use --budget standard or more faces).'
+             if few else '')
+  level = _level(len(leaking) / max(1, len(attrs)), 0.5, 0.1)
   out.append({
       'risk': 'Attribute leakage',
-      'level': _level(len(leaking) / max(1, len(attrs)), 0.5, 0.1),
+      'level': 'UNCLEAR' if few and level == 'LOW' else level,
       'text': (f'{len(leaking)} of {len(attrs)} attributes are predicted '
                'from the template better than by guessing the most common '
                'value (95 % interval above the baseline)'
                + (f', e.g. {", ".join(leaking[:3])}' if leaking else '')
-               + '; the largest gain is {} percentage points.'),
+               + '; the largest gain is {} percentage points.' + unclear),
       'key': 'leakage/max_attribute_gain', 'spec': '{:.1f}'})
   for name, label, unit in (('landmarks', 'Face geometry (68 landmarks)',
                              '% of the eye distance'),
@@ -99,11 +117,13 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
     r = leak.get(name) or {}
     out.append({
         'risk': f'{label} leakage',
-        'level': 'HIGH' if r.get('leaks') else 'LOW' if r else 'unknown',
+        'level': ('HIGH' if r.get('leaks') else 'unknown' if not r
+                  else 'UNCLEAR' if few else 'LOW'),
         'text': (('Predictable from the template' if r.get('leaks') else
-                  'Not predictable beyond the average face')
+                  'Not shown to be predictable beyond the average face')
                  + f': error {{}} {unit} vs {r.get("baseline", 0):.2f} for '
-                 'the average.'),
+                 'the average.' + (unclear if r and not r.get('leaks')
+                                   else '')),
         'key': f'leakage/{name}/{"nme" if name == "landmarks" else "emd"}',
         'spec': '{:.2f}'})
   bb = results.get('blackbox') or {}
@@ -133,8 +153,9 @@ def leakage_chart(results: Mapping[str, Any]) -> str | None:
   names = sorted(attrs, key=lambda n: -(attrs[n]['accuracy']
                                         - attrs[n]['baseline']))
   gains = [attrs[n]['accuracy'] - attrs[n]['baseline'] for n in names]
-  lo = [g - attrs[n]['gain_ci'][0] for n, g in zip(names, gains)]
-  hi = [attrs[n]['gain_ci'][1] - g for n, g in zip(names, gains)]
+  # A bootstrap interval need not contain the point estimate (tiny sets).
+  lo = [max(0.0, g - attrs[n]['gain_ci'][0]) for n, g in zip(names, gains)]
+  hi = [max(0.0, attrs[n]['gain_ci'][1] - g) for n, g in zip(names, gains)]
   fig, ax = plt.subplots(figsize=(max(4, 0.28 * len(names) + 1), 3.2))
   ax.bar(range(len(names)), gains, yerr=[lo, hi], capsize=2,
          color=['C3' if attrs[n].get('leaks') else '0.7' for n in names])
@@ -214,7 +235,7 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;
 padding:.25em .6em;font-size:.9em}th{background:#f4f4f4}
 .HIGH{background:#c62828;color:#fff}.MODERATE{background:#f9a825}
-.LOW{background:#2e7d32;color:#fff}.unknown{background:#999;color:#fff}
+.LOW{background:#2e7d32;color:#fff}.unknown,.UNCLEAR{background:#999;color:#fff}
 .level{font-weight:bold;padding:.15em .6em;border-radius:.3em}
 img{max-width:100%}.note{color:#555;font-size:.9em}
 """
