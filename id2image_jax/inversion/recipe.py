@@ -305,6 +305,17 @@ def quality(targets: Targets, descriptors: np.ndarray,
   return out
 
 
+def identity_under(encoder: protocols.Encoder, sources: np.ndarray,
+                   images: np.ndarray, done: np.ndarray) -> dict[str, Any]:
+  """Identity cosine of source vs reconstruction under another encoder
+  (done rows only): ``{'encoder', 'id_cosine': [per row], 'mean'}``."""
+  rows = np.flatnonzero(done)
+  cos = (np.asarray(metrics.cosine_similarity(
+      encoder.embed(sources[rows]), encoder.embed(images[rows]))).tolist()
+         if rows.size else [])
+  return {'encoder': encoder.kind, 'id_cosine': cos, 'mean': _mean(cos)}
+
+
 def initial_quality(config: Any, inversion: Inversion,
                     generator: protocols.Generator,
                     encoder: protocols.Encoder, targets: Targets

@@ -55,6 +55,10 @@ def run(config: Any) -> dict[str, Any]:
                            result.done)
   initial = recipe.initial_quality(config, inversion, generator, encoder,
                                    targets)
+  evaluator = _independent_encoder(config)
+  if evaluator is not None and targets.sources is not None:
+    quality['independent'] = recipe.identity_under(
+        evaluator, targets.sources, inversion.images, result.done)
   extra = {
       'generator': generator.source,
       'encoder': f'{encoder.kind}: {encoder.source}',
@@ -79,6 +83,22 @@ def run(config: Any) -> dict[str, Any]:
     return json.load(f) if paths else {}
 
 
+def _independent_encoder(config: Any):
+  """The encoder that checks identity independently, or None (not
+  configured, the attacked one, or its weights cannot be had: said)."""
+  spec = common.evaluation_partner(config.eval_encoder, config.encoder)
+  if not config.eval_encoder or spec == config.encoder:
+    return None
+  try:
+    return loading.load_encoder(spec)
+  except (OSError, ValueError) as e:
+    if config.eval_encoder != 'auto':
+      raise
+    common.say(f'independent identity check skipped: {spec} unavailable '
+               f'({e})')
+    return None
+
+
 def _print_report(quality, initial, result, workdir, generator,
                   names) -> None:
   mean = quality.get('mean', {})
@@ -95,6 +115,11 @@ def _print_report(quality, initial, result, workdir, generator,
       before = initial.get(key)
       start = f'  (at init {before:.4f})' if before is not None else ''
       lines.append(f'  {label:34s} {mean[key]:.4f}{start}')
+  other = quality.get('independent')
+  if other and other['mean'] is not None:
+    lines.append(f'  {"identity cosine under " + other["encoder"]:34s} '
+                 f'{other["mean"]:.4f}  (independent encoder: source vs '
+                 'recon)')
   if generator.is_demo:
     lines.append(f'  note: the generator is {loading.DEMO_GENERATOR!r}, a '
                  'randomly initialised StyleGAN2, not a face model (see '
