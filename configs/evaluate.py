@@ -14,6 +14,8 @@ landmarks)::
 Real faces (CelebA-layout folder aligned by `id2image align`; type I and II
 attacks, thresholds from pairs of real photos of different people)::
 
+  id2image align --data ../shared/data/celeba-10k --out data/celeba-10k-ffhq
+  id2image leakage --config configs/leakage.py:celeba ...   # the heads
   id2image evaluate --config configs/evaluate.py:celeba \
       --targets data/celeba-10k-ffhq \
       --set heads.landmarks=runs/leakage_celeba/heads/dlib/landmarks \
@@ -87,8 +89,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
     if variant == 'celeba':
       # Real faces: a CelebA-layout folder aligned by `id2image align`
       # (--targets), its test people (identity-disjoint from the leakage
-      # heads' training people). Sized for <= 30 min on 2 CPU cores.
-      c.num_targets = 8
+      # heads' training people). Sized for <= 30 min on 2 CPU cores: 6
+      # targets x 30 steps x (3 arms + the transfer inversion) at 1024 px.
+      c.num_targets = 6
       c.num_impostor_images = 150
       c.align_faces = False  # the folder is aligned already
       c.workdir = 'runs/evaluate_celeba'
