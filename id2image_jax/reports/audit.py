@@ -128,13 +128,24 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
         'spec': '{:.2f}'})
   bb = results.get('blackbox') or {}
   if bb:
+    # Judged against the attacked system's own acceptance threshold: raw
+    # cosines mean little (dlib gives strangers ~0.85).
+    attacked = (attack.get('attacked') or {}).get('tmr') or {}
+    bb_fmr = _measurable_fmr(attacked, results['config']['fmrs'])
+    threshold = (attacked.get(bb_fmr) or {}).get('threshold')
+    scores_ = bb.get('final_score') or []
+    accepted = (None if threshold is None or not scores_ else
+                float(np.mean(np.asarray(scores_) >= threshold)))
     out.append({
         'risk': 'Black-box attacker (scores only)',
-        'level': _level(bb.get('mean_final_score'), 0.9, 0.6),
+        'level': _level(accepted, 0.5, 0.1),
         'text': ('Without weights or gradients, only by querying similarity '
                  f'scores ({bb.get("queries_per_target")} queries per '
                  'person), an attacker reaches a mean similarity of {} to '
-                 'the stored template.'),
+                 'the stored template; '
+                 + ('the threshold is unknown.' if accepted is None else
+                    f'{accepted:.0%} of its faces pass the system\'s '
+                    f'threshold ({threshold:.3f} at FMR {bb_fmr}).')),
         'key': 'blackbox/mean_final_score', 'spec': '{:.3f}'})
   return out
 
