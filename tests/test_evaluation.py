@@ -364,3 +364,24 @@ def test_celeba_layout_targets_type_two_and_other_photo_column(
   assert grid.shape[1] == 3 * (96 + 2) + 2
   with open(os.path.join(config.workdir, 'report.md')) as f:
     assert 'other photo of the person' in f.read()
+
+
+def test_transfer_gives_each_encoder_its_own_init(tmp_path, toy_registry):
+  # The configured ID->latent head reads the attacked encoder's 12-d
+  # descriptors; a transfer encoder of another size starts from w_avg
+  # instead of feeding its descriptors to that head.
+  toy_registry['toy:wide'] = _toy_encoder(seed=7, dim=20)
+  w_dim = loading.load_generator('demo:demo-8').w_dim
+  config = heads.head_config('id_to_latent', hidden=(8,), input_dim=12,
+                             out_shape=(w_dim,))
+  variables = heads.build(config).init(
+      jax.random.key(0), np.zeros((1, 12), np.float32))
+  head = loading.save_head(str(tmp_path / 'id_to_latent'),
+                           variables['params'], config)
+  report = evaluate_job.run(_config(
+      tmp_path, init=str(head), arms=('id',), eval_encoder='toy:wide',
+      steps=1))
+  table = report['transfer']['table']
+  assert set(table) == {'toy:a', 'toy:wide'}
+  assert _finite(table['toy:wide']['toy:wide']['cosine']['mean'])
+  assert 'init w_avg' in report['transfer']['attack']['toy:wide']

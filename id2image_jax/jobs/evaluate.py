@@ -74,6 +74,7 @@ def run(config: Any) -> dict[str, Any]:
        f'{evaluator.source}'
        + ('' if independent else '  [the SAME encoder: not independent]'))
 
+  requested_init = config.init
   config.init = common.resolve_init(config.init, generator, attacked)
   heads = common.load_heads(dict(config.heads), init=config.init)
   data = targets_lib.load(config, generator, attacked)
@@ -144,7 +145,7 @@ def run(config: Any) -> dict[str, Any]:
   transfer_report = run_transfer(
       config, generator=generator, attacked=attacked, encoders=transfer,
       data=data, aux=aux, plans=plans, inversions=inversions, pools=pools,
-      fmrs=fmrs, heads=heads)
+      fmrs=fmrs, heads=heads, requested_init=requested_init)
 
   second_photos = data.second_photos()
   report_ = {
@@ -187,7 +188,8 @@ def run(config: Any) -> dict[str, Any]:
 
 
 def run_transfer(config: Any, *, generator, attacked, encoders, data, aux,
-                 plans, inversions, pools, fmrs, heads) -> dict[str, Any]:
+                 plans, inversions, pools, fmrs, heads,
+                 requested_init: str = 'auto') -> dict[str, Any]:
   """Inverts with each encoder A and scores with each encoder B.
 
   A == the attacked encoder reuses that arm's inversion; any other A inverts
@@ -224,10 +226,16 @@ def run_transfer(config: Any, *, generator, attacked, encoders, data, aux,
            + (f', without {dropped}' if dropped else '') + ')')
       cfg = arm_config(config, weights, os.path.join(
           config.workdir, 'transfer', common.slug(label_a)))
-      inversion = recipe.invert_targets(cfg, generator, enc_a, t,
-                                        landmark_net=heads.landmark_net,
-                                        regressor=heads.regressor)
-      out['attack'][label_a] = (f'inverted with arm {plan.name}'
+      # An ID->latent head reads one encoder's descriptors: A gets its own
+      # ('auto'), or w_avg where the configured head is the attacked one's.
+      cfg.init = common.resolve_init(
+          requested_init if requested_init in ('auto', 'w_avg', 'random')
+          else 'w_avg', generator, enc_a)
+      inversion = recipe.invert_targets(
+          cfg, generator, enc_a, t, landmark_net=heads.landmark_net,
+          regressor=common.load_heads({}, init=cfg.init).regressor)
+      out['attack'][label_a] = (f'inverted with arm {plan.name}, init '
+                                f'{os.path.basename(cfg.init)}'
                                 + (f' without {dropped} (those targets came '
                                    'from the attacked encoder)'
                                    if dropped else ''))
