@@ -323,8 +323,9 @@ def test_config_variants(variant):
     assert config.latent_space == 'w+' and config.steps == 1000
 
 
+@pytest.mark.parametrize('num_targets', [2, 0])  # 0: every such person
 def test_celeba_layout_targets_type_two_and_other_photo_column(
-    tmp_path, toy_registry):
+    tmp_path, toy_registry, num_targets):
   # 3 people with two photos, 4 with one, all in the test partition.
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
@@ -344,20 +345,22 @@ def test_celeba_layout_targets_type_two_and_other_photo_column(
   (folder / celeba.ATTRIBUTE_FILE).write_text(
       f'{len(names)}\n' + ' '.join(celeba.ATTRIBUTE_NAMES) + '\n' + ''.join(
           n + ' -1' * 40 + '\n' for n in names))
-  config = _config(tmp_path, targets=str(folder), num_targets=2,
+  config = _config(tmp_path, targets=str(folder), num_targets=num_targets,
                    num_impostor_images=3, eval_encoder='toy:b',
                    arms=('id',), align_faces=False)
   report = evaluate_job.run(config)
   arm = report['arms']['id']
-  assert arm['num_done'] == 2
+  n = num_targets or 3
+  assert arm['num_done'] == n
   for role in ('attacked', 'evaluation'):
     type2 = arm[role]['type2']
     # Each target's person has exactly one other photo in the pool.
-    assert type2['num_genuine'] == 2
+    assert type2['num_genuine'] == n
     assert all(-1 <= g <= 1 for g in type2['genuine'])
-  # 2 targets + their 2 second photos + 3 others = 7 images, 2 people twice.
-  assert report['pool']['num_originals'] == 7
-  assert report['pool']['num_impostor_pairs'] == 7 * 6 // 2 - 2
+  # n targets + their n second photos + 3 others, n people twice.
+  pool = 2 * n + 3
+  assert report['pool']['num_originals'] == pool
+  assert report['pool']['num_impostor_pairs'] == pool * (pool - 1) // 2 - n
   assert report['pool']['has_second_photos']
   grid = np.asarray(Image.open(os.path.join(config.workdir, 'grid.png')))
   # original | id | other photo: three 96-px cells with 2-px gaps.

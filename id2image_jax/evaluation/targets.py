@@ -119,8 +119,8 @@ def celeba_layout(config: Any, encoder: protocols.Encoder) -> EvalTargets:
   """Targets and pool from a CelebA-layout folder with identities.
 
   Of the split's people with two or more images, the first
-  ``config.num_targets`` (in a fixed shuffled order, ``config.seed``) give a
-  target each: their first image A is inverted; every image of them is in
+  ``config.num_targets`` (in a fixed shuffled order, ``config.seed``; 0 =
+  all of them) give a target each: their first image A is inverted; every image of them is in
   the pool (type II compares the reconstruction with their other images B),
   plus ``config.num_impostor_images`` images of other people of the split,
   so that impostor pairs (different people, each pair once) set the
@@ -131,7 +131,8 @@ def celeba_layout(config: Any, encoder: protocols.Encoder) -> EvalTargets:
   keys, people = ann['key'], ann['identity']
   ids, counts = np.unique(people, return_counts=True)
   chosen = np.random.default_rng(config.seed).permutation(ids[counts >= 2])
-  chosen = chosen[:config.num_targets]
+  if config.num_targets > 0:
+    chosen = chosen[:config.num_targets]
   if not len(chosen):
     raise ValueError(f'{config.targets} ({config.split}) has no person with '
                      'two or more images')
