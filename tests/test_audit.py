@@ -23,7 +23,7 @@ from id2image_jax.reports import audit as report
 PEOPLE, PER_PERSON, SIZE = 6, 3, 32
 TINY = ['--set', 'images=18', '--set', 'targets=2', '--set', 'steps=2',
         '--set', 'epochs=1', '--set', 'nes_population=2', '--set',
-        'nes_steps=2', '--set', 'nes_targets=1', '--set', 'progress=False',
+        'nes_steps=2', '--set', 'nes_targets=2', '--set', 'progress=False',
         '--set', "attribute_nets=('faceapi_age_gender',)",
         '--set', 'eval_encoder=mobilefacenet', '--generator', 'demo:demo-8']
 
@@ -129,7 +129,8 @@ def test_counts_and_sections_in_json(audited):
   bb = results['blackbox']
   # (steps + 1) x (2 P + 1) queries per target: 3 x 5.
   assert bb['queries_per_target'] == 15
-  assert len(bb['final_score']) == 1
+  # Two targets: the verdict compares an array of scores to the threshold.
+  assert len(bb['final_score']) == 2
 
 
 def test_rerun_reuses_finished_parts(audited):
@@ -140,6 +141,11 @@ def test_rerun_reuses_finished_parts(audited):
                    '--out', str(out), *TINY]) == 0
   assert {p.name: p.stat().st_mtime_ns
           for p in (out / 'parts').iterdir()} == stamps
+  with open(out / 'audit.json') as f:
+    facts = json.load(f)['facts']
+  # The page says its time is not the whole audit's.
+  assert facts['reused_parts'] == ['leakage', 'attack', 'blackbox']
+  assert 'reused from an earlier run' in (out / 'audit.html').read_text()
 
 
 def test_bad_input_is_clear_and_writes_nothing(tmp_path):

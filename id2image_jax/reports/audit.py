@@ -84,12 +84,14 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
   fmr = _measurable_fmr(ev.get('tmr') or {}, results['config']['fmrs'])
   tmr = (ev.get('tmr') or {}).get(fmr, {}).get('tmr')
   who = attack.get('evaluation_encoder', 'the attacked encoder')
+  attempts = attack.get('num_targets')
   out.append({
       'risk': 'Identity reconstruction',
       'level': _level(tmr, 0.5, 0.1),
       'text': ('Faces rebuilt from stored templates are accepted as the '
-               f'same person by {who} in {{}} of attempts at a false-match '
-               f'rate of {fmr}.'),
+               f'same person by {who} in {{}} of attempts'
+               + (f' ({attempts} people attacked)' if attempts else '')
+               + f' at a false-match rate of {fmr}.'),
       'key': f'attack/{"evaluation" if attack.get("evaluation") else "attacked"}/tmr/{fmr}/tmr',
       'spec': '{:.0%}'})
   leak = results.get('leakage') or {}
@@ -104,11 +106,15 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
   out.append({
       'risk': 'Attribute leakage',
       'level': 'UNCLEAR' if few and level == 'LOW' else level,
-      'text': (f'{len(leaking)} of {len(attrs)} attributes are predicted '
-               'from the template better than by guessing the most common '
-               'value (95 % interval above the baseline)'
-               + (f', e.g. {", ".join(leaking[:3])}' if leaking else '')
-               + '; the largest gain is {} percentage points.' + unclear),
+      'text': ((f'{len(leaking)} of {len(attrs)} attributes are '
+                'predicted from the template better than by guessing the '
+                'most common value (95 % interval above the baseline), e.g. '
+                f'{", ".join(leaking[:3])}; the largest gain is {{}} '
+                'percentage points.') if leaking else
+               (f'None of {len(attrs)} attributes is shown to be predicted '
+                'from the template better than by guessing the most common '
+                'value; the largest gain seen, {} percentage points, is '
+                'within chance on this many faces.') + unclear),
       'key': 'leakage/max_attribute_gain', 'spec': '{:.1f}'})
   for name, label, unit in (('landmarks', 'Face geometry (68 landmarks)',
                              '% of the eye distance'),
@@ -133,15 +139,16 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
     attacked = (attack.get('attacked') or {}).get('tmr') or {}
     bb_fmr = _measurable_fmr(attacked, results['config']['fmrs'])
     threshold = (attacked.get(bb_fmr) or {}).get('threshold')
-    scores_ = bb.get('final_score') or []
-    accepted = (None if threshold is None or not scores_ else
-                float(np.mean(np.asarray(scores_) >= threshold)))
+    # A list from audit.json or an array from a fresh run.
+    scores_ = np.asarray(bb.get('final_score', []), float)
+    accepted = (None if threshold is None or not scores_.size else
+                float(np.mean(scores_ >= threshold)))
     out.append({
         'risk': 'Black-box attacker (scores only)',
         'level': _level(accepted, 0.5, 0.1),
         'text': ('Without weights or gradients, only by querying similarity '
                  f'scores ({bb.get("queries_per_target")} queries per '
-                 'person), an attacker reaches a mean similarity of {} to '
+                 'person, this budget\'s limit), an attacker reaches a mean similarity of {} to '
                  'the stored template; '
                  + ('the threshold is unknown.' if accepted is None else
                     f'{accepted:.0%} of its faces pass the system\'s '
@@ -263,6 +270,23 @@ def _img(uri: str | None, alt: str) -> str:
   return f'<p><img src="{uri}" alt="{html.escape(alt)}"></p>' if uri else ''
 
 
+def _lead(results: Mapping[str, Any]) -> str:
+  """What was tested and how to read the levels, before any number."""
+  facts = results['facts']
+  return (
+      f'<p>An attacker who steals the stored face templates (descriptors) '
+      f'of this system: what can they learn, and can they rebuild the '
+      f'faces? Tested on {facts["faces"]} faces of {facts["people"]} people '
+      f'from <code>{html.escape(str(facts["data"]))}</code>, budget '
+      f'<b>{html.escape(str(facts["budget"]))}</b> '
+      f'({facts["seconds"]:.0f} s on {html.escape(str(facts["device"]))}'
+      + (f'; reused from an earlier run: {", ".join(facts["reused_parts"])}'
+         if facts.get('reused_parts') else '') + ').'
+      '</p><p class="note">HIGH: shown to be a real risk. MODERATE: shown, '
+      'but in a minority of cases. LOW: measured and small at this budget. '
+      'UNCLEAR: too few faces to tell; rerun with more.</p>')
+
+
 def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
   """The HTML page (module docstring)."""
   esc = html.escape
@@ -271,7 +295,7 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
            f'<style>{_STYLE}</style></head><body>',
            '<h1>What do the stored templates of '
            f'<code>{esc(results["facts"]["encoder"]["kind"])}</code> give '
-           'away?</h1>']
+           'away?</h1>', _lead(results)]
   parts.append('<section id="summary"><h2>Summary</h2>')
   rows = []
   for v in verdicts(results):
