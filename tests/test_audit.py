@@ -4,6 +4,7 @@ one in audit.json; and, where Chromium is installed, rendered by a headless
 browser (offline, every image decoded)."""
 
 import base64
+import html
 import io
 import json
 import os
@@ -71,6 +72,22 @@ def test_every_section_and_picture(audited):
   for uri in uris:
     Image.open(io.BytesIO(base64.b64decode(uri))).verify()
   assert 'src="http' not in page and "src='http" not in page  # offline
+
+
+def test_rate_notes_are_on_the_page(audited):
+  # Few genuine scores or impostor pairs: the page says how far to trust a
+  # rate, next to it.
+  _, out = audited
+  page = (out / 'audit.html').read_text()
+  with open(out / 'audit.json') as f:
+    attack = json.load(f)['attack']
+  notes = {part for role in ('attacked', 'evaluation')
+           for tmrs in (attack[role]['tmr'], attack[role]['type2']['tmr'])
+           for r in tmrs.values() if r.get('note')
+           for part in r['note'].split('; ')}
+  assert notes  # 2 targets: every rate is coarse
+  for note in notes:
+    assert html.escape(note) in page, note
 
 
 def test_shown_figures_are_the_json_figures(audited):

@@ -358,9 +358,15 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
                  _num(attack, f'{role}/tmr/{fmr}/tmr', '{:.3f}')]
         cells.append(_num(attack, f'{role}/type2/tmr/{fmr}/tmr', '{:.3f}')
                      if 'type2' in ev else 'n/a')
+        # How far to trust the rate: too few pairs or genuine scores.
+        notes = [(ev.get('tmr') or {}).get(fmr, {}).get('note'),
+                 ((ev.get('type2') or {}).get('tmr') or {}).get(
+                     fmr, {}).get('note')]
+        cells.append(esc('; '.join(dict.fromkeys(
+            part for n in notes if n for part in n.split('; ')))))
         rows.append(cells)
     parts.append(_table(rows, ['verifier', 'FMR', 'TMR type I (photo A)',
-                               'TMR type II (other photo B)']))
+                               'TMR type II (other photo B)', 'note']))
     if attack.get('why_no_type2'):
       parts.append(f'<p class="note">Type II absent: '
                    f'{esc(attack["why_no_type2"])}</p>')
