@@ -4,7 +4,7 @@ Derived from configs/invert.py (same generator, encoder, targets and
 optimisation fields) plus the evaluation's own fields below.
 
 Default: the self-check on the embedded default models (MobileStyleGAN,
-dlib's real encoder), 4 targets, 30 steps per arm: about 11 minutes on a
+dlib's real encoder), 4 targets, 30 steps per arm: about 10 minutes on a
 2-core CPU. The landmark and histogram targets are measured on the known
 originals (an oracle, labelled so; face-api.js's landmark net measures the
 landmarks)::
