@@ -215,3 +215,35 @@ def test_report_renders_offline_in_headless_chromium(audited, tmp_path):
                  capture_output=True, timeout=120, check=True)
   pixels = np.asarray(Image.open(shot).convert('L'), np.float32)
   assert pixels.shape == (800, 1000) and pixels.std() > 10  # not blank
+
+
+def test_equal_budget_by_hand():
+  from id2image_jax.evaluation import audit  # pylint: disable=g-import-not-at-top
+  # White-box: 3 steps + final = 4 entries, 1 call each, 8 s (2 s each).
+  # Black-box: 2 steps + final = 3 entries of 5 queries, 6 s (2 s each).
+  out = audit.equal_budget(
+      whitebox_history=[[0.1, 0.5, 0.7], [0.3, 0.5, 0.9]],
+      whitebox_final=[0.9, 0.9], whitebox_seconds=8.0,
+      blackbox_history=[[0.1, 0.2], [0.3, 0.2]], blackbox_final=[0.4, 0.4],
+      blackbox_seconds=6.0, queries_per_step=5)
+  np.testing.assert_allclose(out['whitebox_curve'], [0.2, 0.5, 0.8, 0.9])
+  assert out['whitebox_calls'] == [1, 2, 3, 4]
+  assert out['blackbox_calls'] == [5, 10, 15]
+  # 4 calls: the black-box has not finished its first step (5 queries).
+  assert out['calls'] == 4 and out['blackbox_at_calls'] is None
+  assert out['whitebox_at_calls'] == pytest.approx(0.9)
+  # 6 s: the white-box is through 3 entries (2 s each).
+  assert out['whitebox_at_seconds'] == pytest.approx(0.8)
+  assert out['blackbox_at_seconds'] == pytest.approx(0.4)
+
+
+def test_blackbox_section_compares_at_equal_budgets(audited):
+  _, out = audited
+  with open(out / 'audit.json') as f:
+    equal = json.load(f)['blackbox']['equal_budget']
+  # 2 white-box steps + final; 2 NES steps + final of 2 P + 1 = 5 queries.
+  assert equal['whitebox_calls'] == [1, 2, 3] and equal['calls'] == 3
+  assert equal['blackbox_calls'] == [5, 10, 15]
+  assert all(-1 <= c <= 1 for c in equal['whitebox_curve'])
+  page = (out / 'audit.html').read_text()
+  assert 'data-key="equal_budget/whitebox_at_seconds"' in page

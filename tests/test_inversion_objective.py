@@ -123,15 +123,19 @@ def test_weighted_terms_match_hand_computation(g_vars):
   for k, v in want.items():
     np.testing.assert_allclose(terms[k], v, rtol=2e-4)
   np.testing.assert_allclose(
+      terms['id_cosine'], d @ target['descriptor'] / np.linalg.norm(d)
+      / np.linalg.norm(target['descriptor']), rtol=2e-4)
+  np.testing.assert_allclose(
       total, want['id'] + 0.0006 * want['landmarks'] + 0.01 *
       want['histogram'], rtol=2e-4)
 
   # Terms follow the targets present and the non-zero weights.
   _, only_id = loss_fn(p, latent, {'descriptor': target['descriptor']})
-  assert set(only_id) == {'id'}
+  assert set(only_id) == {'id', 'id_cosine'}
   no_lm = obj.make_id2image_objective(
       render, embed, weights=obj.Weights(landmarks=0.0))
-  assert set(no_lm(p, latent, target)[1]) == {'id', 'histogram'}
+  assert set(no_lm(p, latent, target)[1]) == {'id', 'histogram',
+                                              'id_cosine'}
   with pytest.raises(ValueError, match='landmarks_fn'):
     obj.make_id2image_objective(render, embed)(p, latent, target)
 
@@ -167,8 +171,12 @@ def test_id2image_inversion_end_to_end(g_vars):
   result = toy.invert(loss_fn, p, targets, init=init, steps=40,
                       chunk_size=4, tx=optax.adam(0.05),
                       compute_dtype=jnp.bfloat16, progress=False)
-  assert set(result.history) == {'loss', 'id', 'histogram'}
+  assert set(result.history) == {'loss', 'id', 'histogram', 'id_cosine'}
   assert np.all(result.final['loss'] < 0.5 * result.history['loss'][:, 0])
+  # The monitor is the cosine the descriptors have; it rises as id falls.
+  cos = result.history['id_cosine']
+  assert np.all((-1 <= cos) & (cos <= 1.0001))
+  assert np.all(result.final['id_cosine'] > cos[:, 0])
 
 
 @pytest.mark.parametrize('policy', ['none', 'dots', 'full'])

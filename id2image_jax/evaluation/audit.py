@@ -260,3 +260,48 @@ def blackbox_attack(config: Any, generator: protocols.Generator,
           'seconds': time.perf_counter() - started,
           'score_history': result.history['score'],
           'final_score': result.final['score']}
+
+
+def _mean_curve(history, final) -> np.ndarray:
+  """Mean over targets of [history entries..., final score]."""
+  history = np.asarray(history, np.float64)
+  final = np.asarray(final, np.float64)
+  return np.concatenate([history, final[:, None]], axis=1).mean(0)
+
+
+def _at_budget(curve: np.ndarray, costs: np.ndarray, budget: float):
+  """The curve's value after the last entry that fits in `budget`."""
+  fits = np.flatnonzero(costs <= budget + 1e-9)
+  return float(curve[fits[-1]]) if fits.size else None
+
+
+def equal_budget(whitebox_history, whitebox_final, whitebox_seconds: float,
+                 blackbox_history, blackbox_final, blackbox_seconds: float,
+                 queries_per_step: int) -> dict[str, Any]:
+  """Both attacks on the same targets at equal encoder calls and wall time.
+
+  Histories are [T, steps] cosines to the template before each step's
+  update, then the final score. Entry j of the white-box costs j + 1 encoder
+  calls (a forward + backward each); of the black-box, (j + 1) x
+  `queries_per_step` score queries. Time per entry is the run's mean
+  (compilation included, so both are charged alike).
+
+  Returns:
+    the mean curves with their costs, and the cosine each attack had at the
+    other's full budget (``None``: nothing finished within it).
+  """
+  wb = _mean_curve(whitebox_history, whitebox_final)
+  bb = _mean_curve(blackbox_history, blackbox_final)
+  wb_calls = np.arange(1, len(wb) + 1, dtype=np.float64)
+  bb_calls = np.arange(1, len(bb) + 1, dtype=np.float64) * queries_per_step
+  wb_time = wb_calls * whitebox_seconds / len(wb)
+  return {
+      'whitebox_curve': wb.tolist(), 'whitebox_calls': wb_calls.tolist(),
+      'blackbox_curve': bb.tolist(), 'blackbox_calls': bb_calls.tolist(),
+      'calls': int(wb_calls[-1]),
+      'whitebox_at_calls': float(wb[-1]),
+      'blackbox_at_calls': _at_budget(bb, bb_calls, wb_calls[-1]),
+      'seconds': float(blackbox_seconds),
+      'whitebox_at_seconds': _at_budget(wb, wb_time, blackbox_seconds),
+      'blackbox_at_seconds': float(bb[-1]),
+  }

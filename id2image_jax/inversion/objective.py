@@ -96,14 +96,17 @@ def make_id2image_objective(
 
   Returns:
     The per-target objective; its aux dict holds the unweighted terms
-    (``'id'``, and ``'landmarks'`` / ``'histogram'`` when active).
+    (``'id'``, and ``'landmarks'`` / ``'histogram'`` when active) and
+    ``'id_cosine'``, the cosine of the render's descriptor to the target (a
+    monitor, not a term: the score a black-box attacker sees, so histories
+    of both attacks compare step by step).
   """
   histogram_fn = histogram_fn or _soft_histogram_of_generator_image
 
   def loss_fn(params, latent, target):
     image = render(params['generator'], latent)
-    terms = {'id': losses.identity_loss(embed(params['encoder'], image),
-                                        target['descriptor'])}
+    descriptor = embed(params['encoder'], image)
+    terms = {'id': losses.identity_loss(descriptor, target['descriptor'])}
     if 'landmarks' in target and weights.landmarks:
       if landmarks_fn is None:
         raise ValueError('targets have landmarks but no landmarks_fn given')
@@ -112,7 +115,9 @@ def make_id2image_objective(
     if 'histogram' in target and weights.histogram:
       terms['histogram'] = losses.histogram_loss(histogram_fn(image),
                                                  target['histogram'])
-    return losses.objective(terms, weights=dataclasses.asdict(weights))
+    total, aux = losses.objective(terms, weights=dataclasses.asdict(weights))
+    cosine = 1.0 - losses.cosine_distance(descriptor, target['descriptor'])
+    return total, {**aux, 'id_cosine': cosine}
 
   return loss_fn
 

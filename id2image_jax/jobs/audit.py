@@ -199,6 +199,8 @@ def run(config: Any) -> dict[str, Any]:
             nets, faces.images[targets.rows], images,
             np.arange(len(targets.rows))),
         'whitebox_seconds': whitebox_seconds,
+        # Cosine to the template before each step: the black-box compares.
+        'whitebox_score_history': inversion.result.history['id_cosine'],
     }
     if evaluator is not encoder:
       attack['evaluation'] = audit.score_attack(evaluator, images, faces,
@@ -217,11 +219,15 @@ def run(config: Any) -> dict[str, Any]:
     # Type I under the attacked encoder: the white-box reconstruction's
     # cosine to the very template, what the black-box attacker maximises.
     whitebox_cos = np.asarray(attack['attacked']['genuine'])[:len(rows)]
+    queries_per_step = out['queries_per_target'] // (budget['nes_steps'] + 1)
+    equal = audit.equal_budget(
+        np.asarray(attack['whitebox_score_history'])[:len(rows)],
+        whitebox_cos, attack['whitebox_seconds'], out['score_history'],
+        out['final_score'], out['seconds'], queries_per_step)
     bb = parts.put('blackbox', {
         'num_targets': int(len(rows)),
         'queries_per_target': out['queries_per_target'],
-        'queries_per_step': out['queries_per_target'] // (
-            budget['nes_steps'] + 1),
+        'queries_per_step': queries_per_step,
         'seconds': out['seconds'],
         'score_history': out['score_history'],
         'final_score': out['final_score'],
@@ -229,6 +235,7 @@ def run(config: Any) -> dict[str, Any]:
         'whitebox_steps': budget['steps'],
         'whitebox_seconds': attack['whitebox_seconds'],
         'whitebox_final_score': float(np.mean(whitebox_cos)),
+        'equal_budget': equal,
     })
 
   results = {
