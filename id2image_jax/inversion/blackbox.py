@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from id2image_jax import losses
+
 # score_fn(encoder_variables, images [K, H, W, 3], target) -> [K] similarity.
 ScoreFn = Callable[[Any, jax.Array, Any], jax.Array]
 
@@ -47,9 +49,8 @@ def cosine_score(embed: Callable[[Any, jax.Array], jax.Array]) -> ScoreFn:
   """
   def score(variables, images, target):
     d = jax.vmap(embed, in_axes=(None, 0))(variables, images)
-    t = target['descriptor']
-    return (d @ t) / (jnp.linalg.norm(d, axis=-1) * jnp.linalg.norm(t)
-                      + 1e-12)
+    return losses.cosine_similarity(
+        d, jnp.broadcast_to(target['descriptor'], d.shape))
   return score
 
 

@@ -116,8 +116,8 @@ def make_id2image_objective(
       terms['histogram'] = losses.histogram_loss(histogram_fn(image),
                                                  target['histogram'])
     total, aux = losses.objective(terms, weights=dataclasses.asdict(weights))
-    cosine = 1.0 - losses.cosine_distance(descriptor, target['descriptor'])
-    return total, {**aux, 'id_cosine': cosine}
+    return total, {**aux, 'id_cosine': losses.cosine_similarity(
+        descriptor, target['descriptor'])}
 
   return loss_fn
 

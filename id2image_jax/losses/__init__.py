@@ -17,6 +17,7 @@ Typical inversion step (generator images in [-1, 1], NHWC)::
 
 # pylint: disable=g-importing-member
 from id2image_jax.losses._distances import cosine_distance
+from id2image_jax.losses._distances import cosine_similarity
 from id2image_jax.losses._distances import histogram_loss
 from id2image_jax.losses._distances import identity_loss
 from id2image_jax.losses._distances import landmark_loss
@@ -30,6 +31,7 @@ from id2image_jax.losses._objective import objective
 __all__ = (
     'DEFAULT_WEIGHTS',
     'cosine_distance',
+    'cosine_similarity',
     'histogram_loss',
     'identity_loss',
     'image_histogram',
