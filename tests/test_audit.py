@@ -247,3 +247,13 @@ def test_blackbox_section_compares_at_equal_budgets(audited):
   assert all(-1 <= c <= 1 for c in equal['whitebox_curve'])
   page = (out / 'audit.html').read_text()
   assert 'data-key="equal_budget/whitebox_at_seconds"' in page
+
+
+def test_parts_of_another_format_are_redone(tmp_path, monkeypatch):
+  from id2image_jax.jobs import audit as audit_job  # pylint: disable=g-import-not-at-top
+  settings = {'encoder': 'dlib', 'seed': 0}
+  audit_job._Parts(str(tmp_path), settings).put('attack', {'steps': 2})  # pylint: disable=protected-access
+  assert audit_job._Parts(str(tmp_path), settings).get('attack') == {  # pylint: disable=protected-access
+      'steps': 2}
+  monkeypatch.setattr(audit_job, '_PARTS_FORMAT', audit_job._PARTS_FORMAT + 1)  # pylint: disable=protected-access
+  assert audit_job._Parts(str(tmp_path), settings).get('attack') is None  # pylint: disable=protected-access

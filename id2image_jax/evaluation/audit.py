@@ -231,7 +231,8 @@ def blackbox_attack(config: Any, generator: protocols.Generator,
   """The score-only attacker on the same templates, same start.
 
   Returns:
-    ``{'images' [T, R, R, 3], 'queries_per_target', 'seconds',
+    ``{'images' [T, R, R, 3], 'queries_per_step', 'queries_per_target',
+    'seconds',
     'score_history' [T, steps + 1 recorded], 'final_score' [T]}``.
   """
   started = time.perf_counter()
@@ -255,8 +256,9 @@ def blackbox_attack(config: Any, generator: protocols.Generator,
   images, _ = recipe.reconstructions(render, generator, encoder, latents,
                                      np.arange(len(rows)), len(rows))
   # Every step and the final evaluation each query 2P + 1 images.
-  per_target = (steps + 1) * blackbox.queries_per_step(population)
-  return {'images': images, 'queries_per_target': int(per_target),
+  per_step = blackbox.queries_per_step(population)
+  return {'images': images, 'queries_per_step': int(per_step),
+          'queries_per_target': int((steps + 1) * per_step),
           'seconds': time.perf_counter() - started,
           'score_history': result.history['score'],
           'final_score': result.final['score']}

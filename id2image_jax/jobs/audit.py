@@ -47,14 +47,20 @@ def _budget(config: Any) -> dict[str, int]:
           for k, v in audit_config.BUDGETS[config.budget].items()}
 
 
+# Bumped when a part gains or loses fields, so older parts are redone, not
+# read back half-filled (2: the white-box history and the equal budgets).
+_PARTS_FORMAT = 2
+
+
 class _Parts:
   """Finished parts as JSON (+ npz) under ``workdir/parts``, keyed by the
-  settings they depend on."""
+  settings they depend on and `_PARTS_FORMAT`."""
 
   def __init__(self, workdir: str, settings: dict[str, Any]):
     self._dir = os.path.join(workdir, 'parts')
     os.makedirs(self._dir, exist_ok=True)
-    text = json.dumps(settings, sort_keys=True, default=str)
+    text = json.dumps({**settings, 'format': _PARTS_FORMAT},
+                      sort_keys=True, default=str)
     self._tag = hashlib.sha1(text.encode()).hexdigest()[:12]
     self.reused = []  # names read back from an earlier run
 
@@ -219,7 +225,7 @@ def run(config: Any) -> dict[str, Any]:
     # Type I under the attacked encoder: the white-box reconstruction's
     # cosine to the very template, what the black-box attacker maximises.
     whitebox_cos = np.asarray(attack['attacked']['genuine'])[:len(rows)]
-    queries_per_step = out['queries_per_target'] // (budget['nes_steps'] + 1)
+    queries_per_step = out['queries_per_step']
     equal = audit.equal_budget(
         np.asarray(attack['whitebox_score_history'])[:len(rows)],
         whitebox_cos, attack['whitebox_seconds'], out['score_history'],

@@ -220,24 +220,16 @@ def score_histogram(attack: Mapping[str, Any], role: str) -> str | None:
 
 def blackbox_chart(bb: Mapping[str, Any]) -> str | None:
   """Cosine to the template vs encoder calls, black-box and white-box."""
-  hist = bb.get('score_history')
-  hist = np.asarray([] if hist is None else hist, np.float64)
-  if not hist.size:
+  equal = bb.get('equal_budget')
+  if not equal:
     return None
   plt = outputs.pyplot()
-  equal = bb.get('equal_budget')
   fig, ax = plt.subplots(figsize=(5, 3))
-  if equal:
-    ax.plot(equal['blackbox_calls'], equal['blackbox_curve'], color='C3',
-            lw=2, marker='.', label='black-box: score queries (mean)')
-    ax.plot(equal['whitebox_calls'], equal['whitebox_curve'], color='C0',
-            lw=2, marker='.', label='white-box: forward + backward (mean)')
-    ax.set_xscale('log')
-  else:  # a part written before the white-box history was kept
-    x = np.arange(hist.shape[1]) * bb['queries_per_step']
-    ax.plot(x, hist.mean(0), color='C3', lw=2, label='black-box (mean)')
-    ax.axhline(bb['whitebox_final_score'], color='C0', ls='--',
-               label=f'white-box after {bb["whitebox_steps"]} gradient steps')
+  ax.plot(equal['blackbox_calls'], equal['blackbox_curve'], color='C3',
+          lw=2, marker='.', label='black-box: score queries (mean)')
+  ax.plot(equal['whitebox_calls'], equal['whitebox_curve'], color='C0',
+          lw=2, marker='.', label='white-box: forward + backward (mean)')
+  ax.set_xscale('log')
   ax.set_xlabel('encoder calls per target')
   ax.set_ylabel('cosine to the template')
   ax.legend(fontsize=7)
@@ -401,18 +393,17 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
          _num(bb, 'mean_final_score', '{:.3f}')]],
         ['attacker', 'encoder calls per target', 'wall time [s]',
          'cosine to the template']))
-    if bb.get('equal_budget'):
-      parts.append('<p>At equal budgets (cosine to the template, mean over '
-                   'the same targets; wall time per step is each run\'s '
-                   'mean, compilation included):</p>')
-      parts.append(_table([
-          [_num(bb, 'equal_budget/calls', '{}') + ' encoder calls per '
-           'target', _num(bb, 'equal_budget/whitebox_at_calls'),
-           _num(bb, 'equal_budget/blackbox_at_calls')],
-          [_num(bb, 'equal_budget/seconds', '{:.0f}') + ' s wall time',
-           _num(bb, 'equal_budget/whitebox_at_seconds'),
-           _num(bb, 'equal_budget/blackbox_at_seconds')]],
-          ['budget', 'white-box', 'black-box']))
+    parts.append('<p>At equal budgets (cosine to the template, mean over '
+                 'the same targets; wall time per step is each run\'s '
+                 'mean, compilation included):</p>')
+    parts.append(_table([
+        [_num(bb, 'equal_budget/calls', '{}') + ' encoder calls per '
+         'target', _num(bb, 'equal_budget/whitebox_at_calls'),
+         _num(bb, 'equal_budget/blackbox_at_calls')],
+        [_num(bb, 'equal_budget/seconds', '{:.0f}') + ' s wall time',
+         _num(bb, 'equal_budget/whitebox_at_seconds'),
+         _num(bb, 'equal_budget/blackbox_at_seconds')]],
+        ['budget', 'white-box', 'black-box']))
     parts.append(_img(results.get('_figures', {}).get('blackbox'),
                       'black-box progress'))
   parts.append('</section>')
