@@ -120,12 +120,12 @@ def celeba_layout(config: Any, encoder: protocols.Encoder) -> EvalTargets:
 
   Of the split's people with two or more images, the first
   ``config.num_targets`` (in a fixed shuffled order, ``config.seed``; 0 =
-  all of them) give a target each: their first image A is inverted; every image of them is in
-  the pool (type II compares the reconstruction with their other images B),
-  plus ``config.num_impostor_images`` images of other people of the split,
-  so that impostor pairs (different people, each pair once) set the
-  thresholds. The folder's images are taken as FFHQ-aligned (`id2image
-  align`).
+  all of them) give a target each: their first image A is inverted; every
+  image of them is in the pool (type II compares the reconstruction with
+  their other images B), plus ``config.num_impostor_images`` images of
+  other people of the split, so that impostor pairs (different people, each
+  pair once) set the thresholds. The folder's images are taken as
+  FFHQ-aligned (`id2image align`).
   """
   ann = celeba.read_annotations(config.targets, config.split)
   keys, people = ann['key'], ann['identity']
