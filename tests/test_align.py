@@ -121,3 +121,18 @@ def test_budgeted_choice_aligns_only_chosen_people_with_two_photos_first(
   assert counts == {'aligned': 0, 'skipped': 3, 'reused': 0}
   skipped = (tmp_path / 'dst' / align.SKIPPED_FILE).read_text().split('\n')
   assert sorted(s.split()[0] for s in skipped if s) == sorted(chosen[:3])
+
+
+def test_budgeted_choice_on_a_flat_folder_of_photos(tmp_path):
+  # No identity file, no person subfolders: who is who is unknown, and the
+  # choice is a seeded sample of the photos (it used to be empty).
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from id2image_jax.data import faces  # pylint: disable=g-import-not-at-top
+  names = [f'photo_{i}.png' for i in range(7)]
+  for name in names:
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / name)
+  chosen = faces.choose(str(tmp_path), 4, seed=3)
+  assert len(chosen) == 4 and set(chosen) <= set(names)
+  assert faces.choose(str(tmp_path), 4, seed=3) == chosen
+  assert sorted(faces.choose(str(tmp_path), 100)) == names

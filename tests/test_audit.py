@@ -29,19 +29,28 @@ TINY = ['--set', 'images=18', '--set', 'targets=2', '--set', 'steps=2',
         '--set', 'eval_encoder=mobilefacenet', '--generator', 'demo:demo-8']
 
 
-def _aligned_folder(root):
-  """What `id2image align` writes for a CelebA-layout folder (random
+def _aligned_flat_folder(root, num, *, images_dir=''):
+  """What `id2image align` writes for a flat folder of photos (random
   images: the plumbing, not the faces, is under test)."""
   rng = np.random.default_rng(0)
-  (root / celeba.IMAGES_DIR).mkdir(parents=True)
-  names = [f'{i + 1:06d}.jpg' for i in range(PEOPLE * PER_PERSON)]
+  images = root / images_dir
+  images.mkdir(parents=True)
+  names = [f'{i + 1:06d}.jpg' for i in range(num)]
   lines = []
   for name in names:
     Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), np.uint8)).save(
-        root / celeba.IMAGES_DIR / name)
+        images / name)
     points = rng.uniform(0.2, 0.8, 136)
     lines.append(name + ' ' + ' '.join(f'{v:.4f}' for v in points) + '\n')
   (root / align.LANDMARK_FILE).write_text(''.join(lines))
+  return names
+
+
+def _aligned_folder(root):
+  """What `id2image align` writes for a CelebA-layout folder."""
+  names = _aligned_flat_folder(root, PEOPLE * PER_PERSON,
+                               images_dir=celeba.IMAGES_DIR)
+  rng = np.random.default_rng(1)
   (root / celeba.IDENTITY_FILE).write_text(''.join(
       f'{n} {i // PER_PERSON + 1}\n' for i, n in enumerate(names)))
   attrs = rng.choice([-1, 1], (len(names), 40))
@@ -163,6 +172,25 @@ def test_rerun_reuses_finished_parts(audited):
   # The page says its time is not the whole audit's.
   assert facts['reused_parts'] == ['leakage', 'attack', 'blackbox']
   assert 'reused from an earlier run' in (out / 'audit.html').read_text()
+
+
+def test_a_flat_folder_of_photos_is_audited_type_one_only(tmp_path):
+  # No identity file and no person subfolders (the first thing most users
+  # try): every photo is its own person, only type I is measured, and the
+  # report says so.
+  _aligned_flat_folder(tmp_path / 'faces', 12)
+  out = tmp_path / 'run'
+  assert cli.main(['audit', '--encoder', 'dlib', '--data',
+                   str(tmp_path / 'faces'), '--out', str(out), *TINY]) == 0
+  with open(out / 'audit.json') as f:
+    results = json.load(f)
+  assert results['facts']['faces'] == 12
+  assert results['facts']['people'] is None
+  attack = results['attack']
+  assert attack['num_targets'] == 2
+  assert 'only type I' in attack['why_no_type2']
+  assert 'type2' not in attack['attacked']
+  assert 'only type I' in (out / 'audit.html').read_text()
 
 
 def test_bad_input_is_clear_and_writes_nothing(tmp_path):

@@ -47,14 +47,19 @@ def _read_table(path: str) -> dict[str, list[str]]:
     return {r[0]: r[1:] for r in (line.split() for line in f) if r}
 
 
-def select(identity: np.ndarray | None, num: int, *, seed: int = 0
-           ) -> np.ndarray:
-  """Up to `num` rows, people with two or more images first (type-II
-  attacks need a second photo), in a fixed shuffled order."""
-  n = len(identity) if identity is not None else 0
+def select(num_rows: int, identity: np.ndarray | None, num: int, *,
+           seed: int = 0) -> np.ndarray:
+  """Up to `num` of `num_rows` rows, people with two or more images first
+  (type-II attacks need a second photo), in a fixed shuffled order.
+
+  With `identity` None (a flat folder: who is who is unknown) every image
+  counts as its own person, and the rows are a seeded random choice.
+  """
   rng = np.random.default_rng(seed)
   if identity is None:
-    return np.sort(rng.permutation(n)[:num]) if n else np.arange(0)
+    return np.sort(rng.permutation(num_rows)[:num])
+  if len(identity) != num_rows:
+    raise ValueError(f'{len(identity)} identities for {num_rows} rows')
   ids, counts = np.unique(identity, return_counts=True)
   order = np.concatenate([rng.permutation(ids[counts >= 2]),
                           rng.permutation(ids[counts < 2])])
@@ -84,7 +89,8 @@ def choose(folder: str, num: int, *, seed: int = 0) -> list[str]:
   """Up to `num` image names of a raw face folder, chosen by `select`, so a
   budgeted audit aligns only what it will use."""
   keys = align.image_names(images_folder(folder))
-  return [keys[i] for i in select(identities(folder, keys), num, seed=seed)]
+  chosen = select(len(keys), identities(folder, keys), num, seed=seed)
+  return [keys[i] for i in chosen]
 
 
 def read_aligned(folder: str, *, max_images: int = 0, seed: int = 0
@@ -119,7 +125,7 @@ def read_aligned(folder: str, *, max_images: int = 0, seed: int = 0
       rows = {r[0]: r[1:] for r in (line.split() for line in f) if r}
     values = np.asarray([[int(v) > 0 for v in rows[k]] for k in keys])
     attributes = {n: values[:, i] for i, n in enumerate(names)}
-  chosen = (select(identity, max_images, seed=seed) if max_images
+  chosen = (select(len(keys), identity, max_images, seed=seed) if max_images
             else np.arange(len(keys)))
   keys = [keys[i] for i in chosen]
   images = []
