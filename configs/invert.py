@@ -88,6 +88,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   c.resume = True  # checkpoint finished chunks under workdir/state
   c.checkpoint_every = 0  # also every K steps inside a chunk (0 = off)
   c.history_every = 1
+  # Also keep the latents after these step counts (0 = the initialisation),
+  # e.g. (0, 5, 10, 30): the evaluate job scores each (attack vs compute).
+  c.snapshot_steps = ()
   c.progress = True
   c.distributed = False  # multi-host: call jax.distributed.initialize()
 

@@ -110,6 +110,10 @@ def apply_override(config: ml_collections.ConfigDict, key: str,
   current = node[leaf]
   if isinstance(current, float) and isinstance(value, int):
     value = float(value)
+  if isinstance(current, tuple) and not isinstance(value, tuple):
+    # `--set arms=id` or `--set arms=id,id+lm`: a tuple of plain words.
+    value = (tuple(v.strip() for v in value.split(',') if v.strip())
+             if isinstance(value, str) else (value,))
   if current is not None and value is not None and isinstance(
       current, str) and not isinstance(value, str):
     value = str(value)

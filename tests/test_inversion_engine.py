@@ -216,3 +216,53 @@ def test_prepare_chunk_runs_what_invert_runs(problem):
                     key=jax.random.key(5), progress=False)
   np.testing.assert_allclose(st.latents['w'], want.latents['w'][rows],
                              rtol=1e-6, atol=1e-7)
+
+
+def test_snapshots_are_the_latents_of_shorter_runs(problem, reference):
+  # One run with snapshots gives, at each snapshot step t, the latents a run
+  # of t steps ends with (constant learning rate: the trajectories agree).
+  got = _invert(problem, snapshot_steps=(0, 3, STEPS))
+  assert sorted(got.snapshots) == [0, 3, STEPS]
+  _, _, latents = problem
+  chex.assert_trees_all_close(got.snapshots[0], latents)
+  chex.assert_trees_all_close(got.snapshots[STEPS], reference.latents,
+                              rtol=1e-5, atol=1e-6)
+  short = _invert(problem, steps=3)
+  chex.assert_trees_all_close(got.snapshots[3], short.latents, rtol=1e-5,
+                              atol=1e-6)
+  # Snapshots change nothing else.
+  _assert_same(got, reference)
+
+
+def test_snapshots_survive_a_resume_mid_chunk(problem, tmp_path):
+  whole = _invert(problem, snapshot_steps=(0, 2, 7))
+
+  def kill(p):
+    if p.chunk == 1 and p.step == 8:
+      raise Interrupt
+  with pytest.raises(Interrupt):
+    _invert(problem, workdir=tmp_path, checkpoint_every=5, log_every=1,
+            snapshot_steps=(0, 2, 7), callback=kill)
+  got = _invert(problem, workdir=tmp_path, checkpoint_every=5,
+                snapshot_steps=(0, 2, 7))
+  assert got.stats['chunks_restored'] == 1  # and chunk 1 from step 5
+  for t in (0, 2, 7):
+    chex.assert_trees_all_close(got.snapshots[t], whole.snapshots[t],
+                                rtol=1e-5, atol=1e-6)
+  # Other snapshot steps are another run: resuming it is refused.
+  with pytest.raises(inversion.ResumeMismatchError, match='snapshot_steps'):
+    _invert(problem, workdir=tmp_path, snapshot_steps=(0, 3))
+  with pytest.raises(ValueError, match='must lie in'):
+    _invert(problem, snapshot_steps=(0, STEPS + 1))
+  with pytest.raises(ValueError, match='increasing'):
+    _invert(problem, snapshot_steps=(3, 2))
+
+
+def test_zero_steps_return_the_initialisation(problem):
+  # The learned attack's use: the start alone, scored like any run.
+  _, _, latents = problem
+  got = _invert(problem, steps=0, snapshot_steps=(0,))
+  assert got.done.all() and got.history['loss'].shape == (N, 0)
+  chex.assert_trees_all_close(got.latents, latents)
+  chex.assert_trees_all_close(got.snapshots[0], latents)
+  assert np.isfinite(got.final['loss']).all()

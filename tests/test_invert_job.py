@@ -53,6 +53,32 @@ def test_self_check_runs_end_to_end_and_improves_identity(tmp_path):
   assert latents['descriptors'].shape == (3, 128)
 
 
+def test_zero_steps_is_the_initialisation_alone(tmp_path):
+  # The learned attack's use: no optimisation, the start is the result
+  # (the cosine schedule used to crash with decay_steps=0).
+  out, summary = _invert(tmp_path, '--steps', '0', '--num-targets', '2')
+  assert summary['num_done'] == 2
+  q, q0 = summary['quality']['mean'], summary['quality_at_init']
+  assert q['id_l2'] == pytest.approx(q0['id_l2'], rel=1e-5)
+  assert (out / 'grid.png').exists()
+
+
+def test_a_resumed_run_ignores_fields_that_do_not_change_results(tmp_path):
+  # A long run resumed with other progress settings (or under configs that
+  # gained fields since) reuses its finished chunks; a changed learning
+  # rate is another run and is refused.
+  out = tmp_path / 'run'
+  args = ['invert', *_TINY, '--out', str(out), '--steps', '2',
+          '--num-targets', '2']
+  assert cli.main(args) == 0
+  with open(out / 'state' / 'run.json') as f:
+    stored = json.load(f)['run_config']
+  assert 'progress' not in stored and 'workdir' not in stored
+  assert cli.main([*args, '--set', 'progress=True']) == 0
+  with pytest.raises(ValueError, match='learning_rate'):
+    cli.main([*args, '--set', 'learning_rate=0.5'])
+
+
 def test_descriptor_file_with_a_nan_row_inverts_the_good_rows(
     tmp_path, encoder):
   rng = np.random.default_rng(0)
@@ -180,6 +206,14 @@ def test_cli_overrides_are_typed():
   assert config.weights.histogram == 0.5
   with pytest.raises(TypeError):
     cli.apply_override(config, 'steps', cli._parse_value('many'))
+  # Tuple fields take plain comma-separated words.
+  cli.apply_override(config, 'snapshot_steps', cli._parse_value('(0, 5)'))
+  assert config.snapshot_steps == (0, 5)
+  evaluate = cli.load_config(os.path.join(cli.config_dir(), 'evaluate.py'))
+  cli.apply_override(evaluate, 'arms', cli._parse_value('id'))
+  assert evaluate.arms == ('id',)
+  cli.apply_override(evaluate, 'arms', cli._parse_value('id, id+lm'))
+  assert evaluate.arms == ('id', 'id+lm')
 
 
 def test_paper_config_variant_and_unknown_variant():

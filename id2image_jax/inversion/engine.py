@@ -61,6 +61,9 @@ class InvertOptions:
       (the rest stay not `done`; a later call with the same workdir
       resumes).
     progress: show a tqdm progress bar (process 0 only).
+    snapshot_steps: also keep the latents after these step counts (0: the
+      initialisation), e.g. ``(0, 5, 10, 30)``: how good the attack is
+      after each, from one run (`InversionResult.snapshots`).
   """
   steps: int
   chunk_size: int
@@ -72,6 +75,7 @@ class InvertOptions:
   checkpoint_every: int | None = None
   max_chunks: int | None = None
   progress: bool = True
+  snapshot_steps: tuple[int, ...] = ()
 
   @property
   def optimizer(self) -> optax.GradientTransformation:
@@ -116,6 +120,9 @@ class InversionResult:
       frozen at that point.
     skipped: row -> reason, for rows that were never optimised.
     stats: run statistics (chunks run / restored, steps run, seconds).
+    snapshots: step count -> pytree like `latents` ([N, ...]; NaN where not
+      done): the latents after that many steps, for each of
+      ``options.snapshot_steps``.
   """
   latents: Any
   history: dict[str, np.ndarray]
@@ -125,6 +132,7 @@ class InversionResult:
   diverged: np.ndarray
   skipped: dict[int, str]
   stats: dict[str, Any]
+  snapshots: dict[int, Any] = dataclasses.field(default_factory=dict)
 
 
 def _broadcast(latent, key, target):
@@ -231,12 +239,15 @@ def _check_rows(targets, n, valid, given_latents) -> dict[int, str]:
 
 
 def _empty_result(n, one_latent, names, hist_len, history_steps,
-                  skipped) -> InversionResult:
+                  skipped, snapshot_steps=()) -> InversionResult:
   """All-NaN host arrays for N rows, filled chunk by chunk by `_merge`."""
+  def nan_latents():
+    return jax.tree.map(
+        lambda x: np.full((n,) + tuple(np.shape(x)), np.nan, np.float32),
+        one_latent)
   return InversionResult(
-      latents=jax.tree.map(
-          lambda x: np.full((n,) + tuple(np.shape(x)), np.nan, np.float32),
-          one_latent),
+      latents=nan_latents(),
+      snapshots={t: nan_latents() for t in snapshot_steps},
       history={k: np.full((n, hist_len), np.nan, np.float32) for k in names},
       history_steps=np.asarray(history_steps),
       final={k: np.full((n,), np.nan, np.float32) for k in names},
@@ -251,8 +262,13 @@ def _merge(out: InversionResult, res: Mapping[str, Any]) -> None:
   def put(dst, src):
     dst[rows] = src
   jax.tree.map(put, out.latents, res['latents'])
+  for i, t in enumerate(sorted(out.snapshots)):
+    # Stored [rows, S, ...]: slot i is snapshot step t.
+    jax.tree.map(lambda dst, src, i=i: put(dst, src[:, i]),
+                 out.snapshots[t], res['snapshots'])
   for k in out.history:
-    out.history[k][rows] = res['history'][k]
+    if 'history' in res:
+      out.history[k][rows] = res['history'][k]
     out.final[k][rows] = res['final'][k]
   out.diverged[rows] = ~np.asarray(res['active'], bool)
   out.done[rows] = True
@@ -282,15 +298,17 @@ def _setup(key, objective, params, options: InvertOptions, mesh):
   step = _cached_step(objective, options.optimizer,
                       stochastic=options.stochastic,
                       compute_dtype=options.compute_dtype,
-                      history_every=options.history_every, mesh=mesh)
+                      history_every=options.history_every, mesh=mesh,
+                      snapshot_steps=options.snapshot_steps)
   return (mesh, params, init_key, loss_key if options.stochastic else None,
           step)
 
 
 @functools.partial(jax.jit,
-                   static_argnames=('tx', 'names', 'hist_len', 'mesh'))
+                   static_argnames=('tx', 'names', 'hist_len', 'mesh',
+                                    'snapshot_steps'))
 def _start_chunk(init_fn, latents, targets, rows, active, *, init_key,
-                 loss_key, tx, names, hist_len, mesh):
+                 loss_key, tx, names, hist_len, mesh, snapshot_steps=()):
   """The initial state of a chunk; per-target keys from the global rows."""
   fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
   if latents is None:
@@ -298,7 +316,8 @@ def _start_chunk(init_fn, latents, targets, rows, active, *, init_key,
   st = state_lib.init_state(
       tx, latents, active=active,
       key=None if loss_key is None else fold(loss_key, rows),
-      history_names=names, history_len=hist_len)
+      history_names=names, history_len=hist_len,
+      snapshot_steps=snapshot_steps)
   return sharding.constrain(st, mesh)
 
 
@@ -381,8 +400,12 @@ def _run_chunk(run: _Run, k: int, rows: np.ndarray
                               False))
     run.bar.update(1)
   final = run.evaluate(st, run.params, targets)
-  host = sharding.to_host({'latents': st.latents, 'history': st.history,
-                           'final': final, 'active': st.active})
+  saved = {'latents': st.latents, 'final': final, 'active': st.active}
+  if opts.steps:  # zero steps record no history (orbax stores no empties)
+    saved['history'] = st.history
+  if st.snapshots is not None:
+    saved['snapshots'] = st.snapshots
+  host = sharding.to_host(saved)
   res = _take(host, slice(len(rows)))
   res['rows'] = rows
   return res, steps - resumed_at
@@ -468,8 +491,10 @@ def invert(
   names = step_lib.history_names(objective, params, one_latent, one_target,
                                  stochastic=options.stochastic)
   hist_len = state_lib.history_length(options.steps, options.history_every)
+  snapshot_steps = state_lib.check_snapshot_steps(options.snapshot_steps,
+                                                  options.steps)
   out = _empty_result(n, one_latent, names, hist_len, state_lib.history_steps(
-      options.steps, options.history_every), skipped)
+      options.steps, options.history_every), skipped, snapshot_steps)
 
   store = None
   if workdir is not None:
@@ -485,7 +510,11 @@ def invert(
         'stochastic': options.stochastic,
         'compute_dtype': None if options.compute_dtype is None
                          else jnp.dtype(options.compute_dtype).name,
-        'run_config': dict(run_config or {})})
+        'run_config': dict(run_config or {}),
+        # Only when asked for, so runs without snapshots keep resuming from
+        # work directories written before snapshots existed.
+        **({'snapshot_steps': list(snapshot_steps)} if snapshot_steps
+           else {})})
 
   stats = {'chunks_total': len(chunks), 'chunks_restored': 0,
            'chunks_run': 0, 'steps_run': 0, 'targets_run': 0}
@@ -505,7 +534,8 @@ def invert(
         given_latents=given_latents, init_fn=init_fn,
         start=functools.partial(
             _start_chunk, init_key=init_key, loss_key=loss_key,
-            tx=options.optimizer, names=names, hist_len=hist_len, mesh=mesh),
+            tx=options.optimizer, names=names, hist_len=hist_len, mesh=mesh,
+            snapshot_steps=snapshot_steps),
         step_fn=default_step if step_fn is None else step_fn,
         evaluate=_cached_eval(objective, stochastic=options.stochastic,
                               compute_dtype=options.compute_dtype,
@@ -576,7 +606,9 @@ def prepare_chunk(key: jax.Array, objective: step_lib.LossFn, params: Any,
       sharding.to_global(np.ones(c, bool), mesh), init_key=init_key,
       loss_key=loss_key, tx=options.optimizer, names=names,
       hist_len=state_lib.history_length(options.steps,
-                                        options.history_every), mesh=mesh)
+                                        options.history_every), mesh=mesh,
+      snapshot_steps=state_lib.check_snapshot_steps(options.snapshot_steps,
+                                                    options.steps))
   return step, st, params, targets
 
 

@@ -127,8 +127,10 @@ def schedule(config: Any) -> optax.Schedule | float:
   if config.lr_schedule == 'constant':
     return config.learning_rate
   if config.lr_schedule == 'cosine':
-    return optax.cosine_decay_schedule(config.learning_rate, config.steps,
-                                       alpha=0.05)
+    # Zero steps (the initialisation alone) take no update: any positive
+    # decay length gives the same (unused) schedule.
+    return optax.cosine_decay_schedule(config.learning_rate,
+                                       max(config.steps, 1), alpha=0.05)
   raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got "
                    f'{config.lr_schedule!r}')
 
@@ -208,7 +210,34 @@ def options(config: Any, num_targets: int) -> engine.InvertOptions:
       steps=config.steps, chunk_size=chunk, tx=optax.adam(schedule(config)),
       compute_dtype=dtype, history_every=config.history_every,
       checkpoint_every=config.checkpoint_every or None,
-      progress=config.progress)
+      progress=config.progress,
+      snapshot_steps=tuple(config.get('snapshot_steps', ())))
+
+
+# The config fields that change what an inversion computes. Only these are
+# compared when a run resumes from its work directory: a field added to the
+# configs later, or a different output folder or progress setting, must not
+# make a long interrupted run (a whole test set) start again.
+RESULT_FIELDS = (
+    'generator', 'generator_seed', 'encoder', 'encoder_crop',
+    'latent_space', 'noise_mode', 'optimize_noise', 'init', 'steps',
+    'learning_rate', 'lr_schedule', 'compute_dtype', 'remat',
+    'identity_loss', 'render_resolution', 'weights', 'heads',
+    'landmark_pixel_scale', 'seed', 'history_every')
+
+
+def result_config(config: Any) -> dict[str, Any]:
+  """The `RESULT_FIELDS` of `config`, as compared on resume (a head or
+  regressor file by name: where it is installed changes nothing)."""
+  out = {}
+  for name in RESULT_FIELDS:
+    value = config.get(name)
+    if hasattr(value, 'to_dict'):
+      value = value.to_dict()
+    if name == 'init' and isinstance(value, str) and os.sep in value:
+      value = os.path.basename(os.path.normpath(value))
+    out[name] = value
+  return out
 
 
 def invert_targets(config: Any, generator: protocols.Generator,
@@ -233,7 +262,7 @@ def invert_targets(config: Any, generator: protocols.Generator,
       jax.random.key(config.seed), loss_fn, params, per_row, init=init,
       options=options(config, n), valid=valid,
       workdir=os.path.join(config.workdir, 'state') if config.resume
-      else None, run_config=config.to_dict())
+      else None, run_config=result_config(config))
   # The job knows why it excluded a row (e.g. an unreadable file); the
   # engine only knows that it was excluded.
   result.skipped.update(targets.skipped)

@@ -32,6 +32,7 @@ import optax
 from jax.sharding import Mesh
 
 from id2image_jax.inversion import sharding
+from id2image_jax.inversion import state as state_lib
 from id2image_jax.inversion.state import InversionState
 
 LossFn = Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]]
@@ -125,7 +126,8 @@ def _select_rows(keep: jax.Array, new: Any, old: Any) -> Any:
 
 def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *,
                  stochastic: bool = False, compute_dtype=None,
-                 history_every: int = 1, mesh: Mesh | None = None) -> StepFn:
+                 history_every: int = 1, mesh: Mesh | None = None,
+                 snapshot_steps: tuple[int, ...] = ()) -> StepFn:
   """Builds the (un-jitted) step; `make_step` jits it.
 
   Args:
@@ -136,6 +138,8 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *,
       and optimiser state stay float32.
     history_every: record loss/aux every this many steps.
     mesh: if given, outputs are pinned to the target sharding on `mesh`.
+    snapshot_steps: step counts after which the latents are copied into
+      ``state.snapshots`` (the state must have been made with the same).
 
   Returns:
     ``step(state, params, targets) -> (state, metrics)``: `targets` is the
@@ -166,9 +170,12 @@ def make_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *,
     history = {name: h.at[:, slot].set(jnp.where(record, metrics[name],
                                                  h[:, slot]))
                for name, h in state.history.items()}
+    latents = _select_rows(ok, latents, state.latents)
     new_state = state.replace(
         step=state.step + 1,
-        latents=_select_rows(ok, latents, state.latents),
+        latents=latents,
+        snapshots=state_lib.take_snapshots(state.snapshots, latents,
+                                           snapshot_steps, state.step + 1),
         opt_state=_select_rows(ok, opt_state, state.opt_state),
         active=ok,
         history=history)

@@ -43,6 +43,19 @@ def sha1(tree: Any) -> str:
   return h.hexdigest()
 
 
+def _differences(have: Mapping[str, Any], want: Mapping[str, Any],
+                 prefix: str = '') -> list[str]:
+  """Dotted names of the fields that differ, nested dicts opened."""
+  out = []
+  for k in sorted(set(have) | set(want)):
+    a, b = have.get(k), want.get(k)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      out += _differences(a, b, f'{prefix}{k}.')
+    elif a != b:
+      out.append(prefix + k)
+  return out
+
+
 class Store:
   """Orbax checkpoints of one run in `workdir` (module docstring)."""
 
@@ -66,8 +79,7 @@ class Store:
       with open(path) as f:
         have = json.load(f)
       if have != want:
-        diff = sorted(k for k in set(have) | set(want)
-                      if have.get(k) != want.get(k))
+        diff = _differences(have, want)
         raise ResumeMismatchError(
             f'{workdir} holds a different run (differs in: '
             f'{", ".join(diff)}); use a new workdir or delete this one')
