@@ -35,6 +35,8 @@ from id2image_jax.losses import _distances
 
 __all__ = (
     'OUTER_EYE_CORNERS',
+    'bootstrap_impostor_thresholds',
+    'clustered_rate_interval',
     'cosine_similarity',
     'histogram_emd',
     'impostor_threshold',
@@ -44,6 +46,7 @@ __all__ = (
     'ssim',
     'tmr_at_fmr',
     'verification_scores',
+    'wilson_interval',
 )
 
 # iBUG 68-point scheme, 0-based: the outer corners of the subject's right
@@ -413,3 +416,123 @@ def tmr_at_fmr(
   impostor = _scores('impostor_scores', impostor_scores)
   return {fmr: float(np.mean(genuine >= impostor_threshold(impostor, fmr)))
           for fmr in fmrs}
+
+
+# The normal quantile of a two-sided 95 % interval.
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, trials: float, *, z: float = Z_95
+                    ) -> tuple[float, float]:
+  """Wilson score interval of a binomial proportion (95 % by default).
+
+  Unlike the normal approximation it stays inside [0, 1] and is not empty
+  at 0 or all successes (k of n accepted still leaves room below 1), which
+  is where attack rates often sit.
+
+  Args:
+    successes: k (a float is allowed: an effective count, see
+      `clustered_rate_interval`).
+    trials: n > 0 (likewise).
+    z: normal quantile of the coverage.
+
+  Returns:
+    (low, high).
+  """
+  if trials <= 0:
+    raise ValueError(f'trials must be > 0, got {trials}')
+  if not 0 <= successes <= trials:
+    raise ValueError(f'successes must lie in [0, {trials}], got {successes}')
+  p, n, z2 = successes / trials, float(trials), z * z
+  denom = 1.0 + z2 / n
+  centre = (p + z2 / (2 * n)) / denom
+  half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def clustered_rate_interval(hits: chex.Array, groups: chex.Array, *,
+                            z: float = Z_95) -> dict[str, float]:
+  """A rate over attempts that come in groups (people), with its interval.
+
+  Attempts of one person are not independent (a well rebuilt face passes
+  against all of that person's photos), so the binomial interval of all
+  attempts would be too narrow. The interval is Wilson's at the effective
+  number of attempts n / deff, where the design effect deff is the ratio of
+  the between-people (ratio-estimator) variance of the rate to the binomial
+  one (Kish). The effective number is kept within [people, attempts]: with
+  one attempt per person it is the plain Wilson interval; where the rate is
+  0 or 1 the variance says nothing and the number of people is used (the
+  cautious end).
+
+  Args:
+    hits: [G] bool, attempt accepted.
+    groups: [G] the person of each attempt.
+    z: normal quantile of the coverage.
+
+  Returns:
+    ``{'rate', 'low', 'high', 'attempts', 'people', 'effective_attempts'}``.
+  """
+  hits = np.asarray(hits, np.float64).ravel()
+  groups = np.asarray(groups).ravel()
+  if hits.shape != groups.shape or not hits.size:
+    raise ValueError(f'hits and groups must be non-empty and of one shape, '
+                     f'got {hits.shape} and {groups.shape}')
+  _, inverse = np.unique(groups, return_inverse=True)
+  per_hits = np.bincount(inverse, weights=hits)
+  per_size = np.bincount(inverse).astype(np.float64)
+  g, c = hits.size, per_size.size
+  rate = float(hits.mean())
+  effective = float(c)
+  if 0.0 < rate < 1.0 and c > 1:
+    between = c / (c - 1) * np.sum((per_hits - rate * per_size) ** 2) / g**2
+    binomial = rate * (1 - rate) / g
+    effective = float(np.clip(g * binomial / between if between > 0 else g,
+                              c, g))
+  low, high = wilson_interval(rate * effective, effective, z=z)
+  return {'rate': rate, 'low': low, 'high': high, 'attempts': int(g),
+          'people': int(c), 'effective_attempts': effective}
+
+
+def bootstrap_impostor_thresholds(descriptors: chex.Array,
+                                  identity: chex.Array,
+                                  fmrs: Sequence[float], *,
+                                  num: int = 200, seed: int = 0
+                                  ) -> dict[float, np.ndarray]:
+  """How much the thresholds at `fmrs` move with the people who set them.
+
+  The impostor pairs of a pool share photos and people, so resampling pairs
+  would understate the spread; instead each replicate draws the pool's
+  *people* with replacement (all photos of a drawn person come along; two
+  copies of a person are never paired with each other) and recomputes the
+  threshold (`impostor_threshold`) from the impostor pairs of the drawn
+  pool, each unordered pair once.
+
+  Args:
+    descriptors: [M, D] the pool's descriptors.
+    identity: [M] the person of each.
+    fmrs: false match rates.
+    num: replicates.
+    seed: resampling seed.
+
+  Returns:
+    ``{fmr: [num] thresholds}`` (a replicate too small to resolve an FMR
+    gives NaN there).
+  """
+  x = np.asarray(descriptors, np.float64)
+  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  cos = x @ x.T
+  identity = np.asarray(identity)
+  people, inverse = np.unique(identity, return_inverse=True)
+  photos = [np.flatnonzero(inverse == i) for i in range(len(people))]
+  rng = np.random.default_rng(seed)
+  out = {fmr: np.full(num, np.nan) for fmr in fmrs}
+  for b in range(num):
+    drawn = rng.integers(0, len(people), len(people))
+    rows = np.concatenate([photos[p] for p in drawn])
+    who = inverse[rows]
+    keep = np.triu(who[:, None] != who[None, :], k=1)
+    pairs = cos[np.ix_(rows, rows)][keep]
+    for fmr in fmrs:
+      if pairs.size * fmr >= 1:
+        out[fmr][b] = impostor_threshold(pairs, fmr)
+  return out

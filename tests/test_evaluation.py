@@ -140,6 +140,38 @@ def test_tmr_report_thresholds_and_unmeasurable_rates():
   assert '1000 impostor pairs' in report['0.001']['note']
 
 
+def test_rates_carry_intervals_over_people_and_the_thresholds_spread():
+  # Two attacked people with three other photos each, plus 40 others: the
+  # type-II rate rests on 6 pairs of 2 people, and its interval is that
+  # of (at least) 2 people, not of 6 independent attempts.
+  rng = np.random.default_rng(3)
+  people = np.concatenate([[0, 1], [0, 0, 0, 1, 1, 1], np.arange(2, 42)])
+  centres = rng.normal(size=(42, 8))
+  pool = centres[people] + 0.3 * rng.normal(size=(len(people), 8))
+  recon = centres[:2] + 0.05 * rng.normal(size=(2, 8))
+  labels = np.arange(len(people))
+  pairs = evaluation.impostor_pair_scores(pool, people)
+  samples = metrics.bootstrap_impostor_thresholds(pool, people, (1e-2,),
+                                                  num=50)
+  got = evaluation.identity_metrics(recon, np.array([0, 1]), pool, labels,
+                                    pairs, (1e-2,), pool_identity=people,
+                                    threshold_samples=samples)
+  type1, type2 = got['tmr']['0.01'], got['type2']['tmr']['0.01']
+  assert type1['num_genuine'] == 2 and type1['num_people'] == 2
+  assert type2['num_genuine'] == 6 and type2['num_people'] == 2
+  assert got['type2']['num_people'] == 2
+  hits = np.asarray(got['type2']['genuine']) >= type2['threshold']
+  want = metrics.clustered_rate_interval(hits, [0, 0, 0, 1, 1, 1])
+  assert type2['interval'] == [want['low'], want['high']]
+  assert type2['effective_attempts'] <= 6
+  assert type2['interval'][0] <= type2['tmr'] <= type2['interval'][1]
+  low, high = type1['threshold_interval']
+  assert low <= type1['threshold'] <= high
+  lo_rate, hi_rate = type1['tmr_over_threshold_interval']
+  assert lo_rate <= type1['tmr'] <= hi_rate
+  assert type1['threshold_effect']
+
+
 def test_attack_scores_pick_each_reconstructions_own_original():
   rng = np.random.default_rng(2)
   originals = rng.normal(size=(5, 4))

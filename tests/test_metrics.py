@@ -249,3 +249,71 @@ def test_verification_scores():
     metrics.verification_scores(recon, targets, labels[:5])
   with pytest.raises(ValueError, match='genuine'):
     metrics.verification_scores(recon, targets, labels, genuine='all')
+
+
+def test_wilson_interval_textbook_values():
+  # Newcombe (1998), Table I: 0/10 -> [0, 0.2775], 5/10 ->
+  # [0.2366, 0.7634]; and all of 6 accepted still leaves room below 1.
+  np.testing.assert_allclose(metrics.wilson_interval(0, 10), (0.0, 0.2775),
+                             atol=1e-4)
+  np.testing.assert_allclose(metrics.wilson_interval(5, 10),
+                             (0.2366, 0.7634), atol=1e-4)
+  low, high = metrics.wilson_interval(6, 6)
+  assert high == 1.0 and low == pytest.approx(0.6097, abs=1e-4)
+  with pytest.raises(ValueError, match='trials'):
+    metrics.wilson_interval(0, 0)
+  with pytest.raises(ValueError, match='successes'):
+    metrics.wilson_interval(3, 2)
+
+
+def test_clustered_rate_interval_counts_people_not_pairs():
+  # One attempt per person: the plain Wilson interval.
+  hits = np.array([1, 0, 1, 1, 0, 1, 1, 0], bool)
+  one_each = metrics.clustered_rate_interval(hits, np.arange(8))
+  assert one_each['effective_attempts'] == 8
+  np.testing.assert_allclose((one_each['low'], one_each['high']),
+                             metrics.wilson_interval(5, 8))
+  # Four people with 5 attempts each, all-or-nothing per person: 20
+  # attempts carry the information of 4 people.
+  hits = np.repeat([True, False, True, True], 5)
+  people = np.repeat(np.arange(4), 5)
+  got = metrics.clustered_rate_interval(hits, people)
+  assert got['rate'] == 0.75 and got['attempts'] == 20 and got['people'] == 4
+  assert got['effective_attempts'] == pytest.approx(4.0)
+  np.testing.assert_allclose((got['low'], got['high']),
+                             metrics.wilson_interval(3, 4))
+  # Independent within people (hits spread evenly): close to 20 attempts.
+  even = metrics.clustered_rate_interval(
+      np.tile([True, True, False, True, True], 4), people)
+  assert even['effective_attempts'] == 20
+  # At rate 1 the variance says nothing: the number of people is used.
+  full = metrics.clustered_rate_interval(np.ones(20, bool), people)
+  assert full['effective_attempts'] == 4 and full['high'] == 1.0
+  with pytest.raises(ValueError, match='one shape'):
+    metrics.clustered_rate_interval(np.ones(3, bool), np.arange(2))
+
+
+def test_bootstrap_thresholds_resample_people():
+  rng = np.random.default_rng(0)
+  people = np.repeat(np.arange(40), 3)
+  x = rng.normal(size=(120, 16)) + 2.0 * rng.normal(size=(40, 16))[people]
+  fmrs = (1e-1, 1e-2)
+  got = metrics.bootstrap_impostor_thresholds(x, people, fmrs, num=60,
+                                              seed=1)
+  again = metrics.bootstrap_impostor_thresholds(x, people, fmrs, num=60,
+                                                seed=1)
+  np.testing.assert_array_equal(got[1e-2], again[1e-2])
+  from id2image_jax.evaluation import scores  # pylint: disable=g-import-not-at-top
+  point = {f: metrics.impostor_threshold(
+      scores.impostor_pair_scores(x, people), f) for f in fmrs}
+  for f in fmrs:
+    assert got[f].shape == (60,) and np.isfinite(got[f]).all()
+    low, high = np.percentile(got[f], [2.5, 97.5])
+    assert low < point[f] < high
+  # The stricter rate rests on fewer pairs above it: a wider spread.
+  assert np.std(got[1e-2]) > np.std(got[1e-1])
+  # A copy of a person is never paired with itself: with two people, every
+  # replicate that draws one person twice has no impostor pair at all.
+  two = metrics.bootstrap_impostor_thresholds(x[:6], people[:6], (0.5,),
+                                              num=40, seed=0)[0.5]
+  assert np.isnan(two).any() and np.isfinite(two).any()

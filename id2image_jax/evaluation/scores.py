@@ -101,25 +101,67 @@ def attack_scores(reconstructed: Any, rows: Any, originals: Any,
       genuine='same_identity')
 
 
+INTERVAL_METHOD = (
+    '95 % Wilson score interval over attempts; attempts of one person '
+    'count as fewer independent ones (effective number from the design '
+    'effect over people, at least the number of people)')
+THRESHOLD_METHOD = (
+    '95 % percentile interval of the threshold over a bootstrap of the '
+    "pool's people (photos of a drawn person come along)")
+
+
+def _threshold_uncertainty(genuine, groups, samples, rate_interval):
+  """The threshold's own interval and the rates at its two ends."""
+  samples = np.asarray(samples, np.float64)
+  samples = samples[np.isfinite(samples)]
+  if not samples.size:
+    return {}
+  low, high = np.percentile(samples, [2.5, 97.5])
+  # A higher threshold accepts fewer: the rate range runs high -> low.
+  at_high = float(np.mean(genuine >= high))
+  at_low = float(np.mean(genuine >= low))
+  within = rate_interval[0] <= at_high and at_low <= rate_interval[1]
+  return {'threshold_interval': [float(low), float(high)],
+          'tmr_over_threshold_interval': [at_high, at_low],
+          'threshold_replicates': int(samples.size),
+          'threshold_effect': ('within the rate interval' if within else
+                               'beyond the rate interval: the threshold '
+                               'is uncertain too')}
+
+
 def tmr_report(genuine: Any, impostor: Any,
-               fmrs: Sequence[float]) -> dict[str, dict[str, Any]]:
-  """TMR at each FMR, with the threshold used or why there is none.
+               fmrs: Sequence[float], *, groups: Any = None,
+               threshold_samples: dict[float, Any] | None = None
+               ) -> dict[str, dict[str, Any]]:
+  """TMR at each FMR, with its interval and the threshold used (or why
+  there is none).
 
   Args:
     genuine: [G] genuine scores.
     impostor: [I] impostor scores (e.g. `impostor_pair_scores`).
     fmrs: false match rates.
+    groups: [G] the person of each genuine score (default: each its own),
+      for the interval (`metrics.clustered_rate_interval`).
+    threshold_samples: ``{fmr: [B] thresholds}`` from
+      `metrics.bootstrap_impostor_thresholds`, for the threshold's own
+      uncertainty.
 
   Returns:
-    ``{str(fmr): {'tmr', 'threshold', 'num_genuine', 'num_impostor',
-    'note'}}``; 'tmr' and 'threshold' are None when the rate cannot be
-    measured (the note says why).
+    ``{str(fmr): {'tmr', 'interval' [low, high], 'num_genuine',
+    'num_people', 'effective_attempts', 'threshold', 'num_impostor',
+    'note'}}`` (+ ``threshold_interval``, ``tmr_over_threshold_interval``
+    with `threshold_samples`); 'tmr', 'interval' and 'threshold' are None
+    when the rate cannot be measured (the note says why).
   """
   genuine = np.asarray(genuine, np.float64)
   impostor = np.asarray(impostor, np.float64)
+  groups = (np.arange(genuine.size) if groups is None
+            else np.asarray(groups))
   out = {}
   for fmr in fmrs:
-    entry = {'tmr': None, 'threshold': None, 'num_genuine': int(genuine.size),
+    entry = {'tmr': None, 'interval': None, 'threshold': None,
+             'num_genuine': int(genuine.size),
+             'num_people': int(np.unique(groups).size),
              'num_impostor': int(impostor.size), 'note': ''}
     if not genuine.size:
       entry['note'] = 'no genuine scores (nothing was reconstructed)'
@@ -131,6 +173,12 @@ def tmr_report(genuine: Any, impostor: Any,
       threshold = metrics.impostor_threshold(impostor, fmr)
       entry['threshold'] = threshold
       entry['tmr'] = metrics.tmr_at_fmr(genuine, impostor, fmrs=(fmr,))[fmr]
+      rate = metrics.clustered_rate_interval(genuine >= threshold, groups)
+      entry['interval'] = [rate['low'], rate['high']]
+      entry['effective_attempts'] = rate['effective_attempts']
+      if threshold_samples and fmr in threshold_samples:
+        entry.update(_threshold_uncertainty(
+            genuine, groups, threshold_samples[fmr], entry['interval']))
       if impostor.size * fmr < _STABLE_COUNT:
         entry['note'] = (f'noisy: only {math.floor(impostor.size * fmr)} '
                          f'impostor score(s) above the threshold; '
@@ -157,7 +205,8 @@ def summarize(values: Any) -> dict[str, float | None]:
 def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
                      pool_descriptors: np.ndarray, pool_labels: np.ndarray,
                      impostor_pairs: np.ndarray, fmrs: Sequence[float], *,
-                     pool_identity: np.ndarray | None = None
+                     pool_identity: np.ndarray | None = None,
+                     threshold_samples: dict[float, Any] | None = None
                      ) -> dict[str, Any]:
   """Identity cosine and TMR@FMR of reconstructions under one encoder.
 
@@ -175,6 +224,7 @@ def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
     impostor_pairs: [P] `impostor_pair_scores` of the pool.
     fmrs: false match rates.
     pool_identity: [M] the person in each pool image; adds type II.
+    threshold_samples: bootstrap thresholds per FMR (`tmr_report`).
 
   Returns:
     ``genuine`` (per row), ``cosine`` (summary of genuine), ``attack_impostor``
@@ -201,15 +251,21 @@ def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
          'attack_impostor_scores': impostor.tolist(),
          'cosine': summarize(genuine),
          'attack_impostor': summarize(impostor),
-         'tmr': tmr_report(genuine, impostor_pairs, fmrs),
+         'tmr': tmr_report(genuine, impostor_pairs, fmrs, groups=own,
+                           threshold_samples=threshold_samples),
          'num_impostor_pairs': len(impostor_pairs)}
   if pool_identity is not None:
     same = (own[:, None] == person[None, :]) & (
         np.asarray(rows)[:, None] != pool_labels[None, :])
     second = cos[same]
+    # The person of each type-II pair, for the interval over people.
+    second_person = np.broadcast_to(own[:, None], same.shape)[same]
     out['type2'] = {'genuine': second.tolist(), 'cosine': summarize(second),
-                    'tmr': tmr_report(second, impostor_pairs, fmrs),
-                    'num_genuine': int(second.size)}
+                    'tmr': tmr_report(second, impostor_pairs, fmrs,
+                                      groups=second_person,
+                                      threshold_samples=threshold_samples),
+                    'num_genuine': int(second.size),
+                    'num_people': int(np.unique(second_person).size)}
   return out
 
 
@@ -294,12 +350,28 @@ def attribute_preservation(nets: Sequence[protocols.AttributeNet],
 
 
 class Pools:
-  """Descriptors and impostor pairs of the originals, per encoder."""
+  """Descriptors and impostor pairs of the originals, per encoder, and the
+  bootstrap of their thresholds (`metrics.bootstrap_impostor_thresholds`)."""
 
   def __init__(self, data: Any,
-               attacked: protocols.Encoder):
+               attacked: protocols.Encoder, *, threshold_replicates: int = 200):
     self._data = data
     self._cache = {id(attacked): self._pairs(data.pool_descriptors)}
+    self._replicates = threshold_replicates
+    self._thresholds = {}
+
+  def threshold_samples(self, encoder: protocols.Encoder,
+                        fmrs: Sequence[float]) -> dict[float, np.ndarray]:
+    """Bootstrap thresholds of `encoder`'s pool at `fmrs` (cached)."""
+    if not self._replicates or not self.available(encoder):
+      return {}
+    key = (id(encoder), tuple(fmrs))
+    if key not in self._thresholds:
+      descriptors, _ = self.get(encoder)
+      self._thresholds[key] = metrics.bootstrap_impostor_thresholds(
+          descriptors, self._data.pool_identity, fmrs,
+          num=self._replicates)
+    return self._thresholds[key]
 
   def _pairs(self, descriptors):
     # Pairs of different people (each unordered pair once) set the
@@ -333,4 +405,5 @@ def score_under(encoder, inversion, rows, pools, data, fmrs, *,
            np.zeros((0, encoder.dim), np.float32))
   return identity_metrics(
       recon, rows, descriptors, data.pool_labels, pairs, fmrs,
-      pool_identity=data.pool_identity if data.knows_identities else None)
+      pool_identity=data.pool_identity if data.knows_identities else None,
+      threshold_samples=pools.threshold_samples(encoder, fmrs))
