@@ -266,6 +266,28 @@ def test_evaluate_end_to_end(tmp_path, toy_registry):
   assert f'{pairs} impostor pairs' in text
 
 
+def test_snapshots_score_the_attack_after_each_step_count(tmp_path,
+                                                          toy_registry):
+  # One run, scored after 0 (the start), 1 and 3 steps: the last equals the
+  # arm's own final scores.
+  config = _config(tmp_path, eval_encoder='toy:b', arms=('id',),
+                   transfer_encoders=('toy:a',), snapshot_steps=(0, 1, 3))
+  report = evaluate_job.run(config)
+  arm = report['arms']['id']
+  snaps = arm['snapshots']
+  assert list(snaps) == ['0', '1', '3']
+  for role in ('attacked', 'evaluation'):
+    final = snaps['3'][role]
+    assert final['cosine']['mean'] == pytest.approx(
+        arm[role]['cosine']['mean'], abs=1e-5)
+    assert final['tmr']['0.01']['tmr'] == arm[role]['tmr']['0.01']['tmr']
+    assert final['tmr']['0.01']['interval'] is not None
+    assert 'genuine' not in final  # rates, not score lists
+  # The start is another face than the end.
+  assert (snaps['3']['attacked']['cosine']['mean']
+          != snaps['0']['attacked']['cosine']['mean'])
+
+
 def test_missing_eval_encoder_names_the_file(tmp_path, toy_registry):
   missing = str(tmp_path / 'nowhere' / 'backbone.pth')
   config = _config(tmp_path, eval_encoder=f'iresnet:{missing}')

@@ -31,6 +31,7 @@ import numpy as np
 from id2image_jax import losses
 from id2image_jax import metrics
 from id2image_jax import protocols
+from id2image_jax.inversion import engine
 
 # Fewer than this many impostor scores above the threshold: noisy.
 _STABLE_COUNT = 10
@@ -407,3 +408,94 @@ def score_under(encoder, inversion, rows, pools, data, fmrs, *,
       recon, rows, descriptors, data.pool_labels, pairs, fmrs,
       pool_identity=data.pool_identity if data.knows_identities else None,
       threshold_samples=pools.threshold_samples(encoder, fmrs))
+
+
+def snapshot_descriptors(render, generator: protocols.Generator,
+                         encoders: Sequence[protocols.Encoder], latents: Any,
+                         rows: np.ndarray, *, block: int = 16
+                         ) -> list[np.ndarray]:
+  """Descriptors of the faces that `latents` render, under each encoder.
+
+  Renders `block` faces at a time and keeps only their descriptors, so a
+  whole test set at 1024 px never sits in memory as images.
+
+  Args:
+    render: ``render(generator_variables, latent) -> image`` for one row.
+    generator: the generator whose variables `render` takes.
+    encoders: the encoders to embed with.
+    latents: pytree of [N, ...] latents.
+    rows: the rows to render.
+    block: faces rendered per call.
+
+  Returns:
+    One [N, D_e] array per encoder, NaN outside `rows`.
+  """
+  n = len(jax.tree.leaves(latents)[0])
+  out = [np.full((n, e.dim), np.nan, np.float32) for e in encoders]
+  rows = np.asarray(rows)
+  for start in range(0, len(rows), block):
+    part = rows[start:start + block]
+    images = engine.map_targets(
+        render, generator.variables,
+        jax.tree.map(lambda x, part=part: np.asarray(x)[part], latents),
+        chunk_size=len(part))
+    for array, encoder in zip(out, encoders):
+      array[part] = encoder.embed(images)
+  return out
+
+
+# What a snapshot keeps of `identity_metrics`: the rates, their intervals
+# and the cosine summaries, not the per-pair score lists.
+_SNAPSHOT_FIELDS = ('cosine', 'tmr', 'num_impostor_pairs')
+
+
+def _rates_only(scored: dict[str, Any]) -> dict[str, Any]:
+  out = {k: scored[k] for k in _SNAPSHOT_FIELDS if k in scored}
+  if 'type2' in scored:
+    out['type2'] = {k: v for k, v in scored['type2'].items()
+                    if k != 'genuine'}
+  return out
+
+
+def score_snapshots(snapshots: dict[int, Any], render,
+                    generator: protocols.Generator,
+                    encoders: dict[str, protocols.Encoder],
+                    rows: np.ndarray, pools: Pools, data: Any,
+                    fmrs: Sequence[float]) -> dict[str, dict[str, Any]]:
+  """Identity rates of the attack after each snapshot's number of steps.
+
+  How much compute an attacker needs: the same targets scored after 0
+  (the initialisation alone), 5, 10, ... steps of one run, under each
+  encoder (e.g. the attacked one and an independent verifier), with the
+  thresholds and intervals of `identity_metrics`.
+
+  Args:
+    snapshots: step -> [N, ...] latents (`InversionResult.snapshots`).
+    render: per-row render function of the inversion.
+    generator: the generator.
+    encoders: role -> encoder, e.g. ``{'attacked': ..., 'evaluation': ...}``.
+    rows: the rows that were inverted.
+    pools: the originals' descriptors and impostor pairs per encoder.
+    data: the evaluation targets (`evaluation.targets.EvalTargets`).
+    fmrs: false match rates.
+
+  Returns:
+    ``{str(step): {role: {'cosine', 'tmr', 'num_impostor_pairs',
+    'type2'}}}``.
+  """
+  roles = [r for r, e in encoders.items() if pools.available(e)]
+  out = {}
+  for step in sorted(snapshots):
+    descriptors = snapshot_descriptors(
+        render, generator, [encoders[r] for r in roles], snapshots[step],
+        rows)
+    out[str(step)] = {}
+    for role, recon in zip(roles, descriptors):
+      pool, pairs = pools.get(encoders[role])
+      scored = identity_metrics(
+          recon[rows], rows, pool, data.pool_labels, pairs, fmrs,
+          pool_identity=(data.pool_identity if data.knows_identities
+                         else None),
+          threshold_samples=pools.threshold_samples(encoders[role], fmrs))
+      out[str(step)][role] = _rates_only(scored)
+  return out

@@ -141,6 +141,14 @@ def run(config: Any) -> dict[str, Any]:
         'evaluation': scores.score_under(evaluator, inversion, rows, pools, data,
                                    fmrs, attacked=attacked),
     }
+    if result.snapshots:
+      # Attack vs compute: the same run scored after each snapshot step.
+      roles = {'attacked': attacked}
+      if independent:
+        roles['evaluation'] = evaluator
+      arm_results[plan.name]['snapshots'] = scores.score_snapshots(
+          result.snapshots, inversion.render, generator, roles, rows, pools,
+          data, fmrs)
 
   transfer_report = run_transfer(
       config, generator=generator, attacked=attacked, encoders=transfer,
