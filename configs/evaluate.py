@@ -83,6 +83,10 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
     # For a CelebA-layout folder of targets (aligned by `id2image align`):
     # the split whose people are used.
     c.split = 'test'
+    # A folder whose people are known (CelebA layout or one subfolder per
+    # person): people with a single photo are attacked too, type I only
+    # ('targets'), or serve only as impostors ('pool').
+    c.one_photo_people = 'targets'
     c.fmrs = (1e-2, 1e-3)
     c.grid_rows = 8
     c.workdir = 'runs/evaluate'
@@ -95,6 +99,8 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
       # photos) --set num_impostor_images=1000 --set steps=300.
       c.num_targets = 6
       c.num_impostor_images = 150
+      # Every test person with two or more photos (type I and II).
+      c.one_photo_people = 'pool'
       c.align_faces = False  # the folder is aligned already
       c.workdir = 'runs/evaluate_celeba'
     if variant == 'paper':

@@ -401,7 +401,7 @@ def test_celeba_layout_targets_type_two_and_other_photo_column(
           n + ' -1' * 40 + '\n' for n in names))
   config = _config(tmp_path, targets=str(folder), num_targets=num_targets,
                    num_impostor_images=3, eval_encoder='toy:b',
-                   arms=('id',), align_faces=False)
+                   arms=('id',), align_faces=False, one_photo_people='pool')
   report = evaluate_job.run(config)
   arm = report['arms']['id']
   n = num_targets or 3
@@ -421,6 +421,62 @@ def test_celeba_layout_targets_type_two_and_other_photo_column(
   assert grid.shape[1] == 3 * (96 + 2) + 2
   with open(os.path.join(config.workdir, 'report.md')) as f:
     assert 'other photo of the person' in f.read()
+
+
+def test_person_folders_work_like_celeba_and_one_photo_people_are_type_one(
+    tmp_path, toy_registry):
+  # What `id2image align` writes for person subfolders (no CelebA files):
+  # 3 people with two photos, 2 with one, and one photo without a face.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from id2image_jax.data import align  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'people'
+  photos = {'ann': 2, 'bob': 2, 'cy': 2, 'dee': 1, 'eve': 1}
+  rng = np.random.default_rng(0)
+  lines = []
+  for person, count in photos.items():
+    (folder / person).mkdir(parents=True)
+    for i in range(count):
+      name = f'{person}/{i}.png'
+      Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+          folder / name)
+      lines.append(name + ' 0.5' * 136 + '\n')
+  (folder / align.LANDMARK_FILE).write_text(''.join(lines))
+  (folder / align.SKIPPED_FILE).write_text('eve/1.png no face found\n')
+  config = _config(tmp_path, targets=str(folder), num_targets=0,
+                   num_impostor_images=0, eval_encoder='toy:b',
+                   arms=('id',), transfer_encoders=('toy:a',))
+  report = evaluate_job.run(config)
+  detail = report['targets_detail']
+  assert detail['people'] == 5 and detail['people_with_a_second_photo'] == 3
+  assert detail['people_with_one_photo'] == 2
+  assert 'subfolder per person' in detail['layout']
+  # The photo without a face is named, not silently missing.
+  assert detail['skipped_photos'] == {'eve/1.png': 'no face found'}
+  arm = report['arms']['id']
+  assert arm['num_done'] == 5
+  # Type I for everyone, type II only for the three with a second photo.
+  assert arm['evaluation']['tmr']['0.01']['num_people'] == 5
+  type2 = arm['evaluation']['type2']
+  assert type2['num_genuine'] == 3 and type2['num_people'] == 3
+  # People with one photo can also be left to the pool.
+  only_two = evaluate_job.run(_config(
+      tmp_path / 'b', targets=str(folder), num_targets=0,
+      num_impostor_images=0, eval_encoder='toy:b', arms=('id',),
+      transfer_encoders=('toy:a',), one_photo_people='pool'))
+  assert only_two['arms']['id']['num_done'] == 3
+  # Without anyone's second photo, 'pool' leaves nobody to attack: said.
+  lonely = tmp_path / 'lonely'
+  for person in ('dee', 'eve'):
+    (lonely / person).mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(
+        lonely / person / '0.png')
+  (lonely / align.LANDMARK_FILE).write_text(
+      'dee/0.png' + ' 0.5' * 136 + '\neve/0.png' + ' 0.5' * 136 + '\n')
+  with pytest.raises(ValueError, match="one_photo_people='targets'"):
+    evaluate_job.run(_config(tmp_path / 'c', targets=str(lonely),
+                             num_targets=0, one_photo_people='pool',
+                             arms=('id',)))
 
 
 def test_transfer_gives_each_encoder_its_own_init(tmp_path, toy_registry):

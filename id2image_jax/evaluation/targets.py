@@ -10,9 +10,11 @@ of originals whose pairs set the verification threshold is
   of known latents that are only embedded, never inverted (cheap, and it
   gets the pair count to the >= 1000 that FMR 1e-3 needs);
 * image folder: every readable image;
-* a CelebA-layout folder (identity file present; `celeba_layout`): people
-  with two or more images give the targets (image A inverted, images B
-  kept for the type-II attack), plus images of other people.
+* a folder whose people are known (`people_layout`): CelebA layout (an
+  identity file) or one subfolder per person: people with two or more
+  images give the targets (image A inverted, images B kept for the type-II
+  attack), people with one image give type-I-only targets or only
+  impostors (``config.one_photo_people``), plus images of other people.
 
 Without identity annotations every original is taken as its own identity
 (labels = pool row), which is exact for the self-check. For a folder with
@@ -48,7 +50,9 @@ from PIL import Image
 
 from id2image_jax import losses
 from id2image_jax import protocols
+from id2image_jax.data import align
 from id2image_jax.data import celeba
+from id2image_jax.data import faces as faces_lib
 from id2image_jax.data import targets as targets_lib
 from id2image_jax.preprocess import uint8_to_unit_range
 
@@ -69,6 +73,8 @@ class EvalTargets:
       annotations (then type-II scores exist).
     pool_descriptors: [M, D] descriptors of the pool under the attacked
       encoder (when there are no images: the target descriptors).
+    notes: how the targets were chosen, for the report (layout, people
+      with and without a second photo, photos without a detected face).
   """
   targets: targets_lib.Targets
   pool_images: np.ndarray | None
@@ -76,6 +82,7 @@ class EvalTargets:
   pool_descriptors: np.ndarray
   pool_identity: np.ndarray | None = None
   knows_identities: bool = False
+  notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.pool_identity is None:
@@ -108,34 +115,100 @@ def _rows(targets: targets_lib.Targets, n: int) -> targets_lib.Targets:
 
 
 def _read_aligned(folder: str, keys: np.ndarray) -> np.ndarray:
+  images_dir = faces_lib.images_folder(folder)
   images = []
   for k in keys:
-    with Image.open(os.path.join(folder, celeba.IMAGES_DIR, k)) as im:
+    with Image.open(os.path.join(images_dir, k)) as im:
       images.append(np.asarray(im.convert('RGB')))
   return np.asarray(uint8_to_unit_range(np.stack(images)))
 
 
-def celeba_layout(config: Any, encoder: protocols.Encoder) -> EvalTargets:
-  """Targets and pool from a CelebA-layout folder with identities.
+ONE_PHOTO_MODES = ('targets', 'pool')
 
-  Of the split's people with two or more images, the first
-  ``config.num_targets`` (in a fixed shuffled order, ``config.seed``; 0 =
-  all of them) give a target each: their first image A is inverted; every
-  image of them is in the pool (type II compares the reconstruction with
-  their other images B), plus ``config.num_impostor_images`` images of
-  other people of the split, so that impostor pairs (different people, each
-  pair once) set the thresholds. The folder's images are taken as
-  FFHQ-aligned (`id2image align`).
+
+def knows_people(folder: str) -> bool:
+  """A CelebA-layout folder (identity file) or one subfolder per person."""
+  if os.path.isfile(os.path.join(folder, celeba.IDENTITY_FILE)):
+    return True
+  return os.path.isdir(folder) and any(
+      os.path.isdir(os.path.join(folder, e)) and e != celeba.IMAGES_DIR
+      for e in os.listdir(folder))
+
+
+def _people(config: Any, folder: str) -> tuple[np.ndarray, np.ndarray, str]:
+  """(image keys, person of each, which people) of an aligned folder."""
+  if os.path.isfile(os.path.join(folder, celeba.IDENTITY_FILE)):
+    ann = celeba.read_annotations(folder, config.split)
+    return (ann['key'], ann['identity'],
+            f'CelebA layout, {config.split} split (identity-disjoint)')
+  lm_path = os.path.join(folder, align.LANDMARK_FILE)
+  if os.path.isfile(lm_path):
+    with open(lm_path) as f:
+      keys = sorted(r.split()[0] for r in f if r.strip())
+  else:
+    keys = align.image_names(faces_lib.images_folder(folder))
+  if not any('/' in k for k in keys):
+    raise ValueError(f'{folder}: no person subfolders and no '
+                     f'{celeba.IDENTITY_FILE}: who is who is unknown')
+  # A person is named by their folder.
+  people = np.asarray([k.split('/')[0] if '/' in k else k for k in keys])
+  return (np.asarray(keys), people,
+          'one subfolder per person, every person of the folder')
+
+
+def _skipped_photos(folder: str, people: set[Any]) -> dict[str, str]:
+  """Photos of `people` that alignment left out (no face found)."""
+  path = os.path.join(folder, align.SKIPPED_FILE)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    skipped = dict(line.rstrip('\n').split(' ', 1) for line in f
+                   if line.strip())
+  id_path = os.path.join(folder, celeba.IDENTITY_FILE)
+  if os.path.isfile(id_path):
+    with open(id_path) as f:
+      owner = {r[0]: int(r[1]) for r in (line.split() for line in f) if r}
+  else:
+    owner = {k: k.split('/')[0] for k in skipped}
+  return {k: v for k, v in sorted(skipped.items())
+          if owner.get(k) in people}
+
+
+def people_layout(config: Any, encoder: protocols.Encoder,
+                  folder: str | None = None) -> EvalTargets:
+  """Targets and pool from an aligned folder whose people are known.
+
+  The folder is CelebA layout (an identity file; ``config.split`` picks
+  the identity-disjoint split) or holds one subfolder per person (every
+  person is used). People with two or more images come first, in a fixed
+  shuffled order (``config.seed``): their first image A is inverted and
+  every image of them is in the pool (type II compares the reconstruction
+  with their other images B). People with one image are type-I-only
+  targets after them (``config.one_photo_people='targets'``) or only
+  impostors ('pool'). ``config.num_targets`` keeps the first of them (0:
+  all). Plus ``config.num_impostor_images`` images of people who are not
+  targets, so that impostor pairs (different people, each pair once) set
+  the thresholds. The folder's images are taken as FFHQ-aligned
+  (`id2image align`).
   """
-  ann = celeba.read_annotations(config.targets, config.split)
-  keys, people = ann['key'], ann['identity']
+  folder = folder or config.targets
+  mode = config.get('one_photo_people', 'pool')
+  if mode not in ONE_PHOTO_MODES:
+    raise ValueError(f'one_photo_people must be one of {ONE_PHOTO_MODES}, '
+                     f'got {mode!r}')
+  keys, people, which = _people(config, folder)
   ids, counts = np.unique(people, return_counts=True)
-  chosen = np.random.default_rng(config.seed).permutation(ids[counts >= 2])
+  rng = np.random.default_rng(config.seed)
+  chosen = rng.permutation(ids[counts >= 2])
+  if mode == 'targets':
+    chosen = np.concatenate([chosen, rng.permutation(ids[counts < 2])])
   if config.num_targets > 0:
     chosen = chosen[:config.num_targets]
   if not len(chosen):
-    raise ValueError(f'{config.targets} ({config.split}) has no person with '
-                     'two or more images')
+    raise ValueError(
+        f'{folder} ({which}) has no person with two or more images'
+        + ('' if mode == 'targets' else
+           ": set one_photo_people='targets' for a type-I-only attack"))
   rows = [np.flatnonzero(people == p) for p in chosen]
   firsts = [r[0] for r in rows]
   others = [i for r in rows for i in r[1:]]
@@ -143,24 +216,46 @@ def celeba_layout(config: Any, encoder: protocols.Encoder) -> EvalTargets:
   extra = np.random.default_rng(config.seed + 1).permutation(rest)[
       :config.num_impostor_images]
   order = np.concatenate([firsts, others, extra]).astype(int)
-  images = _read_aligned(config.targets, keys[order])
+  images = _read_aligned(folder, keys[order])
   descriptors = encoder.embed(images)
   n = len(firsts)
   targets = targets_lib.Targets(
       descriptors=descriptors[:n], names=[str(k) for k in keys[order[:n]]],
       sources=images[:n])
+  two = int(sum(len(r) >= 2 for r in rows))
+  notes = {
+      'layout': which,
+      'people': n,
+      'people_with_a_second_photo': two,
+      'people_with_one_photo': n - two,
+      'one_photo_people': mode,
+      'people_in_folder': int(len(ids)),
+      'people_in_folder_with_two_photos': int(np.sum(counts >= 2)),
+      'skipped_photos': _skipped_photos(folder, set(chosen.tolist())),
+  }
   return EvalTargets(targets=targets, pool_images=images,
                      pool_labels=np.arange(len(order)),
                      pool_descriptors=descriptors,
-                     pool_identity=people[order], knows_identities=True)
+                     pool_identity=people[order], knows_identities=True,
+                     notes=notes)
+
+
+def _aligned(config: Any, folder: str) -> str:
+  """`folder` if it is aligned (or taken as aligned), else an aligned copy
+  in the work directory (made once; a rerun reuses it)."""
+  if (os.path.isfile(os.path.join(folder, align.LANDMARK_FILE))
+      or not config.align_faces):
+    return folder
+  out = os.path.join(config.workdir, 'aligned')
+  align.align_folder(folder, out, progress=config.progress)
+  return out
 
 
 def load(config: Any, generator: protocols.Generator,
          encoder: protocols.Encoder) -> EvalTargets:
   """Reads or generates the targets and the pool (module docstring)."""
-  if config.targets and os.path.isfile(
-      os.path.join(config.targets, celeba.IDENTITY_FILE)):
-    return celeba_layout(config, encoder)
+  if config.targets and knows_people(config.targets):
+    return people_layout(config, encoder, _aligned(config, config.targets))
   if not config.targets:
     n, extra = config.num_targets, config.num_impostor_images
     if extra < 0:

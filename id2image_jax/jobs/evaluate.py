@@ -167,6 +167,7 @@ def run(config: Any) -> dict[str, Any]:
       'targets': config.targets or 'self-check (images of known latents)',
       'names': targets.names,
       'num_targets': n,
+      'targets_detail': data.notes,
       'pool': {'num_originals': len(data.pool_labels),
                'has_images': data.pool_images is not None,
                'has_second_photos': second_photos is not None,
