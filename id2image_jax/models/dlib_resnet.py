@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
+from id2image_jax.models import nn as tnn
 from id2image_jax.preprocess import InputSpec
 
 DESCRIPTOR_DIM = 128

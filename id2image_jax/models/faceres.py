@@ -46,10 +46,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
 from id2image_jax import preprocess
 from id2image_jax.models import _tf_layers as tfl
 from id2image_jax.models import mobilefacenet
+from id2image_jax.models import nn as tnn
 
 DESCRIPTOR_DIM = 1024
 AGE_CLASSES = 100

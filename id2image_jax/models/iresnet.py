@@ -51,8 +51,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
 from id2image_jax import preprocess
+from id2image_jax.models import nn as tnn
 
 # Variant table: arcface_torch ``get_model`` name -> IBasicBlocks per layer.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {

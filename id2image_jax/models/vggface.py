@@ -57,8 +57,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
 from id2image_jax import preprocess
+from id2image_jax.models import nn as tnn
 
 # Variant table: name -> (channels, number of 3x3 convs) per stage. VGG-Face
 # was only released as VGG-16 ("configuration D" of Simonyan & Zisserman).

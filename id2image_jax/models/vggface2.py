@@ -56,9 +56,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
 from id2image_jax import preprocess
 from id2image_jax.models import dlib_resnet
+from id2image_jax.models import nn as tnn
 
 # Variants are data: blocks per layer and whether blocks carry SE units.
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -145,8 +145,8 @@ def batch_norm(torch_path: str, flax_path: str) -> list[Rule]:
   """torch BatchNorm{1,2}d weight, bias, running stats -> `nn.BatchNorm`.
 
   `flax_path` names the module holding a submodule ``bn`` (the layout of
-  `id2image_jax.nn` blocks): ``params/<flax_path>/bn/{scale,bias}`` and
-  ``batch_stats/<flax_path>/bn/{mean,var}``.
+  `id2image_jax.models.nn` blocks): ``params/<flax_path>/bn/{scale,bias}``
+  and ``batch_stats/<flax_path>/bn/{mean,var}``.
   """
   return [
       Rule(rf'{torch_path}\.weight', f'params/{flax_path}/bn/scale'),
@@ -158,7 +158,7 @@ def batch_norm(torch_path: str, flax_path: str) -> list[Rule]:
 
 def conv2d(torch_path: str, flax_path: str, *,
            bias: bool = False) -> list[Rule]:
-  """torch Conv2d [O, I, kh, kw] (+ bias [O]) -> `id2image_jax.nn.Conv2d`."""
+  """torch Conv2d [O, I, kh, kw] (+ bias [O]) -> `models.nn.Conv2d`."""
   rules = [Rule(rf'{torch_path}\.weight', f'params/{flax_path}/conv/kernel',
                 layout.conv_oihw_to_hwio)]
   if bias:
