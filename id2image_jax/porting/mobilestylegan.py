@@ -57,18 +57,16 @@ takes one w for all layers; the Flax model also takes W+ (see
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax import package_files
+from id2image_jax.models import generator_init
 from id2image_jax.models import mobilestylegan as msg
 from id2image_jax.porting import layout
 from id2image_jax.porting import openvino_ir
@@ -804,11 +802,8 @@ def mean_w(config: msg.MobileStyleGANConfig, params: Mapping[str, Any], *,
   """
   z = np.random.default_rng(seed).standard_normal(
       (samples, config.z_dim)).astype(np.float32)
-  variables = {'params': params, 'buffers': {'mapping': {
-      'w_avg': jnp.zeros((config.w_dim,), jnp.float32)}}}
-  ws = jax.jit(functools.partial(msg.build(config).apply,
-                                 method='mapping'))(variables, z)
-  return np.asarray(jnp.mean(ws[:, 0], axis=0), np.float32)
+  return np.asarray(generator_init.mean_w(msg.build(config), params, z),
+                    np.float32)
 
 
 def _name_constants(error: PortingError, source: Source) -> PortingError:
