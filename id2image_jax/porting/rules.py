@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import flax.traverse_util
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax.porting import layout
@@ -131,6 +134,33 @@ def port(source: Mapping[str, np.ndarray], rules: Sequence[Rule],
     raise PortingError(f'{what} does not match the model:\n  ' +
                        '\n  '.join(problems))
   return flax.traverse_util.unflatten_dict(filled, sep='/')
+
+
+def port_image_model(source: Mapping[str, np.ndarray], rules: Sequence[Rule],
+                     model: nn.Module, image_size: Sequence[int], *,
+                     ignore: Sequence[str] = (),
+                     what: str = 'checkpoint') -> dict:
+  """`port` onto the variables of an image model, as jax arrays.
+
+  Args:
+    source: flat ``{key: array}`` from the checkpoint.
+    rules: first matching rule wins.
+    model: the Flax module; its variables are those ``model.init`` makes
+      for one float32 image [1, H, W, 3] (shapes only, nothing computed).
+    image_size: (H, W) of that image.
+    ignore: regexes of checkpoint keys deliberately left unused.
+    what: names the checkpoint in error messages.
+
+  Returns:
+    The variables tree of jax arrays in the model's dtypes.
+
+  Raises:
+    PortingError: as `port`.
+  """
+  image = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), image)
+  variables = port(source, rules, abstract, ignore=ignore, what=what)
+  return jax.tree.map(jnp.asarray, variables)
 
 
 def require_keys(source: Mapping[str, Any], keys: Sequence[str], *,
