@@ -7,7 +7,7 @@
   loading             the table of kinds
   porting, checkpoints, package_files, reports      files in / files out
   library             models, losses, metrics, preprocess, inversion, data,
-                      analysis, evaluation, protocols, batching, nn
+                      analysis, evaluation, protocols, batching
 
 Every module of the package must be on a floor (a new module has to be
 placed), and every import statement, including imports inside functions,
@@ -30,7 +30,7 @@ FLOORS = {
     'loading': 2,
     'porting': 1, 'checkpoints': 1, 'package_files': 1, 'reports': 1,
     '': 0,  # the package docstring module
-    'models': 0, 'losses': 0, 'metrics': 0, 'preprocess': 0, 'nn': 0,
+    'models': 0, 'losses': 0, 'metrics': 0, 'preprocess': 0,
     'inversion': 0, 'data': 0, 'analysis': 0, 'evaluation': 0,
     'protocols': 0, 'batching': 0, 'configs': 0,
 }

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from id2image_jax import nn as tnn
+from id2image_jax.models import nn as tnn
 
 torch = pytest.importorskip('torch')
 F = torch.nn.functional

@@ -4,6 +4,7 @@ import collections
 import os
 import pickle
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,9 +82,39 @@ def test_port_rejects_rule_pointing_outside_model():
     porting.port(src, RULES, ABSTRACT, ignore=['num_batches_tracked'])
 
 
+class _ConvNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3), name='conv1')(x)
+    return nn.Dense(5, use_bias=False, name='fc')(x.mean(axis=(1, 2)))
+
+
+def test_port_image_model_ports_onto_the_module_variables():
+  src = dict(_source(), **{'conv1.weight': np.ones((4, 3, 3, 3))})
+  out = porting.port_image_model(src, RULES, _ConvNet(), (6, 6),
+                                 ignore=[r'num_batches_tracked'])
+  assert isinstance(out['params']['fc']['kernel'], jax.Array)
+  np.testing.assert_allclose(out['params']['fc']['kernel'],
+                             src['fc.weight'].T, rtol=1e-6)
+  assert out['params']['conv1']['kernel'].shape == (3, 3, 3, 4)
+  # The module's own shapes (for an RGB image) decide: a 2-channel conv
+  # weight is refused.
+  src['conv1.weight'] = np.ones((4, 2, 3, 3))
+  with pytest.raises(porting.PortingError, match=r'conv1\.weight'):
+    porting.port_image_model(src, RULES, _ConvNet(), (6, 6),
+                             ignore=[r'num_batches_tracked'])
+
+
 def test_layout_conversions_are_checked():
   with pytest.raises(ValueError, match='4-D'):
     layout.conv_oihw_to_hwio(np.zeros((3, 3)))
+  with pytest.raises(ValueError, match=r'\[kh, kw, C, 1\]'):
+    layout.depthwise_to_grouped(np.zeros((3, 3, 4, 2)))
+  w = np.arange(3 * 3 * 4, dtype=np.float32).reshape(3, 3, 4, 1)
+  grouped = layout.depthwise_to_grouped(w)
+  assert grouped.shape == (3, 3, 1, 4)
+  np.testing.assert_array_equal(grouped[1, 2, 0], w[1, 2, :, 0])
   assert layout.chw_to_hwc(np.zeros((1, 5, 4, 4))).shape == (1, 4, 4, 5)
   assert layout.flatten(np.zeros((1, 5, 1, 1))).shape == (5,)
 

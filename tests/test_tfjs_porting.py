@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from id2image_jax.porting import tfjs
+from id2image_jax.porting.rules import PortingError
 
 
 def _write_manifest(tmp_path, weights, blobs, *, name='m', shards=1):
@@ -236,3 +237,55 @@ def test_graph_errors_name_the_const_or_node(tmp_path):
   with pytest.raises(tfjs.TfjsError, match="Const 'q' has no weights in the "
                      'manifest and no inline value'):
     tfjs.read_graph_model(path)
+
+
+# --------------------------------------------------------------------------
+# The checks the graph porters share.
+
+
+def test_require_node_and_image_input_size(tmp_path):
+  path, _ = _prelu_graph(tmp_path)
+  graph = tfjs.read_graph_model(path)
+  assert tfjs.require_node(graph, 'conv', family='a toy graph').op == (
+      '_FusedConv2D')
+  with pytest.raises(PortingError, match=r"no node 'conv9': not a toy "
+                     'graph'):
+    tfjs.require_node(graph, 'conv9', family='a toy graph')
+  assert tfjs.image_input_size(graph) == 8
+  two = dataclasses.replace(graph, nodes=dict(
+      graph.nodes, y=dataclasses.replace(graph.nodes['x'], name='y')))
+  with pytest.raises(PortingError, match=r"expected one \[-1, S, S, 3\] "
+                     r"input, found \[\('x', .*\('y'"):
+    tfjs.image_input_size(two)
+
+
+def test_check_covered_names_problems_and_stray_nodes(tmp_path):
+  path, _ = _prelu_graph(tmp_path)
+  graph = tfjs.read_graph_model(path)
+  everything = set(graph.nodes)
+  tfjs.check_covered(graph, everything, [], model='toy')  # nothing to say
+  seen = everything - {'scaled', 'k'}
+  with pytest.raises(PortingError, match=r'is not the graph '
+                     r'id2image_jax\.models\.toy computes:\n  conv: padding '
+                     r"\n  2 node\(s\) the model does not compute: k "
+                     r'\(Const\), scaled \(Mul\)'):
+    tfjs.check_covered(graph, seen, ['conv: padding '], model='toy')
+
+
+def test_convert_file_reads_the_default_unless_given_a_path(tmp_path):
+  path, _ = _prelu_graph(tmp_path)
+  calls = []
+
+  def convert_graph(graph, *, scale):
+    calls.append((graph.path, scale))
+    return {'scale': scale}, {}
+
+  def default_files():
+    return {'model': path}
+
+  assert tfjs.convert_file(None, default_files, convert_graph, scale=2) == (
+      {'scale': 2}, {})
+  with pytest.raises(FileNotFoundError):
+    tfjs.convert_file(tmp_path / 'other.json', default_files, convert_graph,
+                      scale=3)
+  assert calls == [(str(path), 2)]

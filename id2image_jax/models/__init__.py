@@ -4,6 +4,8 @@
 * `dlib_resnet`, `vggface2`, `iresnet`, `vggface`: face encoders, each
   ``apply(variables, x) -> (descriptor, intermediates)`` with an
   ``input_spec(config)``.
+* `nn`: layers that compute exactly what their PyTorch namesakes compute,
+  for the ported encoders.
 * `heads`: the MLP / CNN heads of the leakage analysis and the ID -> latent
   regressor.
 

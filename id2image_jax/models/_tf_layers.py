@@ -18,6 +18,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# Human (human-models) divides its face crops by 255: input in [0, 1]. The
+# config fields (0..255 scale) of the nets it feeds that way.
+HUMAN_INPUT = {'input_mean': (0.0, 0.0, 0.0),
+               'input_std': (255.0, 255.0, 255.0)}
+
 
 class Conv(nn.Module):
   """``tf.nn.conv2d`` (+ bias): kernel [kh, kw, in, out] HWIO.

@@ -32,7 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
+from id2image_jax.models import _variants
+from id2image_jax.models import nn as tnn
 from id2image_jax.preprocess import InputSpec
 
 DESCRIPTOR_DIM = 128
@@ -71,11 +72,7 @@ DEFAULT_VARIANT = 'v1'
 
 def get_config(variant: str = DEFAULT_VARIANT) -> dict[str, Any]:
   """A JSON-able copy of a variant's config."""
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown dlib_resnet variant {variant!r}; known: '
-                     f'{sorted(VARIANTS)}')
-  config = dict(VARIANTS[variant], variant=variant)
-  return config
+  return _variants.decode_variant(VARIANTS, variant, {}, model='dlib_resnet')
 
 
 class Affine(nn.Module):

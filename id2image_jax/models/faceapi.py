@@ -57,6 +57,7 @@ import jax.numpy as jnp
 
 from id2image_jax import preprocess
 from id2image_jax.models import _tf_layers as tfl
+from id2image_jax.models import _variants
 
 INPUT_SIZE = (112, 112)
 # faceFeatureExtractor / TinyXception: normalize(x, meanRgb).div(255).
@@ -104,16 +105,8 @@ def get_config(variant: str = 'landmark68', **overrides: Any
   Returns:
     ``{'variant', 'extractor', 'widths', 'head', 'crop', ...}``.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown face-api variant {variant!r}; known: '
-                     f'{sorted(VARIANTS)}')
-  config = dict(VARIANTS[variant], variant=variant)
-  unknown = set(overrides) - set(config)
-  if unknown:
-    raise ValueError(f'unknown face-api config field(s) {sorted(unknown)}')
-  config.update(overrides)
-  config['widths'] = list(config['widths'])
-  return config
+  return _variants.as_lists(_variants.decode_variant(
+      VARIANTS, variant, overrides, model='face-api'))
 
 
 class DenseBlock(nn.Module):
@@ -297,8 +290,8 @@ def build(config: Mapping[str, Any], *, dtype: Any = jnp.float32
   Returns:
     A `FaceApiNet`.
   """
-  if 'extractor' not in config:
-    config = get_config(config.get('variant', 'landmark68'))
+  config = _variants.named_only(config, get_config, field='extractor',
+                                default='landmark68')
   widths = tuple(int(w) for w in config['widths'])
   want = 4 if config['extractor'] == 'dense' else 5
   if len(widths) != want:

@@ -46,10 +46,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
 from id2image_jax import preprocess
 from id2image_jax.models import _tf_layers as tfl
+from id2image_jax.models import _variants
 from id2image_jax.models import mobilefacenet
+from id2image_jax.models import nn as tnn
 
 DESCRIPTOR_DIM = 1024
 AGE_CLASSES = 100
@@ -101,18 +102,8 @@ def get_config(variant: str = DEFAULT_VARIANT, **overrides: Any
   Returns:
     The variant's fields plus ``variant``.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown FaceRes variant {variant!r}; known: '
-                     f'{sorted(VARIANTS)}')
-  config = dict(VARIANTS[variant], variant=variant)
-  unknown = set(overrides) - set(config)
-  if unknown:
-    raise ValueError(f'unknown FaceRes config field(s) {sorted(unknown)}')
-  config.update(overrides)
-  config['blocks'] = [list(b) for b in config['blocks']]
-  for key in ('input_mean', 'input_std', 'crop'):
-    config[key] = list(config[key])
-  return config
+  return _variants.as_lists(_variants.decode_variant(
+      VARIANTS, variant, overrides, model='FaceRes'))
 
 
 def relu6(x: jax.Array, cap: float) -> jax.Array:
@@ -279,8 +270,8 @@ def build(config: Mapping[str, Any], *, dtype: Any = jnp.float32) -> FaceRes:
   Returns:
     A `FaceRes`.
   """
-  if 'blocks' not in config:
-    config = get_config(config.get('variant', DEFAULT_VARIANT))
+  config = _variants.named_only(config, get_config, field='blocks',
+                                default=DEFAULT_VARIANT)
   return FaceRes(
       input_size=int(config['input_size']), stem=int(config['stem']),
       blocks=tuple(tuple(int(v) for v in b) for b in config['blocks']),
@@ -303,11 +294,4 @@ def input_spec(config: Mapping[str, Any] | None = None, *,
     224x224, bilinear; 'hse': BGR minus the Caffe means, 'human': RGB
     0..255.
   """
-  config = config or get_config()
-  size = int(config['input_size'])
-  return preprocess.InputSpec(
-      size=(size, size), crop=tuple(crop if crop is not None else
-                                    config['crop']),
-      channel_order=config['channel_order'],
-      mean=tuple(config['input_mean']), std=tuple(config['input_std']),
-      method='linear')
+  return _variants.input_spec(config or get_config(), crop=crop)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from id2image_jax import preprocess
 from id2image_jax.models import _tf_layers as tfl
+from id2image_jax.models import _variants
 
 INPUT_SIZE = (198, 198)
 GENDER_LABELS = ('male', 'female')
@@ -63,8 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         'heads': {'age': ('dense_1', 256, 7),
                   'gender': ('dense_3', 128, 2),
                   'race': ('dense_2', 128, 5)},
-        'input_mean': (0.0, 0.0, 0.0),
-        'input_std': (255.0, 255.0, 255.0),
+        **tfl.HUMAN_INPUT,
         'crop': FFHQ_CROP,
     },
 }
@@ -74,19 +74,8 @@ DEFAULT_VARIANT = 'human'
 def get_config(variant: str = DEFAULT_VARIANT, **overrides: Any
                ) -> dict[str, Any]:
   """A JSON-able config (`VARIANTS` entry plus ``variant``)."""
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown GEAR variant {variant!r}; known: '
-                     f'{sorted(VARIANTS)}')
-  config = dict(VARIANTS[variant], variant=variant)
-  unknown = set(overrides) - set(config)
-  if unknown:
-    raise ValueError(f'unknown GEAR config field(s) {sorted(unknown)}')
-  config.update(overrides)
-  config['convs'] = list(config['convs'])
-  config['heads'] = {k: list(v) for k, v in config['heads'].items()}
-  for key in ('input_mean', 'input_std', 'crop'):
-    config[key] = list(config[key])
-  return config
+  return _variants.as_lists(_variants.decode_variant(
+      VARIANTS, variant, overrides, model='GEAR'))
 
 
 class Affine(nn.Module):
@@ -166,8 +155,8 @@ def build(config: Mapping[str, Any], *, dtype: Any = jnp.float32) -> Gear:
   Returns:
     A `Gear`.
   """
-  if 'convs' not in config:
-    config = get_config(config.get('variant', DEFAULT_VARIANT))
+  config = _variants.named_only(config, get_config, field='convs',
+                                default=DEFAULT_VARIANT)
   heads = tuple((str(k), str(v[0]), int(v[1]), int(v[2]))
                 for k, v in config['heads'].items())
   return Gear(input_size=int(config['input_size']),
@@ -186,13 +175,7 @@ def input_spec(config: Mapping[str, Any] | None = None, *,
   Returns:
     198x198 RGB, mean 0 and std 255, bilinear.
   """
-  config = config or get_config()
-  size = int(config['input_size'])
-  return preprocess.InputSpec(
-      size=(size, size), crop=tuple(crop if crop is not None else
-                                    config['crop']),
-      channel_order='RGB', mean=tuple(config['input_mean']),
-      std=tuple(config['input_std']), method='linear')
+  return _variants.input_spec(config or get_config(), crop=crop)
 
 
 def human_age(age_probs: chex.Array) -> jax.Array:

@@ -51,8 +51,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
 from id2image_jax import preprocess
+from id2image_jax.models import _variants
+from id2image_jax.models import nn as tnn
 
 # Variant table: arcface_torch ``get_model`` name -> IBasicBlocks per layer.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -93,17 +94,14 @@ def get_config(variant: str = 'r50', **overrides: Any) -> dict[str, Any]:
   Returns:
     ``{'variant', 'layers', 'num_features', 'use_fc', 'use_features'}``.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown IResNet variant {variant!r}; expected one of '
-                     f'{sorted(VARIANTS)}')
-  config = {'variant': variant, 'layers': list(VARIANTS[variant]),
-            'num_features': DESCRIPTOR_DIM, 'use_fc': True,
-            'use_features': True}
-  unknown = set(overrides) - set(config)
-  if unknown:
-    raise ValueError(f'unknown IResNet config field(s) {sorted(unknown)}')
-  config.update(overrides)
-  return config
+  return _variants.decode_variant(VARIANTS, variant, overrides,
+                                 model='IResNet', fields=_fields)
+
+
+def _fields(layers: Sequence[int]) -> dict[str, Any]:
+  """The config fields of a `VARIANTS` entry (its block counts)."""
+  return {'layers': list(layers), 'num_features': DESCRIPTOR_DIM,
+          'use_fc': True, 'use_features': True}
 
 
 class IBasicBlock(nn.Module):

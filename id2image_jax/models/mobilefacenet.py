@@ -56,6 +56,7 @@ import jax.numpy as jnp
 
 from id2image_jax import preprocess
 from id2image_jax.models import _tf_layers as tfl
+from id2image_jax.models import _variants
 
 DESCRIPTOR_DIM = 192
 INPUT_SIZE = (112, 112)
@@ -83,9 +84,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         'embedding': DESCRIPTOR_DIM,
         'depthwise_activation': 'relu',
         'l2_epsilon': 1e-10,
-        # Human divides its face crop by 255: input in [0, 1].
-        'input_mean': (0.0, 0.0, 0.0),
-        'input_std': (255.0, 255.0, 255.0),
+        **tfl.HUMAN_INPUT,
         'crop': FFHQ_CROP,
     },
 }
@@ -103,19 +102,8 @@ def get_config(variant: str = DEFAULT_VARIANT, **overrides: Any
   Returns:
     The variant's fields plus ``variant``.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown MobileFaceNet variant {variant!r}; known: '
-                     f'{sorted(VARIANTS)}')
-  config = dict(VARIANTS[variant], variant=variant)
-  unknown = set(overrides) - set(config)
-  if unknown:
-    raise ValueError(f'unknown MobileFaceNet config field(s) '
-                     f'{sorted(unknown)}')
-  config.update(overrides)
-  config['stages'] = [list(s) for s in config['stages']]
-  for key in ('input_mean', 'input_std', 'crop'):
-    config[key] = list(config[key])
-  return config
+  return _variants.as_lists(_variants.decode_variant(
+      VARIANTS, variant, overrides, model='MobileFaceNet'))
 
 
 class ConvAct(nn.Module):
@@ -271,8 +259,8 @@ def build(config: Mapping[str, Any], *, dtype: Any = jnp.float32
   Returns:
     A `MobileFaceNet`.
   """
-  if 'stages' not in config:
-    config = get_config(config.get('variant', DEFAULT_VARIANT))
+  config = _variants.named_only(config, get_config, field='stages',
+                                default=DEFAULT_VARIANT)
   return MobileFaceNet(
       input_size=int(config['input_size']), stem=int(config['stem']),
       stages=tuple(tuple(int(v) for v in s) for s in config['stages']),
@@ -296,10 +284,4 @@ def input_spec(config: Mapping[str, Any] | None = None, *,
   Returns:
     112x112 RGB, mean 0 and std 255 (so [0, 1]), bilinear.
   """
-  config = config or get_config()
-  size = int(config['input_size'])
-  return preprocess.InputSpec(
-      size=(size, size), crop=tuple(crop if crop is not None else
-                                    config['crop']),
-      channel_order='RGB', mean=tuple(config['input_mean']),
-      std=tuple(config['input_std']), method='linear')
+  return _variants.input_spec(config or get_config(), crop=crop)

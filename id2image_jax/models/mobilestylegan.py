@@ -77,8 +77,8 @@ are always float32. Output images are float32 NHWC, RGB in about [-1, 1]
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
+from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,6 +88,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from id2image_jax.models import _variants
+from id2image_jax.models import generator_init
 from id2image_jax.models.stylegan2 import normalize_2nd_moment
 from id2image_jax.models.stylegan2 import truncate
 
@@ -208,10 +210,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def get_config(variant: str, **overrides: Any) -> MobileStyleGANConfig:
   """Config of a named variant (see `VARIANTS`) with fields overridden."""
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown MobileStyleGAN variant {variant!r}; known: '
-                     f'{sorted(VARIANTS)}')
-  return MobileStyleGANConfig(**{**VARIANTS[variant], **overrides})
+  fields = _variants.entry(VARIANTS, variant, model='MobileStyleGAN')
+  return MobileStyleGANConfig(**{**fields, **overrides})
 
 
 def as_config(config: MobileStyleGANConfig | Mapping[str, Any]
@@ -617,11 +617,7 @@ def build(config: MobileStyleGANConfig | Mapping[str, Any], *,
 def abstract_variables(config: MobileStyleGANConfig | Mapping[str, Any]
                        ) -> dict:
   """Shapes/dtypes of the variables (``jax.ShapeDtypeStruct`` leaves)."""
-  config = as_config(config)
-  gen = build(config)
-  z = jnp.zeros((1, config.z_dim), jnp.float32)
-  return jax.eval_shape(lambda key: gen.init({'params': key}, z),
-                        jax.random.key(0))
+  return generator_init.abstract_variables(build(config))
 
 
 # Random-init standard deviations by leaf name (see `init_variables`).
@@ -650,10 +646,10 @@ def init_variables(key: jax.Array,
   for mapping kernels, 0.5/sqrt(w_dim) for style affines, sqrt(2 / (1 +
   0.2^2)) for conv weights followed by
   leaky ReLU, 1 for depthwise, const and heads), noise maps N(0, 0.1^2),
-  biases 0, affine biases 1 (as PyTorch's modulation layers). Drawn in one
-  ``jax.random.normal`` call over the abstract tree (fast to compile).
-  ``w_avg`` is the mean of `w_avg_samples` mapped random z, so truncation
-  behaves as with a trained checkpoint.
+  biases 0, affine biases 1 (as PyTorch's modulation layers), drawn as
+  `id2image_jax.models.generator_init` says (fast to compile). ``w_avg`` is
+  the mean of `w_avg_samples` mapped random z, so truncation behaves as with
+  a trained checkpoint.
 
   Args:
     key: typed PRNG key.
@@ -664,29 +660,16 @@ def init_variables(key: jax.Array,
     ``{'params': ..., 'buffers': ...}`` of float32 arrays.
   """
   config = as_config(config)
-  normal_key, avg_key = jax.random.split(key)
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(
-      abstract_variables(config))
-  names = [tuple(k.key for k in path) for path, _ in leaves]
-  stds = [_init_std(n, x.shape) for n, (_, x) in zip(names, leaves)]
-  sizes = [int(np.prod(x.shape)) if s else 0
-           for (_, x), s in zip(leaves, stds)]
-  draws = np.asarray(jax.random.normal(normal_key, (sum(sizes),),
-                                       jnp.float32))
-  offsets = np.cumsum([0] + sizes)
-  values = []
-  for (_, x), name, std, start in zip(leaves, names, stds, offsets):
-    if std:
-      v = draws[start:start + x.size].reshape(x.shape) * np.float32(std)
-    elif name[-1] == 'bias' and name[-2] == 'affine':
-      v = np.ones(x.shape, np.float32)
-    else:  # biases, w_avg
-      v = np.zeros(x.shape, np.float32)
-    values.append(jnp.asarray(v))
-  variables = jax.tree_util.tree_unflatten(treedef, values)
-  if w_avg_samples:
-    zs = jax.random.normal(avg_key, (w_avg_samples, config.z_dim))
-    ws = jax.jit(functools.partial(build(config).apply, method='mapping'))(
-        variables, zs)
-    variables['buffers']['mapping']['w_avg'] = jnp.mean(ws[:, 0], axis=0)
-  return variables
+  return generator_init.random_variables(key, build(config), _init_leaf,
+                                         w_avg_samples=w_avg_samples)
+
+
+def _init_leaf(path: tuple[str, ...], shape: tuple[int, ...]
+               ) -> float | Callable[[np.ndarray], np.ndarray]:
+  """How a leaf starts (`generator_init.LeafInit`; see `init_variables`)."""
+  std = _init_std(path, shape)
+  if std:
+    return lambda draw: draw * np.float32(std)
+  if path[-1] == 'bias' and path[-2] == 'affine':
+    return 1.0
+  return 0.0  # biases, w_avg

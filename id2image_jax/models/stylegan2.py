@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
@@ -64,6 +65,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from id2image_jax.models import _variants
+from id2image_jax.models import generator_init
 
 # Shared-weight modulated conv is the default: measured on CPU
 # (benchmarks/README.md, "modulated conv forms") it is faster than the grouped
@@ -186,10 +190,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def get_config(variant: str, **overrides: Any) -> StyleGAN2Config:
   """Config of a named variant (see `VARIANTS`) with fields overridden."""
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown StyleGAN2 variant {variant!r}; known: '
-                     f'{sorted(VARIANTS)}')
-  return StyleGAN2Config(**{**VARIANTS[variant], **overrides})
+  fields = _variants.entry(VARIANTS, variant, model='StyleGAN2')
+  return StyleGAN2Config(**{**fields, **overrides})
 
 
 def as_config(config: StyleGAN2Config | Mapping[str, Any]) -> StyleGAN2Config:
@@ -776,11 +778,7 @@ def build(config: StyleGAN2Config | Mapping[str, Any], *,
 
 def abstract_variables(config: StyleGAN2Config | Mapping[str, Any]) -> dict:
   """Shapes/dtypes of the variables (``jax.ShapeDtypeStruct`` leaves)."""
-  config = as_config(config)
-  gen = build(config)
-  z = jnp.zeros((1, config.z_dim), jnp.float32)
-  return jax.eval_shape(lambda key: gen.init({'params': key}, z),
-                        jax.random.key(0))
+  return generator_init.abstract_variables(build(config))
 
 
 def init_variables(key: jax.Array,
@@ -790,12 +788,10 @@ def init_variables(key: jax.Array,
 
   The module initialisers' distributions: weights, const and noise
   constants N(0, 1) (mapping kernels N(0, 1/lr_multiplier^2)), biases 0,
-  affine biases 1, noise strengths 0. They are drawn here in one
-  ``jax.random.normal`` call over the abstract tree rather than by
-  ``Generator.init``, whose one threefry draw per parameter takes XLA ~15 s
-  to compile on CPU even for a 16 px model. Unlike a fresh torch model
-  (w_avg = 0), ``w_avg`` is the mean of `w_avg_samples` mapped random z, so
-  truncation behaves as with a trained checkpoint.
+  affine biases 1, noise strengths 0, drawn as
+  `id2image_jax.models.generator_init` says (fast to compile). Unlike a
+  fresh torch model (w_avg = 0), ``w_avg`` is the mean of `w_avg_samples`
+  mapped random z, so truncation behaves as with a trained checkpoint.
 
   Args:
     key: typed PRNG key.
@@ -806,32 +802,21 @@ def init_variables(key: jax.Array,
     ``{'params': ..., 'buffers': ...}`` of float32 arrays.
   """
   config = as_config(config)
-  normal_key, avg_key = jax.random.split(key)
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(
-      abstract_variables(config))
-  names = [tuple(k.key for k in path) for path, _ in leaves]
-  random = [n[-1] in ('kernel', 'weight', 'const', 'noise_const')
-            for n in names]
-  sizes = [int(np.prod(x.shape)) if r else 0
-           for (_, x), r in zip(leaves, random)]
-  draws = np.asarray(jax.random.normal(normal_key, (sum(sizes),),
-                                       jnp.float32))
-  offsets = np.cumsum([0] + sizes)
-  values = []
-  for (_, x), name, r, start in zip(leaves, names, random, offsets):
-    if r:
-      v = draws[start:start + x.size].reshape(x.shape)
-      if name[:2] == ('params', 'mapping'):
-        v = v / np.float32(config.lr_multiplier)
-    elif name[-1] == 'bias' and name[-2] == 'affine':
-      v = np.ones(x.shape, np.float32)
-    else:  # biases, noise strengths, w_avg
-      v = np.zeros(x.shape, np.float32)
-    values.append(jnp.asarray(v))
-  variables = jax.tree_util.tree_unflatten(treedef, values)
-  if w_avg_samples:
-    zs = jax.random.normal(avg_key, (w_avg_samples, config.z_dim))
-    ws = jax.jit(functools.partial(build(config).apply, method='mapping'))(
-        variables, zs)
-    variables['buffers']['mapping']['w_avg'] = jnp.mean(ws[:, 0], axis=0)
-  return variables
+  leaf_init = functools.partial(_init_leaf,
+                                lr_multiplier=config.lr_multiplier)
+  return generator_init.random_variables(key, build(config), leaf_init,
+                                         w_avg_samples=w_avg_samples)
+
+
+def _init_leaf(path: tuple[str, ...], shape: tuple[int, ...], *,
+               lr_multiplier: float
+               ) -> float | Callable[[np.ndarray], np.ndarray]:
+  """How a leaf starts (`generator_init.LeafInit`; see `init_variables`)."""
+  del shape  # every distribution is per element
+  if path[-1] in ('kernel', 'weight', 'const', 'noise_const'):
+    if path[:2] == ('params', 'mapping'):
+      return lambda draw: draw / np.float32(lr_multiplier)
+    return lambda draw: draw
+  if path[-1] == 'bias' and path[-2] == 'affine':
+    return 1.0
+  return 0.0  # biases, noise strengths, w_avg

@@ -57,8 +57,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
 from id2image_jax import preprocess
+from id2image_jax.models import _variants
+from id2image_jax.models import nn as tnn
 
 # Variant table: name -> (channels, number of 3x3 convs) per stage. VGG-Face
 # was only released as VGG-16 ("configuration D" of Simonyan & Zisserman).
@@ -106,21 +107,19 @@ def get_config(variant: str = DEFAULT_VARIANT,
     ``{'variant', 'stages', 'num_features', 'num_classes',
     'descriptor_layer'}``.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown VGG-Face variant {variant!r}; expected one of '
-                     f'{sorted(VARIANTS)}')
-  config = {'variant': variant,
-            'stages': [list(s) for s in VARIANTS[variant]],
-            'num_features': DESCRIPTOR_DIM, 'num_classes': 0,
-            'descriptor_layer': 'fc7'}
-  unknown = set(overrides) - set(config)
-  if unknown:
-    raise ValueError(f'unknown VGG-Face config field(s) {sorted(unknown)}')
-  config.update(overrides)
+  config = _variants.decode_variant(VARIANTS, variant, overrides,
+                                   model='VGG-Face', fields=_fields)
   if config['descriptor_layer'] not in DESCRIPTOR_LAYERS:
     raise ValueError(f'descriptor_layer must be one of {DESCRIPTOR_LAYERS}, '
                      f'got {config["descriptor_layer"]!r}')
   return config
+
+
+def _fields(stages: Sequence[Sequence[int]]) -> dict[str, Any]:
+  """The config fields of a `VARIANTS` entry (its stages)."""
+  return {'stages': [list(s) for s in stages],
+          'num_features': DESCRIPTOR_DIM, 'num_classes': 0,
+          'descriptor_layer': 'fc7'}
 
 
 class VGGFace(nn.Module):

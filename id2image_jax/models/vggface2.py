@@ -56,9 +56,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax import nn as tnn
 from id2image_jax import preprocess
+from id2image_jax.models import _variants
 from id2image_jax.models import dlib_resnet
+from id2image_jax.models import nn as tnn
 
 # Variants are data: blocks per layer and whether blocks carry SE units.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -106,16 +107,14 @@ def get_config(variant: str = DEFAULT_VARIANT, **overrides: Any
   Returns:
     ``{'variant', 'layers', 'se', 'num_classes'}``.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown VGGFace2 variant {variant!r}; expected one of '
-                     f'{sorted(VARIANTS)}')
-  config = {'variant': variant, 'layers': list(VARIANTS[variant]['layers']),
-            'se': VARIANTS[variant]['se'], 'num_classes': 0}
-  unknown = set(overrides) - set(config)
-  if unknown:
-    raise ValueError(f'unknown VGGFace2 config field(s) {sorted(unknown)}')
-  config.update(overrides)
-  return config
+  return _variants.decode_variant(VARIANTS, variant, overrides,
+                                 model='VGGFace2', fields=_fields)
+
+
+def _fields(entry: Mapping[str, Any]) -> dict[str, Any]:
+  """The config fields of a `VARIANTS` entry."""
+  return {'layers': list(entry['layers']), 'se': entry['se'],
+          'num_classes': 0}
 
 
 def _on_images(fn, x: jax.Array) -> jax.Array:

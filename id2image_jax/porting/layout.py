@@ -1,4 +1,4 @@
-"""Small, named layout conversions from PyTorch/Caffe tensors to Flax.
+"""Small, named layout conversions from PyTorch/Caffe/TF tensors to Flax.
 
 Each takes and returns numpy arrays; rule tables refer to them by name so a
 reader sees what happens to every checkpoint key.
@@ -27,6 +27,17 @@ def linear_to_dense(w: np.ndarray) -> np.ndarray:
   if w.ndim != 2:
     raise ValueError(f'linear weight must be 2-D [out, in], got {w.shape}')
   return w.T
+
+
+def depthwise_to_grouped(w: np.ndarray) -> np.ndarray:
+  """TF depthwise filter [kh, kw, C, 1] -> Flax grouped kernel [kh, kw, 1, C].
+
+  With multiplier 1 the element order is unchanged: a reshape.
+  """
+  if w.ndim != 4 or w.shape[3] != 1:
+    raise ValueError(f'depthwise filter must be [kh, kw, C, 1], got '
+                     f'{w.shape}')
+  return w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
 
 
 def reshape(*shape: int) -> Callable[[np.ndarray], np.ndarray]:

