@@ -40,19 +40,22 @@ term is unavailable, whatever the targets.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from id2image_jax import errors
 from id2image_jax import losses
 from id2image_jax import protocols
 from id2image_jax.data import celeba
+from id2image_jax.data import images as images_lib
 from id2image_jax.data import targets as targets_lib
 from id2image_jax.preprocess import uint8_to_unit_range
 
 AUX_MODES = ('auto', 'heads', 'measured')
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -69,6 +72,8 @@ class EvalTargets:
       annotations (then type-II scores exist).
     pool_descriptors: [M, D] descriptors of the pool under the attacked
       encoder (when there are no images: the target descriptors).
+    unreadable: image -> why, for images of a CelebA-layout folder that
+      could not be read and were left out (`images.read_rgb`).
   """
   targets: targets_lib.Targets
   pool_images: np.ndarray | None
@@ -76,6 +81,7 @@ class EvalTargets:
   pool_descriptors: np.ndarray
   pool_identity: np.ndarray | None = None
   knows_identities: bool = False
+  unreadable: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.pool_identity is None:
@@ -107,12 +113,24 @@ def _rows(targets: targets_lib.Targets, n: int) -> targets_lib.Targets:
       skipped={r: w for r, w in targets.skipped.items() if r < n})
 
 
-def _read_aligned(folder: str, keys: np.ndarray) -> np.ndarray:
-  images = []
-  for k in keys:
-    with Image.open(os.path.join(folder, celeba.IMAGES_DIR, k)) as im:
-      images.append(np.asarray(im.convert('RGB')))
-  return np.asarray(uint8_to_unit_range(np.stack(images)))
+def _celeba_order(config: Any, people: np.ndarray) -> tuple[np.ndarray, int]:
+  """(rows of the targets' first images, their other images, impostor
+  images; the number of targets), as `celeba_layout` says."""
+  ids, counts = np.unique(people, return_counts=True)
+  chosen = np.random.default_rng(config.seed).permutation(ids[counts >= 2])
+  if config.num_targets > 0:
+    chosen = chosen[:config.num_targets]
+  if not len(chosen):
+    raise errors.BadInputError(
+        f'{config.targets} ({config.split}) has no person with two or more '
+        'readable images')
+  rows = [np.flatnonzero(people == p) for p in chosen]
+  firsts = [r[0] for r in rows]
+  others = [i for r in rows for i in r[1:]]
+  rest = np.flatnonzero(~np.isin(people, chosen))
+  extra = np.random.default_rng(config.seed + 1).permutation(rest)[
+      :config.num_impostor_images]
+  return np.concatenate([firsts, others, extra]).astype(int), len(firsts)
 
 
 def celeba_layout(config: Any, encoder: protocols.Encoder) -> EvalTargets:
@@ -129,30 +147,35 @@ def celeba_layout(config: Any, encoder: protocols.Encoder) -> EvalTargets:
   """
   ann = celeba.read_annotations(config.targets, config.split)
   keys, people = ann['key'], ann['identity']
-  ids, counts = np.unique(people, return_counts=True)
-  chosen = np.random.default_rng(config.seed).permutation(ids[counts >= 2])
-  if config.num_targets > 0:
-    chosen = chosen[:config.num_targets]
-  if not len(chosen):
-    raise ValueError(f'{config.targets} ({config.split}) has no person with '
-                     'two or more images')
-  rows = [np.flatnonzero(people == p) for p in chosen]
-  firsts = [r[0] for r in rows]
-  others = [i for r in rows for i in r[1:]]
-  rest = np.flatnonzero(~np.isin(people, chosen))
-  extra = np.random.default_rng(config.seed + 1).permutation(rest)[
-      :config.num_impostor_images]
-  order = np.concatenate([firsts, others, extra]).astype(int)
-  images = _read_aligned(config.targets, keys[order])
+  read, unreadable = {}, {}
+  while True:
+    # An unreadable image leaves the split and the choice is made again
+    # (the same choice when every image reads).
+    order, n = _celeba_order(config, people)
+    for k in keys[order]:
+      if k not in read and k not in unreadable:
+        try:
+          read[k] = images_lib.read_rgb(
+              os.path.join(config.targets, celeba.IMAGES_DIR, k))
+        except images_lib.UnreadableImageError as e:
+          unreadable[k] = e.why
+    if not any(k in unreadable for k in keys[order]):
+      break
+    keep = ~np.isin(keys, list(unreadable))
+    keys, people = keys[keep], people[keep]
+  for k, why in unreadable.items():
+    _log.warning('skipped %s: unreadable image: %s', k, why)
+  images = np.asarray(uint8_to_unit_range(np.stack(
+      [read[k] for k in keys[order]])))
   descriptors = encoder.embed(images)
-  n = len(firsts)
   targets = targets_lib.Targets(
       descriptors=descriptors[:n], names=[str(k) for k in keys[order[:n]]],
       sources=images[:n])
   return EvalTargets(targets=targets, pool_images=images,
                      pool_labels=np.arange(len(order)),
                      pool_descriptors=descriptors,
-                     pool_identity=people[order], knows_identities=True)
+                     pool_identity=people[order], knows_identities=True,
+                     unreadable=unreadable)
 
 
 def load(config: Any, generator: protocols.Generator,

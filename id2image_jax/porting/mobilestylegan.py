@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from id2image_jax import errors
 from id2image_jax import package_files
 from id2image_jax.models import mobilestylegan as msg
 from id2image_jax.porting import layout
@@ -899,7 +900,7 @@ def ir_pair(path: str | os.PathLike) -> tuple[str, str]:
   pair = tuple(os.path.join(folder, name) for name in IR_FILES)
   missing = [p for p in pair if not os.path.isfile(p)]
   if missing:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f'MobileStyleGAN IR not found: {", ".join(missing)} (the pair '
         f'{IR_FILES} and their .bin files, as in the random-face wheel)')
   return pair

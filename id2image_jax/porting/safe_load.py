@@ -32,6 +32,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from id2image_jax import errors
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
@@ -51,7 +53,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.BadInputError):
   """A checkpoint file is missing, corrupt or not of a supported layout."""
 
 
@@ -393,7 +395,7 @@ def load(path: str | os.PathLike) -> Any:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'checkpoint file not found: {path}')
+    raise errors.MissingInputError(f'checkpoint file not found: {path}')
   try:
     with open(path, 'rb') as f:
       return _load_stream(f)
