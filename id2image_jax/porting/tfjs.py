@@ -155,7 +155,7 @@ def decode_weight(spec: Mapping[str, Any], data: bytes) -> np.ndarray:
 def _check_shard_paths(paths: Any, what: str) -> None:
   """Shard paths are file names relative to the manifest: a path that
   leaves its folder (absolute, '..') would read any file."""
-  if not isinstance(paths, list) or not all(
+  if not isinstance(paths, (list, tuple)) or not all(
       isinstance(p, str) and p for p in paths):
     raise TfjsError(f'{what}: "paths" is not a list of file names: '
                     f'{str(paths)[:200]}')
@@ -191,7 +191,7 @@ def decode_groups(groups: Sequence[Mapping[str, Any]],
         'weights' not in group):
       raise TfjsError(f'{what}: group {g} lacks "paths" or "weights"')
     _check_shard_paths(group['paths'], f'{what}: group {g}')
-    if not isinstance(group['weights'], list):
+    if not isinstance(group['weights'], (list, tuple)):
       raise TfjsError(f'{what}: group {g}: "weights" is not a list')
     chunks = []
     for rel in group['paths']:
@@ -438,7 +438,7 @@ def _parse_node(raw: Any, path: str) -> Node:
       name and op):
     raise TfjsError(f'{path}: a node lacks name or op: {str(raw)[:200]}')
   inputs = raw.get('input', [])
-  if not isinstance(inputs, list) or not all(
+  if not isinstance(inputs, (list, tuple)) or not all(
       isinstance(i, str) for i in inputs):
     raise TfjsError(f'{path}: node {name!r}: input is not a list of names')
   attrs = {k: _attr_value(v) for k, v in raw.get('attr', {}).items()}
