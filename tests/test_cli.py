@@ -96,6 +96,7 @@ def test_main_raises_for_callers_in_python(tmp_path):
 
 
 @pytest.mark.parametrize('argv,pattern', [
+    (['bogus'], r"invalid choice: 'bogus'"),  # argparse's own line
     (['invert', '--set', 'steps=abc'], r"steps='abc': expected an integer"),
     (['invert', '--set', 'no_such_field=1'],
      r"config has no field 'no_such_field' \(fields: .*steps"),
