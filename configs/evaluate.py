@@ -41,6 +41,8 @@ import os
 
 import ml_collections
 
+from id2image_jax import errors
+
 
 def _invert_config(variant: str) -> ml_collections.ConfigDict:
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -55,8 +57,8 @@ def _invert_config(variant: str) -> ml_collections.ConfigDict:
 def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   """Returns the config of `variant`: 'default', 'celeba' or 'paper'."""
   if variant not in ('default', 'celeba', 'paper'):
-    raise ValueError(f"unknown variant {variant!r}: 'default', 'celeba' or "
-                     "'paper'")
+    raise errors.UsageError(f"unknown variant {variant!r}: 'default', "
+                            "'celeba' or 'paper'")
   c = _invert_config('paper' if variant == 'paper' else 'default')
   with c.unlocked():
     # Identity is scored under this encoder too ('' = the attacked one,

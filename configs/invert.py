@@ -21,6 +21,8 @@ initialised from the ID->latent regressor, landmark + histogram terms)::
 
 import ml_collections
 
+from id2image_jax import errors
+
 
 def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   """Returns the config of `variant`: 'default' or 'paper'."""
@@ -106,5 +108,6 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
     c.remat = 'dots'
     c.workdir = 'runs/invert_paper'
   elif variant != 'default':
-    raise ValueError(f"unknown variant {variant!r}: 'default' or 'paper'")
+    raise errors.UsageError(
+        f"unknown variant {variant!r}: 'default' or 'paper'")
   return c.lock()

@@ -23,12 +23,14 @@ learning rate of 1e-6 is the paper's value, tiny for 20 epochs; raise it with
 import ml_collections
 from ml_collections import config_dict
 
+from id2image_jax import errors
+
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """``arg``: '' for the paper's settings, 'quick' for a smoke run,
   'celeba' for Table 1 on an aligned CelebA-layout folder on a CPU."""
   if arg not in ('', 'quick', 'celeba'):
-    raise ValueError(f"unknown variant {arg!r}: '', 'quick' or 'celeba'")
+    raise errors.UsageError(f"unknown variant {arg!r}: '', 'quick' or 'celeba'")
   quick = arg == 'quick'
   config = ml_collections.ConfigDict()
   config.workdir = 'runs/leakage'

@@ -16,6 +16,8 @@ initialise the inversion::
 
 import ml_collections
 
+from id2image_jax import errors
+
 
 def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   """Returns the config of `variant`: 'default', 'mobilestylegan', 'paper'."""
@@ -65,6 +67,6 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
     c.eval_pairs = 1024
     c.log_every = 500
   elif variant != 'default':
-    raise ValueError(f"unknown variant {variant!r}: 'default', "
-                     "'mobilestylegan' or 'paper'")
+    raise errors.UsageError(f"unknown variant {variant!r}: 'default', "
+                            "'mobilestylegan' or 'paper'")
   return c.lock()

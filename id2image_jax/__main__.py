@@ -2,6 +2,6 @@
 
 import sys
 
-from id2image_jax.cli import main
+from id2image_jax.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -21,12 +21,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from id2image_jax import errors
+
 META_FILE = 'meta.json'
 _VARIABLES = 'variables'
 FORMAT_VERSION = 1
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.BadInputError):
   """A saved checkpoint does not match the model asked for."""
 
 
@@ -72,7 +74,7 @@ def read_meta(directory: str | os.PathLike) -> dict:
   directory = os.path.abspath(os.fspath(directory))
   path = os.path.join(directory, META_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f'no converted checkpoint at {directory} (missing {META_FILE}); convert '
         'the original weights first (see README: "Using real checkpoints")')
   with open(path) as f:

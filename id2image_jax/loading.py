@@ -35,8 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax import checkpoints
+from id2image_jax import errors
 from id2image_jax import preprocess
 from id2image_jax import protocols
+from id2image_jax.data import arrays
 from id2image_jax.models import dlib_resnet
 from id2image_jax.models import faceapi
 from id2image_jax.models import faceres
@@ -358,7 +360,7 @@ def _split(spec: str, role: str) -> tuple[Kind | None, str]:
   if sep:
     return kind, tail
   if kind.default_file is None:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f'no default weights for the {name!r} {role} can be shipped: pass '
         f'its checkpoint file ({kind.files}), e.g. --{role} '
         f'{name}:/path/to/file (see README, "Using real checkpoints")')
@@ -371,10 +373,20 @@ def _detect(parsed: Any, path: str, role: str, parser) -> Kind:
   if len(found) != 1:
     why = ('matches several kinds: ' + ', '.join(k.name for k in found)
            if found else 'is not a file of any known kind')
-    raise ValueError(
+    raise errors.BadInputError(
         f'cannot tell which {role} {path} holds: it {why}; name the kind '
         f'explicitly as KIND:PATH with KIND one of {_kinds(role)}')
   return found[0]
+
+
+def _unknown_kind(spec: str) -> str | None:
+  """The kind that a spec which names no file asks for: 'foo' in 'foo' or
+  'foo:file', when it looks like a name rather than a path."""
+  head, sep, _ = spec.partition(':')
+  name = head if sep else spec
+  if not name or os.sep in name or '.' in name:
+    return None
+  return name
 
 
 def _by_marker(path: str, role: str) -> Kind | None:
@@ -390,9 +402,11 @@ def read(spec: str, role: str) -> Loaded:
   """Reads the config and variables that `spec` names (module docstring).
 
   Raises:
-    FileNotFoundError: nothing there; the message says what to put where.
-    ValueError / CheckpointError / PortingError: unknown or mismatched
-      file; the message names the offending key.
+    errors.MissingInputError: nothing there; the message says what to put
+      where.
+    errors.UsageError: `spec` names neither a kind of `role` nor a file.
+    errors.BadInputError (CheckpointError, PortingError, ...): unknown or
+      mismatched file; the message names the offending key.
   """
   kind, path = _split(spec, role)
   source = path
@@ -400,15 +414,20 @@ def read(spec: str, role: str) -> Loaded:
     path = os.fspath(kind.default_file())
     source = kind.default_source or f'{kind.files}: the default weights'
   if not os.path.exists(path):
+    unknown = None if kind else _unknown_kind(spec)
+    if unknown:
+      raise errors.UsageError(
+          f'{unknown!r} is not a known {role} kind (kinds: '
+          f'{", ".join(_kinds(role))}) and no file {spec!r} exists')
     want = kind.files if kind else ' or '.join(
         KINDS[k].files for k in _kinds(role))
-    raise FileNotFoundError(f'{role} checkpoint not found: {path} (pass '
-                            f'{want})')
+    raise errors.MissingInputError(f'{role} checkpoint not found: {path} '
+                                   f'(pass {want})')
   if os.path.isfile(os.path.join(path, checkpoints.META_FILE)):
     return _read_converted(path, kind, role)
   kind = kind or _by_marker(path, role)
   if kind is None and os.path.isdir(path):
-    raise FileNotFoundError(
+    raise errors.BadInputError(
         f'{path} is a directory but not a converted checkpoint (no '
         f'{checkpoints.META_FILE}); pass a {role} file or KIND:PATH with '
         f'KIND one of {_kinds(role)}')
@@ -528,6 +547,10 @@ def load_generator(spec: str = DEMO_GENERATOR, *, seed: int = 0,
   head, _, variant = spec.partition(':')
   if head == DEMO_GENERATOR:
     kind = KINDS['stylegan2']
+    if variant and variant not in stylegan2.VARIANTS:
+      raise errors.UsageError(
+          f'unknown demo generator variant {variant!r} (variants: '
+          f'{", ".join(sorted(stylegan2.VARIANTS))})')
     config = stylegan2.get_config(variant or DEMO_VARIANT)
     variables = stylegan2.init_variables(jax.random.key(seed), config)
     loaded = Loaded(kind, config, variables, DEMO_DESCRIPTION.format(
@@ -588,11 +611,17 @@ def save_head_npz(path: str | os.PathLike, params: Any,
 
 
 def _load_head_npz(path: str) -> tuple[dict, Any]:
-  with np.load(path, allow_pickle=False) as f:
+  f = arrays.load_arrays(path)
+  try:
     meta = json.loads(str(f['__meta__']))
-    flat = {k[len('params/'):]: f[k] for k in f.files
-            if k.startswith('params/')}
-  return meta['config'], flax.traverse_util.unflatten_dict(flat, sep='/')
+    config = dict(meta['config'])
+  except (TypeError, KeyError, IndexError, ValueError):
+    raise errors.BadInputError(
+        f'{path}: not a head of save_head_npz (no JSON "__meta__" with a '
+        'config)') from None
+  flat = {k[len('params/'):]: v for k, v in f.items()
+          if k.startswith('params/')}
+  return config, flax.traverse_util.unflatten_dict(flat, sep='/')
 
 
 def load_head(directory: str | os.PathLike, *, what: str = 'head'
@@ -619,7 +648,7 @@ def load_head(directory: str | os.PathLike, *, what: str = 'head'
     checkpoints.check_same_tree(params, want, os.fspath(directory))
     return model, jax.tree.map(jnp.asarray, params), config
   if not os.path.isdir(directory):
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f'{what} head not found at {directory}: train it with `id2image '
         'leakage` (it saves heads under <workdir>/heads/)')
   config = checkpoints.read_meta(directory)['config']

@@ -64,7 +64,8 @@ def test_align_folder_keeps_the_layout_and_maps_the_landmarks(tmp_path,
                              for n in ('000001.jpg', '000002.jpg')))):
     (src / name).write_text(text)
   counts = align.align_folder(str(src), str(dst), size=128, progress=False)
-  assert counts == {'aligned': 1, 'skipped': 1, 'reused': 0}
+  assert counts == {'aligned': 1, 'skipped': 1, 'unreadable': 0,
+                    'reused': 0}
   assert (dst / celeba.IDENTITY_FILE).exists()
   assert '000002.jpg no face' in (dst / align.SKIPPED_FILE).read_text()
   # The stored points are where the predictor finds them in the aligned
@@ -81,7 +82,7 @@ def test_align_folder_keeps_the_layout_and_maps_the_landmarks(tmp_path,
             if k == 'landmarks68' and len(v)}
   np.testing.assert_allclose(labels['landmarks68'][0], stored, atol=1e-5)
   again = align.align_folder(str(src), str(dst), size=128, progress=False)
-  assert again == {'aligned': 0, 'skipped': 0, 'reused': 2}
+  assert again == {'aligned': 0, 'skipped': 0, 'unreadable': 0, 'reused': 2}
 
 
 def test_cli_align(tmp_path):
@@ -118,7 +119,8 @@ def test_budgeted_choice_aligns_only_chosen_people_with_two_photos_first(
   counts = align.align_folder(str(src), str(tmp_path / 'dst'),
                               names=chosen[:3], progress=False)
   # Grey squares hold no face: all three tried and skipped, no others.
-  assert counts == {'aligned': 0, 'skipped': 3, 'reused': 0}
+  assert counts == {'aligned': 0, 'skipped': 3, 'unreadable': 0,
+                    'reused': 0}
   skipped = (tmp_path / 'dst' / align.SKIPPED_FILE).read_text().split('\n')
   assert sorted(s.split()[0] for s in skipped if s) == sorted(chosen[:3])
 

@@ -25,6 +25,7 @@ _POSITIONAL_DEFAULTS = {
     ('load_generator', 'spec'),  # loading.load_generator('demo')
     ('load_landmark_net', 'spec'),
     ('main', 'argv'),            # cli.main(argv)
+    ('entry', 'argv'),           # cli.entry(argv): the program
     ('default_manual_dir', 'data_dir'),
     ('read_layers', 'path'),     # dlib: the file, default the shipped one
     ('read_layers', 'config'),

@@ -7,7 +7,7 @@
   loading             the table of kinds
   porting, checkpoints, package_files, reports      files in / files out
   library             models, losses, metrics, preprocess, inversion, data,
-                      analysis, evaluation, protocols, batching
+                      analysis, evaluation, protocols, batching, errors
 
 Every module of the package must be on a floor (a new module has to be
 placed), and every import statement, including imports inside functions,
@@ -33,6 +33,7 @@ FLOORS = {
     'models': 0, 'losses': 0, 'metrics': 0, 'preprocess': 0,
     'inversion': 0, 'data': 0, 'analysis': 0, 'evaluation': 0,
     'protocols': 0, 'batching': 0, 'configs': 0,
+    'errors': 0,  # the user-error classes: everyone may raise them
 }
 
 

@@ -17,11 +17,17 @@ import pytest
 from PIL import Image
 
 from id2image_jax import cli
+from id2image_jax import errors
 from id2image_jax.data import align
 from id2image_jax.data import celeba
 from id2image_jax.reports import audit as report
 
 PEOPLE, PER_PERSON, SIZE = 6, 3, 32
+# Any attribute name must work: one has a '/', which the report's
+# '/'-joined key paths once split (KeyError after all the work).
+SLASHED = 'Bags/Under_Eyes'
+ATTRIBUTE_NAMES = [SLASHED if n == 'Bags_Under_Eyes' else n
+                   for n in celeba.ATTRIBUTE_NAMES]
 TINY = ['--set', 'images=18', '--set', 'targets=2', '--set', 'steps=2',
         '--set', 'epochs=1', '--set', 'nes_population=2', '--set',
         'nes_steps=2', '--set', 'nes_targets=2', '--set', 'progress=False',
@@ -55,7 +61,7 @@ def _aligned_folder(root):
       f'{n} {i // PER_PERSON + 1}\n' for i, n in enumerate(names)))
   attrs = rng.choice([-1, 1], (len(names), 40))
   (root / celeba.ATTRIBUTE_FILE).write_text(
-      f'{len(names)}\n' + ' '.join(celeba.ATTRIBUTE_NAMES) + '\n' + ''.join(
+      f'{len(names)}\n' + ' '.join(ATTRIBUTE_NAMES) + '\n' + ''.join(
           n + ' ' + ' '.join(str(v) for v in a) + '\n'
           for n, a in zip(names, attrs)))
   return root
@@ -81,6 +87,41 @@ def test_every_section_and_picture(audited):
   for uri in uris:
     Image.open(io.BytesIO(base64.b64decode(uri))).verify()
   assert 'src="http' not in page and "src='http" not in page  # offline
+
+
+def test_an_attribute_name_with_a_slash_is_reported(audited):
+  _, out = audited
+  with open(out / 'audit.json') as f:
+    leakage = json.load(f)['leakage']
+  assert SLASHED in leakage['attributes']
+  page = (out / 'audit.html').read_text()
+  key = report.key_path('attributes', SLASHED, 'accuracy')
+  assert f'data-key="{key}"' in page
+  assert report._get(leakage, key) == (  # pylint: disable=protected-access
+      leakage['attributes'][SLASHED]['accuracy'])
+
+
+def test_run_facts_are_readable_rows_and_lists(audited):
+  _, out = audited
+  page = (out / 'audit.html').read_text()
+  facts = page[page.index('<section id="facts">'):]
+  facts = facts[:facts.index('</section>')]
+  assert '{&quot;' not in facts and '{"' not in facts  # no raw JSON
+  assert '<li><b>kind</b>: dlib</li>' in facts
+  assert '<li><b>independent</b>: True</li>' in facts
+  assert re.search(r'<li><b>jax</b>: [\d.]+</li>', facts)  # nested dict
+  assert '<td>reused parts</td><td>none</td>' in facts  # an empty list
+
+
+def test_long_lists_of_facts_fold_away():
+  fact = report._fact  # pylint: disable=protected-access
+  skipped = {f'{i:03d}.jpg': 'no face detected' for i in range(30)}
+  assert fact(skipped).startswith('<details><summary>30</summary><ul>')
+  assert fact(skipped).count('<li>') == 30
+  assert '<li><b>007.jpg</b>: no face detected</li>' in fact(skipped)
+  assert fact(['a', 'b']) == '<ul><li>a</li><li>b</li></ul>'
+  assert fact('<i>x</i>') == '&lt;i&gt;x&lt;/i&gt;'
+  assert fact(None) == 'n/a' and fact(12.345) == '12.3'
 
 
 def test_rate_notes_are_on_the_page(audited):
@@ -200,7 +241,8 @@ def test_bad_input_is_clear_and_writes_nothing(tmp_path):
     cli.main(['audit', '--data', str(empty), '--out', str(tmp_path / 'a'),
               *TINY])
   assert not (tmp_path / 'a' / 'audit.html').exists()
-  with pytest.raises(FileNotFoundError, match='not a converted checkpoint'):
+  with pytest.raises(errors.BadInputError,
+                     match='not a converted checkpoint'):
     cli.main(['audit', '--encoder', str(empty), '--data', str(empty),
               '--out', str(tmp_path / 'b'), *TINY])
   with pytest.raises(FileNotFoundError, match='no such folder'):

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from id2image_jax import cli
+from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax.data import targets as job
 
@@ -138,7 +139,8 @@ def test_npz_without_descriptor_array_lists_its_arrays(tmp_path):
 def test_corrupt_descriptor_file(tmp_path):
   path = tmp_path / 'd.npy'
   path.write_bytes(b'\x93NUMPY garbage')
-  with pytest.raises(ValueError, match='cannot read descriptors'):
+  with pytest.raises(errors.BadInputError,
+                     match=r'd\.npy: not a valid \.npy/\.npz file'):
     job.read_descriptor_file(str(path), dim=128)
 
 
@@ -188,9 +190,9 @@ def test_unrecognised_encoder_file_asks_for_a_kind(tmp_path):
 
 
 def test_cli_rejects_unknown_fields_and_bad_overrides(tmp_path):
-  with pytest.raises(KeyError, match='no_such_field'):
+  with pytest.raises(errors.UsageError, match='no_such_field'):
     cli.main(['invert', '--set', 'no_such_field=1'])
-  with pytest.raises(SystemExit):
+  with pytest.raises(errors.UsageError, match='KEY=VALUE'):
     cli.main(['invert', '--set', 'steps'])
   with pytest.raises(FileNotFoundError, match='missing.py'):
     cli.main(['invert', '--config', str(tmp_path / 'missing.py')])
@@ -204,7 +206,7 @@ def test_cli_overrides_are_typed():
   assert config.steps == 7 and config.learning_rate == 1.0
   assert isinstance(config.learning_rate, float)
   assert config.weights.histogram == 0.5
-  with pytest.raises(TypeError):
+  with pytest.raises(errors.UsageError, match='steps.*an integer'):
     cli.apply_override(config, 'steps', cli._parse_value('many'))
   # Tuple fields take plain comma-separated words.
   cli.apply_override(config, 'snapshot_steps', cli._parse_value('(0, 5)'))

@@ -20,8 +20,10 @@ import numpy as np
 import tqdm
 from PIL import Image
 
+from id2image_jax import errors
 from id2image_jax.data import celeba
 from id2image_jax.data import dlib_landmarks
+from id2image_jax.data import images
 
 
 def ffhq_quad(lm68: np.ndarray) -> np.ndarray:
@@ -131,12 +133,14 @@ def align_folder(src: str, dst: str, *, size: int = 256,
   files are copied along) is cut the FFHQ way
   into ``dst`` (same relative name, PNG), its 68 dlib landmarks mapped into
   the square and listed in `LANDMARK_FILE`; photos without a detectable
-  face are left out and named in `SKIPPED_FILE`. Images already in `dst`
+  face and unreadable images (`images.read_rgb`) are left out and named,
+  with why, in `SKIPPED_FILE`. Images already in `dst`
   are not redone (a rerun resumes). `names` (relative paths as
   `image_names` gives them) limits the work to those images.
 
   Returns:
-    ``{'aligned', 'skipped', 'reused'}`` counts.
+    ``{'aligned', 'skipped', 'unreadable', 'reused'}`` counts (the
+    unreadable images are among the skipped).
   """
   images_in = os.path.join(src, celeba.IMAGES_DIR)
   layout = os.path.isdir(images_in)
@@ -151,7 +155,7 @@ def align_folder(src: str, dst: str, *, size: int = 256,
         shutil.copy(os.path.join(src, name), os.path.join(dst, name))
   names = image_names(images_in) if names is None else list(names)
   if not names:
-    raise ValueError(f'{images_in} holds no images')
+    raise errors.BadInputError(f'{images_in} holds no images')
   lm_path = os.path.join(dst, LANDMARK_FILE)
   done = {}
   if os.path.isfile(lm_path):
@@ -162,18 +166,24 @@ def align_folder(src: str, dst: str, *, size: int = 256,
     with open(skipped_path) as f:
       done.update({line.split()[0]: line for line in f if line.strip()})
   aligner = FaceAligner(upsample=upsample)
-  skipped, counts = [], {'aligned': 0, 'skipped': 0, 'reused': 0}
+  skipped, counts = [], {'aligned': 0, 'skipped': 0, 'unreadable': 0,
+                         'reused': 0}
   with open(lm_path, 'a') as lm_file:
     for name in tqdm.tqdm(names, disable=not progress, desc='align',
                           unit='img'):
       if name in done:
         counts['reused'] += 1
         continue
-      with Image.open(os.path.join(images_in, name)) as im:
-        rgb = np.asarray(im.convert('RGB'))
+      try:
+        rgb = images.read_rgb(os.path.join(images_in, name))
+      except images.UnreadableImageError as e:
+        skipped.append((name, 'unreadable image: ' + ' '.join(e.why.split())))
+        counts['skipped'] += 1
+        counts['unreadable'] += 1
+        continue
       lm = aligner.landmarks(rgb)
       if lm is None:
-        skipped.append(name)
+        skipped.append((name, 'no face detected'))
         counts['skipped'] += 1
         continue
       quad = ffhq_quad(lm)
@@ -189,5 +199,5 @@ def align_folder(src: str, dst: str, *, size: int = 256,
                                           points.reshape(-1)) + '\n')
       counts['aligned'] += 1
   with open(skipped_path, 'a') as f:
-    f.writelines(f'{n} no face detected\n' for n in skipped)
+    f.writelines(f'{n} {why}\n' for n, why in skipped)
   return counts

@@ -36,7 +36,9 @@ import jax
 import numpy as np
 import tqdm
 
+from id2image_jax import errors
 from id2image_jax import losses
+from id2image_jax.data import arrays as arrays_lib
 from id2image_jax.data import pipeline
 
 EmbedFn = Callable[[jax.Array], jax.Array]
@@ -240,16 +242,23 @@ def load_descriptors(paths: str | Sequence[str]) -> dict[str, Any]:
     paths = [paths]
   loaded, meta = [], None
   for path in paths:
-    with np.load(path) as z:
-      arrays = {k: z[k] for k in z.files}
-    info = json.loads(str(arrays.pop('meta')))
+    arrays = arrays_lib.load_arrays(path)
+    if not isinstance(arrays, dict) or 'meta' not in arrays:
+      raise errors.BadInputError(
+          f'{path} is not a descriptor file of `id2image embed` (no "meta" '
+          'array)')
+    try:
+      info = json.loads(str(arrays.pop('meta')))
+    except ValueError:
+      raise errors.BadInputError(f'{path}: its "meta" array is not JSON'
+                                 ) from None
     meta = meta or info
     loaded.append(arrays)
   names = set(loaded[0])
   for path, arrays in zip(paths, loaded):
     if set(arrays) != names:
-      raise ValueError(f'{path} has arrays {sorted(arrays)}, expected '
-                       f'{sorted(names)}')
+      raise errors.BadInputError(f'{path} has arrays {sorted(arrays)}, '
+                                 f'expected {sorted(names)}')
   out = _concat(loaded)
   out['meta'] = dict(meta, files=[os.fspath(p) for p in paths])
   return out

@@ -12,10 +12,11 @@ import dataclasses
 import os
 
 import numpy as np
-from PIL import Image
 
+from id2image_jax import errors
 from id2image_jax.data import align
 from id2image_jax.data import celeba
+from id2image_jax.data import images as images_lib
 from id2image_jax.preprocess import uint8_to_unit_range
 
 
@@ -102,13 +103,18 @@ def read_aligned(folder: str, *, max_images: int = 0, seed: int = 0
     max_images: keep at most this many (0: all), chosen by `select`.
     seed: of the selection.
 
+  Unreadable images (`images.read_rgb`) are left out and named in
+  ``skipped``.
+
   Raises:
-    FileNotFoundError: not an aligned folder (no landmark file).
+    errors.MissingInputError: not an aligned folder (no landmark file).
+    errors.BadInputError: none of the chosen images is readable.
   """
   lm_path = os.path.join(folder, align.LANDMARK_FILE)
   if not os.path.isfile(lm_path):
-    raise FileNotFoundError(f'{folder} is not an aligned folder (no '
-                            f'{align.LANDMARK_FILE}): run `id2image align`')
+    raise errors.MissingInputError(
+        f'{folder} is not an aligned folder (no {align.LANDMARK_FILE}): run '
+        '`id2image align`')
   points = _read_table(lm_path)
   skipped = {}
   skipped_path = os.path.join(folder, align.SKIPPED_FILE)
@@ -127,11 +133,18 @@ def read_aligned(folder: str, *, max_images: int = 0, seed: int = 0
     attributes = {n: values[:, i] for i, n in enumerate(names)}
   chosen = (select(len(keys), identity, max_images, seed=seed) if max_images
             else np.arange(len(keys)))
+  images, readable = [], []
+  for i in chosen:
+    try:
+      images.append(images_lib.read_rgb(os.path.join(images_dir, keys[i])))
+      readable.append(i)
+    except images_lib.UnreadableImageError as e:
+      skipped[keys[i]] = f'unreadable image: {e.why}'
+  if not images:
+    raise errors.BadInputError(f'{folder}: none of its {len(chosen)} '
+                               'chosen images is readable')
+  chosen = np.asarray(readable, int)
   keys = [keys[i] for i in chosen]
-  images = []
-  for k in keys:
-    with Image.open(os.path.join(images_dir, k)) as im:
-      images.append(np.asarray(im.convert('RGB')))
   return Faces(
       keys=keys,
       images=np.asarray(uint8_to_unit_range(np.stack(images))),

@@ -26,13 +26,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from id2image_jax import errors
+
 # Keys every example dict carries besides its labels.
 IMAGE = 'image'
 KEY = 'key'
 VALID = 'valid'
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(errors.MissingInputError):
   """A dataset is not on disk; the message says which files go where."""
 
 

@@ -31,8 +31,11 @@ import numpy as np
 import tqdm
 from PIL import Image
 
+from id2image_jax import errors
 from id2image_jax import protocols
 from id2image_jax.data import align as align_lib
+from id2image_jax.data import arrays
+from id2image_jax.data import images as images_lib
 from id2image_jax.preprocess import uint8_to_unit_range
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
@@ -78,41 +81,52 @@ def self_check_targets(generator: protocols.Generator,
 
 
 def read_descriptor_file(path: str, *, dim: int) -> Targets:
-  """Reads a .npy / .npz of descriptors; checks their size against `dim`."""
-  try:
-    data = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'cannot read descriptors from {path}: {e}') from None
+  """Reads a .npy / .npz of descriptors; checks their size against `dim`.
+
+  Raises:
+    errors.BadInputError: not a valid .npy/.npz (`arrays.load_arrays`), or
+      not descriptors of this encoder; the message names the file.
+  """
+  data = arrays.load_arrays(path)
   extras = {}
-  if isinstance(data, np.lib.npyio.NpzFile):
-    with data:
-      key = next((k for k in ('descriptor', 'descriptors') if k in data),
-                 None)
-      if key is None:
-        raise ValueError(f'{path} has no "descriptor" array (has: '
-                         f'{sorted(data.files)})')
-      descriptors = data[key]
-      extras = {k: data[k] for k in ('names', 'landmarks', 'histogram')
-                if k in data}
+  if isinstance(data, dict):
+    key = next((k for k in ('descriptor', 'descriptors') if k in data), None)
+    if key is None:
+      raise errors.BadInputError(f'{path} has no "descriptor" array (has: '
+                                 f'{sorted(data)})')
+    descriptors = data[key]
+    extras = {k: data[k] for k in ('names', 'landmarks', 'histogram')
+              if k in data}
   else:
     descriptors = data
   descriptors = np.asarray(descriptors)
   if descriptors.ndim == 1:
     descriptors = descriptors[None]
   if descriptors.ndim != 2 or descriptors.shape[0] == 0:
-    raise ValueError(f'{path}: expected [N, D] descriptors with N >= 1, got '
-                     f'shape {descriptors.shape}')
+    raise errors.BadInputError(
+        f'{path}: expected [N, D] descriptors with N >= 1, got shape '
+        f'{descriptors.shape}')
+  if descriptors.dtype.kind not in 'biuf':
+    raise errors.BadInputError(f'{path}: descriptors of dtype '
+                               f'{descriptors.dtype}, not numbers')
   if descriptors.shape[1] != dim:
-    raise ValueError(
+    raise errors.BadInputError(
         f'{path}: descriptors have {descriptors.shape[1]} dimensions but the '
         f'encoder produces {dim}: invert with the encoder that made them')
   n = len(descriptors)
+  # name -> (the shape it must have, in words; whether it has it).
+  shapes = {
+      'names': ('[N]', lambda s: s == (n,)),
+      'landmarks': ('[N, 68, 2]', lambda s: s == (n, 68, 2)),
+      'histogram': ('[N, 3, bins]', lambda s: len(s) == 3 and s[:2] == (n, 3)),
+  }
+  for name, (want, fits) in shapes.items():
+    if name in extras and not fits(extras[name].shape):
+      raise errors.BadInputError(
+          f'{path}: {name} has shape {extras[name].shape}, expected {want} '
+          f'with N = {n} descriptor rows')
   names = ([str(s) for s in extras['names']] if 'names' in extras else
            [f'row_{i:06d}' for i in range(n)])
-  for name in ('landmarks', 'histogram'):
-    if name in extras and len(extras[name]) != n:
-      raise ValueError(f'{path}: {name} has {len(extras[name])} rows, '
-                       f'descriptors {n}')
   return Targets(descriptors=descriptors.astype(np.float32), names=names,
                  landmarks=extras.get('landmarks'),
                  histogram=extras.get('histogram'))
@@ -135,17 +149,17 @@ def read_image_folder(path: str, *, resolution: int,
   files = sorted(f for f in os.listdir(path)
                  if f.lower().endswith(IMAGE_SUFFIXES))
   if not files:
-    raise ValueError(f'{path} holds no images ({", ".join(IMAGE_SUFFIXES)})')
+    raise errors.BadInputError(
+        f'{path} holds no images ({", ".join(IMAGE_SUFFIXES)})')
   images = np.full((len(files), resolution, resolution, 3), np.nan,
                    np.float32)
   skipped = {}
   for i, name in tqdm.tqdm(list(enumerate(files)), desc='images',
                            disable=aligner is None or len(files) < 8):
     try:
-      with Image.open(os.path.join(path, name)) as im:
-        rgb = np.asarray(im.convert('RGB'))
-    except (OSError, ValueError) as e:
-      skipped[i] = f'unreadable image {name}: {e}'
+      rgb = images_lib.read_rgb(os.path.join(path, name))
+    except images_lib.UnreadableImageError as e:
+      skipped[i] = f'unreadable image {e}'
       continue
     if aligner is not None:
       rgb = aligner.align(rgb, resolution)
@@ -157,7 +171,7 @@ def read_image_folder(path: str, *, resolution: int,
     images[i] = np.asarray(uint8_to_unit_range(rgb))
   good = np.flatnonzero(np.isfinite(images).all(axis=(1, 2, 3)))
   if not good.size:
-    raise ValueError(f'no usable image in {path}: '
+    raise errors.BadInputError(f'no usable image in {path}: '
                      + '; '.join(skipped.values()))
   descriptors = np.full((len(files), encoder.dim), np.nan, np.float32)
   descriptors[good] = encoder.embed(images[good])
@@ -181,7 +195,8 @@ def load_targets(spec: str, generator: protocols.Generator,
     return self_check_targets(generator, encoder, num_targets=num_targets,
                               seed=seed, truncation_psi=truncation_psi)
   if not os.path.exists(spec):
-    raise FileNotFoundError(f'targets not found: {spec} (a .npy/.npz of '
+    raise errors.MissingInputError(
+        f'targets not found: {spec} (a .npy/.npz of '
                             'descriptors or a folder of face images)')
   if os.path.isdir(spec):
     return read_image_folder(

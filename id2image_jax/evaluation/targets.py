@@ -42,21 +42,24 @@ term is unavailable, whatever the targets.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from id2image_jax import errors
 from id2image_jax import losses
 from id2image_jax import protocols
 from id2image_jax.data import align
 from id2image_jax.data import celeba
 from id2image_jax.data import faces as faces_lib
+from id2image_jax.data import images as images_lib
 from id2image_jax.data import targets as targets_lib
 from id2image_jax.preprocess import uint8_to_unit_range
 
 AUX_MODES = ('auto', 'heads', 'measured')
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -75,6 +78,8 @@ class EvalTargets:
       encoder (when there are no images: the target descriptors).
     notes: how the targets were chosen, for the report (layout, people
       with and without a second photo, photos without a detected face).
+    unreadable: image -> why, for images of a people folder that could not
+      be read and were left out (`images.read_rgb`).
   """
   targets: targets_lib.Targets
   pool_images: np.ndarray | None
@@ -83,6 +88,7 @@ class EvalTargets:
   pool_identity: np.ndarray | None = None
   knows_identities: bool = False
   notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+  unreadable: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.pool_identity is None:
@@ -114,13 +120,6 @@ def _rows(targets: targets_lib.Targets, n: int) -> targets_lib.Targets:
       skipped={r: w for r, w in targets.skipped.items() if r < n})
 
 
-def _read_aligned(folder: str, keys: np.ndarray) -> np.ndarray:
-  images_dir = faces_lib.images_folder(folder)
-  images = []
-  for k in keys:
-    with Image.open(os.path.join(images_dir, k)) as im:
-      images.append(np.asarray(im.convert('RGB')))
-  return np.asarray(uint8_to_unit_range(np.stack(images)))
 
 
 ONE_PHOTO_MODES = ('targets', 'pool')
@@ -148,8 +147,9 @@ def _people(config: Any, folder: str) -> tuple[np.ndarray, np.ndarray, str]:
   else:
     keys = align.image_names(faces_lib.images_folder(folder))
   if not any('/' in k for k in keys):
-    raise ValueError(f'{folder}: no person subfolders and no '
-                     f'{celeba.IDENTITY_FILE}: who is who is unknown')
+    raise errors.BadInputError(f'{folder}: no person subfolders and no '
+                               f'{celeba.IDENTITY_FILE}: who is who is '
+                               'unknown')
   # A person is named by their folder.
   people = np.asarray([k.split('/')[0] if '/' in k else k for k in keys])
   return (np.asarray(keys), people,
@@ -174,6 +174,34 @@ def _skipped_photos(folder: str, people: set[Any]) -> dict[str, str]:
           if owner.get(k) in people}
 
 
+def _people_order(config: Any, people: np.ndarray, mode: str, *,
+                  where: str) -> tuple[np.ndarray, int, np.ndarray]:
+  """(pool rows: the targets' first images, their other images, impostor
+  images; the number of targets; the chosen people), as `people_layout`
+  says."""
+  ids, counts = np.unique(people, return_counts=True)
+  rng = np.random.default_rng(config.seed)
+  chosen = rng.permutation(ids[counts >= 2])
+  if mode == 'targets':
+    chosen = np.concatenate([chosen, rng.permutation(ids[counts < 2])])
+  if config.num_targets > 0:
+    chosen = chosen[:config.num_targets]
+  if not len(chosen):
+    raise errors.BadInputError(
+        f'{config.targets} ({where}) has no person with two or more '
+        'readable images'
+        + ('' if mode == 'targets' else
+           ": set one_photo_people='targets' for a type-I-only attack"))
+  rows = [np.flatnonzero(people == p) for p in chosen]
+  firsts = [r[0] for r in rows]
+  others = [i for r in rows for i in r[1:]]
+  rest = np.flatnonzero(~np.isin(people, chosen))
+  extra = np.random.default_rng(config.seed + 1).permutation(rest)[
+      :config.num_impostor_images]
+  return (np.concatenate([firsts, others, extra]).astype(int), len(firsts),
+          chosen)
+
+
 def people_layout(config: Any, encoder: protocols.Encoder,
                   folder: str | None = None) -> EvalTargets:
   """Targets and pool from an aligned folder whose people are known.
@@ -192,37 +220,37 @@ def people_layout(config: Any, encoder: protocols.Encoder,
   (`id2image align`).
   """
   folder = folder or config.targets
-  mode = config.get('one_photo_people', 'pool')
+  mode = getattr(config, 'one_photo_people', 'pool')
   if mode not in ONE_PHOTO_MODES:
-    raise ValueError(f'one_photo_people must be one of {ONE_PHOTO_MODES}, '
-                     f'got {mode!r}')
+    raise errors.UsageError(f'one_photo_people must be one of '
+                            f'{ONE_PHOTO_MODES}, got {mode!r}')
   keys, people, which = _people(config, folder)
-  ids, counts = np.unique(people, return_counts=True)
-  rng = np.random.default_rng(config.seed)
-  chosen = rng.permutation(ids[counts >= 2])
-  if mode == 'targets':
-    chosen = np.concatenate([chosen, rng.permutation(ids[counts < 2])])
-  if config.num_targets > 0:
-    chosen = chosen[:config.num_targets]
-  if not len(chosen):
-    raise ValueError(
-        f'{folder} ({which}) has no person with two or more images'
-        + ('' if mode == 'targets' else
-           ": set one_photo_people='targets' for a type-I-only attack"))
-  rows = [np.flatnonzero(people == p) for p in chosen]
-  firsts = [r[0] for r in rows]
-  others = [i for r in rows for i in r[1:]]
-  rest = np.flatnonzero(~np.isin(people, chosen))
-  extra = np.random.default_rng(config.seed + 1).permutation(rest)[
-      :config.num_impostor_images]
-  order = np.concatenate([firsts, others, extra]).astype(int)
-  images = _read_aligned(folder, keys[order])
+  images_dir = faces_lib.images_folder(folder)
+  read, unreadable = {}, {}
+  while True:
+    # An unreadable image leaves the folder and the choice is made again
+    # (the same choice when every image reads).
+    order, n, chosen = _people_order(config, people, mode, where=which)
+    for k in keys[order]:
+      if k not in read and k not in unreadable:
+        try:
+          read[k] = images_lib.read_rgb(os.path.join(images_dir, k))
+        except images_lib.UnreadableImageError as e:
+          unreadable[k] = e.why
+    if not any(k in unreadable for k in keys[order]):
+      break
+    keep = ~np.isin(keys, list(unreadable))
+    keys, people = keys[keep], people[keep]
+  for k, why in unreadable.items():
+    _log.warning('skipped %s: unreadable image: %s', k, why)
+  images = np.asarray(uint8_to_unit_range(np.stack(
+      [read[k] for k in keys[order]])))
   descriptors = encoder.embed(images)
-  n = len(firsts)
   targets = targets_lib.Targets(
       descriptors=descriptors[:n], names=[str(k) for k in keys[order[:n]]],
       sources=images[:n])
-  two = int(sum(len(r) >= 2 for r in rows))
+  ids, counts = np.unique(people, return_counts=True)
+  two = int(np.sum(np.isin(chosen, ids[counts >= 2])))
   notes = {
       'layout': which,
       'people': n,
@@ -232,12 +260,13 @@ def people_layout(config: Any, encoder: protocols.Encoder,
       'people_in_folder': int(len(ids)),
       'people_in_folder_with_two_photos': int(np.sum(counts >= 2)),
       'skipped_photos': _skipped_photos(folder, set(chosen.tolist())),
+      'unreadable_photos': dict(unreadable),
   }
   return EvalTargets(targets=targets, pool_images=images,
                      pool_labels=np.arange(len(order)),
                      pool_descriptors=descriptors,
                      pool_identity=people[order], knows_identities=True,
-                     notes=notes)
+                     notes=notes, unreadable=unreadable)
 
 
 def _aligned(config: Any, folder: str) -> str:

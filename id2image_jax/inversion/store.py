@@ -24,12 +24,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from id2image_jax import errors
 from id2image_jax.inversion import state as state_lib
 
 _RUN_FILE = 'run.json'
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(errors.UsageError):
   """A work directory holds a different run than the one asked for."""
 
 

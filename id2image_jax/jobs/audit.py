@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from id2image_jax import data as data_lib
+from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax.configs import audit as audit_config
 from id2image_jax.configs import invert as invert_config
@@ -41,8 +42,9 @@ from id2image_jax.reports import evaluation as evaluation_report
 
 def _budget(config: Any) -> dict[str, int]:
   if config.budget not in audit_config.BUDGETS:
-    raise ValueError(f'budget must be one of {sorted(audit_config.BUDGETS)},'
-                     f' got {config.budget!r}')
+    raise errors.UsageError(
+        f'budget must be one of {sorted(audit_config.BUDGETS)}, got '
+        f'{config.budget!r}')
   return {k: int(config[k] or v)
           for k, v in audit_config.BUDGETS[config.budget].items()}
 
@@ -97,12 +99,13 @@ def _aligned_folder(config: Any, num_images: int) -> str:
   (some photos have no detectable face)."""
   spec = config.data
   if not spec:
-    raise ValueError('set --data: a folder of face photos, a CelebA-layout '
-                     'folder, an aligned copy (id2image align) or tfds:lfw')
+    raise errors.UsageError(
+        'set --data: a folder of face photos, a CelebA-layout folder, an '
+        'aligned copy (id2image align) or tfds:lfw')
   if spec.startswith('tfds:'):
     spec = _materialise(spec[len('tfds:'):], config.workdir)
   if not os.path.isdir(spec):
-    raise FileNotFoundError(f'--data {spec}: no such folder')
+    raise errors.MissingInputError(f'--data {spec}: no such folder')
   if os.path.isfile(os.path.join(spec, align.LANDMARK_FILE)):
     return spec
   out = os.path.join(config.workdir, 'aligned')
@@ -163,8 +166,9 @@ def run(config: Any) -> dict[str, Any]:
                                  max_images=budget['images'],
                                  seed=config.seed)
   if len(faces) < 4:
-    raise ValueError(f'only {len(faces)} usable face(s) in {config.data}: '
-                     'an audit needs at least 4 (2 people, train and test)')
+    raise errors.BadInputError(
+        f'only {len(faces)} usable face(s) in {config.data}: an audit needs '
+        'at least 4 (2 people, train and test)')
   common.say(f'{len(faces)} faces; encoder {encoder.kind}; verifier '
              f'{evaluator.kind}; generator {generator.kind}')
   parts = _Parts(config.workdir, {

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 
+from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax import protocols
 from id2image_jax.analysis import train as train_lib
@@ -113,6 +114,9 @@ class Encoders:
       try:
         self._loaded[spec] = loading.load_encoder(
             spec, crop=self._crop if attacked else None)
+      except errors.UserError as e:
+        # The same class, so that the command line gives its exit code.
+        raise type(e)(f'{field}={spec!r}: {e}') from None
       except FileNotFoundError as e:
         raise FileNotFoundError(f'{field}={spec!r}: {e}') from None
       except ValueError as e:

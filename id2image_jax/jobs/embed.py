@@ -14,6 +14,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from id2image_jax import data as data_lib
+from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax.data import descriptors
 from id2image_jax.data import dlib_landmarks
@@ -39,9 +40,9 @@ def run(config: Any, *, embed_fn: descriptors.EmbedFn | None = None,
   """
   if embed_fn is None:
     if not config.encoder:
-      raise ValueError('set config.encoder (--encoder): dlib, a public '
-                       'encoder checkpoint file, KIND:PATH or a converted '
-                       'checkpoint directory')
+      raise errors.UsageError(
+          'set config.encoder (--encoder): dlib, a public encoder checkpoint '
+          'file, KIND:PATH or a converted checkpoint directory')
     # config.crop: the box of the dataset's images the encoder reads; ()
     # = the encoder's own FFHQ box (for FFHQ-aligned images, `id2image
     # align`).

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from id2image_jax import data as data_lib
+from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax.analysis import leakage
 from id2image_jax.analysis import train as train_lib
@@ -31,7 +32,7 @@ def _load(pattern: str, encoder: str, splits: Sequence[str]
   paths = [pattern.format(encoder=encoder, split=s) for s in splits]
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f'descriptor file(s) {missing} not found; write them with `id2image '
         f'embed --encoder ... --out {pattern}` (data.split='
         f'{",".join(splits)})')
@@ -92,7 +93,7 @@ def run(config: Any) -> dict[str, Any]:
       notes.append('figures drawn without images: the image data was not '
                    'found')
   elif img_cfg['enabled']:
-    raise ValueError('image_baseline.enabled needs config.data')
+    raise errors.UsageError('image_baseline.enabled needs config.data')
 
   rows, details, trained_heads, first = {}, {}, {}, None
   for e, encoder in enumerate(encoders):
@@ -135,7 +136,7 @@ def run(config: Any) -> dict[str, Any]:
                         source=f'trained on {train["meta"]["files"]}')
 
   if first is None:
-    raise ValueError('config.encoders is empty')
+    raise errors.UsageError('config.encoders is empty')
   # Labels come from the same images whichever the encoder: the first
   # encoder's baselines stand for all.
   d = details[encoders[0]]

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from id2image_jax import errors
 from id2image_jax.data import dlib_landmarks
 from id2image_jax.models import dlib_resnet
 from id2image_jax.porting import dlib_format
@@ -130,7 +131,8 @@ def read_layers(path: str | os.PathLike | None = None,
   config = config or dlib_resnet.get_config()
   path = default_path() if path is None else pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f'dlib face model: no file at {path}')
+    raise errors.MissingInputError(
+        f'dlib face model: no file at {path}')
   return dlib_format.read_file(path, expected_layout(config))
 
 

@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from id2image_jax import errors
 from id2image_jax import package_files
 from id2image_jax.models import generator_init
 from id2image_jax.models import mobilestylegan as msg
@@ -663,7 +664,7 @@ def ir_pair(path: str | os.PathLike) -> tuple[str, str]:
   pair = tuple(os.path.join(folder, name) for name in IR_FILES)
   missing = [p for p in pair if not os.path.isfile(p)]
   if missing:
-    raise FileNotFoundError(
+    raise errors.MissingInputError(
         f'MobileStyleGAN IR not found: {", ".join(missing)} (the pair '
         f'{IR_FILES} and their .bin files, as in the random-face wheel)')
   return pair

@@ -25,12 +25,15 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from id2image_jax import errors
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -51,7 +54,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.BadInputError):
   """A checkpoint file is missing, corrupt or not of a supported layout."""
 
 
@@ -124,7 +127,20 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> np.ndarra
     raise CheckpointError(f'tensor storage is {type(storage).__name__}, '
                           'not raw data: the file is corrupt or unsupported')
   size, stride = tuple(size), tuple(stride)
+  if not all(isinstance(v, int) for v in (storage_offset, *size, *stride)):
+    raise CheckpointError(f'tensor offset {storage_offset!r}, size {size!r} '
+                          f'or stride {stride!r} is not made of integers')
+  # Negative offsets or strides would make the strided view below read
+  # outside the storage's memory (torch never writes them).
+  if storage_offset < 0 or min(size + stride, default=0) < 0 or len(
+      size) != len(stride):
+    raise CheckpointError(f'tensor with offset {storage_offset}, size {size} '
+                          f'and stride {stride}: the file is corrupt')
   if not size:
+    if storage_offset >= storage.size:
+      raise CheckpointError(f'scalar at {storage_offset} is past its storage '
+                            f'of {storage.size} elements: the file is '
+                            'truncated or corrupt')
     return storage[storage_offset].copy()
   extent = storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
   if min(size) > 0 and extent > storage.size:
@@ -284,6 +300,14 @@ def _load_zip(archive: zipfile.ZipFile) -> Any:
     return RestrictedUnpickler(f, persistent_load=load_storage).load()
 
 
+def _remaining(f: io.BufferedIOBase) -> int:
+  """Bytes from the position of `f` to its end."""
+  here = f.tell()
+  end = f.seek(0, io.SEEK_END)
+  f.seek(here)
+  return end - here
+
+
 def _load_legacy(f: io.BufferedIOBase) -> Any:
   """Reads the pre-1.6 torch.save stream: header pickles, object, storages."""
   plain = lambda: RestrictedUnpickler(f).load()
@@ -314,6 +338,10 @@ def _load_legacy(f: io.BufferedIOBase) -> Any:
   for key in keys:
     dtype, _ = pending[key]
     (numel,) = struct.unpack('<q', f.read(8))
+    if not 0 <= numel * dtype.itemsize <= _remaining(f):
+      # A corrupt count would otherwise allocate (or read) anything.
+      raise CheckpointError(f'storage {key!r} of {numel} elements is longer '
+                            'than the rest of the file: truncated or corrupt')
     raw = f.read(numel * dtype.itemsize)
     if len(raw) != numel * dtype.itemsize:
       raise CheckpointError(f'storage {key!r} is truncated')
@@ -393,14 +421,19 @@ def load(path: str | os.PathLike) -> Any:
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'checkpoint file not found: {path}')
+    raise errors.MissingInputError(f'checkpoint file not found: {path}')
   try:
     with open(path, 'rb') as f:
       return _load_stream(f)
   except CheckpointError as e:
     raise CheckpointError(f'{path}: {e}') from None
   except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
-          struct.error, KeyError, IndexError, TypeError) as e:
+          struct.error, KeyError, IndexError, TypeError, OverflowError,
+          zlib.error, RecursionError, MemoryError,
+          NotImplementedError) as e:
+    # Bytes from anywhere: a zip of an unsupported version or method
+    # (NotImplementedError), a count too large (MemoryError), nesting too
+    # deep (RecursionError) mean a corrupt file like the rest.
     raise CheckpointError(
         f'{path}: cannot read checkpoint ({type(e).__name__}: {e}); '
         'the file is corrupt, truncated or not a supported format') from None

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -56,24 +57,46 @@ class TfjsError(CheckpointError):
 
 
 def _size(shape: Sequence[int], what: str) -> int:
-  try:
-    dims = [int(d) for d in shape]
-  except (TypeError, ValueError):
-    raise TfjsError(f'{what}: shape {shape!r} is not a list of ints') from None
-  if any(d < 0 for d in dims):
-    raise TfjsError(f'{what}: negative dimension in shape {dims}')
-  return int(np.prod(dims, dtype=np.int64))
+  if not isinstance(shape, (list, tuple)) or not all(
+      isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    raise TfjsError(f'{what}: shape {shape!r} is not a list of ints')
+  if any(d < 0 for d in shape):
+    raise TfjsError(f'{what}: negative dimension in shape {list(shape)}')
+  # Python ints: a product of huge dimensions must not wrap around to a
+  # small size (np.prod in int64 does).
+  return math.prod(shape)
+
+
+def _check_spec(spec: Any) -> None:
+  """A weight spec's fields have the types `decode_weight` reads."""
+  if not isinstance(spec, Mapping):
+    raise TfjsError(f'a weight spec is a {type(spec).__name__}, not an '
+                    'object')
+  name = spec.get('name')
+  if not isinstance(name, str) or not name:
+    raise TfjsError(f'a weight spec has no name (or not a string): '
+                    f'{str(spec)[:200]}')
+  quant = spec.get('quantization')
+  if quant is not None and not isinstance(quant, Mapping):
+    raise TfjsError(f'weight {name!r}: quantization {quant!r} is not an '
+                    'object')
+  for key in ('scale', 'min'):
+    value = (quant or {}).get(key, 0.0)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      raise TfjsError(f'weight {name!r}: quantization {key} {value!r} is '
+                      'not a number')
 
 
 def spec_nbytes(spec: Mapping[str, Any]) -> int:
   """Bytes a weight spec takes in its shard (quantized size if quantized)."""
-  name = spec.get('name', '?')
+  _check_spec(spec)
+  name = spec['name']
   size = _size(spec.get('shape', ()), f'weight {name!r}')
   quant = spec.get('quantization')
   dtype = quant.get('dtype') if quant else spec.get('dtype')
   if dtype == 'string':
     raise TfjsError(f'weight {name!r}: string weights are not supported')
-  if dtype not in _STORED_BYTES:
+  if not isinstance(dtype, str) or dtype not in _STORED_BYTES:
     raise TfjsError(f'weight {name!r}: unknown '
                     f'{"quantization " if quant else ""}dtype {dtype!r}')
   return size * _STORED_BYTES[dtype]
@@ -92,16 +115,19 @@ def decode_weight(spec: Mapping[str, Any], data: bytes) -> np.ndarray:
   Raises:
     TfjsError: unknown dtype, incomplete quantization, wrong byte count.
   """
-  name = spec.get('name', '?')
-  dtype = spec.get('dtype')
-  shape = tuple(int(d) for d in spec.get('shape', ()))
   want = spec_nbytes(spec)
+  name = spec['name']
+  dtype = spec.get('dtype')
+  shape = tuple(spec.get('shape', ()))
   if len(data) != want:
     raise TfjsError(f'weight {name!r}: needs {want} bytes, shard has '
                     f'{len(data)}')
   quant = spec.get('quantization')
   if quant:
     qdtype = quant.get('dtype')
+    if qdtype not in _QUANT_DTYPES:
+      raise TfjsError(f'weight {name!r}: unknown quantization dtype '
+                      f'{qdtype!r}')
     codes = np.frombuffer(data, _QUANT_DTYPES[qdtype])
     if qdtype == 'float16':
       if dtype != 'float32':
@@ -124,12 +150,25 @@ def decode_weight(spec: Mapping[str, Any], data: bytes) -> np.ndarray:
         raise TfjsError(f'weight {name!r}: {qdtype} quantization of dtype '
                         f'{dtype!r} is not supported')
   else:
-    if dtype not in _RAW_DTYPES:
+    if not isinstance(dtype, str) or dtype not in _RAW_DTYPES:
       raise TfjsError(f'weight {name!r}: unsupported dtype {dtype!r}')
     values = np.frombuffer(data, _RAW_DTYPES[dtype])
     if dtype == 'bool':
       values = values.astype(bool)
   return np.array(values.reshape(shape))  # own, writable memory
+
+
+def _check_shard_paths(paths: Any, what: str) -> None:
+  """Shard paths are file names relative to the manifest: a path that
+  leaves its folder (absolute, '..') would read any file."""
+  if not isinstance(paths, (list, tuple)) or not all(
+      isinstance(p, str) and p for p in paths):
+    raise TfjsError(f'{what}: "paths" is not a list of file names: '
+                    f'{str(paths)[:200]}')
+  for p in paths:
+    if os.path.isabs(p) or '..' in p.replace('\\', '/').split('/'):
+      raise TfjsError(f'{what}: shard path {p!r} leaves the model\'s '
+                      'folder')
 
 
 def decode_groups(groups: Sequence[Mapping[str, Any]],
@@ -157,6 +196,9 @@ def decode_groups(groups: Sequence[Mapping[str, Any]],
     if not isinstance(group, Mapping) or 'paths' not in group or (
         'weights' not in group):
       raise TfjsError(f'{what}: group {g} lacks "paths" or "weights"')
+    _check_shard_paths(group['paths'], f'{what}: group {g}')
+    if not isinstance(group['weights'], (list, tuple)):
+      raise TfjsError(f'{what}: group {g}: "weights" is not a list')
     chunks = []
     for rel in group['paths']:
       path = os.path.join(os.fspath(base_dir), rel)
@@ -169,18 +211,22 @@ def decode_groups(groups: Sequence[Mapping[str, Any]],
     data = b''.join(chunks)
     offset = 0
     for spec in group['weights']:
-      name = spec.get('name')
-      if not name:
-        raise TfjsError(f'{what}: a weight of group {g} has no name')
+      try:
+        n = spec_nbytes(spec)
+      except TfjsError as e:
+        raise TfjsError(f'{what}: group {g}: {e}') from None
+      name = spec['name']
       if name in out:
         raise TfjsError(f'{what}: weight {name!r} appears twice')
-      n = spec_nbytes(spec)
       if offset + n > len(data):
         raise TfjsError(
             f'{what}: weight {name!r} needs bytes {offset}..{offset + n} '
             f'but the shards of group {g} ({", ".join(group["paths"])}) hold '
             f'{len(data)}: truncated file?')
-      out[name] = decode_weight(spec, data[offset:offset + n])
+      try:
+        out[name] = decode_weight(spec, data[offset:offset + n])
+      except TfjsError as e:
+        raise TfjsError(f'{what}: {e}') from None
       offset += n
     if offset != len(data):
       raise TfjsError(f'{what}: shards of group {g} hold {len(data)} bytes, '
@@ -392,6 +438,19 @@ def _const_from_attr(node: Node, raw: Mapping[str, Any]) -> np.ndarray | None:
   return None
 
 
+def _parse_node(raw: Any, path: str) -> Node:
+  name, op = raw.get('name'), raw.get('op')
+  if not isinstance(name, str) or not isinstance(op, str) or not (
+      name and op):
+    raise TfjsError(f'{path}: a node lacks name or op: {str(raw)[:200]}')
+  inputs = raw.get('input', [])
+  if not isinstance(inputs, (list, tuple)) or not all(
+      isinstance(i, str) for i in inputs):
+    raise TfjsError(f'{path}: node {name!r}: input is not a list of names')
+  attrs = {k: _attr_value(v) for k, v in raw.get('attr', {}).items()}
+  return Node(name, op, tuple(inputs), attrs)
+
+
 def read_graph_model(path: str | os.PathLike) -> GraphModel:
   """Reads a TF.js graph model (``model.json`` + shards beside it).
 
@@ -420,22 +479,28 @@ def read_graph_model(path: str | os.PathLike) -> GraphModel:
                     'layers model is not supported)')
   weights = decode_groups(model.get('weightsManifest', []),
                           os.path.dirname(path), what=path)
+  if not isinstance(topology['node'], list):
+    raise TfjsError(f'{path}: modelTopology.node is not a list')
   nodes: dict[str, Node] = {}
   for raw in topology['node']:
-    name, op = raw.get('name'), raw.get('op')
-    if not name or not op:
-      raise TfjsError(f'{path}: a node lacks name or op: {str(raw)[:200]}')
-    if name in nodes:
-      raise TfjsError(f'{path}: node {name!r} appears twice')
-    attrs = {k: _attr_value(v) for k, v in raw.get('attr', {}).items()}
-    node = Node(name, op, tuple(raw.get('input', ())), attrs)
-    if op == 'Const' and name not in weights:
-      inline = _const_from_attr(node, raw)
-      if inline is None:
-        raise TfjsError(f'{path}: Const {name!r} has no weights in the '
-                        'manifest and no inline value')
-      weights[name] = inline
-    nodes[name] = node
+    try:
+      node = _parse_node(raw, path)
+      if node.op == 'Const' and node.name not in weights:
+        inline = _const_from_attr(node, raw)
+        if inline is None:
+          raise TfjsError(f'{path}: Const {node.name!r} has no weights in '
+                          'the manifest and no inline value')
+        weights[node.name] = inline
+    except TfjsError:
+      raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError,
+            OverflowError) as e:
+      # A field of the JSON that is not of the type GraphDef gives it.
+      raise TfjsError(f'{path}: malformed node {str(raw)[:200]} '
+                      f'({type(e).__name__}: {e})') from e
+    if node.name in nodes:
+      raise TfjsError(f'{path}: node {node.name!r} appears twice')
+    nodes[node.name] = node
   stray = sorted(set(weights) - {n for n, v in nodes.items()
                                  if v.op == 'Const'})
   if stray:

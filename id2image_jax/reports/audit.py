@@ -39,9 +39,17 @@ def figure_uri(fig) -> str:
   return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode()
 
 
+def key_path(*parts: Any) -> str:
+  """A JSON path of '/'-joined parts; a '/' or '~' inside a part (an
+  attribute named 'A/B') is escaped the JSON-pointer way ('~1', '~0')."""
+  return '/'.join(str(p).replace('~', '~0').replace('/', '~1')
+                  for p in parts)
+
+
 def _get(results: Mapping[str, Any], path: str) -> Any:
   node = results
   for part in path.split('/'):
+    part = part.replace('~1', '/').replace('~0', '~')
     node = node[part] if isinstance(node, Mapping) else node[int(part)]
   return node
 
@@ -266,13 +274,42 @@ def _img(uri: str | None, alt: str) -> str:
   return f'<p><img src="{uri}" alt="{html.escape(alt)}"></p>' if uri else ''
 
 
+# Longer lists of run facts (e.g. skipped photos) fold away.
+_FOLD_AFTER = 10
+
+
+def _fact(value: Any) -> str:
+  """A run fact as readable HTML: dicts as 'key: value' lines, lists as
+  lists (long ones folded), numbers plainly; every text escaped."""
+  if isinstance(value, Mapping):
+    items = [f'<b>{html.escape(str(k))}</b>: {_fact(v)}'
+             for k, v in value.items()]
+  elif isinstance(value, (list, tuple)):
+    items = [_fact(v) for v in value]
+  elif value is None:
+    return 'n/a'
+  elif isinstance(value, float):
+    return f'{value:.1f}'
+  else:
+    return html.escape(str(value))
+  if not items:
+    return 'none'
+  listed = '<ul>' + ''.join(f'<li>{i}</li>' for i in items) + '</ul>'
+  if len(items) > _FOLD_AFTER:
+    return f'<details><summary>{len(items)}</summary>{listed}</details>'
+  return listed
+
+
 def _lead(results: Mapping[str, Any]) -> str:
   """What was tested and how to read the levels, before any number."""
   facts = results['facts']
+  # A flat folder of photos does not say who is who.
+  people = ('an unknown number of' if facts['people'] is None
+            else facts['people'])
   return (
       f'<p>An attacker who steals the stored face templates (descriptors) '
       f'of this system: what can they learn, and can they rebuild the '
-      f'faces? Tested on {facts["faces"]} faces of {facts["people"]} people '
+      f'faces? Tested on {facts["faces"]} faces of {people} people '
       f'from <code>{html.escape(str(facts["data"]))}</code>, budget '
       f'<b>{html.escape(str(facts["budget"]))}</b> '
       f'({facts["seconds"]:.0f} s on {html.escape(str(facts["device"]))}'
@@ -312,10 +349,9 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
                  'bootstrap over test people.</p>')
     rows = []
     for r in leakage_report.leak_rows({'e': leak})['e']:
-      base = r['what'] if r['what'] in ('landmarks', 'histogram') else (
-          f'attributes/{r["what"]}')
       value_key = {'landmarks': 'landmarks/nme', 'histogram':
-                   'histogram/emd'}.get(r['what'], f'{base}/accuracy')
+                   'histogram/emd'}.get(r['what']) or key_path(
+                       'attributes', r['what'], 'accuracy')
       rows.append([esc(r['what'].replace('_', ' ')), esc(r['unit']),
                    _num(leak, value_key, '{:.1f}') + ' ' + esc(
                        f'[{r["ci"][0]:.1f}, {r["ci"][1]:.1f}]'),
@@ -373,7 +409,7 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
                    'same person:</p>' + _img(png_uri(grid), 'grid'))
     kept = attack.get('attributes') or {}
     rows = [[esc(net), esc(m.replace('_', ' ')),
-             _num(attack, f'attributes/{net}/{m}/mean', '{:.1f}')]
+             _num(attack, key_path('attributes', net, m, 'mean'), '{:.1f}')]
             for net, ms in kept.items() for m in ms]
     if rows:
       parts.append('<h3>Attribute preservation</h3>'
@@ -410,8 +446,7 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
 
   facts = results['facts']
   parts.append('<section id="facts"><h2>Run facts</h2>')
-  rows = [[esc(k), esc(json.dumps(v) if not isinstance(v, str) else v)]
-          for k, v in facts.items()]
+  rows = [[esc(k.replace('_', ' ')), _fact(v)] for k, v in facts.items()]
   parts.append(_table(rows, ['fact', 'value']) + '</section>')
   parts.append('</body></html>')
   return '\n'.join(parts)
