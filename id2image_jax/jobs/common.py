@@ -128,11 +128,12 @@ class Heads:
     predictors: 'landmarks' / 'histogram' -> ``fn(descriptors [N, D]) ->
       [N, ...]`` from the descriptor heads of `id2image leakage`.
     landmark_net: the image -> landmark network, or None.
-    regressor: the ID -> latent head ``(module, params, config)``, or None.
+    regressor: the ID -> latent head's ``fn(descriptors [N, D]) ->
+      latents [N, ...]``, or None.
   """
   predictors: dict[str, Any]
   landmark_net: protocols.LandmarkNet | None
-  regressor: tuple[Any, Any, dict] | None
+  regressor: Any
 
 
 def _predictor(path: str, what: str):
@@ -160,5 +161,5 @@ def load_heads(heads: Mapping[str, str], *, init: str = '') -> Heads:
     landmark_net = loading.load_landmark_net(heads['image_landmarks'])
   regressor = None
   if init and init not in ('w_avg', 'random'):
-    regressor = loading.load_head(init, what='ID->latent')
+    regressor = _predictor(init, 'ID->latent')
   return Heads(predictors, landmark_net, regressor)

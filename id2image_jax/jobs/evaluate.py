@@ -31,8 +31,8 @@ from id2image_jax import loading
 from id2image_jax.evaluation import arms as arms_lib
 from id2image_jax.evaluation import scores
 from id2image_jax.evaluation import targets as targets_lib
-from id2image_jax.inversion import recipe
 from id2image_jax.jobs import common
+from id2image_jax.recipes import inversion as recipe
 from id2image_jax.reports import evaluation as report
 from id2image_jax.reports import inversion as inversion_report
 

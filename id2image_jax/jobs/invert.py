@@ -22,8 +22,8 @@ import jax
 
 from id2image_jax import loading
 from id2image_jax.data import targets as targets_lib
-from id2image_jax.inversion import recipe
 from id2image_jax.jobs import common
+from id2image_jax.recipes import inversion as recipe
 from id2image_jax.reports import inversion as report
 
 
