@@ -176,7 +176,7 @@ class StepCheckpoints:
     """Saves one tree of arrays as checkpoint `step`."""
     self._manager.save(step, args=ocp.args.StandardSave(tree))
 
-  def restore(self, step: int, abstract: Any = None) -> Any:
+  def restore(self, step: int, *, abstract: Any = None) -> Any:
     """The tree `save` wrote at `step` (against `abstract` when given)."""
     return self._manager.restore(step,
                                  args=ocp.args.StandardRestore(abstract))

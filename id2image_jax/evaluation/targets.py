@@ -291,7 +291,7 @@ def transfer_targets(eval_targets: EvalTargets, encoder: protocols.Encoder,
   descriptors[ok] = encoder.embed(t.sources[ok])
   out = dataclasses.replace(t, descriptors=descriptors)
   dropped = []
-  for term in ('landmarks', 'histogram'):
+  for term in losses.AUX_TERMS:
     origin = aux_sources.get(term, {}).get('from')
     if getattr(out, term) is not None and origin in ('heads', 'file'):
       setattr(out, term, None)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from id2image_jax import losses
 from id2image_jax import metrics
 from id2image_jax import protocols
 from id2image_jax.data.targets import Targets
@@ -149,14 +150,25 @@ def render_fn(config: Any, generator: protocols.Generator):
       resolution=config.render_resolution or None)
 
 
+def _active(config: Any, targets: Targets, term: str) -> bool:
+  """True if the `term` of `losses.AUX_TERMS` is optimised: its targets
+  exist and its weight is not 0."""
+  return getattr(targets, term) is not None and bool(config.weights[term])
+
+
 def build_objective(config: Any, generator: protocols.Generator,
                     encoder: protocols.Encoder, targets: Targets, *,
                     landmark_net: protocols.LandmarkNet | None = None):
-  """(loss_fn, params, render) for the engine, from the config's weights."""
+  """(loss_fn, params, render) for the engine, from the config's weights.
+
+  The terms are those of `losses.TERMS`; the identity term measures with
+  `encoder`, the landmark term with `landmark_net` (needed when landmark
+  targets are given and weighted), a model-free term with its own measure.
+  """
   render = render_fn(config, generator)
   landmarks_fn, params = None, {'generator': generator.variables,
                                 'encoder': encoder.variables}
-  if targets.landmarks is not None and config.weights.landmarks:
+  if _active(config, targets, 'landmarks'):
     if landmark_net is None:
       raise ValueError('landmark targets need an image->landmark network: '
                        'set heads.image_landmarks')
@@ -193,16 +205,18 @@ def _identity_embed(encoder: protocols.Encoder, kind: str):
 
 
 def engine_targets(config: Any, targets: Targets) -> dict[str, np.ndarray]:
-  """The per-row arrays the objective compares with (active terms only)."""
+  """The per-row arrays the objective compares with (active terms only),
+  keyed as `losses.TERMS` says (``'descriptor'``, ``'landmarks'``, ...)."""
   out = {'descriptor': targets.descriptors}
   if config.identity_loss == 'cosine':
     norm = np.linalg.norm(out['descriptor'], axis=1, keepdims=True)
     out['descriptor'] = out['descriptor'] / np.maximum(norm, 1e-8)
-  if targets.landmarks is not None and config.weights.landmarks:
-    out['landmarks'] = (np.asarray(targets.landmarks, np.float32)
-                        * config.landmark_pixel_scale)
-  if targets.histogram is not None and config.weights.histogram:
-    out['histogram'] = np.asarray(targets.histogram, np.float32)
+  for term in losses.TERMS:
+    if term.name in losses.AUX_TERMS and _active(config, targets, term.name):
+      value = np.asarray(getattr(targets, term.name), np.float32)
+      if term.name == 'landmarks':  # in pixels, as `build_objective` says
+        value = value * config.landmark_pixel_scale
+      out[term.target] = value
   return out
 
 
