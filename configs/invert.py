@@ -38,9 +38,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   c.encoder = 'dlib'
   c.encoder_crop = ()  # (top, left, bottom, right); () = encoder's FFHQ box
   # The reconstructions' identity is also scored under this encoder, an
-  # independent check: 'auto' = the attacked encoder's partner in
-  # jobs.common.EVALUATION_PARTNERS (dlib <-> faceres, whose weights are
-  # fetched once from the npm registry); '' = none.
+  # independent check: 'auto' = the attacked kind's evaluation_partner in
+  # loading.KINDS (dlib <-> faceres, whose weights are fetched once from
+  # the npm registry); '' = none.
   c.eval_encoder = 'auto'
   # '' = self-check; a .npy/.npz of descriptors; a folder of face photos.
   c.targets = ''

@@ -1,6 +1,7 @@
 """The ID2image objective and its StyleGAN2 / encoder adapters (toy models)."""
 
 import dataclasses
+import os
 import types
 
 import flax.linen as nn
@@ -11,10 +12,10 @@ import numpy as np
 import optax
 import pytest
 
+from id2image_jax import cli
 from id2image_jax import inversion
 from id2image_jax import losses
 from id2image_jax import protocols
-from id2image_jax.configs import invert as invert_config
 from id2image_jax.data import targets as targets_lib
 from id2image_jax.evaluation import arms
 from id2image_jax.inversion import objective as obj
@@ -217,8 +218,9 @@ def test_every_list_of_terms_is_the_table():
   assert list(losses.DEFAULT_WEIGHTS) == names
   assert [f.name for f in dataclasses.fields(obj.Weights)] == names
   assert dataclasses.asdict(obj.Weights()) == dict(losses.DEFAULT_WEIGHTS)
-  assert set(invert_config.get_config().weights) == set(names)
-  assert dict(invert_config.get_config('paper').weights) == dict(
+  config = os.path.join(cli.config_dir(), 'invert.py')
+  assert set(cli.load_config(config).weights) == set(names)
+  assert dict(cli.load_config(config + ':paper').weights) == dict(
       losses.DEFAULT_WEIGHTS)
   assert arms.TERMS == tuple(names)
   assert arms.parse_arm('+'.join(t.short for t in losses.TERMS)) == tuple(

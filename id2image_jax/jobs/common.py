@@ -78,21 +78,13 @@ def encoder_file_stem(spec: str) -> str:
   return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
-# The default evaluation encoder for an attacked one: a different network,
-# so that identity scores are an independent measure. FaceRes (ROC AUC
-# 0.976 on CelebA pairs, dlib 0.989) pairs with dlib; MobileFaceNet of
-# human-models separates identities too poorly (AUC 0.60) to serve
-# (docs/face_models.md).
-EVALUATION_PARTNERS: dict[str, str] = {'dlib': 'faceres', 'faceres': 'dlib'}
-
-
 def evaluation_partner(eval_encoder: str, attacked: str) -> str:
-  """``eval_encoder`` if set; for 'auto' (or '') the attacked encoder's
-  partner in `EVALUATION_PARTNERS`, else the attacked encoder itself
-  (the report then says the measure is not independent)."""
+  """``eval_encoder`` if set; for 'auto' (or '') the attacked kind's
+  ``evaluation_partner`` in `loading.KINDS`, else the attacked encoder
+  itself (the report then says the measure is not independent)."""
   if eval_encoder and eval_encoder != 'auto':
     return eval_encoder
-  return EVALUATION_PARTNERS.get(attacked, attacked)
+  return loading.evaluation_partner(attacked)
 
 
 class Encoders:
