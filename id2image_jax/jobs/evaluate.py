@@ -7,7 +7,7 @@ Data flow (one direction)::
          -> targets + pool of originals, landmark/histogram
             targets (heads | measured | file)               evaluation.targets
          -> arms (ID / +LM / +hist) -> which run, and why not  evaluation.arms
-         -> per arm: invert (inversion.recipe.invert_targets) same targets,
+         -> per arm: invert (recipes.inversion.invert_targets) same targets,
                                                               same init, seed
          -> per arm: MSE/PSNR/SSIM, histogram EMD, landmark NME, identity
             cosine and TMR@FMR under the attacked and the evaluation

@@ -5,7 +5,7 @@ Data flow (one direction)::
   config -> generator, encoder, heads (loading)               load
          -> targets: descriptors (+ landmarks, histogram)      data.targets
          -> init latents (w_avg | random | ID->latent head)
-         -> inversion.recipe.invert_targets (jit(vmap) steps,
+         -> recipes.inversion.invert_targets (jit(vmap) steps,
             sharded, resumable)
          -> renders, their descriptors, metrics               recipe.quality
          -> workdir: PNGs, grid, npz, loss plot, summary.json reports
