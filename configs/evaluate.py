@@ -61,10 +61,10 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
                             "'celeba' or 'paper'")
   c = _invert_config('paper' if variant == 'paper' else 'default')
   with c.unlocked():
-    # Identity is scored under this encoder too ('' = the attacked one,
-    # which is then reported as not independent).
-    # 'auto': a different real encoder than the attacked one when the
-    # project has one (jobs.common.EVALUATION_PARTNERS), else the same.
+    # Identity is scored under this encoder too. 'auto' (or ''): a
+    # different real encoder than the attacked one when the project has one
+    # (its evaluation_partner in loading.KINDS), else the same, which is
+    # then reported as not independent (as when the attacked spec is given).
     c.eval_encoder = 'auto'
     # Attribute networks that label originals and reconstructions alike
     # (attribute preservation): 'faceapi_age_gender', 'faceapi_expression'

@@ -1,10 +1,11 @@
 """The ``id2image invert`` job (the README's first command).
 
 Default: the self-check on the embedded default models. Descriptors (dlib's
-real pretrained encoder) of images generated from known latents of the demo
-generator (a randomly initialised StyleGAN2: no pretrained StyleGAN2 can be
-shipped) are inverted, and the identity similarity and PSNR reached are
-reported. Runs in a few minutes on a 2-core CPU::
+real pretrained encoder) of images that MobileStyleGAN FFHQ generates from
+known latents are inverted from the shipped ID->latent regressor's start,
+and the identity similarity and PSNR reached are reported (``--generator
+demo``: a randomly initialised StyleGAN2 instead, not a face model). Runs
+in a few minutes on a 2-core CPU::
 
   id2image invert
 
@@ -22,6 +23,7 @@ initialised from the ID->latent regressor, landmark + histogram terms)::
 import ml_collections
 
 from id2image_jax import errors
+from id2image_jax import losses
 
 
 def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
@@ -37,9 +39,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   c.encoder = 'dlib'
   c.encoder_crop = ()  # (top, left, bottom, right); () = encoder's FFHQ box
   # The reconstructions' identity is also scored under this encoder, an
-  # independent check: 'auto' = the attacked encoder's partner in
-  # jobs.common.EVALUATION_PARTNERS (dlib <-> faceres, whose weights are
-  # fetched once from the npm registry); '' = none.
+  # independent check: 'auto' = the attacked kind's evaluation_partner in
+  # loading.KINDS (dlib <-> faceres, whose weights are fetched once from
+  # the npm registry); '' = none.
   c.eval_encoder = 'auto'
   # '' = self-check; a .npy/.npz of descriptors; a folder of face photos.
   c.targets = ''
@@ -73,9 +75,10 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # (cheaper; the encoder crops and resizes anyway); 0 = full resolution.
   c.render_resolution = 0
 
-  # Paper eq. 4 weights; a term is used when its target exists.
-  c.weights = ml_collections.ConfigDict(
-      {'id': 1.0, 'landmarks': 0.0006, 'histogram': 0.01})
+  # Paper eq. 4 weights, one per term of losses.TERMS ('id': 1.0,
+  # 'landmarks': 0.0006, 'histogram': 0.01); a term is used when its target
+  # exists and its weight is not 0.
+  c.weights = ml_collections.ConfigDict(dict(losses.DEFAULT_WEIGHTS))
   # Heads trained by `id2image leakage` (directories; '' = unused), and the
   # image->landmark network the landmark loss measures reconstructions with:
   # 'faceapi_landmarks' (face-api.js's 68-point net, shipped) or the

@@ -1,6 +1,10 @@
-"""Saving and restoring Flax variables with orbax, plus a small JSON sidecar.
+"""Everything the package writes with orbax: models, and numbered steps.
 
-A converted model lives in one directory::
+The only module that imports orbax (tests/test_architecture.py keeps it
+so). It sits on the library's lowest floor, beside `models`, so that the
+inversion's resume store (`inversion.store`) can use it too.
+
+**Models.** A converted model lives in one directory::
 
   <dir>/meta.json     {"kind": "stylegan2", "config": {...}, "source": ...}
   <dir>/variables/    orbax checkpoint of the variables pytree
@@ -8,12 +12,19 @@ A converted model lives in one directory::
 Restoring goes against the abstract tree from ``jax.eval_shape(model.init)``
 so a checkpoint of the wrong model or size fails with a clear error instead of
 loading half a tree.
+
+**Numbered steps.** `StepCheckpoints` keeps checkpoints numbered by a step
+in one directory (``<dir>/<step>/``), each holding named items: trees of
+arrays and small JSON documents. Orbax writes each under a temporary name
+and renames it when complete, so a listed step is whole, whatever killed
+the process that wrote it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
 
@@ -127,3 +138,90 @@ def check_same_tree(saved: Any, abstract: Any, directory: str) -> None:
     more = f' ... and {len(problems) - 10} more' if len(problems) > 10 else ''
     raise CheckpointMismatchError(
         f'checkpoint {directory} does not match the model: {shown}{more}')
+
+
+# The name orbax gives the one item of a checkpoint saved without names.
+_DEFAULT_ITEM = 'default'
+
+
+class StepCheckpoints:
+  """Checkpoints numbered by step in one directory (module docstring).
+
+  A checkpoint holds either one unnamed tree (`save` / `restore`) or named
+  items (`save_items` / `restore_items`): trees of arrays and JSON
+  documents. Saving is asynchronous: the caller computes on while orbax
+  writes; `wait` blocks until every save is on disk.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *,
+               max_to_keep: int | None = None):
+    """Opens (creating) `directory`.
+
+    Args:
+      directory: where the numbered checkpoints live.
+      max_to_keep: keep only the newest this many (None: all).
+    """
+    self._manager = ocp.CheckpointManager(
+        os.fspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                             create=True))
+
+  def steps(self) -> set[int]:
+    """The steps saved completely."""
+    return set(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest step saved, or None."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, tree: Any) -> None:
+    """Saves one tree of arrays as checkpoint `step`."""
+    self._manager.save(step, args=ocp.args.StandardSave(tree))
+
+  def restore(self, step: int, *, abstract: Any = None) -> Any:
+    """The tree `save` wrote at `step` (against `abstract` when given)."""
+    return self._manager.restore(step,
+                                 args=ocp.args.StandardRestore(abstract))
+
+  def save_items(self, step: int, *, arrays: Mapping[str, Any],
+                 documents: Mapping[str, Any]) -> None:
+    """Saves named items as checkpoint `step`.
+
+    Args:
+      step: the checkpoint's number.
+      arrays: item name -> tree of arrays.
+      documents: item name -> JSON-serialisable value.
+    """
+    clash = sorted(set(arrays) & set(documents))
+    if clash or _DEFAULT_ITEM in {*arrays, *documents}:
+      raise ValueError(f'item names must differ and not be {_DEFAULT_ITEM!r}'
+                       f': {clash or _DEFAULT_ITEM}')
+    self._manager.save(step, args=ocp.args.Composite(
+        **{k: ocp.args.StandardSave(v) for k, v in arrays.items()},
+        **{k: ocp.args.JsonSave(v) for k, v in documents.items()}))
+
+  def restore_items(self, step: int, *, arrays: Mapping[str, Any],
+                    documents: Iterable[str]) -> dict[str, Any]:
+    """The items `save_items` wrote at `step`.
+
+    Args:
+      step: the checkpoint's number.
+      arrays: item name -> abstract tree it is restored against.
+      documents: names of the JSON items.
+
+    Returns:
+      item name -> restored tree or JSON value.
+    """
+    got = self._manager.restore(step, args=ocp.args.Composite(
+        **{k: ocp.args.StandardRestore(v) for k, v in arrays.items()},
+        **{k: ocp.args.JsonRestore() for k in documents}))
+    return {k: got[k] for k in (*arrays, *documents)}
+
+  def wait(self) -> None:
+    """Blocks until every save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the directory."""
+    self._manager.wait_until_finished()
+    self._manager.close()

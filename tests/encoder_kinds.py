@@ -9,7 +9,8 @@ The torch references write random weights at any config; dlib's runtime
 loads only its own network, so its row copies the real shipped file. A
 TF.js-checked encoder (FaceRes) is one more row whose ``reference`` runs
 TF.js under node, with ``runs_with=('node',)`` (see `missing`); TF.js runs
-only the graph it is given, so that row too copies the real file.
+only the graph it is given, so that row too copies the real file; so does
+MobileFaceNet's, whose file is vendored (no fetch).
 
 Tolerances are elementwise ``|jax - ref| <= atol + rtol * |ref|`` on the
 descriptor and every intermediate the reference gives, and / or per-example
@@ -31,11 +32,13 @@ import numpy as np
 from id2image_jax.models import dlib_resnet
 from id2image_jax.models import faceres
 from id2image_jax.models import iresnet
+from id2image_jax.models import mobilefacenet
 from id2image_jax.models import vggface
 from id2image_jax.models import vggface2
 from id2image_jax.porting import dlib_resnet as dlib_port
 from id2image_jax.porting import faceres as faceres_port
 from id2image_jax.porting import iresnet as iresnet_port
+from id2image_jax.porting import mobilefacenet as mobilefacenet_port
 from id2image_jax.porting import safe_load
 from id2image_jax.porting import tfjs
 from id2image_jax.porting import vggface as vggface_port
@@ -117,6 +120,9 @@ class EncoderKind:
       batch dims).
     nan_spreads: a NaN pixel makes its whole descriptor NaN under jit (XLA
       on CPU may drop NaNs in a max pool, so not every model does).
+    spread: two random inputs' descriptors differ by more than this
+      fraction of the mean |descriptor| (a guard against a constant
+      output making the tolerance vacuous).
   """
   kind: str
   reference: str
@@ -137,6 +143,7 @@ class EncoderKind:
   bf16_intermediates: tuple[str, ...] = ()
   batched: bool = False
   nan_spreads: bool = False
+  spread: float = 0.03
 
   @property
   def cases(self) -> tuple[Case, ...]:
@@ -251,6 +258,48 @@ ROWS: tuple[EncoderKind, ...] = (
         read_source=lambda path: tfjs.read_graph_model(path).const_roles(),
         port_source=faceres_port.port_roles,
         nan_spreads=True),
+    EncoderKind(
+        kind='mobilefacenet', reference='ports.mobilefacenet_reference',
+        filename='mobilefacenet.json',
+        # The vendored files (package data): nothing to fetch.
+        writes_with=(), runs_with=('node',),
+        tiny=Case('mobilefacenet', None, want_config={
+            **mobilefacenet.get_config(),
+            # The graph stores the L2 floor in float32.
+            'l2_epsilon': float(np.float32(1e-10))}),
+        config=mobilefacenet.get_config(), full=(),
+        bf16_case='mobilefacenet',
+        # vs TF.js 4.22 (pure-JS CPU backend) on the contract's random
+        # inputs: measured max |err| 1.8e-7 descriptor (unit norm), <= 2.4e-4
+        # on the stage outputs (scale up to ~600), i.e. an atol of 1.1e-4 at
+        # this rtol. A PReLU slope not doubled, a dropped depthwise ReLU or
+        # the wrong 'SAME' side move the embedding by > 1e-2
+        # (tests/test_mobilefacenet.py).
+        f32=Tolerance(rtol=1e-4, atol=5e-4),
+        # Measured cosine 0.99997, L2 0.008 (unit-norm descriptors).
+        bf16=Tolerance(min_cosine=0.999, max_l2=0.05),
+        intermediates=frozenset({
+            'stem', 'Conv2d_2', 'Conv2d_3', 'Conv2d_4', 'Conv2d_5',
+            'Conv2d_6', 'Conv2d_7', 'unnormalised'}),
+        # Unit-norm 192-d descriptors: mean |d| ~0.04 (~1/sqrt(192) * 0.6).
+        nonvacuous=_mean_abs_above(0.02),
+        mismatch=Mismatch(
+            extra='MobileFaceNet/MobileFaceNet/Conv2d_3_InvResBlock_0/Conv/'
+                  'BatchNorm/FusedBatchNorm:scale',
+            missing='MobileFaceNet/MobileFaceNet/Conv2d_4_InvResBlock_1/'
+                    'Conv_1/BatchNorm/FusedBatchNorm:bias',
+            reshape=('MobileFaceNet/MobileFaceNet/Conv2d_2_InvResBlock_0/'
+                     'Conv/BatchNorm/FusedBatchNorm:filter', (1, 1, 64, 127),
+                     r'got \(1, 1, 64, 127\), model expects '
+                     r'\(1, 1, 64, 128\)')),
+        read_source=lambda path: tfjs.read_graph_model(path).const_roles(),
+        port_source=mobilefacenet_port.port_roles,
+        nan_spreads=True,
+        # A large constant part dominates this model's output (cosine
+        # ~0.9997 between a face and noise, docs/face_models.md): random
+        # inputs move the descriptor by 0.67 % of its mean |d| (measured);
+        # its intermediates, compared as well, differ by far more.
+        spread=0.003),
     EncoderKind(
         kind='iresnet', reference='ports.iresnet_reference',
         filename='backbone.pth',

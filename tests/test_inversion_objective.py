@@ -1,5 +1,7 @@
 """The ID2image objective and its StyleGAN2 / encoder adapters (toy models)."""
 
+import dataclasses
+import os
 import types
 
 import flax.linen as nn
@@ -10,9 +12,12 @@ import numpy as np
 import optax
 import pytest
 
+from id2image_jax import cli
 from id2image_jax import inversion
 from id2image_jax import losses
 from id2image_jax import protocols
+from id2image_jax.data import targets as targets_lib
+from id2image_jax.evaluation import arms
 from id2image_jax.inversion import objective as obj
 from id2image_jax.preprocess import InputSpec
 from id2image_jax.preprocess import to_encoder_input
@@ -136,7 +141,7 @@ def test_weighted_terms_match_hand_computation(g_vars):
       render, embed, weights=obj.Weights(landmarks=0.0))
   assert set(no_lm(p, latent, target)[1]) == {'id', 'histogram',
                                               'id_cosine'}
-  with pytest.raises(ValueError, match='landmarks_fn'):
+  with pytest.raises(ValueError, match='nothing measures the landmarks'):
     obj.make_id2image_objective(render, embed)(p, latent, target)
 
 
@@ -203,3 +208,34 @@ def test_rematerialize_keeps_values_and_gradients(policy):
 def test_rematerialize_rejects_unknown_policy():
   with pytest.raises(ValueError, match='remat policy'):
     obj.rematerialize(lambda x: x, 'everything')
+
+
+def test_every_list_of_terms_is_the_table():
+  # Adding a term is a row of losses.TERMS (+ its loss and Targets field):
+  # each place that names terms must follow the table.
+  names = [t.name for t in losses.TERMS]
+  assert len(set(names)) == len(names) and names[0] == 'id'
+  assert list(losses.DEFAULT_WEIGHTS) == names
+  assert [f.name for f in dataclasses.fields(obj.Weights)] == names
+  assert dataclasses.asdict(obj.Weights()) == dict(losses.DEFAULT_WEIGHTS)
+  config = os.path.join(cli.config_dir(), 'invert.py')
+  assert set(cli.load_config(config).weights) == set(names)
+  assert dict(cli.load_config(config + ':paper').weights) == dict(
+      losses.DEFAULT_WEIGHTS)
+  assert arms.TERMS == tuple(names)
+  assert arms.parse_arm('+'.join(t.short for t in losses.TERMS)) == tuple(
+      names)
+  fields = {f.name for f in dataclasses.fields(targets_lib.Targets)}
+  assert set(losses.AUX_TERMS) <= fields, 'a Targets field per term'
+  assert losses.AUX_TERMS == tuple(t.name for t in losses.TERMS
+                                   if not t.always)
+  # A term is measured by a model (params_key) or by its own measure, or
+  # is the identity term (the encoder given to the objective).
+  for t in losses.TERMS:
+    assert t.always or (t.params_key is None) == (t.measure is not None), t
+
+
+def test_objective_refuses_a_measure_of_no_term():
+  with pytest.raises(ValueError, match=r"unknown terms \['colour'\]"):
+    obj.make_id2image_objective(lambda v, x: x, toy.embed,
+                                measures={'colour': lambda im: im})

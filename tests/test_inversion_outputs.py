@@ -10,12 +10,20 @@ from PIL import Image
 
 from id2image_jax import inversion
 from id2image_jax.reports import inversion as outputs
+from id2image_jax.reports import outputs as shared
 
 
 def test_to_uint8():
   np.testing.assert_array_equal(
-      outputs.to_uint8(np.array([-1.0, 0.0, 1.0, 2.0, np.nan])),
+      shared.to_uint8(np.array([-1.0, 0.0, 1.0, 2.0, np.nan])),
       [0, 128, 255, 255, 0])
+
+
+def test_json_safe_is_strict_json():
+  got = shared.json_safe({'a': np.float32(np.nan), 1: np.arange(2),
+                          'b': (np.bool_(True), np.inf, 0.5)})
+  assert got == {'a': None, '1': [0, 1], 'b': [True, None, 0.5]}
+  json.dumps(got, allow_nan=False)
 
 
 def test_write_outputs(tmp_path):

@@ -175,6 +175,32 @@ def test_encoders_without_shipped_weights_ask_for_a_file(spec):
     loading.load_encoder(spec)
 
 
+def test_per_kind_facts_are_fields_of_the_rows():
+  kinds = loading.KINDS
+  for alias, name in loading.ALIASES.items():
+    assert alias not in kinds and alias in kinds[name].aliases
+  assert loading.ALIASES['arcface'] == 'iresnet'
+  assert sum(len(k.aliases) for k in kinds.values()) == len(loading.ALIASES)
+  for kind in kinds.values():
+    partner = kind.evaluation_partner
+    if partner:  # another encoder, which names this one back
+      assert kind.role == loading.ENCODER and partner != kind.name
+      assert kinds[partner].evaluation_partner == kind.name
+    for encoder, name in kind.regressors.items():
+      assert kind.role == loading.GENERATOR, kind.name
+      assert kinds[encoder].role == loading.ENCODER
+      assert loading.shipped_regressor(kind.name, encoder).endswith(name)
+    assert not kind.labels or kind.role == loading.ATTRIBUTES
+  assert loading.shipped_regressor('stylegan2', 'dlib') is None
+  assert loading.evaluation_partner('dlib') == 'faceres'
+  assert loading.evaluation_partner('dlib_resnet') == 'faceres'
+  assert loading.evaluation_partner('dlib:/x/model.dat') == 'dlib:/x/model.dat'
+  assert loading.evaluation_partner('vggface') == 'vggface'
+  from id2image_jax.jobs import common  # pylint: disable=g-import-not-at-top
+  assert common.evaluation_partner('auto', 'faceres') == 'dlib'
+  assert common.evaluation_partner('iresnet', 'dlib') == 'iresnet'
+
+
 def test_missing_encoder_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match='resnet50_ft_weight.pkl'):
     loading.load_encoder(str(tmp_path / 'resnet50_ft_weight.pkl'))

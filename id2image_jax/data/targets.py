@@ -32,6 +32,7 @@ import tqdm
 from PIL import Image
 
 from id2image_jax import errors
+from id2image_jax import losses
 from id2image_jax import protocols
 from id2image_jax.data import align as align_lib
 from id2image_jax.data import arrays
@@ -44,6 +45,9 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 @dataclasses.dataclass
 class Targets:
   """What to invert, row-aligned.
+
+  Beside the descriptors, one field per term of `losses.AUX_TERMS` (named
+  as the term) holds that term's targets.
 
   Attributes:
     descriptors: [N, D] float32 (NaN rows are reported and skipped).
@@ -95,7 +99,7 @@ def read_descriptor_file(path: str, *, dim: int) -> Targets:
       raise errors.BadInputError(f'{path} has no "descriptor" array (has: '
                                  f'{sorted(data)})')
     descriptors = data[key]
-    extras = {k: data[k] for k in ('names', 'landmarks', 'histogram')
+    extras = {k: data[k] for k in ('names', *losses.AUX_TERMS)
               if k in data}
   else:
     descriptors = data
@@ -128,8 +132,7 @@ def read_descriptor_file(path: str, *, dim: int) -> Targets:
   names = ([str(s) for s in extras['names']] if 'names' in extras else
            [f'row_{i:06d}' for i in range(n)])
   return Targets(descriptors=descriptors.astype(np.float32), names=names,
-                 landmarks=extras.get('landmarks'),
-                 histogram=extras.get('histogram'))
+                 **{k: extras.get(k) for k in losses.AUX_TERMS})
 
 
 def read_image_folder(path: str, *, resolution: int,
@@ -214,14 +217,15 @@ def safe_descriptors(targets: Targets) -> np.ndarray:
 
 def predict_from_descriptors(targets: Targets,
                              predictors: Mapping[str, Any]) -> None:
-  """Fills ``targets.landmarks`` / ``.histogram`` where still None.
+  """Fills the targets of `losses.AUX_TERMS` (``targets.landmarks``,
+  ``.histogram``) where still None.
 
   Args:
     targets: modified in place.
-    predictors: 'landmarks' / 'histogram' -> ``fn(descriptors [N, D]) ->
-      [N, ...]`` (a loaded head's prediction).
+    predictors: term ('landmarks' / 'histogram') -> ``fn(descriptors
+      [N, D]) -> [N, ...]`` (a loaded head's prediction).
   """
   safe = safe_descriptors(targets)
-  for name in ('landmarks', 'histogram'):
+  for name in losses.AUX_TERMS:
     if predictors.get(name) is not None and getattr(targets, name) is None:
       setattr(targets, name, np.asarray(predictors[name](safe)))

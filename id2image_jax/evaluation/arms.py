@@ -1,9 +1,10 @@
 """The ablation arms of paper Table 2, as data: which loss terms each uses.
 
 An arm is named by its terms joined with '+': ``'id'``, ``'id+lm'``,
-``'id+lm+hist'`` (aliases: ``lm`` = ``landmarks``, ``hist`` =
-``histogram``). Its weights are the config's eq. 4 weights for the terms it
-names and 0 for the others.
+``'id+lm+hist'`` (each term's ``short`` label in `losses.TERMS`, or its
+name or an alias: ``lm`` = ``landmarks``, ``hist`` = ``histogram``). Its
+weights are the config's eq. 4 weights for the terms it names and 0 for the
+others.
 
 A term can only be used when its targets (and, for landmarks, the
 image->landmark model) exist. `plan_arms` decides what actually runs:
@@ -23,11 +24,12 @@ import dataclasses
 from collections.abc import Mapping
 from collections.abc import Sequence
 
-TERMS = ('id', 'landmarks', 'histogram')
-_ALIASES = {'id': 'id', 'lm': 'landmarks', 'lms': 'landmarks',
-            'landmarks': 'landmarks', 'hist': 'histogram',
-            'histogram': 'histogram'}
-_SHORT = {'id': 'id', 'landmarks': 'lm', 'histogram': 'hist'}
+from id2image_jax import losses
+
+TERMS = tuple(t.name for t in losses.TERMS)
+_ALIASES = {alias: t.name for t in losses.TERMS
+            for alias in (t.name, t.short, *t.aliases)}
+_SHORT = {t.name: t.short for t in losses.TERMS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,7 @@ class ArmPlan:
   Attributes:
     requested: the arm as configured, e.g. 'id+lm+hist'.
     terms: the terms that run, in `TERMS` order (empty when skipped).
-    weights: eq. 4 weights {'id', 'landmarks', 'histogram'} (0 = off).
+    weights: eq. 4 weights, one per term of `TERMS` (0 = off).
     dropped: term -> why it could not be used.
     skipped: why the whole arm does not run ('' when it runs).
   """

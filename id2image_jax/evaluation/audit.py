@@ -31,7 +31,7 @@ from id2image_jax.data import targets as targets_lib
 from id2image_jax.evaluation import scores
 from id2image_jax.inversion import blackbox
 from id2image_jax.inversion import engine
-from id2image_jax.inversion import recipe
+from id2image_jax.recipes import inversion as recipe
 
 # Labels an attribute network gives when the data has none (pseudo labels).
 _NET_ATTRIBUTES = {

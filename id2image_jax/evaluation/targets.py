@@ -202,7 +202,7 @@ def _people_order(config: Any, people: np.ndarray, mode: str, *,
           chosen)
 
 
-def people_layout(config: Any, encoder: protocols.Encoder,
+def people_layout(config: Any, encoder: protocols.Encoder, *,
                   folder: str | None = None) -> EvalTargets:
   """Targets and pool from an aligned folder whose people are known.
 
@@ -284,7 +284,8 @@ def load(config: Any, generator: protocols.Generator,
          encoder: protocols.Encoder) -> EvalTargets:
   """Reads or generates the targets and the pool (module docstring)."""
   if config.targets and knows_people(config.targets):
-    return people_layout(config, encoder, _aligned(config, config.targets))
+    return people_layout(config, encoder,
+                         folder=_aligned(config, config.targets))
   if not config.targets:
     n, extra = config.num_targets, config.num_impostor_images
     if extra < 0:
@@ -415,7 +416,7 @@ def transfer_targets(eval_targets: EvalTargets, encoder: protocols.Encoder,
   descriptors[ok] = encoder.embed(t.sources[ok])
   out = dataclasses.replace(t, descriptors=descriptors)
   dropped = []
-  for term in ('landmarks', 'histogram'):
+  for term in losses.AUX_TERMS:
     origin = aux_sources.get(term, {}).get('from')
     if getattr(out, term) is not None and origin in ('heads', 'file'):
       setattr(out, term, None)

@@ -6,8 +6,10 @@
        + w_lm * ||landmarks_fn(render(latent)) - target_landmarks||^2
        + w_hist * ||histogram_fn(render(latent)) - target_histogram||^2
 
-with paper weights 1, 0.0006, 0.01. The parts are callables so that the
-engine does not depend on particular models:
+with paper weights 1, 0.0006, 0.01. The terms, their weights, losses and
+target keys are the rows of `losses.TERMS`; this module only sums what the
+table lists. The parts are callables so that the engine does not depend on
+particular models:
 
 * ``render(variables, latent) -> image [H, W, 3]`` in [-1, 1], ONE target;
   `generator_render` builds it from any loaded generator for the 'z', 'w'
@@ -16,19 +18,21 @@ engine does not depend on particular models:
   builds it from an encoder module and its `InputSpec`.
 * ``landmarks_fn(variables, image) -> [68, 2]`` (the image->landmark CNN).
 * ``histogram_fn(image) -> [3, bins]`` (default: the soft histogram).
+* the measure of any further term of `losses.TERMS`, in ``measures``.
 
 Model variables travel in the objective's ``params`` argument as
-``{'generator': ..., 'encoder': ..., 'landmarks': ...}`` (the last only with
-`landmarks_fn`). A target is ``{'descriptor': [D]}`` plus optionally
-``'landmarks': [68, 2]`` and ``'histogram': [3, bins]`` (predicted from the
-descriptor by the heads); a term is active when its target is present and
-its weight is non-zero.
+``{'generator': ..., 'encoder': ..., 'landmarks': ...}`` (each term's
+``params_key``; the last only with `landmarks_fn`). A target is
+``{'descriptor': [D]}`` plus optionally ``'landmarks': [68, 2]`` and
+``'histogram': [3, bins]`` (predicted from the descriptor by the heads); a
+term is active when its target is present and its weight is non-zero.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 from typing import Literal
 
@@ -66,12 +70,16 @@ def rematerialize(fn: Callable[..., Any], policy: str) -> Callable[..., Any]:
   return jax.checkpoint(fn, policy=REMAT_POLICIES[policy])
 
 
-@dataclasses.dataclass(frozen=True)
-class Weights:
-  """Loss weights of paper eq. 4 (defaults: `losses.DEFAULT_WEIGHTS`)."""
-  id: float = losses.DEFAULT_WEIGHTS['id']
-  landmarks: float = losses.DEFAULT_WEIGHTS['landmarks']
-  histogram: float = losses.DEFAULT_WEIGHTS['histogram']
+# One float field per row of `losses.TERMS`, named as the term, default its
+# paper weight: ``Weights(landmarks=0.0)``, ``Weights(**config.weights)``.
+Weights = dataclasses.make_dataclass(
+    'Weights',
+    [(t.name, float, dataclasses.field(default=t.weight))
+     for t in losses.TERMS],
+    frozen=True,
+    namespace={'__module__': __name__, '__doc__': (
+        'Loss weights of paper eq. 4, one field per term of `losses.TERMS` '
+        '(defaults: `losses.DEFAULT_WEIGHTS`).')})
 
 
 def make_id2image_objective(
@@ -80,6 +88,7 @@ def make_id2image_objective(
     *,
     landmarks_fn: Callable[[Any, jax.Array], jax.Array] | None = None,
     histogram_fn: Callable[[jax.Array], jax.Array] | None = None,
+    measures: Mapping[str, Callable[..., jax.Array]] | None = None,
     weights: Weights = Weights(),
 ):
   """Builds ``loss_fn(params, latent, target) -> (loss, terms)`` for `invert`.
@@ -91,7 +100,12 @@ def make_id2image_objective(
       needed when targets carry ``'landmarks'``.
     histogram_fn: ``histogram_fn(image) -> [3, bins]``; default the
       normalised soft histogram of the [-1, 1] image on the 0..255 scale
-      (10 bins, sigma 1.85), matching the histogram head's softmax output.
+      (10 bins, sigma 1.85), matching the histogram head's softmax output
+      (`losses.generator_image_histogram`).
+    measures: term name -> its measure of the render, for any term of
+      `losses.TERMS` (``fn(params[term.params_key], image)``, or
+      ``fn(image)`` for a term without ``params_key``); the arguments above
+      are the paper's three.
     weights: term weights.
 
   Returns:
@@ -101,29 +115,37 @@ def make_id2image_objective(
     monitor, not a term: the score a black-box attacker sees, so histories
     of both attacks compare step by step).
   """
-  histogram_fn = histogram_fn or _soft_histogram_of_generator_image
+  given = {'id': embed, 'landmarks': landmarks_fn, 'histogram': histogram_fn,
+           **(measures or {})}
+  unknown = sorted(set(given) - {t.name for t in losses.TERMS})
+  if unknown:
+    raise ValueError(f'measures for unknown terms {unknown}: the terms are '
+                     f'{[t.name for t in losses.TERMS]} (losses.TERMS)')
+  measure = {t.name: given.get(t.name) or t.measure for t in losses.TERMS}
+  weight = dataclasses.asdict(weights)
+  identity = next(t for t in losses.TERMS if t.name == 'id')
 
   def loss_fn(params, latent, target):
     image = render(params['generator'], latent)
-    descriptor = embed(params['encoder'], image)
-    terms = {'id': losses.identity_loss(descriptor, target['descriptor'])}
-    if 'landmarks' in target and weights.landmarks:
-      if landmarks_fn is None:
-        raise ValueError('targets have landmarks but no landmarks_fn given')
-      terms['landmarks'] = losses.landmark_loss(
-          landmarks_fn(params['landmarks'], image), target['landmarks'])
-    if 'histogram' in target and weights.histogram:
-      terms['histogram'] = losses.histogram_loss(histogram_fn(image),
-                                                 target['histogram'])
-    total, aux = losses.objective(terms, weights=dataclasses.asdict(weights))
+    terms, measured = {}, {}
+    for term in losses.TERMS:
+      if not term.always and not (term.target in target
+                                  and weight[term.name]):
+        continue
+      fn = measure[term.name]
+      if fn is None:
+        raise ValueError(
+            f'targets have {term.target!r} but nothing measures the '
+            f'{term.name} term on the render: pass its measure in '
+            f'measures={{{term.name!r}: fn}} (landmarks: landmarks_fn)')
+      measured[term.name] = (fn(image) if term.params_key is None else
+                             fn(params[term.params_key], image))
+      terms[term.name] = term.loss(measured[term.name], target[term.target])
+    total, aux = losses.objective(terms, weights=weight)
     return total, {**aux, 'id_cosine': losses.cosine_similarity(
-        descriptor, target['descriptor'])}
+        measured['id'], target[identity.target])}
 
   return loss_fn
-
-
-def _soft_histogram_of_generator_image(image: jax.Array) -> jax.Array:
-  return losses.image_soft_histogram(image, value_range=(-1.0, 1.0))
 
 
 def generator_render(generator: Generator, *,

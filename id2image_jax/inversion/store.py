@@ -1,4 +1,4 @@
-"""Resume files of one inversion run: orbax checkpoints in a work directory.
+"""Resume files of one inversion run: checkpoints in a work directory.
 
 Layout::
 
@@ -6,9 +6,9 @@ Layout::
   chunks/<k>/     results of finished chunk k (numpy, rows without padding)
   state/<i>/      the running chunk's state (latest only) + {chunk, step}
 
-Orbax writes each checkpoint under a temporary name and renames it when
-complete, so a chunk listed in ``chunks/`` is finished, whatever killed the
-previous run.
+The checkpoints are `checkpoints.StepCheckpoints` (orbax, which writes
+each under a temporary name and renames it when complete), so a chunk
+listed in ``chunks/`` is finished, whatever killed the previous run.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from id2image_jax import errors
+from id2image_jax import checkpoints
 from id2image_jax.inversion import state as state_lib
 
 _RUN_FILE = 'run.json'
@@ -58,18 +58,16 @@ def _differences(have: Mapping[str, Any], want: Mapping[str, Any],
 
 
 class Store:
-  """Orbax checkpoints of one run in `workdir` (module docstring)."""
+  """The checkpoints of one run in `workdir` (module docstring)."""
 
   def __init__(self, workdir: str, fingerprint: Mapping[str, Any]):
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
     self._check_run(workdir, dict(fingerprint))
-    self._chunks = ocp.CheckpointManager(
-        os.path.join(workdir, 'chunks'),
-        options=ocp.CheckpointManagerOptions(create=True))
-    self._state = ocp.CheckpointManager(
-        os.path.join(workdir, 'state'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    self._chunks = checkpoints.StepCheckpoints(
+        os.path.join(workdir, 'chunks'))
+    self._state = checkpoints.StepCheckpoints(
+        os.path.join(workdir, 'state'), max_to_keep=1)
     self._steps_per_chunk = int(fingerprint['steps']) + 1
 
   @staticmethod
@@ -93,37 +91,33 @@ class Store:
       multihost_utils.sync_global_devices('id2image_jax.inversion.run_json')
 
   def finished(self) -> set[int]:
-    return set(self._chunks.all_steps())
+    return self._chunks.steps()
 
   def load_chunk(self, k: int) -> dict[str, Any]:
-    return self._chunks.restore(k, args=ocp.args.StandardRestore())
+    return self._chunks.restore(k)
 
   def save_chunk(self, k: int, result: dict[str, Any]) -> None:
     # Asynchronous: the next chunk computes while this one is written.
-    self._chunks.save(k, args=ocp.args.StandardSave(result))
+    self._chunks.save(k, result)
 
   def save_state(self, k: int, step: int, st: state_lib.InversionState):
     # A state of chunk k may only exist once chunk k-1's results are on
     # disk: state checkpoint ids then only grow, and a resumed run never
     # finds a later chunk's state while an earlier chunk is unfinished.
-    self._chunks.wait_until_finished()
-    self._state.save(
-        k * self._steps_per_chunk + step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(st),
-            meta=ocp.args.JsonSave({'chunk': k, 'step': step})))
+    self._chunks.wait()
+    self._state.save_items(
+        k * self._steps_per_chunk + step, arrays={'state': st},
+        documents={'meta': {'chunk': k, 'step': step}})
 
   def load_state(self, k: int, abstract) -> state_lib.InversionState | None:
     latest = self._state.latest_step()
     if latest is None or latest // self._steps_per_chunk != k:
       return None
-    got = self._state.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        meta=ocp.args.JsonRestore()))
+    got = self._state.restore_items(latest, arrays={'state': abstract},
+                                    documents=('meta',))
     assert got['meta']['chunk'] == k, got['meta']
     return got['state']
 
   def close(self):
-    for manager in (self._chunks, self._state):
-      manager.wait_until_finished()
-      manager.close()
+    for saved in (self._chunks, self._state):
+      saved.close()

@@ -79,21 +79,13 @@ def encoder_file_stem(spec: str) -> str:
   return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
-# The default evaluation encoder for an attacked one: a different network,
-# so that identity scores are an independent measure. FaceRes (ROC AUC
-# 0.976 on CelebA pairs, dlib 0.989) pairs with dlib; MobileFaceNet of
-# human-models separates identities too poorly (AUC 0.60) to serve
-# (docs/face_models.md).
-EVALUATION_PARTNERS: dict[str, str] = {'dlib': 'faceres', 'faceres': 'dlib'}
-
-
 def evaluation_partner(eval_encoder: str, attacked: str) -> str:
-  """``eval_encoder`` if set; for 'auto' (or '') the attacked encoder's
-  partner in `EVALUATION_PARTNERS`, else the attacked encoder itself
-  (the report then says the measure is not independent)."""
+  """``eval_encoder`` if set; for 'auto' (or '') the attacked kind's
+  ``evaluation_partner`` in `loading.KINDS`, else the attacked encoder
+  itself (the report then says the measure is not independent)."""
   if eval_encoder and eval_encoder != 'auto':
     return eval_encoder
-  return EVALUATION_PARTNERS.get(attacked, attacked)
+  return loading.evaluation_partner(attacked)
 
 
 class Encoders:
@@ -132,11 +124,12 @@ class Heads:
     predictors: 'landmarks' / 'histogram' -> ``fn(descriptors [N, D]) ->
       [N, ...]`` from the descriptor heads of `id2image leakage`.
     landmark_net: the image -> landmark network, or None.
-    regressor: the ID -> latent head ``(module, params, config)``, or None.
+    regressor: the ID -> latent head's ``fn(descriptors [N, D]) ->
+      latents [N, ...]``, or None.
   """
   predictors: dict[str, Any]
   landmark_net: protocols.LandmarkNet | None
-  regressor: tuple[Any, Any, dict] | None
+  regressor: Any
 
 
 def _predictor(path: str, what: str):
@@ -164,5 +157,5 @@ def load_heads(heads: Mapping[str, str], *, init: str = '') -> Heads:
     landmark_net = loading.load_landmark_net(heads['image_landmarks'])
   regressor = None
   if init and init not in ('w_avg', 'random'):
-    regressor = loading.load_head(init, what='ID->latent')
+    regressor = _predictor(init, 'ID->latent')
   return Heads(predictors, landmark_net, regressor)

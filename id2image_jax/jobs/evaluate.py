@@ -7,7 +7,7 @@ Data flow (one direction)::
          -> targets + pool of originals, landmark/histogram
             targets (heads | measured | file)               evaluation.targets
          -> arms (ID / +LM / +hist) -> which run, and why not  evaluation.arms
-         -> per arm: invert (inversion.recipe.invert_targets) same targets,
+         -> per arm: invert (recipes.inversion.invert_targets) same targets,
                                                               same init, seed
          -> per arm: MSE/PSNR/SSIM, histogram EMD, landmark NME, identity
             cosine and TMR@FMR under the attacked and the evaluation
@@ -31,8 +31,8 @@ from id2image_jax import loading
 from id2image_jax.evaluation import arms as arms_lib
 from id2image_jax.evaluation import scores
 from id2image_jax.evaluation import targets as targets_lib
-from id2image_jax.inversion import recipe
 from id2image_jax.jobs import common
+from id2image_jax.recipes import inversion as recipe
 from id2image_jax.reports import evaluation as report
 from id2image_jax.reports import inversion as inversion_report
 

@@ -5,7 +5,7 @@ Data flow (one direction)::
   config -> generator, encoder, heads (loading)               load
          -> targets: descriptors (+ landmarks, histogram)      data.targets
          -> init latents (w_avg | random | ID->latent head)
-         -> inversion.recipe.invert_targets (jit(vmap) steps,
+         -> recipes.inversion.invert_targets (jit(vmap) steps,
             sharded, resumable)
          -> renders, their descriptors, metrics               recipe.quality
          -> workdir: PNGs, grid, npz, loss plot, summary.json reports
@@ -22,8 +22,8 @@ import jax
 
 from id2image_jax import loading
 from id2image_jax.data import targets as targets_lib
-from id2image_jax.inversion import recipe
 from id2image_jax.jobs import common
+from id2image_jax.recipes import inversion as recipe
 from id2image_jax.reports import inversion as report
 
 

@@ -2,7 +2,8 @@
 
 Every loss reduces only its feature axes and returns one value per example
 (`[..., D] -> [...]`); reduction and weighting stay with the caller, as in
-`optax.losses`. `objective` forms the paper's weighted sum.
+`optax.losses`. `objective` forms the paper's weighted sum; `TERMS` is the
+one table of its terms (name, weight, loss, target, arm label).
 
 Typical inversion step (generator images in [-1, 1], NHWC)::
 
@@ -25,13 +26,21 @@ from id2image_jax.losses._histogram import image_histogram
 from id2image_jax.losses._histogram import image_soft_histogram
 from id2image_jax.losses._histogram import soft_histogram
 from id2image_jax.losses._histogram import to_pixel_scale
-from id2image_jax.losses._objective import DEFAULT_WEIGHTS
 from id2image_jax.losses._objective import objective
+from id2image_jax.losses._terms import AUX_TERMS
+from id2image_jax.losses._terms import DEFAULT_WEIGHTS
+from id2image_jax.losses._terms import TERMS
+from id2image_jax.losses._terms import Term
+from id2image_jax.losses._terms import generator_image_histogram
 
 __all__ = (
+    'AUX_TERMS',
     'DEFAULT_WEIGHTS',
+    'TERMS',
+    'Term',
     'cosine_distance',
     'cosine_similarity',
+    'generator_image_histogram',
     'histogram_loss',
     'identity_loss',
     'image_histogram',

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping
 
 import chex
 import jax
 import jax.numpy as jnp
 
-# Paper eq. 4: w1 = 1 (ID), w2 = 0.0006 (landmarks), w3 = 0.01 (histogram).
-# Read-only so that no caller can change the defaults of everyone else.
-DEFAULT_WEIGHTS: Mapping[str, float] = types.MappingProxyType(
-    {'id': 1.0, 'landmarks': 0.0006, 'histogram': 0.01})
+from id2image_jax.losses._terms import DEFAULT_WEIGHTS
 
 
 def objective(

@@ -54,6 +54,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from id2image_jax.models import nn as tnn
 from id2image_jax import preprocess
 from id2image_jax.models import _tf_layers as tfl
 from id2image_jax.models import _variants
@@ -214,8 +215,11 @@ class MobileFaceNet(nn.Module):
         ``unnormalised`` [*batch, 192] (the Logits output before the L2
         normalisation).
     """
-    x = tfl.check_image_input(x, (self.input_size,) * 2, 'MobileFaceNet',
-                              'RGB / 255, in [0, 1]')
+    # The encoders' shared checks (shape, float dtype, finite values
+    # outside jit), as the encoder contract expects of every encoder kind.
+    x = jnp.asarray(x)
+    tnn.check_image_input(x, (self.input_size,) * 2, model='MobileFaceNet',
+                          channels='RGB', why=' (RGB / 255, in [0, 1])')
     return tfl.over_batch(self._forward, x.astype(self.dtype))
 
   def _forward(self, x):

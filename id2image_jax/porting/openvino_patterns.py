@@ -107,7 +107,7 @@ class Matcher:
     self.graph = graph
 
   def match(self, pattern: Any, layer: openvino_ir.Layer, out_index: int,
-            env: Env, depth: int = 0, where: str = 'output') -> Env:
+            env: Env, *, depth: int = 0, where: str = 'output') -> Env:
     """Matches `pattern` against output `out_index` of `layer`.
 
     Args:
@@ -178,7 +178,8 @@ class Matcher:
         for i, sub in enumerate(order):
           src, src_port = g.producer(layer, i)
           trial = self.match(sub, src, g.output_index(src, src_port), trial,
-                             depth + 1, f'input {i} of {layer.describe()}')
+                             depth=depth + 1,
+                             where=f'input {i} of {layer.describe()}')
         return trial
       except NoMatch as e:
         if best is None or e.depth > best.depth:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from id2image_jax.reports import inversion as outputs
 from id2image_jax.reports import leakage as leakage_report
+from id2image_jax.reports import outputs
 
 SECTIONS = ('summary', 'leakage', 'attack', 'blackbox', 'facts')
 

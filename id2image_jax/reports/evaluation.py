@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-from id2image_jax.reports import inversion as outputs
+from id2image_jax.reports import outputs
 
 # Table 2 rows: (key in 'appearance', label, format).
 _APPEARANCE_ROWS = (

@@ -27,12 +27,13 @@ import numpy as np
 from PIL import Image
 
 from id2image_jax.inversion.engine import InversionResult
+from id2image_jax.reports.outputs import json_safe
+from id2image_jax.reports.outputs import pyplot
+from id2image_jax.reports.outputs import to_uint8
 
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[..., H, W, 3] floats in [-1, 1] -> uint8 [0, 255] (NaN -> 0)."""
-  x = np.nan_to_num(np.asarray(images, np.float32), nan=-1.0)
-  return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+# json_safe, pyplot and to_uint8 live in reports.outputs, shared by every
+# report; jobs that still reach them as reports.inversion.json_safe /
+# .pyplot find them here too.
 
 
 def save_images(directory: str | os.PathLike, images: np.ndarray,
@@ -181,29 +182,6 @@ def write_outputs(directory: str | os.PathLike, result: InversionResult, *,
 
 def _name(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
-
-
-def json_safe(obj: Any) -> Any:
-  """NaN/inf -> None, numpy -> Python, recursively (strict JSON)."""
-  if isinstance(obj, Mapping):
-    return {str(k): json_safe(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [json_safe(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return json_safe(obj.tolist())
-  if isinstance(obj, (np.integer, np.bool_)):
-    return obj.item()
-  if isinstance(obj, (float, np.floating)):
-    return float(obj) if math.isfinite(obj) else None
-  return obj
-
-
-def pyplot():
-  """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
 
 
 def plot_history(path: str, result: InversionResult) -> None:

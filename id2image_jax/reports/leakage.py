@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from id2image_jax.reports import inversion as outputs
+from id2image_jax.reports import outputs
 
 # The paper's Table 1 (VGGFace2 / ArcFace descriptors of CelebA), for
 # comparison in every report. Landmarks: % of interocular distance;

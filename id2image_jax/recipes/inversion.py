@@ -3,16 +3,19 @@
 One function, `invert_targets`, serves the invert job, every ablation arm
 and transfer run of the evaluate job, and the audit: objective (paper eq. 4
 with the configured weights), initialisation (w_avg, random, or the ID ->
-latent regressor of paper 4.1), Adam schedule and latent space from the
-config; then the engine; then the final latents rendered and embedded.
-Models and heads arrive loaded: this module reads no file.
+latent regressor of paper 4.1, passed in as a callable), Adam schedule and
+latent space from the config; then the engine; then the final latents
+rendered and embedded. Models and heads arrive loaded: this module reads no
+file. (It was ``inversion/recipe.py``: glue over `inversion`, `data` and
+the metrics, so it sits a floor above them; see `id2image_jax.recipes`.)
 
 Config fields used: ``latent_space``, ``noise_mode``, ``optimize_noise``,
 ``init`` ('w_avg' | 'random' | a regressor, passed in loaded),
 ``steps``, ``learning_rate``, ``lr_schedule``, ``chunk_size``,
 ``compute_dtype``, ``remat``, ``identity_loss``, ``weights``,
 ``landmark_pixel_scale``, ``render_resolution``, ``seed``, ``workdir``,
-``resume``, ``checkpoint_every``, ``history_every``, ``progress``.
+``resume``, ``checkpoint_every``, ``history_every``, ``snapshot_steps``,
+``progress``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from id2image_jax import losses
 from id2image_jax import metrics
 from id2image_jax import protocols
-from id2image_jax.analysis import train as train_lib
 from id2image_jax.data.targets import Targets
 from id2image_jax.data.targets import safe_descriptors
 from id2image_jax.inversion import engine
@@ -61,16 +65,21 @@ def _with_noise(noise, key, target, *, init):
   return {**init(key, target), 'noise': list(noise)}
 
 
+# A trained ID -> latent head: descriptors [N, D] -> latents [N, ...].
+Regressor = Callable[[np.ndarray], Any]
+
+
 def make_init(config: Any, generator: protocols.Generator, targets: Targets,
-              *, regressor: tuple[Any, Any, dict] | None = None) -> Any:
+              *, regressor: Regressor | None = None) -> Any:
   """Per-target initial latents for ``config.init`` (+ noise if optimised).
 
   Args:
     config: the invert config.
     generator: the loaded generator.
     targets: what is inverted.
-    regressor: the loaded ID->latent head ``(module, params, config)`` when
-      ``config.init`` names one.
+    regressor: the loaded ID->latent head's prediction, ``regressor(
+      descriptors [N, D]) -> [N, w_dim]`` or ``[N, num_ws, w_dim]`` (or
+      ``[N, z_dim]``), when ``config.init`` names one.
 
   Returns:
     What `engine.invert` takes as ``init``: [N, ...] arrays or a per-target
@@ -106,9 +115,8 @@ def _initial_latent(config, generator, targets, regressor):
   if regressor is None:
     raise ValueError(f'init={config.init!r} names an ID->latent head: load '
                      'it and pass it as `regressor`')
-  model, params, head_config = regressor
-  pred = np.asarray(train_lib.predict(model, params,
-                                      safe_descriptors(targets)), np.float32)
+  pred = np.asarray(regressor(safe_descriptors(targets)), np.float32)
+  predicts = pred.shape[1:]
   n, num_ws, w_dim = len(pred), generator.num_ws, generator.w_dim
   if space == 'w+' and pred.shape[1:] == (w_dim,):
     pred = np.broadcast_to(pred[:, None], (n, num_ws, w_dim)).copy()
@@ -116,9 +124,8 @@ def _initial_latent(config, generator, targets, regressor):
     pred = pred.mean(axis=1)
   if pred.shape[1:] != want:
     raise ValueError(
-        f'the ID->latent head at {config.init} predicts '
-        f'{head_config.get("out_shape")}, but latent space {space!r} needs '
-        f'{want}')
+        f'the ID->latent head at {config.init} predicts {predicts}, but '
+        f'latent space {space!r} needs {want}')
   return {'z' if space == 'z' else 'w': pred}
 
 
@@ -143,14 +150,25 @@ def render_fn(config: Any, generator: protocols.Generator):
       resolution=config.render_resolution or None)
 
 
+def _active(config: Any, targets: Targets, term: str) -> bool:
+  """True if the `term` of `losses.AUX_TERMS` is optimised: its targets
+  exist and its weight is not 0."""
+  return getattr(targets, term) is not None and bool(config.weights[term])
+
+
 def build_objective(config: Any, generator: protocols.Generator,
                     encoder: protocols.Encoder, targets: Targets, *,
                     landmark_net: protocols.LandmarkNet | None = None):
-  """(loss_fn, params, render) for the engine, from the config's weights."""
+  """(loss_fn, params, render) for the engine, from the config's weights.
+
+  The terms are those of `losses.TERMS`; the identity term measures with
+  `encoder`, the landmark term with `landmark_net` (needed when landmark
+  targets are given and weighted), a model-free term with its own measure.
+  """
   render = render_fn(config, generator)
   landmarks_fn, params = None, {'generator': generator.variables,
                                 'encoder': encoder.variables}
-  if targets.landmarks is not None and config.weights.landmarks:
+  if _active(config, targets, 'landmarks'):
     if landmark_net is None:
       raise ValueError('landmark targets need an image->landmark network: '
                        'set heads.image_landmarks')
@@ -187,16 +205,18 @@ def _identity_embed(encoder: protocols.Encoder, kind: str):
 
 
 def engine_targets(config: Any, targets: Targets) -> dict[str, np.ndarray]:
-  """The per-row arrays the objective compares with (active terms only)."""
+  """The per-row arrays the objective compares with (active terms only),
+  keyed as `losses.TERMS` says (``'descriptor'``, ``'landmarks'``, ...)."""
   out = {'descriptor': targets.descriptors}
   if config.identity_loss == 'cosine':
     norm = np.linalg.norm(out['descriptor'], axis=1, keepdims=True)
     out['descriptor'] = out['descriptor'] / np.maximum(norm, 1e-8)
-  if targets.landmarks is not None and config.weights.landmarks:
-    out['landmarks'] = (np.asarray(targets.landmarks, np.float32)
-                        * config.landmark_pixel_scale)
-  if targets.histogram is not None and config.weights.histogram:
-    out['histogram'] = np.asarray(targets.histogram, np.float32)
+  for term in losses.TERMS:
+    if term.name in losses.AUX_TERMS and _active(config, targets, term.name):
+      value = np.asarray(getattr(targets, term.name), np.float32)
+      if term.name == 'landmarks':  # in pixels, as `build_objective` says
+        value = value * config.landmark_pixel_scale
+      out[term.target] = value
   return out
 
 
@@ -243,7 +263,7 @@ def result_config(config: Any) -> dict[str, Any]:
 def invert_targets(config: Any, generator: protocols.Generator,
                    encoder: protocols.Encoder, targets: Targets, *,
                    landmark_net: protocols.LandmarkNet | None = None,
-                   regressor: tuple[Any, Any, dict] | None = None
+                   regressor: Regressor | None = None
                    ) -> Inversion:
   """Inverts `targets` with the objective that `config` describes.
 
