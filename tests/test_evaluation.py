@@ -234,6 +234,17 @@ def test_evaluate_end_to_end(tmp_path, toy_registry):
   assert f'{pairs} impostor pairs' in text
 
 
+def test_the_job_leaves_its_config_as_it_was(tmp_path, toy_registry):
+  # 'auto' resolves to w_avg here (toy encoders have no shipped head): the
+  # report says so, the caller's config keeps 'auto'.
+  config = _config(tmp_path, arms=('id',), steps=1, eval_encoder='toy:a',
+                   transfer_encoders=('toy:a',))
+  before = config.to_dict()
+  report = evaluate_job.run(config)
+  assert config.to_dict() == before and config.init == 'auto'
+  assert report['config']['init'] == 'w_avg'
+
+
 def test_missing_eval_encoder_names_the_file(tmp_path, toy_registry):
   missing = str(tmp_path / 'nowhere' / 'backbone.pth')
   config = _config(tmp_path, eval_encoder=f'iresnet:{missing}')
