@@ -366,8 +366,7 @@ def _plan(objective, placed: _Placed, targets, n: int, *, init, valid,
   one_latent = (_take(given_latents, 0) if given_latents is not None else
                 jax.eval_shape(init_fn, placed.init_key, one_target))
   names = step_lib.history_names(objective, placed.params, one_latent,
-                                 one_target,
-                                 stochastic=options.stochastic)
+                                 one_target, stochastic=options.stochastic)
   return _Plan(
       num_targets=n, skipped=skipped, chunks=chunks,
       given_latents=given_latents, init_fn=init_fn, one_latent=one_latent,
@@ -390,6 +389,8 @@ def _given_latents(init: InitFn | Any, n: int) -> Any:
 
 
 def _check_rows(targets, n, valid, given_latents) -> dict[int, str]:
+  """row -> why it is never optimised (masked by the caller, or a NaN/inf
+  in its target or its given start), in row order."""
   skipped = {}
   if valid is not None:
     valid = np.asarray(valid, bool)
