@@ -21,6 +21,7 @@ from id2image_jax import errors
 from id2image_jax.data import align
 from id2image_jax.data import celeba
 from id2image_jax.reports import audit as report
+from id2image_jax.reports import parts as parts_lib
 
 PEOPLE, PER_PERSON, SIZE = 6, 3, 32
 # Any attribute name must work: one has a '/', which the report's
@@ -319,11 +320,21 @@ def test_blackbox_section_compares_at_equal_budgets(audited):
   assert 'data-key="equal_budget/whitebox_at_seconds"' in page
 
 
-def test_parts_of_another_format_are_redone(tmp_path, monkeypatch):
-  from id2image_jax.jobs import audit as audit_job  # pylint: disable=g-import-not-at-top
+def test_parts_of_another_format_are_redone(tmp_path):
   settings = {'encoder': 'dlib', 'seed': 0}
-  audit_job._Parts(str(tmp_path), settings).put('attack', {'steps': 2})  # pylint: disable=protected-access
-  assert audit_job._Parts(str(tmp_path), settings).get('attack') == {  # pylint: disable=protected-access
-      'steps': 2}
-  monkeypatch.setattr(audit_job, '_PARTS_FORMAT', audit_job._PARTS_FORMAT + 1)  # pylint: disable=protected-access
-  assert audit_job._Parts(str(tmp_path), settings).get('attack') is None  # pylint: disable=protected-access
+  parts_lib.Parts(str(tmp_path), settings, version=2).put('attack',
+                                                          {'steps': 2})
+  assert parts_lib.Parts(str(tmp_path), settings, version=2).get(
+      'attack') == {'steps': 2}
+  assert parts_lib.Parts(str(tmp_path), settings, version=3).get(
+      'attack') is None
+
+
+def test_part_files_keep_their_names():
+  # The tag names the part files on disk: the same settings must give the
+  # same tag as before `reports.parts` existed (this value is what
+  # jobs/audit.py's own store gave), so audits already run are reused.
+  settings = {'encoder': 'dlib', 'seed': 0, 'budget': {'steps': 20},
+              'keys': ['a.jpg']}
+  assert parts_lib.tag(settings, 2) == '3a17b77992dc'
+  assert parts_lib.tag(settings, 3) != parts_lib.tag(settings, 2)

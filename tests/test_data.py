@@ -10,6 +10,7 @@ from PIL import Image
 
 from id2image_jax import data
 from id2image_jax.data import celeba
+from id2image_jax.data import materialise
 from id2image_jax.data import pipeline
 
 tfds = pytest.importorskip('tensorflow_datasets')
@@ -105,6 +106,29 @@ def test_lfw_extracted_folder(tmp_path):
   batch = next(data.batches(src, 4))
   assert list(batch['name']) == ['Ann_A', 'Ann_A', 'Bob_B', 'Bob_B']
   assert batch['key'][0] == 'Ann_A/Ann_A_0001.jpg'
+
+
+def test_tfds_face_set_is_written_once_as_a_folder_per_person(
+    tmp_path, monkeypatch):
+  # LFW as TFDS finds it by default: extracted under the default manual
+  # dir of $TFDS_DATA_DIR.
+  manual = tmp_path / 'tfds' / 'downloads' / 'manual' / 'lfw'
+  for person, shade in (('Ann_A', 10), ('Bob_B', 200)):
+    os.makedirs(manual / person)
+    Image.new('RGB', (250, 250), (shade, 0, 0)).save(
+        manual / person / f'{person}_0001.jpg')
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  out = materialise.tfds_folder('lfw', str(tmp_path / 'work'))
+  assert out == str(tmp_path / 'work' / 'lfw')
+  assert sorted(os.listdir(out)) == ['Ann_A', 'Bob_B']
+  image = np.asarray(Image.open(os.path.join(out, 'Bob_B',
+                                             'Bob_B_0001.jpg.png')))
+  assert image.shape == (250, 250, 3) and image[0, 0, 0] == 200
+  assert not os.path.exists(out + '.tmp')
+  # Written once: a second call keeps the folder as it is.
+  os.remove(os.path.join(out, 'Ann_A', 'Ann_A_0001.jpg.png'))
+  assert materialise.tfds_folder('lfw', str(tmp_path / 'work')) == out
+  assert os.listdir(os.path.join(out, 'Ann_A')) == []
 
 
 def test_image_folder_with_csv(tmp_path):

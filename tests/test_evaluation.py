@@ -288,6 +288,17 @@ def test_snapshots_score_the_attack_after_each_step_count(tmp_path,
           != snaps['0']['attacked']['cosine']['mean'])
 
 
+def test_the_job_leaves_its_config_as_it_was(tmp_path, toy_registry):
+  # 'auto' resolves to w_avg here (toy encoders have no shipped head): the
+  # report says so, the caller's config keeps 'auto'.
+  config = _config(tmp_path, arms=('id',), steps=1, eval_encoder='toy:a',
+                   transfer_encoders=('toy:a',))
+  before = config.to_dict()
+  report = evaluate_job.run(config)
+  assert config.to_dict() == before and config.init == 'auto'
+  assert report['config']['init'] == 'w_avg'
+
+
 def test_missing_eval_encoder_names_the_file(tmp_path, toy_registry):
   missing = str(tmp_path / 'nowhere' / 'backbone.pth')
   config = _config(tmp_path, eval_encoder=f'iresnet:{missing}')

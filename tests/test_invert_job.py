@@ -373,3 +373,20 @@ def test_identity_is_also_scored_under_an_independent_encoder(tmp_path,
   _, summary = _invert(tmp_path / 'none', '--steps', '1', '--num-targets',
                        '2')
   assert 'independent' not in summary['quality']
+
+
+def test_the_job_leaves_its_config_as_it_was(tmp_path):
+  # Jobs derive values ('auto' -> the init that runs) into a copy; the
+  # caller's config (and a second run with it) sees what it passed.
+  from id2image_jax.jobs import invert as invert_job  # pylint: disable=g-import-not-at-top
+  config = cli.load_config(os.path.join(cli.config_dir(), 'invert.py'))
+  for key, value in (('generator', 'demo:demo-8'), ('progress', False),
+                     ('eval_encoder', ''), ('steps', 1), ('num_targets', 2),
+                     ('workdir', str(tmp_path / 'run'))):
+    cli.apply_override(config, key, value)
+  before = config.to_dict()
+  summary = invert_job.run(config)
+  assert config.to_dict() == before and config.init == 'auto'
+  # The demo generator has no shipped ID -> latent head: 'auto' ran w_avg,
+  # and the summary says so.
+  assert summary['config']['init'] == 'w_avg'

@@ -52,6 +52,32 @@ class Training:
     return train_lib.optimizer(self.optimizer, self.learning_rate)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageTraining(Training):
+  """How an image CNN is trained (`image_head`): `Training` (``hidden`` is
+  one int: the FC width), and how it reads its images.
+
+  Attributes:
+    channels: conv widths.
+    input_size: (height, width) the CNN runs at.
+    shuffle_buffer: tf.data shuffle buffer (decoded images).
+    seed: shuffle seed (tf.data's order is seeded, not keyed).
+    cache_images: keep decoded training images in host memory across
+      epochs.
+  """
+  channels: tuple[int, ...] = (32, 64, 128, 256, 256)
+  input_size: tuple[int, int] = (128, 128)
+  shuffle_buffer: int = 10_000
+  seed: int = 0
+  cache_images: bool = False
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> ImageTraining:
+    training = super().from_config(config)
+    return dataclasses.replace(training, channels=tuple(training.channels),
+                               input_size=tuple(training.input_size))
+
+
 @dataclasses.dataclass
 class Trained:
   """A trained head: what to save and what it predicted on the test set."""
@@ -326,10 +352,7 @@ def predict_images(model, params, source: pipeline.Source,
 def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
                test_source: pipeline.Source, train_targets: np.ndarray,
                train_keys: np.ndarray, test_keys: np.ndarray,
-               training: Training, *, channels: Sequence[int],
-               input_size: Sequence[int], out_shape: Sequence[int],
-               shuffle_buffer: int = 10_000, seed: int = 0,
-               cache: bool = False, pixel_scale: float = 1.0,
+               training: ImageTraining, *, pixel_scale: float = 1.0,
                progress: bool = False) -> Trained:
   """Trains an image CNN (`heads.ImageCNN`) and predicts `test_keys`.
 
@@ -338,34 +361,31 @@ def image_head(key: jax.Array, kind: str, train_source: pipeline.Source,
     kind: ``'landmarks_cnn'`` or ``'attribute_cnn'`` (picks loss/output).
     train_source: training images.
     test_source: test images.
-    train_targets: [M, *out_shape] targets of `train_keys`.
+    train_targets: [M, *out_shape] targets of `train_keys` (the CNN's
+      output shape is ``out_shape``).
     train_keys: keys of the training images to use.
     test_keys: keys of the test images to predict, in the wanted order.
-    training: hyper-parameters (``hidden`` is one int: the FC width).
-    channels: conv widths.
-    input_size: (height, width) the CNN runs at.
-    out_shape: output shape.
-    shuffle_buffer: tf.data shuffle buffer (decoded images).
-    seed: shuffle seed (tf.data's order is seeded, not keyed).
-    cache: keep decoded training images in host memory across epochs.
+    training: hyper-parameters and how the images are read.
     pixel_scale: output and loss units, as in `landmark_leakage`.
     progress: show a progress bar.
 
   Returns:
     The trained head with ``test_pred`` in the order of `test_keys`.
   """
-  config = heads.head_config(kind, channels=tuple(channels),
+  input_size = training.input_size
+  config = heads.head_config(kind, channels=tuple(training.channels),
                              hidden=int(training.hidden[0]),
                              input_size=tuple(input_size),
-                             out_shape=tuple(out_shape),
+                             out_shape=tuple(np.shape(train_targets)[1:]),
                              output_scale=pixel_scale)
   model = heads.build(config)
   src = pipeline.with_labels(train_source, train_keys,
                              {'target': train_targets})
   batch_size = min(training.batch_size, src.num_examples)
   new_epoch = pipeline.training_epochs(
-      src, batch_size, image_size=input_size, shuffle_buffer=shuffle_buffer,
-      seed=seed, cache=cache)
+      src, batch_size, image_size=input_size,
+      shuffle_buffer=training.shuffle_buffer, seed=training.seed,
+      cache=training.cache_images)
 
   def epoch_batches(unused_key, unused_epoch):
     for b in new_epoch():

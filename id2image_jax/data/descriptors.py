@@ -129,87 +129,15 @@ def embed_dataset(embed_fn: EmbedFn, source: pipeline.Source, out_path: str,
   if os.path.isfile(out_path) and not overwrite:
     return out_path
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  partial_dir = out_path + _PARTIAL
   manifest = _manifest(source, batch_size, image_size, histogram_bins,
                        landmarker)
-  parts, start = [], 0
-  if os.path.isdir(partial_dir):
-    parts, start = _load_parts(partial_dir, manifest)
-  else:
-    os.makedirs(partial_dir)
-    with open(os.path.join(partial_dir, _MANIFEST), 'w') as f:
-      json.dump(manifest, f, indent=2)
-
-  @jax.jit
-  def step(images):
-    return embed_fn(images), losses.image_histogram(
-        images, value_range=(0.0, 255.0), bins=histogram_bins)
-
-  chunk, chunk_start = [], start
-  fed_size = None
-
-  def flush():
-    nonlocal chunk, chunk_start
-    if chunk:
-      rows = _concat(chunk)
-      end = chunk_start + len(rows['key'])
-      path = os.path.join(partial_dir, f'part-{chunk_start:09d}-{end:09d}.npz')
-      _save(path, rows)
-      parts.append(path)
-      chunk, chunk_start = [], end
-
-  bar = tqdm.tqdm(total=source.num_examples, initial=start,
-                  disable=not progress, unit='img', desc=source.name,
-                  smoothing=0.1)
-  t0, done = time.perf_counter(), 0
-  # The host keeps its copy of the images (for dlib); a second entry goes to
-  # the device one batch ahead.
-  stream = ({**b, '_device_image': b[pipeline.IMAGE]} for b in
-            pipeline.batches(source, batch_size, start=start,
-                             image_size=image_size))
-  pending = None  # the previous batch, whose results are still on device
-
-  def finish(rows, n, descriptors, histograms):
-    nonlocal done
-    rows['descriptor'] = np.asarray(descriptors, np.float32)[:n]
-    rows['histogram'] = np.asarray(histograms)[:n]
-    chunk.append(rows)
-    done += n
-    bar.update(n)
-    bar.set_postfix(img_per_s=f'{done / (time.perf_counter() - t0):.0f}')
-    if len(chunk) >= save_every:
-      flush()
-
-  for batch in pipeline.prefetch_to_device(stream, size=2, sharding=sharding,
-                                           keys=('_device_image',)):
-    images = batch.pop(pipeline.IMAGE)
-    # Dispatch batch i, then collect batch i - 1: reading results waits for
-    # the device, so the device always has the next batch queued.
-    outputs = step(batch.pop('_device_image'))
-    if pending is not None:
-      finish(*pending)
-    n = int(batch.pop(pipeline.VALID).sum())  # padding sits at the end
-    rows = {k: v[:n] for k, v in batch.items()}
-    if landmarker is not None:  # runs while the device embeds
-      rows['landmarks68'], rows['landmarks68_detected'] = landmarker(
-          images[:n])
-    fed_size = images.shape[1:3]
-    pending = (rows, n, *outputs)
-  if pending is not None:
-    finish(*pending)
-  flush()
-  bar.close()
-
-  if not parts:
-    raise ValueError(f'{source.name} has no examples')
-  merged = []
-  for part in parts:
-    with np.load(part) as z:
-      merged.append({k: z[k] for k in z.files})
-  arrays = _concat(merged)
-  if len(arrays['key']) != source.num_examples:
-    raise RuntimeError(f'embedded {len(arrays["key"])} of '
-                       f'{source.num_examples} examples')
+  parts = _Parts(out_path + _PARTIAL, manifest, save_every=save_every)
+  fed_size = _embed_rows(embed_fn, source, parts, batch_size=batch_size,
+                         image_size=image_size,
+                         histogram_bins=histogram_bins,
+                         landmarker=landmarker, sharding=sharding,
+                         progress=progress)
+  arrays = parts.merged(source)
   if fed_size is None:  # everything came from earlier runs
     fed_size = image_size or source.info.get('image_size')
   info = {
@@ -223,8 +151,120 @@ def embed_dataset(embed_fn: EmbedFn, source: pipeline.Source, out_path: str,
   }
   arrays['meta'] = np.asarray(json.dumps(info, default=str))
   _save(out_path, arrays)
-  shutil.rmtree(partial_dir)
+  shutil.rmtree(parts.directory)
   return out_path
+
+
+class _Parts:
+  """The rows embedded so far, saved every `save_every` batches as
+  ``<directory>/part-<first row>-<end row>.npz`` (the resume points).
+
+  Attributes:
+    directory: the ``<out>.partial`` folder.
+    start: rows held by the parts found on disk when opened.
+  """
+
+  def __init__(self, directory: str, manifest: Mapping[str, Any], *,
+               save_every: int):
+    """Opens `directory`: resumes its parts if its manifest matches."""
+    self.directory = directory
+    self._paths, self.start = [], 0
+    if os.path.isdir(directory):
+      self._paths, self.start = _load_parts(directory, manifest)
+    else:
+      os.makedirs(directory)
+      with open(os.path.join(directory, _MANIFEST), 'w') as f:
+        json.dump(manifest, f, indent=2)
+    self._save_every = save_every
+    self._pending, self._pending_start = [], self.start
+
+  def add(self, rows: dict[str, np.ndarray]) -> None:
+    """Keeps one batch's rows; every `save_every` batches, saves them."""
+    self._pending.append(rows)
+    if len(self._pending) >= self._save_every:
+      self.flush()
+
+  def flush(self) -> None:
+    """Saves the rows kept since the last save as one part."""
+    if not self._pending:
+      return
+    rows = _concat(self._pending)
+    end = self._pending_start + len(rows['key'])
+    path = os.path.join(self.directory,
+                        f'part-{self._pending_start:09d}-{end:09d}.npz')
+    _save(path, rows)
+    self._paths.append(path)
+    self._pending, self._pending_start = [], end
+
+  def merged(self, source: pipeline.Source) -> dict[str, np.ndarray]:
+    """Every saved part as one set of arrays; checks none is missing."""
+    if not self._paths:
+      raise ValueError(f'{source.name} has no examples')
+    loaded = []
+    for part in self._paths:
+      with np.load(part) as z:
+        loaded.append({k: z[k] for k in z.files})
+    arrays = _concat(loaded)
+    if len(arrays['key']) != source.num_examples:
+      raise RuntimeError(f'embedded {len(arrays["key"])} of '
+                         f'{source.num_examples} examples')
+    return arrays
+
+
+def _embed_rows(embed_fn: EmbedFn, source: pipeline.Source, parts: _Parts,
+                *, batch_size: int, image_size, histogram_bins: int,
+                landmarker, sharding, progress: bool):
+  """Embeds the rows after ``parts.start`` into `parts` (saved at the end).
+
+  Returns:
+    The (height, width) the encoder was fed, or None when no batch ran.
+  """
+
+  @jax.jit
+  def step(images):
+    return embed_fn(images), losses.image_histogram(
+        images, value_range=(0.0, 255.0), bins=histogram_bins)
+
+  bar = tqdm.tqdm(total=source.num_examples, initial=parts.start,
+                  disable=not progress, unit='img', desc=source.name,
+                  smoothing=0.1)
+  t0, done = time.perf_counter(), 0
+
+  def collect(rows, n, descriptors, histograms):
+    nonlocal done
+    rows['descriptor'] = np.asarray(descriptors, np.float32)[:n]
+    rows['histogram'] = np.asarray(histograms)[:n]
+    parts.add(rows)
+    done += n
+    bar.update(n)
+    bar.set_postfix(img_per_s=f'{done / (time.perf_counter() - t0):.0f}')
+
+  # The host keeps its copy of the images (for dlib); a second entry goes to
+  # the device one batch ahead.
+  stream = ({**b, '_device_image': b[pipeline.IMAGE]} for b in
+            pipeline.batches(source, batch_size, start=parts.start,
+                             image_size=image_size))
+  pending, fed_size = None, None  # the previous batch, results on device
+  for batch in pipeline.prefetch_to_device(stream, size=2, sharding=sharding,
+                                           keys=('_device_image',)):
+    images = batch.pop(pipeline.IMAGE)
+    # Dispatch batch i, then collect batch i - 1: reading results waits for
+    # the device, so the device always has the next batch queued.
+    outputs = step(batch.pop('_device_image'))
+    if pending is not None:
+      collect(*pending)
+    n = int(batch.pop(pipeline.VALID).sum())  # padding sits at the end
+    rows = {k: v[:n] for k, v in batch.items()}
+    if landmarker is not None:  # runs while the device embeds
+      rows['landmarks68'], rows['landmarks68_detected'] = landmarker(
+          images[:n])
+    fed_size = images.shape[1:3]
+    pending = (rows, n, *outputs)
+  if pending is not None:
+    collect(*pending)
+  parts.flush()
+  bar.close()
+  return fed_size
 
 
 def load_descriptors(paths: str | Sequence[str]) -> dict[str, Any]:

@@ -8,8 +8,12 @@ from typing import Any
 
 from id2image_jax.data import celeba
 from id2image_jax.data import folder
-from id2image_jax.data import lfw
 from id2image_jax.data import pipeline
+
+# Not `from id2image_jax.data import lfw`: the package's __init__ binds the
+# name `lfw` to this function, so that import gave the function where the
+# module was meant (and ``source: lfw`` failed).
+from id2image_jax.data.lfw import lfw as lfw_source
 
 
 def from_config(config: Mapping[str, Any]) -> pipeline.Source:
@@ -39,7 +43,7 @@ def from_config(config: Mapping[str, Any]) -> pipeline.Source:
     return celeba.celeb_a(config.get('split', 'test'),
                           **pick('data_dir', 'manual_dir', 'mode', 'prepare'))
   if name == 'lfw':
-    return lfw.lfw(**pick('data_dir', 'manual_dir', 'mode', 'prepare'))
+    return lfw_source(**pick('data_dir', 'manual_dir', 'mode', 'prepare'))
   if name == 'folder' or os.path.isdir(os.path.expanduser(str(name))):
     root = config.get('root', name if name != 'folder' else None)
     if root is None:

@@ -6,7 +6,10 @@ over all devices along the target axis, runs ``steps`` optimiser steps on it,
 and keeps the results on the host. With a ``workdir`` it checkpoints with
 orbax: each finished chunk's results, and optionally the running chunk's
 state every ``checkpoint_every`` steps, so that a run interrupted at any
-point resumes without redoing or losing finished targets.
+point resumes without redoing or losing finished targets. `invert` reads
+as its phases, each a function below it in call order: check the inputs,
+place the parameters, plan the chunks, open the store, restore finished
+chunks, run the rest, finish.
 
 Bad rows: a row whose target holds a NaN/inf (or whose given initial latent
 does), or that the caller marks ``valid=False``, is never optimised. It is
@@ -24,6 +27,7 @@ import time
 from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -196,236 +200,13 @@ def initial_latents(key: jax.Array, init: InitFn | Any, targets: Any,
       fold(init_key, jnp.asarray(rows)), picked))
 
 
-def _check_chunk_size(chunk_size: int, mesh: Mesh) -> None:
-  if chunk_size < 1 or chunk_size % mesh.size:
-    lower = max(mesh.size, chunk_size // mesh.size * mesh.size)
-    raise ValueError(
-        f'chunk_size must be a positive multiple of the number of devices '
-        f'({mesh.size}) so every device holds the same number of targets; '
-        f'got {chunk_size} (try {lower} or {lower + mesh.size})')
-
-
-def _take(tree: Any, index) -> Any:
-  return jax.tree.map(lambda x: x[index], tree)
-
-
-def _nonfinite_rows(tree: Any, n: int) -> dict[int, list[str]]:
-  """row -> names of the leaves holding a NaN/inf in that row."""
-  bad = {}
-  for path, x in jax.tree_util.tree_leaves_with_path(tree):
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.inexact):
-      continue
-    rows = np.flatnonzero(~np.isfinite(x.reshape(n, -1)).all(axis=1))
-    for r in rows:
-      bad.setdefault(int(r), []).append(jax.tree_util.keystr(path) or 'value')
-  return bad
-
-
-def _check_rows(targets, n, valid, given_latents) -> dict[int, str]:
-  skipped = {}
-  if valid is not None:
-    valid = np.asarray(valid, bool)
-    if valid.shape != (n,):
-      raise ValueError(f'valid must have shape ({n},), got {valid.shape}')
-    for r in np.flatnonzero(~valid):
-      skipped[int(r)] = 'excluded by the caller (valid=False)'
-  for r, names in _nonfinite_rows(targets, n).items():
-    skipped.setdefault(r, f'non-finite target values in {", ".join(names)}')
-  if given_latents is not None:
-    for r, names in _nonfinite_rows(given_latents, n).items():
-      skipped.setdefault(r, 'non-finite initial latent in ' + ', '.join(names))
-  return dict(sorted(skipped.items()))
-
-
-def _empty_result(n, one_latent, names, hist_len, history_steps,
-                  skipped, snapshot_steps=()) -> InversionResult:
-  """All-NaN host arrays for N rows, filled chunk by chunk by `_merge`."""
-  def nan_latents():
-    return jax.tree.map(
-        lambda x: np.full((n,) + tuple(np.shape(x)), np.nan, np.float32),
-        one_latent)
-  return InversionResult(
-      latents=nan_latents(),
-      snapshots={t: nan_latents() for t in snapshot_steps},
-      history={k: np.full((n, hist_len), np.nan, np.float32) for k in names},
-      history_steps=np.asarray(history_steps),
-      final={k: np.full((n,), np.nan, np.float32) for k in names},
-      done=np.zeros((n,), bool), diverged=np.zeros((n,), bool),
-      skipped=skipped, stats={})
-
-
-def _merge(out: InversionResult, res: Mapping[str, Any]) -> None:
-  """Writes one chunk's results (rows without padding) into `out`."""
-  rows = np.asarray(res['rows'])
-
-  def put(dst, src):
-    dst[rows] = src
-  jax.tree.map(put, out.latents, res['latents'])
-  for i, t in enumerate(sorted(out.snapshots)):
-    # Stored [rows, S, ...]: slot i is snapshot step t.
-    jax.tree.map(lambda dst, src, i=i: put(dst, src[:, i]),
-                 out.snapshots[t], res['snapshots'])
-  for k in out.history:
-    if 'history' in res:
-      out.history[k][rows] = res['history'][k]
-    out.final[k][rows] = res['final'][k]
-  out.diverged[rows] = ~np.asarray(res['active'], bool)
-  out.done[rows] = True
-
-
-# The compiled functions are cached across `invert` calls with the same
-# objective, optimiser and options (and shapes), so inverting several test
-# sets in one process compiles once.
-_cached_step = functools.lru_cache(maxsize=16)(step_lib.make_step)
-_cached_eval = functools.lru_cache(maxsize=16)(step_lib.make_eval_fn)
-
-
-def _setup(key, objective, params, options: InvertOptions, mesh):
-  """Checks and placements shared by `invert` and `prepare_chunk`.
-
-  Returns:
-    ``(mesh, params, init_key, loss_key, step)``: `params` cast to the
-    compute dtype once and replicated; `loss_key` None if not stochastic;
-    `step` the (cached) jitted step.
-  """
-  mesh = sharding.make_mesh() if mesh is None else mesh
-  _check_chunk_size(options.chunk_size, mesh)
-  init_key, loss_key = jax.random.split(key)
-  params = sharding.to_global(
-      step_lib.cast_floating(params, options.compute_dtype), mesh,
-      replicate=True)
-  step = _cached_step(objective, options.optimizer,
-                      stochastic=options.stochastic,
-                      compute_dtype=options.compute_dtype,
-                      history_every=options.history_every, mesh=mesh,
-                      snapshot_steps=options.snapshot_steps)
-  return (mesh, params, init_key, loss_key if options.stochastic else None,
-          step)
-
-
-@functools.partial(jax.jit,
-                   static_argnames=('tx', 'names', 'hist_len', 'mesh',
-                                    'snapshot_steps'))
-def _start_chunk(init_fn, latents, targets, rows, active, *, init_key,
-                 loss_key, tx, names, hist_len, mesh, snapshot_steps=()):
-  """The initial state of a chunk; per-target keys from the global rows."""
-  fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
-  if latents is None:
-    latents = jax.vmap(init_fn)(fold(init_key, rows), targets)
-  st = state_lib.init_state(
-      tx, latents, active=active,
-      key=None if loss_key is None else fold(loss_key, rows),
-      history_names=names, history_len=hist_len,
-      snapshot_steps=snapshot_steps)
-  return sharding.constrain(st, mesh)
-
-
-
-
-@dataclasses.dataclass
-class _Run:
-  """What every chunk of one `invert` call shares."""
-  options: InvertOptions
-  mesh: Mesh
-  params: Any
-  targets: Any
-  given_latents: Any
-  init_fn: Any
-  start: Callable[..., state_lib.InversionState]
-  step_fn: Callable[..., Any]
-  evaluate: Callable[..., Any]
-  store: store_lib.Store | None
-  num_chunks: int
-  callback: Callable[[Progress], None] | None
-  bar: Any
-
-  def inputs(self, rows: np.ndarray):
-    """Chunk inputs on the mesh: rows padded to the chunk size (masked)."""
-    padded, active = batching.pad_rows(rows, self.options.chunk_size)
-    latents = None
-    if self.given_latents is not None:
-      latents = sharding.to_global(_take(self.given_latents, padded),
-                                   self.mesh)
-    return (latents, sharding.to_global(_take(self.targets, padded),
-                                        self.mesh),
-            sharding.to_global(padded.astype(np.int32), self.mesh),
-            sharding.to_global(active, self.mesh))
-
-  def resumed_state(self, k, latents, targets, rows_dev, active):
-    """Chunk k's checkpointed running state, or None."""
-    if self.store is None or not self.options.checkpoint_every:
-      return None
-    abstract = jax.eval_shape(self.start, self.init_fn, latents, targets,
-                              rows_dev, active)
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(
-            s.shape, s.dtype,
-            sharding=sharding.target_sharding(self.mesh, len(s.shape))),
-        abstract)
-    return self.store.load_state(k, abstract)
-
-
-def _run_chunk(run: _Run, k: int, rows: np.ndarray
-               ) -> tuple[dict[str, Any], int]:
-  """Optimises chunk k from its start (or its checkpoint) to the end.
-
-  Returns:
-    The chunk's host results (rows without padding), as `Store` saves them,
-    and the number of steps run now.
-  """
-  opts = run.options
-  steps = opts.steps
-  log_every = opts.log_every or max(1, steps // 20)
-  latents, targets, rows_dev, active = run.inputs(rows)
-  st = run.resumed_state(k, latents, targets, rows_dev, active)
-  if st is None:
-    st, s = run.start(run.init_fn, latents, targets, rows_dev, active), 0
-  else:
-    s = int(st.step)
-    run.bar.update(s)
-  resumed_at = s
-  while s < steps:
-    st, metrics = run.step_fn(st, run.params, targets)
-    s += 1
-    if opts.checkpoint_every and s % opts.checkpoint_every == 0 and s < steps:
-      run.store.save_state(k, s, st)
-    if s % log_every == 0 or s == steps:
-      # The only host sync inside a chunk: a few bytes per log point.
-      loss = sharding.to_host(metrics['loss'])[:len(rows)]
-      run.bar.set_postfix(chunk=f'{k + 1}/{run.num_chunks}',
-                          loss=f'{np.nanmean(loss):.4g}', refresh=False)
-      if run.callback is not None:
-        run.callback(Progress(k, run.num_chunks, s, steps, rows, loss,
-                              False))
-    run.bar.update(1)
-  final = run.evaluate(st, run.params, targets)
-  saved = {'latents': st.latents, 'final': final, 'active': st.active}
-  if opts.steps:  # zero steps record no history (orbax stores no empties)
-    saved['history'] = st.history
-  if st.snapshots is not None:
-    saved['snapshots'] = st.snapshots
-  host = sharding.to_host(saved)
-  res = _take(host, slice(len(rows)))
-  res['rows'] = rows
-  return res, steps - resumed_at
-
-
-def invert(
-    key: jax.Array,
-    objective: step_lib.LossFn,
-    params: Any,
-    targets: Any,
-    *,
-    init: InitFn | Any,
-    options: InvertOptions,
-    valid: np.ndarray | None = None,
-    mesh: Mesh | None = None,
-    workdir: str | os.PathLike | None = None,
-    callback: Callable[[Progress], None] | None = None,
-    step_fn: Callable[..., Any] | None = None,
-    run_config: Mapping[str, Any] | None = None,
-) -> InversionResult:
+def invert(key: jax.Array, objective: step_lib.LossFn, params: Any,
+           targets: Any, *, init: InitFn | Any, options: InvertOptions,
+           valid: np.ndarray | None = None, mesh: Mesh | None = None,
+           workdir: str | os.PathLike | None = None,
+           callback: Callable[[Progress], None] | None = None,
+           step_fn: Callable[..., Any] | None = None,
+           run_config: Mapping[str, Any] | None = None) -> InversionResult:
   """Inverts N targets with one compiled, sharded step, chunk by chunk.
 
   Args:
@@ -463,20 +244,116 @@ def invert(
   """
   started = time.perf_counter()
   targets = jax.tree.map(np.asarray, targets)
+  n = _check_inputs(targets, options, workdir)
+  placed = _setup(key, objective, params, options, mesh)
+  if step_fn is not None:
+    placed = placed._replace(step=step_fn)
+  plan = _plan(objective, placed, targets, n, init=init, valid=valid,
+               options=options)
+  out = _empty_result(plan, options)
+  store = None if workdir is None else store_lib.Store(
+      workdir, _fingerprint(plan, targets, options, run_config))
+  stats = {'chunks_total': len(plan.chunks), 'chunks_restored': 0,
+           'chunks_run': 0, 'steps_run': 0, 'targets_run': 0}
+  run = None
+  try:
+    todo = _restore_finished(out, store, plan, options, stats)
+    run = _make_run(objective, placed, targets, plan, options, store=store,
+                    callback=callback, num_steps=len(todo) * options.steps)
+    _run_chunks(run, todo, out, stats)
+  finally:
+    if run is not None:
+      run.bar.close()
+    if store is not None:
+      store.close()
+  stats['seconds'] = time.perf_counter() - started
+  out.stats = stats
+  return out
+
+
+def _check_inputs(targets: Any, options: InvertOptions,
+                  workdir: str | os.PathLike | None) -> int:
+  """N, the number of targets; errors for what no run can start from."""
   n = batching.num_rows(targets, what='targets')
   if n == 0:
     raise ValueError('no targets to invert')
   if options.checkpoint_every is not None and workdir is None:
     raise ValueError('checkpoint_every needs a workdir')
-  mesh, params, init_key, loss_key, default_step = _setup(
-      key, objective, params, options, mesh)
+  return n
 
-  given_latents = None if callable(init) else jax.tree.map(
-      lambda x: np.asarray(x, np.float32), init)
-  if (given_latents is not None
-      and batching.num_rows(given_latents, what='init') != n):
-    raise ValueError(f'per-target init latents must have {n} rows (one '
-                     'latent for all targets: use broadcast_init)')
+
+# The compiled functions are cached across `invert` calls with the same
+# objective, optimiser and options (and shapes), so inverting several test
+# sets in one process compiles once.
+_cached_step = functools.lru_cache(maxsize=16)(step_lib.make_step)
+_cached_eval = functools.lru_cache(maxsize=16)(step_lib.make_eval_fn)
+
+
+class _Placed(NamedTuple):
+  """The set-up `invert` and `prepare_chunk` share (`_setup`)."""
+  mesh: Mesh
+  params: Any  # cast to the compute dtype once and replicated
+  init_key: jax.Array
+  loss_key: jax.Array | None  # None if the objective is not stochastic
+  step: Callable[..., Any]  # the (cached) jitted step
+
+
+def _setup(key, objective, params, options: InvertOptions, mesh) -> _Placed:
+  """Checks the chunk size; places `params` on the mesh; splits `key`."""
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  _check_chunk_size(options.chunk_size, mesh)
+  init_key, loss_key = jax.random.split(key)
+  params = sharding.to_global(
+      step_lib.cast_floating(params, options.compute_dtype), mesh,
+      replicate=True)
+  step = _cached_step(objective, options.optimizer,
+                      stochastic=options.stochastic,
+                      compute_dtype=options.compute_dtype,
+                      history_every=options.history_every, mesh=mesh,
+                      snapshot_steps=options.snapshot_steps)
+  return _Placed(mesh, params, init_key,
+                 loss_key if options.stochastic else None, step)
+
+
+def _check_chunk_size(chunk_size: int, mesh: Mesh) -> None:
+  if chunk_size < 1 or chunk_size % mesh.size:
+    lower = max(mesh.size, chunk_size // mesh.size * mesh.size)
+    raise ValueError(
+        f'chunk_size must be a positive multiple of the number of devices '
+        f'({mesh.size}) so every device holds the same number of targets; '
+        f'got {chunk_size} (try {lower} or {lower + mesh.size})')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """What one `invert` call will do, decided before any step runs.
+
+  Attributes:
+    num_targets: N, the caller's rows.
+    skipped: row -> reason, rows never optimised (`_check_rows`).
+    chunks: the rows of each chunk, in order (skipped rows left out).
+    given_latents: [N, ...] per-target initial latents, or None.
+    init_fn: the per-target init function (a `Partial`), or None.
+    one_latent: one target's latent (arrays, or shapes from `init_fn`).
+    names: the recorded history names (``'loss'`` and the aux terms).
+    hist_len: history columns per chunk.
+    snapshot_steps: the checked ``options.snapshot_steps``.
+  """
+  num_targets: int
+  skipped: dict[int, str]
+  chunks: list[np.ndarray]
+  given_latents: Any
+  init_fn: Any
+  one_latent: Any
+  names: tuple[str, ...]
+  hist_len: int
+  snapshot_steps: tuple[int, ...]
+
+
+def _plan(objective, placed: _Placed, targets, n: int, *, init, valid,
+          options: InvertOptions) -> _Plan:
+  """Checks the rows and splits the rest into chunks (`_Plan`)."""
+  given_latents = _given_latents(init, n)
   skipped = _check_rows(targets, n, valid, given_latents)
   schedule = np.asarray([r for r in range(n) if r not in skipped], np.int64)
   chunks = [schedule[i:i + options.chunk_size]
@@ -487,81 +364,301 @@ def invert(
                else jax.tree_util.Partial(init))
   one_target = _take(targets, 0)
   one_latent = (_take(given_latents, 0) if given_latents is not None else
-                jax.eval_shape(init_fn, init_key, one_target))
-  names = step_lib.history_names(objective, params, one_latent, one_target,
-                                 stochastic=options.stochastic)
-  hist_len = state_lib.history_length(options.steps, options.history_every)
-  snapshot_steps = state_lib.check_snapshot_steps(options.snapshot_steps,
-                                                  options.steps)
-  out = _empty_result(n, one_latent, names, hist_len, state_lib.history_steps(
-      options.steps, options.history_every), skipped, snapshot_steps)
+                jax.eval_shape(init_fn, placed.init_key, one_target))
+  names = step_lib.history_names(objective, placed.params, one_latent,
+                                 one_target, stochastic=options.stochastic)
+  return _Plan(
+      num_targets=n, skipped=skipped, chunks=chunks,
+      given_latents=given_latents, init_fn=init_fn, one_latent=one_latent,
+      names=names,
+      hist_len=state_lib.history_length(options.steps,
+                                        options.history_every),
+      snapshot_steps=state_lib.check_snapshot_steps(options.snapshot_steps,
+                                                    options.steps))
 
-  store = None
-  if workdir is not None:
-    store = store_lib.Store(workdir, {
-        'format': 1, 'num_targets': n, 'chunk_size': options.chunk_size,
-        'steps': options.steps, 'history_every': options.history_every,
-        'history_names': list(names), 'skipped': sorted(skipped),
-        'targets_sha1': store_lib.sha1(targets),
-        'init': ('per-target latents ' + store_lib.sha1(given_latents)
-                 if given_latents is not None else 'function'),
-        'latent_shapes': jax.tree.map(lambda x: list(np.shape(x)),
-                                      one_latent),
-        'stochastic': options.stochastic,
-        'compute_dtype': None if options.compute_dtype is None
-                         else jnp.dtype(options.compute_dtype).name,
-        'run_config': dict(run_config or {}),
-        # Only when asked for, so runs without snapshots keep resuming from
-        # work directories written before snapshots existed.
-        **({'snapshot_steps': list(snapshot_steps)} if snapshot_steps
-           else {})})
 
-  stats = {'chunks_total': len(chunks), 'chunks_restored': 0,
-           'chunks_run': 0, 'steps_run': 0, 'targets_run': 0}
-  bar = None
-  try:
-    finished = store.finished() if store else set()
-    for k in sorted(finished & set(range(len(chunks)))):
-      _merge(out, store.load_chunk(k))
-      stats['chunks_restored'] += 1
-    todo = [k for k in range(len(chunks)) if k not in finished]
-    if options.max_chunks is not None:
-      todo = todo[:options.max_chunks]
-    bar = tqdm.tqdm(total=len(todo) * options.steps, unit='step', disable=(
-        not options.progress or jax.process_index() != 0))
-    run = _Run(
-        options=options, mesh=mesh, params=params, targets=targets,
-        given_latents=given_latents, init_fn=init_fn,
-        start=functools.partial(
-            _start_chunk, init_key=init_key, loss_key=loss_key,
-            tx=options.optimizer, names=names, hist_len=hist_len, mesh=mesh,
-            snapshot_steps=snapshot_steps),
-        step_fn=default_step if step_fn is None else step_fn,
-        evaluate=_cached_eval(objective, stochastic=options.stochastic,
-                              compute_dtype=options.compute_dtype,
-                              mesh=mesh),
-        store=store, num_chunks=len(chunks), callback=callback, bar=bar)
-    for k in todo:
-      rows = chunks[k]
-      res, steps_run = _run_chunk(run, k, rows)
-      _merge(out, res)
-      if store is not None:
-        store.save_chunk(k, res)
-      stats['chunks_run'] += 1
-      stats['steps_run'] += steps_run
-      stats['targets_run'] += len(rows)
-      if callback is not None:
-        callback(Progress(k, len(chunks), options.steps, options.steps,
-                          rows, res['final']['loss'], True))
-  finally:
-    if bar is not None:
-      bar.close()
-    if store is not None:
-      store.close()
+def _given_latents(init: InitFn | Any, n: int) -> Any:
+  """`init` as float32 host arrays with N rows, or None for a function."""
+  if callable(init):
+    return None
+  given = jax.tree.map(lambda x: np.asarray(x, np.float32), init)
+  if batching.num_rows(given, what='init') != n:
+    raise ValueError(f'per-target init latents must have {n} rows (one '
+                     'latent for all targets: use broadcast_init)')
+  return given
 
-  stats['seconds'] = time.perf_counter() - started
-  out.stats = stats
-  return out
+
+def _check_rows(targets, n, valid, given_latents) -> dict[int, str]:
+  """row -> why it is never optimised (masked by the caller, or a NaN/inf
+  in its target or its given start), in row order."""
+  skipped = {}
+  if valid is not None:
+    valid = np.asarray(valid, bool)
+    if valid.shape != (n,):
+      raise ValueError(f'valid must have shape ({n},), got {valid.shape}')
+    for r in np.flatnonzero(~valid):
+      skipped[int(r)] = 'excluded by the caller (valid=False)'
+  for r, names in _nonfinite_rows(targets, n).items():
+    skipped.setdefault(r, f'non-finite target values in {", ".join(names)}')
+  if given_latents is not None:
+    for r, names in _nonfinite_rows(given_latents, n).items():
+      skipped.setdefault(r, 'non-finite initial latent in ' + ', '.join(names))
+  return dict(sorted(skipped.items()))
+
+
+def _nonfinite_rows(tree: Any, n: int) -> dict[int, list[str]]:
+  """row -> names of the leaves holding a NaN/inf in that row."""
+  bad = {}
+  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.inexact):
+      continue
+    rows = np.flatnonzero(~np.isfinite(x.reshape(n, -1)).all(axis=1))
+    for r in rows:
+      bad.setdefault(int(r), []).append(jax.tree_util.keystr(path) or 'value')
+  return bad
+
+
+def _take(tree: Any, index) -> Any:
+  return jax.tree.map(lambda x: x[index], tree)
+
+
+def _fingerprint(plan: _Plan, targets: Any, options: InvertOptions,
+                 run_config: Mapping[str, Any] | None) -> dict[str, Any]:
+  """What ``run.json`` records: a resumed run must match it field by field.
+
+  A long run may resume from a work directory written earlier: a field
+  added here, or a value written differently, makes it start again.
+  """
+  given = plan.given_latents
+  return {
+      'format': 1, 'num_targets': plan.num_targets,
+      'chunk_size': options.chunk_size,
+      'steps': options.steps, 'history_every': options.history_every,
+      'history_names': list(plan.names), 'skipped': sorted(plan.skipped),
+      'targets_sha1': store_lib.sha1(targets),
+      'init': ('per-target latents ' + store_lib.sha1(given)
+               if given is not None else 'function'),
+      'latent_shapes': jax.tree.map(lambda x: list(np.shape(x)),
+                                    plan.one_latent),
+      'stochastic': options.stochastic,
+      'compute_dtype': None if options.compute_dtype is None
+                       else jnp.dtype(options.compute_dtype).name,
+      'run_config': dict(run_config or {}),
+      # Only when asked for, so runs without snapshots keep resuming from
+      # work directories written before snapshots existed.
+      **({'snapshot_steps': list(plan.snapshot_steps)}
+         if plan.snapshot_steps else {})}
+
+
+def _empty_result(plan: _Plan, options: InvertOptions) -> InversionResult:
+  """All-NaN host arrays for N rows, filled chunk by chunk by `_merge`."""
+  n = plan.num_targets
+
+  def nan_latents():
+    return jax.tree.map(
+        lambda x: np.full((n,) + tuple(np.shape(x)), np.nan, np.float32),
+        plan.one_latent)
+  return InversionResult(
+      latents=nan_latents(),
+      snapshots={t: nan_latents() for t in plan.snapshot_steps},
+      history={k: np.full((n, plan.hist_len), np.nan, np.float32)
+               for k in plan.names},
+      history_steps=np.asarray(state_lib.history_steps(
+          options.steps, options.history_every)),
+      final={k: np.full((n,), np.nan, np.float32) for k in plan.names},
+      done=np.zeros((n,), bool), diverged=np.zeros((n,), bool),
+      skipped=plan.skipped, stats={})
+
+
+def _restore_finished(out: InversionResult, store: store_lib.Store | None,
+                      plan: _Plan, options: InvertOptions,
+                      stats: dict[str, Any]) -> list[int]:
+  """Merges the chunks a previous run finished; the chunks left to run
+  now (at most ``options.max_chunks``)."""
+  finished = store.finished() if store else set()
+  for k in sorted(finished & set(range(len(plan.chunks)))):
+    _merge(out, store.load_chunk(k))
+    stats['chunks_restored'] += 1
+  todo = [k for k in range(len(plan.chunks)) if k not in finished]
+  if options.max_chunks is not None:
+    todo = todo[:options.max_chunks]
+  return todo
+
+
+def _merge(out: InversionResult, res: Mapping[str, Any]) -> None:
+  """Writes one chunk's results (rows without padding) into `out`."""
+  rows = np.asarray(res['rows'])
+
+  def put(dst, src):
+    dst[rows] = src
+  jax.tree.map(put, out.latents, res['latents'])
+  for i, t in enumerate(sorted(out.snapshots)):
+    # Stored [rows, S, ...]: slot i is snapshot step t.
+    jax.tree.map(lambda dst, src, i=i: put(dst, src[:, i]),
+                 out.snapshots[t], res['snapshots'])
+  for k in out.history:
+    if 'history' in res:
+      out.history[k][rows] = res['history'][k]
+    out.final[k][rows] = res['final'][k]
+  out.diverged[rows] = ~np.asarray(res['active'], bool)
+  out.done[rows] = True
+
+
+def _make_run(objective, placed: _Placed, targets, plan: _Plan,
+              options: InvertOptions, *, store, callback,
+              num_steps: int) -> _Run:
+  """What every chunk shares: compiled functions, store, progress bar."""
+  evaluate = _cached_eval(objective, stochastic=options.stochastic,
+                          compute_dtype=options.compute_dtype,
+                          mesh=placed.mesh)
+  start = functools.partial(
+      _start_chunk, init_key=placed.init_key, loss_key=placed.loss_key,
+      tx=options.optimizer, names=plan.names, hist_len=plan.hist_len,
+      mesh=placed.mesh, snapshot_steps=plan.snapshot_steps)
+  # Made last: nothing after it can fail before `invert` closes it.
+  bar = tqdm.tqdm(total=num_steps, unit='step', disable=(
+      not options.progress or jax.process_index() != 0))
+  return _Run(options=options, plan=plan, mesh=placed.mesh,
+              params=placed.params, targets=targets, start=start,
+              step_fn=placed.step, evaluate=evaluate, store=store,
+              callback=callback, bar=bar)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('tx', 'names', 'hist_len', 'mesh',
+                                    'snapshot_steps'))
+def _start_chunk(init_fn, latents, targets, rows, active, *, init_key,
+                 loss_key, tx, names, hist_len, mesh, snapshot_steps=()):
+  """The initial state of a chunk; per-target keys from the global rows."""
+  fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+  if latents is None:
+    latents = jax.vmap(init_fn)(fold(init_key, rows), targets)
+  st = state_lib.init_state(
+      tx, latents, active=active,
+      key=None if loss_key is None else fold(loss_key, rows),
+      history_names=names, history_len=hist_len,
+      snapshot_steps=snapshot_steps)
+  return sharding.constrain(st, mesh)
+
+
+@dataclasses.dataclass
+class _Run:
+  """What every chunk of one `invert` call shares."""
+  options: InvertOptions
+  plan: _Plan
+  mesh: Mesh
+  params: Any
+  targets: Any
+  start: Callable[..., state_lib.InversionState]
+  step_fn: Callable[..., Any]
+  evaluate: Callable[..., Any]
+  store: store_lib.Store | None
+  callback: Callable[[Progress], None] | None
+  bar: Any
+
+  def inputs(self, rows: np.ndarray):
+    """Chunk inputs on the mesh: rows padded to the chunk size (masked)."""
+    padded, active = batching.pad_rows(rows, self.options.chunk_size)
+    latents = None
+    if self.plan.given_latents is not None:
+      latents = sharding.to_global(_take(self.plan.given_latents, padded),
+                                   self.mesh)
+    return (latents, sharding.to_global(_take(self.targets, padded),
+                                        self.mesh),
+            sharding.to_global(padded.astype(np.int32), self.mesh),
+            sharding.to_global(active, self.mesh))
+
+  def resumed_state(self, k, latents, targets, rows_dev, active):
+    """Chunk k's checkpointed running state, or None."""
+    if self.store is None or not self.options.checkpoint_every:
+      return None
+    abstract = jax.eval_shape(self.start, self.plan.init_fn, latents, targets,
+                              rows_dev, active)
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(
+            s.shape, s.dtype,
+            sharding=sharding.target_sharding(self.mesh, len(s.shape))),
+        abstract)
+    return self.store.load_state(k, abstract)
+
+
+def _run_chunks(run: _Run, todo: list[int], out: InversionResult,
+                stats: dict[str, Any]) -> None:
+  """Runs the chunks in `todo`; each is merged and stored when done."""
+  steps = run.options.steps
+  for k in todo:
+    rows = run.plan.chunks[k]
+    res, steps_run = _run_chunk(run, k, rows)
+    _merge(out, res)
+    if run.store is not None:
+      run.store.save_chunk(k, res)
+    stats['chunks_run'] += 1
+    stats['steps_run'] += steps_run
+    stats['targets_run'] += len(rows)
+    if run.callback is not None:
+      run.callback(Progress(k, len(run.plan.chunks), steps, steps, rows,
+                            res['final']['loss'], True))
+
+
+def _run_chunk(run: _Run, k: int, rows: np.ndarray
+               ) -> tuple[dict[str, Any], int]:
+  """Optimises chunk k from its start (or its checkpoint) to the end.
+
+  Returns:
+    The chunk's host results (rows without padding), as `Store` saves them,
+    and the number of steps run now.
+  """
+  latents, targets, rows_dev, active = run.inputs(rows)
+  st = run.resumed_state(k, latents, targets, rows_dev, active)
+  if st is None:
+    st, resumed_at = run.start(run.plan.init_fn, latents, targets,
+                               rows_dev, active), 0
+  else:
+    resumed_at = int(st.step)
+    run.bar.update(resumed_at)
+  st = _optimise(run, k, rows, st, targets, first=resumed_at)
+  return _chunk_results(run, st, targets, rows), run.options.steps - resumed_at
+
+
+def _optimise(run: _Run, k: int, rows: np.ndarray, st, targets, *,
+              first: int):
+  """Steps chunk k's state from step `first` to ``options.steps``,
+  checkpointing and reporting progress on the way."""
+  opts = run.options
+  steps = opts.steps
+  log_every = opts.log_every or max(1, steps // 20)
+  s = first
+  while s < steps:
+    st, metrics = run.step_fn(st, run.params, targets)
+    s += 1
+    if opts.checkpoint_every and s % opts.checkpoint_every == 0 and s < steps:
+      run.store.save_state(k, s, st)
+    if s % log_every == 0 or s == steps:
+      # The only host sync inside a chunk: a few bytes per log point.
+      loss = sharding.to_host(metrics['loss'])[:len(rows)]
+      run.bar.set_postfix(chunk=f'{k + 1}/{len(run.plan.chunks)}',
+                          loss=f'{np.nanmean(loss):.4g}', refresh=False)
+      if run.callback is not None:
+        run.callback(Progress(k, len(run.plan.chunks), s, steps, rows, loss,
+                              False))
+    run.bar.update(1)
+  return st
+
+
+def _chunk_results(run: _Run, st, targets, rows: np.ndarray
+                   ) -> dict[str, Any]:
+  """A finished chunk's results on the host, padding rows dropped."""
+  final = run.evaluate(st, run.params, targets)
+  saved = {'latents': st.latents, 'final': final, 'active': st.active}
+  if run.options.steps:  # zero steps record no history (orbax: no empties)
+    saved['history'] = st.history
+  if st.snapshots is not None:
+    saved['snapshots'] = st.snapshots
+  host = sharding.to_host(saved)
+  res = _take(host, slice(len(rows)))
+  res['rows'] = rows
+  return res
 
 
 def prepare_chunk(key: jax.Array, objective: step_lib.LossFn, params: Any,

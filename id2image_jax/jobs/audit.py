@@ -9,14 +9,14 @@ Data flow (one direction)::
          -> black-box attacker (scores only), queries counted
          -> workdir: audit.html (self-contained), audit.json     reports
 
-Each part is stored under ``workdir/parts/`` when done, so a rerun with the
-same settings skips it (and a changed setting redoes it).
+Each part is stored under ``workdir/parts/`` when done (`reports.parts`),
+so a rerun with the same settings skips it (and a changed setting redoes
+it). `run` reads as these phases, each a function below it in call order.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import os
 import platform
 import time
@@ -26,18 +26,62 @@ import jax
 import ml_collections
 import numpy as np
 
-from id2image_jax import data as data_lib
 from id2image_jax import errors
 from id2image_jax import loading
+from id2image_jax import protocols
 from id2image_jax.configs import audit as audit_config
 from id2image_jax.configs import invert as invert_config
 from id2image_jax.data import align
 from id2image_jax.data import faces as faces_lib
+from id2image_jax.data import materialise
 from id2image_jax.evaluation import audit
 from id2image_jax.evaluation import scores
 from id2image_jax.jobs import common
 from id2image_jax.reports import audit as report
 from id2image_jax.reports import evaluation as evaluation_report
+from id2image_jax.reports import parts as parts_lib
+
+
+def run(config: Any) -> dict[str, Any]:
+  """Runs the audit; returns the results written to ``audit.json``."""
+  started = time.time()
+  job = _prepare(config)
+  leak = _leakage(job)
+  attacker = _attacker(job)
+  attack = _whitebox(job, attacker)
+  bb = _blackbox(job, attacker, attack)
+  results = _results(job, leak, attack, bb,
+                     seconds=time.time() - started)
+  grid = _grid(job.faces, attacker.targets, attack['_arrays']['images'])
+  paths = report.write(config.workdir, results, grid=grid)
+  common.say(f'audit: {paths["html"]} ({time.time() - started:.0f} s)')
+  for v in report.verdicts(results):
+    common.say(f'  {v["risk"]}: {v["level"]}')
+  return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _Audit:
+  """What every part of one audit reads: made by `_prepare`, never changed.
+
+  Attributes:
+    config: the audit config.
+    budget: the budget's sizes, with the config's own values applied.
+    encoder: the audited (attacked) encoder.
+    evaluator: the verifier (the encoder itself when none is independent).
+    generator: the attacker's generator.
+    nets: attribute networks (pseudo labels, attribute preservation).
+    faces: the aligned faces.
+    parts: the finished parts of this run and earlier ones.
+  """
+  config: Any
+  budget: dict[str, int]
+  encoder: protocols.Encoder
+  evaluator: protocols.Encoder
+  generator: protocols.Generator
+  nets: list[protocols.AttributeNet]
+  faces: faces_lib.Faces
+  parts: parts_lib.Parts
 
 
 def _budget(config: Any) -> dict[str, int]:
@@ -54,108 +98,10 @@ def _budget(config: Any) -> dict[str, int]:
 _PARTS_FORMAT = 2
 
 
-class _Parts:
-  """Finished parts as JSON (+ npz) under ``workdir/parts``, keyed by the
-  settings they depend on and `_PARTS_FORMAT`."""
-
-  def __init__(self, workdir: str, settings: dict[str, Any]):
-    self._dir = os.path.join(workdir, 'parts')
-    os.makedirs(self._dir, exist_ok=True)
-    text = json.dumps({**settings, 'format': _PARTS_FORMAT},
-                      sort_keys=True, default=str)
-    self._tag = hashlib.sha1(text.encode()).hexdigest()[:12]
-    self.reused = []  # names read back from an earlier run
-
-  def _path(self, name, ext):
-    return os.path.join(self._dir, f'{name}-{self._tag}.{ext}')
-
-  def get(self, name: str):
-    path = self._path(name, 'json')
-    if not os.path.isfile(path):
-      return None
-    with open(path) as f:
-      value = json.load(f)
-    self.reused.append(name)
-    arrays = self._path(name, 'npz')
-    if os.path.isfile(arrays):
-      with np.load(arrays) as z:
-        value['_arrays'] = {k: z[k] for k in z.files}
-    return value
-
-  def put(self, name: str, value: dict[str, Any],
-          arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    if arrays:
-      np.savez(self._path(name, 'tmp.npz'), **arrays)
-      os.replace(self._path(name, 'tmp.npz'), self._path(name, 'npz'))
-    with open(self._path(name, 'json.tmp'), 'w') as f:
-      json.dump(report.outputs.json_safe(value), f)
-    os.replace(self._path(name, 'json.tmp'), self._path(name, 'json'))
-    return {**value, '_arrays': arrays or {}}
-
-
-def _aligned_folder(config: Any, num_images: int) -> str:
-  """The faces as an aligned folder (aligned once into the workdir); with
-  a budget of `num_images` (0: all), only a few more than that are aligned
-  (some photos have no detectable face)."""
-  spec = config.data
-  if not spec:
-    raise errors.UsageError(
-        'set --data: a folder of face photos, a CelebA-layout folder, an '
-        'aligned copy (id2image align) or tfds:lfw')
-  if spec.startswith('tfds:'):
-    spec = _materialise(spec[len('tfds:'):], config.workdir)
-  if not os.path.isdir(spec):
-    raise errors.MissingInputError(f'--data {spec}: no such folder')
-  if os.path.isfile(os.path.join(spec, align.LANDMARK_FILE)):
-    return spec
-  out = os.path.join(config.workdir, 'aligned')
-  names = (faces_lib.choose(spec, num_images + num_images // 4 + 2,
-                            seed=config.seed) if num_images else None)
-  counts = align.align_folder(spec, out, names=names,
-                              progress=config.progress)
-  common.say(f'aligned {counts["aligned"] + counts["reused"]} photo(s); '
-             f'{counts["skipped"]} without a detectable face')
-  return out
-
-
-def _materialise(name: str, workdir: str) -> str:
-  """A TFDS face data set written as one folder per person."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  out = os.path.join(workdir, 'tfds', name)
-  if os.path.isdir(out):
-    return out
-  source = data_lib.from_config({'source': name})
-  tmp = out + '.tmp'
-  for batch in data_lib.batches(source, 32):
-    for key, image, ok, person in zip(
-        batch['key'], batch['image'], batch['valid'],
-        batch.get('name', batch['key'])):
-      if ok:
-        folder = os.path.join(tmp, str(person).replace('/', '_'))
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(image).save(os.path.join(
-            folder, os.path.basename(str(key)) + '.png'))
-  os.replace(tmp, out)
-  return out
-
-
-def _inversion_config(config: Any, budget: dict[str, int]
-                      ) -> ml_collections.ConfigDict:
-  c = invert_config.get_config()
-  with c.unlocked():
-    c.steps = budget['steps']
-    c.workdir = os.path.join(config.workdir, 'inversion')
-    c.resume = True
-    c.progress = config.progress
-    c.seed = config.seed
-  return c
-
-
-def run(config: Any) -> dict[str, Any]:
-  """Runs the audit; returns the results written to ``audit.json``."""
-  started = time.time()
+def _prepare(config: Any) -> _Audit:
+  """Loads the models (unknown ones fail before any work), reads the faces
+  and opens the parts store."""
   budget = _budget(config)
-  # Fail on unknown models before any work.
   encoder = loading.load_encoder(config.encoder)
   eval_spec = common.evaluation_partner(config.eval_encoder, config.encoder)
   evaluator = (encoder if eval_spec == config.encoder
@@ -171,117 +117,205 @@ def run(config: Any) -> dict[str, Any]:
         'at least 4 (2 people, train and test)')
   common.say(f'{len(faces)} faces; encoder {encoder.kind}; verifier '
              f'{evaluator.kind}; generator {generator.kind}')
-  parts = _Parts(config.workdir, {
+  # What every part depends on: a change here redoes the parts.
+  settings = {
       'encoder': config.encoder, 'eval': eval_spec, 'data': config.data,
       'generator': config.generator, 'budget': budget, 'seed': config.seed,
-      'keys': faces.keys, 'nets': list(config.attribute_nets)})
-  descriptors = encoder.embed(faces.images)
+      'keys': faces.keys, 'nets': list(config.attribute_nets)}
+  parts = parts_lib.Parts(os.path.join(config.workdir, 'parts'), settings,
+                          version=_PARTS_FORMAT)
+  return _Audit(config, budget, encoder, evaluator, generator, nets, faces,
+                parts)
 
-  leak = parts.get('leakage')
-  if leak is None:
-    attributes, source = audit.labels(faces, nets)
-    leak = audit.leakage(jax.random.key(config.seed), faces, descriptors,
-                         attributes, epochs=budget['epochs'],
-                         progress=config.progress)
-    gains = [r['accuracy'] - r['baseline']
-             for r in leak['attributes'].values()]
-    leak = parts.put('leakage', {**leak, 'label_source': source,
-                                 'max_attribute_gain': max(gains, default=0.0)})
 
-  inv_config = _inversion_config(config, budget)
-  inv_config.init = common.resolve_init(inv_config.init, generator, encoder)
-  heads = common.load_heads({}, init=inv_config.init)
-  targets = audit.attack_targets(faces, budget['targets'])
-  attack = parts.get('attack')
-  if attack is None:
-    t0 = time.time()
-    inversion = audit.invert(inv_config, generator, encoder, faces,
-                             targets.rows, regressor=heads.regressor)
-    whitebox_seconds = time.time() - t0
-    images = inversion.images
-    attack = {
-        'num_targets': int(len(targets.rows)), 'steps': budget['steps'],
-        'why_no_type2': targets.why_no_type2,
-        'attacked_encoder': encoder.kind, 'evaluation_encoder': evaluator.kind,
-        'attacked': audit.score_attack(encoder, images, faces, targets,
-                                       config.fmrs),
-        'attributes': scores.attribute_preservation(
-            nets, faces.images[targets.rows], images,
-            np.arange(len(targets.rows))),
-        'whitebox_seconds': whitebox_seconds,
-        # Cosine to the template before each step: the black-box compares.
-        'whitebox_score_history': inversion.result.history['id_cosine'],
-    }
-    if evaluator is not encoder:
-      attack['evaluation'] = audit.score_attack(evaluator, images, faces,
-                                                targets, config.fmrs)
-    attack['num_impostor_pairs'] = attack['attacked']['num_impostor_pairs']
-    attack = parts.put('attack', attack, {'images': images})
-  images = attack['_arrays']['images']
+def _aligned_folder(config: Any, num_images: int) -> str:
+  """The faces as an aligned folder (aligned once into the workdir); with
+  a budget of `num_images` (0: all), only a few more than that are aligned
+  (some photos have no detectable face)."""
+  spec = config.data
+  if not spec:
+    raise errors.UsageError(
+        'set --data: a folder of face photos, a CelebA-layout folder, an '
+        'aligned copy (id2image align) or tfds:lfw')
+  if spec.startswith('tfds:'):
+    spec = materialise.tfds_folder(spec[len('tfds:'):],
+                                   os.path.join(config.workdir, 'tfds'))
+  if not os.path.isdir(spec):
+    raise errors.MissingInputError(f'--data {spec}: no such folder')
+  if os.path.isfile(os.path.join(spec, align.LANDMARK_FILE)):
+    return spec
+  out = os.path.join(config.workdir, 'aligned')
+  names = (faces_lib.choose(spec, num_images + num_images // 4 + 2,
+                            seed=config.seed) if num_images else None)
+  counts = align.align_folder(spec, out, names=names,
+                              progress=config.progress)
+  common.say(f'aligned {counts["aligned"] + counts["reused"]} photo(s); '
+             f'{counts["skipped"]} without a detectable face')
+  return out
 
-  bb = parts.get('blackbox')
-  if bb is None:
-    rows = targets.rows[:budget['nes_targets']]
-    out = audit.blackbox_attack(
-        inv_config, generator, encoder, faces, rows,
-        population=budget['nes_population'], steps=budget['nes_steps'],
-        regressor=heads.regressor)
-    # Type I under the attacked encoder: the white-box reconstruction's
-    # cosine to the very template, what the black-box attacker maximises.
-    whitebox_cos = np.asarray(attack['attacked']['genuine'])[:len(rows)]
-    queries_per_step = out['queries_per_step']
-    equal = audit.equal_budget(
-        np.asarray(attack['whitebox_score_history'])[:len(rows)],
-        whitebox_cos, attack['whitebox_seconds'], out['score_history'],
-        out['final_score'], out['seconds'], queries_per_step)
-    bb = parts.put('blackbox', {
-        'num_targets': int(len(rows)),
-        'queries_per_target': out['queries_per_target'],
-        'queries_per_step': queries_per_step,
-        'seconds': out['seconds'],
-        'score_history': out['score_history'],
-        'final_score': out['final_score'],
-        'mean_final_score': float(np.mean(out['final_score'])),
-        'whitebox_steps': budget['steps'],
-        'whitebox_seconds': attack['whitebox_seconds'],
-        'whitebox_final_score': float(np.mean(whitebox_cos)),
-        'equal_budget': equal,
-    })
 
-  results = {
-      'config': {'fmrs': list(config.fmrs), 'budget': config.budget,
-                 **budget},
-      'leakage': {k: v for k, v in leak.items() if k != '_arrays'},
-      'attack': {k: v for k, v in attack.items() if k != '_arrays'},
-      'blackbox': {k: v for k, v in bb.items() if k != '_arrays'},
-      'facts': {
-          'encoder': {'kind': encoder.kind, 'source': encoder.source},
-          'verifier': {'kind': evaluator.kind, 'source': evaluator.source,
-                       'independent': evaluator is not encoder},
-          'generator': generator.source,
-          'data': config.data, 'faces': len(faces),
-          'skipped_photos': faces.skipped,
-          'people': (None if faces.identity is None
-                     else int(len(np.unique(faces.identity)))),
-          'split': 'identity-disjoint, 70 % / 30 % of the people',
-          'budget': config.budget, **budget,
-          # This invocation only; reused parts cost nothing here.
-          'seconds': time.time() - started,
-          'reused_parts': parts.reused,
-          'device': str(jax.devices()[0].device_kind),
-          'versions': {'python': platform.python_version(),
-                       'jax': jax.__version__, 'numpy': np.__version__},
-      },
+def _leakage(job: _Audit) -> dict[str, Any]:
+  """Table 1 for this encoder on these faces (the part, or computed)."""
+  leak = job.parts.get('leakage')
+  if leak is not None:
+    return leak
+  descriptors = job.encoder.embed(job.faces.images)
+  attributes, source = audit.labels(job.faces, job.nets)
+  leak = audit.leakage(jax.random.key(job.config.seed), job.faces,
+                       descriptors, attributes, epochs=job.budget['epochs'],
+                       progress=job.config.progress)
+  gains = [r['accuracy'] - r['baseline'] for r in leak['attributes'].values()]
+  return job.parts.put('leakage', {
+      **leak, 'label_source': source,
+      'max_attribute_gain': max(gains, default=0.0)})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Attacker:
+  """What both attacks share: the invert config, the ID -> latent head it
+  names (or None) and who is attacked."""
+  config: ml_collections.ConfigDict
+  regressor: tuple[Any, Any, dict] | None
+  targets: audit.AttackSet
+
+
+def _attacker(job: _Audit) -> _Attacker:
+  """The attacks' invert config, head and targets."""
+  config = _inversion_config(job.config, job.budget, job.generator,
+                             job.encoder)
+  return _Attacker(config,
+                   common.load_heads({}, init=config.init).regressor,
+                   audit.attack_targets(job.faces, job.budget['targets']))
+
+
+def _inversion_config(config: Any, budget: dict[str, int],
+                      generator: protocols.Generator,
+                      encoder: protocols.Encoder
+                      ) -> ml_collections.ConfigDict:
+  """The invert config of the attacks (a new one: `config` is read only)."""
+  c = invert_config.get_config()
+  with c.unlocked():
+    c.steps = budget['steps']
+    c.workdir = os.path.join(config.workdir, 'inversion')
+    c.resume = True
+    c.progress = config.progress
+    c.seed = config.seed
+    c.init = common.resolve_init(c.init, generator, encoder)
+  return c
+
+
+def _whitebox(job: _Audit, attacker: _Attacker) -> dict[str, Any]:
+  """The white-box reconstruction attack, scored (the part, or run)."""
+  attack = job.parts.get('attack')
+  if attack is not None:
+    return attack
+  targets = attacker.targets
+  t0 = time.time()
+  inversion = audit.invert(attacker.config, job.generator, job.encoder,
+                           job.faces, targets.rows,
+                           regressor=attacker.regressor)
+  whitebox_seconds = time.time() - t0
+  images = inversion.images
+  attack = {
+      'num_targets': int(len(targets.rows)), 'steps': job.budget['steps'],
+      'why_no_type2': targets.why_no_type2,
+      'attacked_encoder': job.encoder.kind,
+      'evaluation_encoder': job.evaluator.kind,
+      'attacked': audit.score_attack(job.encoder, images, job.faces, targets,
+                                     job.config.fmrs),
+      'attributes': scores.attribute_preservation(
+          job.nets, job.faces.images[targets.rows], images,
+          np.arange(len(targets.rows))),
+      'whitebox_seconds': whitebox_seconds,
+      # Cosine to the template before each step: the black-box compares.
+      'whitebox_score_history': inversion.result.history['id_cosine'],
   }
-  grid = None
-  if len(targets.rows):
-    columns = {'reconstruction': images}
-    if not targets.why_no_type2:
-      columns['other photo'] = faces.images[targets.others]
-    grid = evaluation_report.comparison_grid(
-        faces.images[targets.rows], columns, rows=8, cell=128)
-  paths = report.write(config.workdir, results, grid=grid)
-  common.say(f'audit: {paths["html"]} ({time.time() - started:.0f} s)')
-  for v in report.verdicts(results):
-    common.say(f'  {v["risk"]}: {v["level"]}')
-  return results
+  if job.evaluator is not job.encoder:
+    attack['evaluation'] = audit.score_attack(job.evaluator, images, job.faces,
+                                              targets, job.config.fmrs)
+  attack['num_impostor_pairs'] = attack['attacked']['num_impostor_pairs']
+  return job.parts.put('attack', attack, arrays={'images': images})
+
+
+def _blackbox(job: _Audit, attacker: _Attacker,
+              attack: dict[str, Any]) -> dict[str, Any]:
+  """The score-only attacker on the first targets, and how it compares
+  with the white-box attack at equal budgets (the part, or run)."""
+  bb = job.parts.get('blackbox')
+  if bb is not None:
+    return bb
+  rows = attacker.targets.rows[:job.budget['nes_targets']]
+  out = audit.blackbox_attack(
+      attacker.config, job.generator, job.encoder, job.faces, rows,
+      population=job.budget['nes_population'], steps=job.budget['nes_steps'],
+      regressor=attacker.regressor)
+  # Type I under the attacked encoder: the white-box reconstruction's
+  # cosine to the very template, what the black-box attacker maximises.
+  whitebox_cos = np.asarray(attack['attacked']['genuine'])[:len(rows)]
+  equal = audit.equal_budget(
+      np.asarray(attack['whitebox_score_history'])[:len(rows)],
+      whitebox_cos, attack['whitebox_seconds'], out['score_history'],
+      out['final_score'], out['seconds'], out['queries_per_step'])
+  return job.parts.put('blackbox', {
+      'num_targets': int(len(rows)),
+      'queries_per_target': out['queries_per_target'],
+      'queries_per_step': out['queries_per_step'],
+      'seconds': out['seconds'],
+      'score_history': out['score_history'],
+      'final_score': out['final_score'],
+      'mean_final_score': float(np.mean(out['final_score'])),
+      'whitebox_steps': job.budget['steps'],
+      'whitebox_seconds': attack['whitebox_seconds'],
+      'whitebox_final_score': float(np.mean(whitebox_cos)),
+      'equal_budget': equal,
+  })
+
+
+def _results(job: _Audit, leak: dict[str, Any], attack: dict[str, Any],
+             bb: dict[str, Any], *, seconds: float) -> dict[str, Any]:
+  """What ``audit.json`` holds: the parts (arrays left out) and the facts
+  of this run."""
+  def values(part):
+    return {k: v for k, v in part.items() if k != '_arrays'}
+  return {
+      'config': {'fmrs': list(job.config.fmrs), 'budget': job.config.budget,
+                 **job.budget},
+      'leakage': values(leak),
+      'attack': values(attack),
+      'blackbox': values(bb),
+      'facts': _facts(job, seconds),
+  }
+
+
+def _facts(job: _Audit, seconds: float) -> dict[str, Any]:
+  faces = job.faces
+  return {
+      'encoder': {'kind': job.encoder.kind, 'source': job.encoder.source},
+      'verifier': {'kind': job.evaluator.kind, 'source': job.evaluator.source,
+                   'independent': job.evaluator is not job.encoder},
+      'generator': job.generator.source,
+      'data': job.config.data, 'faces': len(faces),
+      'skipped_photos': faces.skipped,
+      'people': (None if faces.identity is None
+                 else int(len(np.unique(faces.identity)))),
+      'split': 'identity-disjoint, 70 % / 30 % of the people',
+      'budget': job.config.budget, **job.budget,
+      # This invocation only; reused parts cost nothing here.
+      'seconds': seconds,
+      'reused_parts': job.parts.reused,
+      'device': str(jax.devices()[0].device_kind),
+      'versions': {'python': platform.python_version(),
+                   'jax': jax.__version__, 'numpy': np.__version__},
+  }
+
+
+def _grid(faces: faces_lib.Faces, targets: audit.AttackSet,
+          images: np.ndarray) -> np.ndarray | None:
+  """Target | reconstruction (| another photo of the person), or None."""
+  if not len(targets.rows):
+    return None
+  columns = {'reconstruction': images}
+  if not targets.why_no_type2:
+    columns['other photo'] = faces.images[targets.others]
+  return evaluation_report.comparison_grid(
+      faces.images[targets.rows], columns, rows=8, cell=128)

@@ -31,6 +31,18 @@ def plain(config: Any) -> dict[str, Any]:
   return config.to_dict() if hasattr(config, 'to_dict') else dict(config)
 
 
+def with_fields(config: Any, **fields: Any) -> Any:
+  """A copy of the ConfigDict `config` with `fields` set to new values.
+
+  Jobs read their config and never change it: a value they derive (e.g.
+  the init that 'auto' resolves to) goes into a copy like this one.
+  """
+  out = config.copy_and_resolve_references()
+  for name, value in fields.items():
+    out[name] = value
+  return out
+
+
 def names(value: str | Sequence[str]) -> list[str]:
   """'a,b' or ('a', 'b') -> ['a', 'b']."""
   if isinstance(value, str):

@@ -35,7 +35,9 @@ def run(config: Any) -> dict[str, Any]:
                                      seed=config.generator_seed)
   encoder = loading.load_encoder(config.encoder,
                                  crop=tuple(config.encoder_crop) or None)
-  config.init = common.resolve_init(config.init, generator, encoder)
+  # The run's config: 'auto' resolved (the summary says which init ran).
+  config = common.with_fields(
+      config, init=common.resolve_init(config.init, generator, encoder))
   heads = common.load_heads(dict(config.heads), init=config.init)
   common.say(f'generator: {generator.source}')
   common.say(f'encoder:   {encoder.kind} ({encoder.dim}-d), {encoder.source}')

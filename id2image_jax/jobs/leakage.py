@@ -4,11 +4,13 @@ Reads the descriptor files of `id2image embed`, trains the attribute,
 histogram and landmark heads per encoder (`analysis.leakage`), the
 image-based rows, and writes the report (`reports.leakage`) and the heads
 (``heads/<encoder>/<head>``, loaded by `loading.load_head`). Config:
-configs/leakage.py.
+configs/leakage.py. `run` reads as its phases, each a function below it in
+call order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +27,129 @@ from id2image_jax.data import descriptors
 from id2image_jax.data import pipeline
 from id2image_jax.jobs import common
 from id2image_jax.reports import leakage as report
+
+
+def run(config: Any) -> dict[str, Any]:
+  """Trains the heads and writes the Table-1 report (configs/leakage.py).
+
+  Writes into ``config.workdir``: ``leakage.md``, ``leakage.json``,
+  ``figures/*.png`` and the trained heads under ``heads/<row>/<head>``
+  (restore with `loading.load_head`).
+
+  Args:
+    config: see configs/leakage.py.
+
+  Returns:
+    The results dict written to ``leakage.json``.
+  """
+  job = _settings(config)
+  # The image data first: a missing dataset should fail before hours of
+  # head training, not after.
+  image_sources, notes = _image_sources(job)
+  rows, details, trained_heads, first = {}, {}, {}, None
+  for e, encoder in enumerate(job.encoders):
+    train, test = _descriptors(job, encoder)
+    first = first or (train, test)
+    rows[f'From ID ({encoder})'], details[encoder], trained = (
+        _descriptor_row(jax.random.fold_in(job.key, e), job, train, test))
+    trained_heads[encoder] = trained
+    _save_heads(job, encoder, trained, train)
+  # Every row is tested on the same images: the first encoder's
+  # descriptors serve the image row, the figures and the baselines.
+  train, test = first
+  image_row, image_notes = _image_row(job, image_sources, train, test,
+                                      details)
+  results = {
+      'table': report.table(job.attribute_names, rows, image_row,
+                            _baselines(details[job.encoders[0]])),
+      'units': report.UNITS,
+      'notes': notes + image_notes,
+      'details': details,
+      'figures': _figures(job.cfg, image_sources, job.test_split, test,
+                          trained_heads, job.workdir),
+      'config': job.cfg,
+  }
+  report.write(results, job.workdir)
+  return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """The config of one leakage run, read once (`_settings`).
+
+  Attributes:
+    cfg: the whole config as a plain dict (written into the results).
+    key: the run's PRNG key.
+    encoders: one Table-1 row each.
+    train_splits: the splits the heads train on.
+    test_split: the split they are tested on.
+    attribute_names: the attributes predicted ([] when disabled).
+  """
+  cfg: dict[str, Any]
+  key: jax.Array
+  encoders: list[str]
+  train_splits: list[str]
+  test_split: str
+  attribute_names: list[str]
+
+  @property
+  def workdir(self) -> str:
+    return self.cfg['workdir']
+
+  @property
+  def progress(self) -> bool:
+    return self.cfg['progress']
+
+
+def _settings(config: Any) -> _Settings:
+  cfg = common.plain(config)
+  attr_cfg = cfg['attributes']
+  attribute_names = (common.names(attr_cfg['names']) if attr_cfg['enabled']
+                     else [])
+  if attribute_names == ['all']:
+    attribute_names = list(data_lib.CELEBA_ATTRIBUTES)
+  encoders = common.names(cfg['encoders'])
+  if not encoders:
+    raise errors.UsageError('config.encoders is empty')
+  return _Settings(cfg=cfg, key=jax.random.key(cfg['seed']),
+                   encoders=encoders,
+                   train_splits=common.names(cfg['train_splits']),
+                   test_split=cfg['test_split'],
+                   attribute_names=attribute_names)
+
+
+def _image_sources(job: _Settings
+                   ) -> tuple[dict[str, Any] | None, list[str]]:
+  """The image data per split (None when not needed or, for the figures
+  only, not found), and notes on what is missing."""
+  cfg = job.cfg
+  img_cfg = cfg['image_baseline']
+  need_images = img_cfg['enabled'] or cfg['figures']['images']
+  if not (need_images and cfg['data']):
+    if img_cfg['enabled']:
+      raise errors.UsageError('image_baseline.enabled needs config.data')
+    return None, []
+  # The figures need the test images only; the image baseline all splits.
+  splits = (job.train_splits + [job.test_split] if img_cfg['enabled']
+            else [job.test_split])
+  try:
+    return {s: data_lib.from_config({**cfg['data'], 'split': s})
+            for s in splits}, []
+  except pipeline.DataNotFoundError:
+    if img_cfg['enabled']:
+      raise
+    return None, ['figures drawn without images: the image data was not '
+                  'found']
+
+
+def _descriptors(job: _Settings, encoder: str
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(train, test) descriptors of `encoder` (train capped by
+  ``max_train_examples``)."""
+  train = _limit(_load(job.cfg['descriptors'], encoder, job.train_splits),
+                 job.cfg['max_train_examples'])
+  test = _load(job.cfg['descriptors'], encoder, [job.test_split])
+  return train, test
 
 
 def _load(pattern: str, encoder: str, splits: Sequence[str]
@@ -45,158 +170,103 @@ def _limit(arrays: dict[str, Any], n: int) -> dict[str, Any]:
   return arrays
 
 
-def run(config: Any) -> dict[str, Any]:
-  """Trains the heads and writes the Table-1 report (configs/leakage.py).
-
-  Writes into ``config.workdir``: ``leakage.md``, ``leakage.json``,
-  ``figures/*.png`` and the trained heads under ``heads/<row>/<head>``
-  (restore with `loading.load_head`).
-
-  Args:
-    config: see configs/leakage.py.
+def _descriptor_row(key: jax.Array, job: _Settings, train: dict[str, Any],
+                    test: dict[str, Any]
+                    ) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+  """One encoder's "From ID" row: its heads trained and tested.
 
   Returns:
-    The results dict written to ``leakage.json``.
+    (row: the table's figures, details: every measure, the trained heads).
   """
-  cfg = common.plain(config)
-  workdir = cfg['workdir']
-  key = jax.random.key(cfg['seed'])
-  progress = cfg['progress']
-  encoders = common.names(cfg['encoders'])
-  train_splits = common.names(cfg['train_splits'])
-  test_split = cfg['test_split']
-  attr_cfg, hist_cfg, lm_cfg = (cfg['attributes'], cfg['histogram'],
-                                cfg['landmarks'])
-  attribute_names = (common.names(attr_cfg['names']) if attr_cfg['enabled']
-                     else [])
-  if attribute_names == ['all']:
-    attribute_names = list(data_lib.CELEBA_ATTRIBUTES)
-  img_cfg = cfg['image_baseline']
-  notes = []
+  cfg = job.cfg
+  row, det, trained = {}, {}, []
+  if job.attribute_names:
+    res, heads_ = leakage.attribute_leakage(
+        jax.random.fold_in(key, 0), train, test, job.attribute_names,
+        leakage.Training.from_config(cfg['attributes']),
+        progress=job.progress)
+    row['attributes'] = {n: r['accuracy'] for n, r in res.items()}
+    det['attributes'], trained = res, trained + heads_
+  if cfg['histogram']['enabled']:
+    res, head = leakage.histogram_leakage(
+        jax.random.fold_in(key, 1), train, test,
+        leakage.Training.from_config(cfg['histogram']),
+        progress=job.progress)
+    row['histogram'], det['histogram'] = res['emd'], res
+    trained.append(head)
+  lm_cfg = cfg['landmarks']
+  if lm_cfg['enabled']:
+    res, head = leakage.landmark_leakage(
+        jax.random.fold_in(key, 2), train, test,
+        leakage.Training.from_config(lm_cfg),
+        require_detection=bool(lm_cfg['require_detection']),
+        pixel_scale=lm_cfg['pixel_scale'], progress=job.progress)
+    row['landmarks'], det['landmarks'] = res['nme'], res
+    trained.append(head)
+  det['num_train'] = int(len(train['descriptor']))
+  det['num_test'] = int(len(test['descriptor']))
+  det['descriptor_dim'] = int(train['descriptor'].shape[1])
+  return row, det, trained
 
-  # Check the image data first: a missing dataset should fail before hours
-  # of head training, not after.
-  image_sources = None
-  fig_cfg = cfg['figures']
-  need_images = img_cfg['enabled'] or fig_cfg['images']
-  if need_images and cfg['data']:
-    # The figures need the test images only; the image baseline all splits.
-    splits = train_splits + [test_split] if img_cfg['enabled'] else [
-        test_split]
-    try:
-      image_sources = {
-          s: data_lib.from_config({**cfg['data'], 'split': s})
-          for s in splits}
-    except pipeline.DataNotFoundError:
-      if img_cfg['enabled']:
-        raise
-      notes.append('figures drawn without images: the image data was not '
-                   'found')
-  elif img_cfg['enabled']:
-    raise errors.UsageError('image_baseline.enabled needs config.data')
 
-  rows, details, trained_heads, first = {}, {}, {}, None
-  for e, encoder in enumerate(encoders):
-    ekey = jax.random.fold_in(key, e)
-    train = _limit(_load(cfg['descriptors'], encoder, train_splits),
-                   cfg['max_train_examples'])
-    test = _load(cfg['descriptors'], encoder, [test_split])
-    first = first or (train, test)
-    row, det, trained = {}, {}, []
-    if attribute_names:
-      res, heads_ = leakage.attribute_leakage(
-          jax.random.fold_in(ekey, 0), train, test, attribute_names,
-          leakage.Training.from_config(attr_cfg), progress=progress)
-      row['attributes'] = {n: r['accuracy'] for n, r in res.items()}
-      det['attributes'], trained = res, trained + heads_
-    if hist_cfg['enabled']:
-      res, head = leakage.histogram_leakage(
-          jax.random.fold_in(ekey, 1), train, test,
-          leakage.Training.from_config(hist_cfg), progress=progress)
-      row['histogram'], det['histogram'] = res['emd'], res
-      trained.append(head)
-    if lm_cfg['enabled']:
-      res, head = leakage.landmark_leakage(
-          jax.random.fold_in(ekey, 2), train, test,
-          leakage.Training.from_config(lm_cfg),
-          require_detection=bool(lm_cfg['require_detection']),
-          pixel_scale=lm_cfg['pixel_scale'],
-          progress=progress)
-      row['landmarks'], det['landmarks'] = res['nme'], res
-      trained.append(head)
-    det['num_train'] = int(len(train['descriptor']))
-    det['num_test'] = int(len(test['descriptor']))
-    det['descriptor_dim'] = int(train['descriptor'].shape[1])
-    label = f'From ID ({encoder})'
-    rows[label], details[encoder] = row, det
-    trained_heads[encoder] = trained
-    for head in trained:
-      loading.save_head(os.path.join(workdir, 'heads', encoder, head.name),
-                        head.params, dict(head.config, encoder=encoder),
-                        source=f'trained on {train["meta"]["files"]}')
+def _save_heads(job: _Settings, encoder: str, trained: list[Any],
+                train: dict[str, Any]) -> None:
+  for head in trained:
+    loading.save_head(os.path.join(job.workdir, 'heads', encoder, head.name),
+                      head.params, dict(head.config, encoder=encoder),
+                      source=f'trained on {train["meta"]["files"]}')
 
-  if first is None:
-    raise errors.UsageError('config.encoders is empty')
-  # Labels come from the same images whichever the encoder: the first
-  # encoder's baselines stand for all.
-  d = details[encoders[0]]
-  baseline = {
+
+def _baselines(details: dict[str, Any]) -> dict[str, Any]:
+  """The Baseline row. Labels come from the same images whichever the
+  encoder: one encoder's baselines stand for all."""
+  return {
       'attributes': {n: r['baseline'] for n, r in
-                     d.get('attributes', {}).items()},
-      'landmarks': d.get('landmarks', {}).get('baseline'),
-      'histogram': d.get('histogram', {}).get('baseline'),
+                     details.get('attributes', {}).items()},
+      'landmarks': details.get('landmarks', {}).get('baseline'),
+      'histogram': details.get('histogram', {}).get('baseline'),
   }
-  image_row = {'histogram': 0.0 if hist_cfg['enabled'] else None}
-  notes.append('From image, histogram: computed exactly from the image '
-               '(EMD 0), as in the paper.')
-  train, test = first
+
+
+def _image_row(job: _Settings, image_sources, train: dict[str, Any],
+               test: dict[str, Any], details: dict[str, Any]
+               ) -> tuple[dict[str, Any], list[str]]:
+  """The "From image" row (its CNNs when enabled) and notes on it."""
+  cfg = job.cfg
+  img_cfg = cfg['image_baseline']
+  row = {'histogram': 0.0 if cfg['histogram']['enabled'] else None}
+  notes = ['From image, histogram: computed exactly from the image '
+           '(EMD 0), as in the paper.']
   if img_cfg['enabled']:
     try:
-      image_row.update(_image_rows(
-          jax.random.fold_in(key, 1000), cfg, image_sources, train, test,
-          attribute_names, details, workdir, progress))
+      row.update(_image_rows(
+          jax.random.fold_in(job.key, 1000), cfg, image_sources, train, test,
+          job.attribute_names, details, job.workdir, job.progress))
     except train_lib.TrainingDiverged as e:
       # The descriptor rows are done and still worth writing.
       notes.append(f'From image: not reported, its CNN diverged: {e}.')
   else:
     notes.append('From image: image baselines disabled '
                  '(image_baseline.enabled=False).')
-  if attribute_names and not (img_cfg['enabled'] and
-                              img_cfg['attributes']):
+  if job.attribute_names and not (img_cfg['enabled'] and
+                                  img_cfg['attributes']):
     notes.append('From image, attributes: n/a (no image->attribute network '
                  'trained; set image_baseline.attributes=True for a CNN '
                  'baseline). The paper quotes [20]: 92 / 99 / 99 %.')
-
-  figures = _figures(cfg, image_sources, test_split, first[1],
-                     trained_heads, workdir)
-  results = {
-      'table': report.table(attribute_names, rows, image_row, baseline),
-      'units': report.UNITS,
-      'notes': notes,
-      'details': details,
-      'figures': figures,
-      'config': cfg,
-  }
-  report.write(results, workdir)
-  return results
+  return row, notes
 
 
 def _image_rows(key, cfg, sources, train, test, attribute_names, details,
                 workdir, progress) -> dict[str, Any]:
   """The "From image" row: landmark CNN (and optional attribute CNN)."""
   img_cfg = cfg['image_baseline']
-  training = leakage.Training.from_config(img_cfg)
+  training = leakage.ImageTraining.from_config(
+      {**img_cfg, 'seed': cfg['seed']})
   train_splits = common.names(cfg['train_splits'])
   # One source over all training splits, keyed like the descriptors.
   train_src = pipeline.concat_sources([sources[s] for s in train_splits])
   test_src = sources[cfg['test_split']]
   row = {}
-  shared = dict(channels=tuple(img_cfg['channels']),
-                input_size=tuple(img_cfg['input_size']),
-                shuffle_buffer=img_cfg['shuffle_buffer'],
-                seed=cfg['seed'],
-                cache=img_cfg['cache_images'],
-                progress=progress)
   if img_cfg['landmarks'] and cfg['landmarks']['enabled']:
     req = bool(cfg['landmarks']['require_detection'])
     tr = leakage.landmark_rows(train, req)
@@ -204,9 +274,8 @@ def _image_rows(key, cfg, sources, train, test, attribute_names, details,
     head = leakage.image_head(
         jax.random.fold_in(key, 0), 'landmarks_cnn', train_src, test_src,
         train['landmarks68'][tr].astype(np.float32), train['key'][tr],
-        test['key'][te], training, out_shape=(68, 2),
-        pixel_scale=cfg['landmarks']['pixel_scale'],
-        **shared)
+        test['key'][te], training,
+        pixel_scale=cfg['landmarks']['pixel_scale'], progress=progress)
     nme = leakage.nme_percent(head.test_pred, test['landmarks68'][te],
                               leakage.image_scale(test))
     row['landmarks'] = nme
@@ -221,8 +290,7 @@ def _image_rows(key, cfg, sources, train, test, attribute_names, details,
                        for n in attribute_names], -1)
     head = leakage.image_head(
         jax.random.fold_in(key, 1), 'attribute_cnn', train_src, test_src,
-        y_train, train['key'], test['key'], training,
-        out_shape=(len(attribute_names),), **shared)
+        y_train, train['key'], test['key'], training, progress=progress)
     acc = 100 * ((head.test_pred > 0.5) == y_test).mean(0)
     row['attributes'] = {n: float(a) for n, a in zip(attribute_names, acc)}
     details.setdefault('image', {})['attributes'] = row['attributes']

@@ -22,12 +22,12 @@ from id2image_jax import loading
 from id2image_jax.analysis import regressor
 from id2image_jax.analysis import train as train_lib
 from id2image_jax.models import heads
-from id2image_jax.reports import inversion as inversion_report
+from id2image_jax.reports import outputs
 
 
 def _plot_loss(path: str, steps: list[int], loss: list[float], *,
                unit: str) -> None:
-  plt = inversion_report.pyplot()
+  plt = outputs.pyplot()
   fig, ax = plt.subplots(figsize=(4, 3))
   ax.plot(steps, loss)
   ax.set_yscale('log')

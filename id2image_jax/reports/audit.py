@@ -85,33 +85,60 @@ def _measurable_fmr(tmrs: Mapping[str, Any], fmrs) -> str:
 
 
 def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
-  """One plain-language line per risk, with the number behind it."""
-  out = []
+  """One plain-language line per risk, with the number behind it.
+
+  Returns:
+    ``{'risk', 'level', 'text', 'key', 'spec'}`` per risk: ``text`` holds
+    ``{}`` where the figure at JSON path ``key`` goes, formatted by
+    ``spec``.
+  """
+  leak = results.get('leakage') or {}
+  out = [_identity_verdict(results), _attribute_verdict(leak)]
+  out += [_leak_verdict(leak, name, label, unit)
+          for name, label, unit in (
+              ('landmarks', 'Face geometry (68 landmarks)',
+               '% of the eye distance'),
+              ('histogram', 'Colour (RGB histogram)', 'bins of EMD'))]
+  if results.get('blackbox'):
+    out.append(_blackbox_verdict(results))
+  return out
+
+
+def _identity_verdict(results: Mapping[str, Any]) -> dict[str, str]:
   attack = results.get('attack') or {}
   ev = attack.get('evaluation') or attack.get('attacked') or {}
   fmr = _measurable_fmr(ev.get('tmr') or {}, results['config']['fmrs'])
   tmr = (ev.get('tmr') or {}).get(fmr, {}).get('tmr')
   who = attack.get('evaluation_encoder', 'the attacked encoder')
   attempts = attack.get('num_targets')
-  out.append({
+  role = 'evaluation' if attack.get('evaluation') else 'attacked'
+  return {
       'risk': 'Identity reconstruction',
       'level': _level(tmr, 0.5, 0.1),
       'text': ('Faces rebuilt from stored templates are accepted as the '
                f'same person by {who} in {{}} of attempts'
                + (f' ({attempts} people attacked)' if attempts else '')
                + f' at a false-match rate of {fmr}.'),
-      'key': f'attack/{"evaluation" if attack.get("evaluation") else "attacked"}/tmr/{fmr}/tmr',
-      'spec': '{:.0%}'})
-  leak = results.get('leakage') or {}
-  attrs = leak.get('attributes') or {}
-  leaking = [n for n, r in attrs.items() if r.get('leaks')]
+      'key': f'attack/{role}/tmr/{fmr}/tmr',
+      'spec': '{:.0%}'}
+
+
+def _too_few(leak: Mapping[str, Any]) -> tuple[bool, str]:
+  """Whether there are too few test faces to rule a leak out, and the
+  sentence that says so ('' when there are enough)."""
   # A leak shown on few faces stands; its absence on few faces says little.
   few = leak.get('num_test', 0) < MIN_TEST_FACES
-  unclear = (f' Only {leak.get("num_test", 0)} test faces: too few to '
-             'rule leakage out (use --budget standard or more faces).'
-             if few else '')
+  return few, (f' Only {leak.get("num_test", 0)} test faces: too few to '
+               'rule leakage out (use --budget standard or more faces).'
+               if few else '')
+
+
+def _attribute_verdict(leak: Mapping[str, Any]) -> dict[str, str]:
+  attrs = leak.get('attributes') or {}
+  leaking = [n for n, r in attrs.items() if r.get('leaks')]
+  few, unclear = _too_few(leak)
   level = _level(len(leaking) / max(1, len(attrs)), 0.5, 0.1)
-  out.append({
+  return {
       'risk': 'Attribute leakage',
       'level': 'UNCLEAR' if few and level == 'LOW' else level,
       'text': ((f'{len(leaking)} of {len(attrs)} attributes are '
@@ -123,46 +150,50 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
                 'from the template better than by guessing the most common '
                 'value; the largest gain seen, {} percentage points, is '
                 'within chance on this many faces.') + unclear),
-      'key': 'leakage/max_attribute_gain', 'spec': '{:.1f}'})
-  for name, label, unit in (('landmarks', 'Face geometry (68 landmarks)',
-                             '% of the eye distance'),
-                            ('histogram', 'Colour (RGB histogram)',
-                             'bins of EMD')):
-    r = leak.get(name) or {}
-    out.append({
-        'risk': f'{label} leakage',
-        'level': ('HIGH' if r.get('leaks') else 'unknown' if not r
-                  else 'UNCLEAR' if few else 'LOW'),
-        'text': (('Predictable from the template' if r.get('leaks') else
-                  'Not shown to be predictable beyond the average face')
-                 + f': error {{}} {unit} vs {r.get("baseline", 0):.2f} for '
-                 'the average.' + (unclear if r and not r.get('leaks')
-                                   else '')),
-        'key': f'leakage/{name}/{"nme" if name == "landmarks" else "emd"}',
-        'spec': '{:.2f}'})
-  bb = results.get('blackbox') or {}
-  if bb:
-    # Judged against the attacked system's own acceptance threshold: raw
-    # cosines mean little (dlib gives strangers ~0.85).
-    attacked = (attack.get('attacked') or {}).get('tmr') or {}
-    bb_fmr = _measurable_fmr(attacked, results['config']['fmrs'])
-    threshold = (attacked.get(bb_fmr) or {}).get('threshold')
-    # A list from audit.json or an array from a fresh run.
-    scores_ = np.asarray(bb.get('final_score', []), float)
-    accepted = (None if threshold is None or not scores_.size else
-                float(np.mean(scores_ >= threshold)))
-    out.append({
-        'risk': 'Black-box attacker (scores only)',
-        'level': _level(accepted, 0.5, 0.1),
-        'text': ('Without weights or gradients, only by querying similarity '
-                 f'scores ({bb.get("queries_per_target")} queries per '
-                 'person, this budget\'s limit), an attacker reaches a mean similarity of {} to '
-                 'the stored template; '
-                 + ('the threshold is unknown.' if accepted is None else
-                    f'{accepted:.0%} of its faces pass the system\'s '
-                    f'threshold ({threshold:.3f} at FMR {bb_fmr}).')),
-        'key': 'blackbox/mean_final_score', 'spec': '{:.3f}'})
-  return out
+      'key': 'leakage/max_attribute_gain', 'spec': '{:.1f}'}
+
+
+def _leak_verdict(leak: Mapping[str, Any], name: str, label: str,
+                  unit: str) -> dict[str, str]:
+  """Landmarks or histogram: predictable beyond the average face?"""
+  r = leak.get(name) or {}
+  few, unclear = _too_few(leak)
+  return {
+      'risk': f'{label} leakage',
+      'level': ('HIGH' if r.get('leaks') else 'unknown' if not r
+                else 'UNCLEAR' if few else 'LOW'),
+      'text': (('Predictable from the template' if r.get('leaks') else
+                'Not shown to be predictable beyond the average face')
+               + f': error {{}} {unit} vs {r.get("baseline", 0):.2f} for '
+               'the average.' + (unclear if r and not r.get('leaks')
+                                 else '')),
+      'key': f'leakage/{name}/{"nme" if name == "landmarks" else "emd"}',
+      'spec': '{:.2f}'}
+
+
+def _blackbox_verdict(results: Mapping[str, Any]) -> dict[str, str]:
+  bb = results['blackbox']
+  # Judged against the attacked system's own acceptance threshold: raw
+  # cosines mean little (dlib gives strangers ~0.85).
+  attacked = ((results.get('attack') or {}).get('attacked') or {}).get(
+      'tmr') or {}
+  bb_fmr = _measurable_fmr(attacked, results['config']['fmrs'])
+  threshold = (attacked.get(bb_fmr) or {}).get('threshold')
+  # A list from audit.json or an array from a fresh run.
+  scores_ = np.asarray(bb.get('final_score', []), float)
+  accepted = (None if threshold is None or not scores_.size else
+              float(np.mean(scores_ >= threshold)))
+  return {
+      'risk': 'Black-box attacker (scores only)',
+      'level': _level(accepted, 0.5, 0.1),
+      'text': ('Without weights or gradients, only by querying similarity '
+               f'scores ({bb.get("queries_per_target")} queries per '
+               'person, this budget\'s limit), an attacker reaches a mean '
+               'similarity of {} to the stored template; '
+               + ('the threshold is unknown.' if accepted is None else
+                  f'{accepted:.0%} of its faces pass the system\'s '
+                  f'threshold ({threshold:.3f} at FMR {bb_fmr}).')),
+      'key': 'blackbox/mean_final_score', 'spec': '{:.3f}'}
 
 
 # --------------------------------------------------------------------------
@@ -321,135 +352,167 @@ def _lead(results: Mapping[str, Any]) -> str:
 
 
 def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
-  """The HTML page (module docstring)."""
-  esc = html.escape
+  """The HTML page (module docstring): one section per `SECTIONS` entry."""
   parts = ['<!doctype html><html><head><meta charset="utf-8">',
            '<title>Face template privacy audit</title>',
            f'<style>{_STYLE}</style></head><body>',
            '<h1>What do the stored templates of '
-           f'<code>{esc(results["facts"]["encoder"]["kind"])}</code> give '
-           'away?</h1>', _lead(results)]
-  parts.append('<section id="summary"><h2>Summary</h2>')
+           f'<code>{html.escape(results["facts"]["encoder"]["kind"])}</code>'
+           ' give away?</h1>', _lead(results)]
+  parts += _summary_section(results)
+  parts += _leakage_section(results)
+  parts += _attack_section(results, grid)
+  parts += _blackbox_section(results)
+  parts += _facts_section(results)
+  parts.append('</body></html>')
+  return '\n'.join(parts)
+
+
+def _summary_section(results: Mapping[str, Any]) -> list[str]:
+  """The verdicts, each with the number behind it."""
+  esc = html.escape
   rows = []
   for v in verdicts(results):
     number = _num(results, v['key'], v['spec'])
     rows.append([esc(v['risk']),
                  f'<span class="level {v["level"]}">{v["level"]}</span>',
                  esc(v['text']).replace('{}', number)])
-  parts.append(_table(rows, ['risk', 'level', 'what it means']))
-  parts.append('</section>')
+  return ['<section id="summary"><h2>Summary</h2>',
+          _table(rows, ['risk', 'level', 'what it means']), '</section>']
 
+
+def _leakage_section(results: Mapping[str, Any]) -> list[str]:
+  """Table 1 for this encoder, the chart of gains, what was skipped."""
+  esc = html.escape
   leak = results.get('leakage') or {}
-  parts.append('<section id="leakage"><h2>Leakage: what a template reveals '
-               'besides identity (paper Table 1)</h2>')
-  if leak:
-    parts.append(f'<p class="note">Heads trained on {leak["num_train"]} '
-                 f'templates, tested on {leak["num_test"]} of other people; '
-                 f'labels: {esc(leak["label_source"])}. Intervals: 95 % '
-                 'bootstrap over test people.</p>')
-    rows = []
-    for r in leakage_report.leak_rows({'e': leak})['e']:
-      value_key = {'landmarks': 'landmarks/nme', 'histogram':
-                   'histogram/emd'}.get(r['what']) or key_path(
-                       'attributes', r['what'], 'accuracy')
-      rows.append([esc(r['what'].replace('_', ' ')), esc(r['unit']),
-                   _num(leak, value_key, '{:.1f}') + ' ' + esc(
-                       f'[{r["ci"][0]:.1f}, {r["ci"][1]:.1f}]'),
-                   f'{r["baseline"]:.1f}',
-                   esc(f'[{r["gain_ci"][0]:.1f}, {r["gain_ci"][1]:.1f}]'),
-                   '<b>yes</b>' if r['leaks'] else 'no'])
-    parts.append(_table(rows, ['what', 'unit', 'from the template',
-                               'baseline', 'gain (95 %)', 'leaks']))
-    parts.append(_img(results.get('_figures', {}).get('leakage_chart'),
-                      'attribute leakage chart'))
-    for n, why in (leak.get('skipped_attributes') or {}).items():
-      parts.append(f'<p class="note">{esc(n)}: not measured ({esc(why)})'
-                   '</p>')
-  else:
+  parts = ['<section id="leakage"><h2>Leakage: what a template reveals '
+           'besides identity (paper Table 1)</h2>']
+  if not leak:
     parts.append(f'<p>{esc(results.get("leakage_note", "not run"))}</p>')
-  parts.append('</section>')
+    return parts + ['</section>']
+  parts.append(f'<p class="note">Heads trained on {leak["num_train"]} '
+               f'templates, tested on {leak["num_test"]} of other people; '
+               f'labels: {esc(leak["label_source"])}. Intervals: 95 % '
+               'bootstrap over test people.</p>')
+  rows = []
+  for r in leakage_report.leak_rows({'e': leak})['e']:
+    value_key = {'landmarks': 'landmarks/nme', 'histogram':
+                 'histogram/emd'}.get(r['what']) or key_path(
+                     'attributes', r['what'], 'accuracy')
+    rows.append([esc(r['what'].replace('_', ' ')), esc(r['unit']),
+                 _num(leak, value_key, '{:.1f}') + ' ' + esc(
+                     f'[{r["ci"][0]:.1f}, {r["ci"][1]:.1f}]'),
+                 f'{r["baseline"]:.1f}',
+                 esc(f'[{r["gain_ci"][0]:.1f}, {r["gain_ci"][1]:.1f}]'),
+                 '<b>yes</b>' if r['leaks'] else 'no'])
+  parts.append(_table(rows, ['what', 'unit', 'from the template',
+                             'baseline', 'gain (95 %)', 'leaks']))
+  parts.append(_img(results.get('_figures', {}).get('leakage_chart'),
+                    'attribute leakage chart'))
+  for n, why in (leak.get('skipped_attributes') or {}).items():
+    parts.append(f'<p class="note">{esc(n)}: not measured ({esc(why)})'
+                 '</p>')
+  return parts + ['</section>']
 
+
+def _attack_section(results: Mapping[str, Any],
+                    grid: np.ndarray | None) -> list[str]:
+  """The white-box attack: TMRs, score histogram, grid, attributes."""
+  esc = html.escape
   attack = results.get('attack') or {}
-  parts.append('<section id="attack"><h2>Reconstruction attack (white-box)'
-               '</h2>')
-  if attack:
-    parts.append(f'<p class="note">{attack["num_targets"]} templates '
-                 f'inverted through {esc(results["facts"]["generator"])} '
-                 f'({attack["steps"]} Adam steps); scores by '
-                 f'{esc(attack.get("evaluation_encoder", "-"))} (independent'
-                 f' verifier) and the attacked encoder; thresholds from '
-                 f'{attack.get("num_impostor_pairs", 0)} pairs of real photos '
-                 'of different people.</p>')
-    rows = []
-    for role in ('evaluation', 'attacked'):
-      ev = attack.get(role)
-      if not ev:
-        continue
-      for fmr in (f'{f:g}' for f in results['config']['fmrs']):
-        cells = [esc(attack.get(f'{role}_encoder', role)), fmr,
-                 _num(attack, f'{role}/tmr/{fmr}/tmr', '{:.3f}')]
-        cells.append(_num(attack, f'{role}/type2/tmr/{fmr}/tmr', '{:.3f}')
-                     if 'type2' in ev else 'n/a')
-        # How far to trust the rate: too few pairs or genuine scores.
-        notes = [(ev.get('tmr') or {}).get(fmr, {}).get('note'),
-                 ((ev.get('type2') or {}).get('tmr') or {}).get(
-                     fmr, {}).get('note')]
-        cells.append(esc('; '.join(dict.fromkeys(
-            part for n in notes if n for part in n.split('; ')))))
-        rows.append(cells)
-    parts.append(_table(rows, ['verifier', 'FMR', 'TMR type I (photo A)',
-                               'TMR type II (other photo B)', 'note']))
-    if attack.get('why_no_type2'):
-      parts.append(f'<p class="note">Type II absent: '
-                   f'{esc(attack["why_no_type2"])}</p>')
-    parts.append(_img(results.get('_figures', {}).get('scores'),
-                      'genuine vs impostor scores'))
-    if grid is not None:
-      parts.append('<p>Targets | reconstructions | another photo of the '
-                   'same person:</p>' + _img(png_uri(grid), 'grid'))
-    kept = attack.get('attributes') or {}
-    rows = [[esc(net), esc(m.replace('_', ' ')),
-             _num(attack, key_path('attributes', net, m, 'mean'), '{:.1f}')]
-            for net, ms in kept.items() for m in ms]
-    if rows:
-      parts.append('<h3>Attribute preservation</h3>'
-                   + _table(rows, ['network', 'measure', 'mean']))
-  parts.append('</section>')
+  parts = ['<section id="attack"><h2>Reconstruction attack (white-box)'
+           '</h2>']
+  if not attack:
+    return parts + ['</section>']
+  parts.append(f'<p class="note">{attack["num_targets"]} templates '
+               f'inverted through {esc(results["facts"]["generator"])} '
+               f'({attack["steps"]} Adam steps); scores by '
+               f'{esc(attack.get("evaluation_encoder", "-"))} (independent'
+               f' verifier) and the attacked encoder; thresholds from '
+               f'{attack.get("num_impostor_pairs", 0)} pairs of real photos '
+               'of different people.</p>')
+  parts.append(_table(_tmr_rows(attack, results['config']['fmrs']),
+                      ['verifier', 'FMR', 'TMR type I (photo A)',
+                       'TMR type II (other photo B)', 'note']))
+  if attack.get('why_no_type2'):
+    parts.append(f'<p class="note">Type II absent: '
+                 f'{esc(attack["why_no_type2"])}</p>')
+  parts.append(_img(results.get('_figures', {}).get('scores'),
+                    'genuine vs impostor scores'))
+  if grid is not None:
+    parts.append('<p>Targets | reconstructions | another photo of the '
+                 'same person:</p>' + _img(png_uri(grid), 'grid'))
+  kept = attack.get('attributes') or {}
+  rows = [[esc(net), esc(m.replace('_', ' ')),
+           _num(attack, key_path('attributes', net, m, 'mean'), '{:.1f}')]
+          for net, ms in kept.items() for m in ms]
+  if rows:
+    parts.append('<h3>Attribute preservation</h3>'
+                 + _table(rows, ['network', 'measure', 'mean']))
+  return parts + ['</section>']
 
+
+def _tmr_rows(attack: Mapping[str, Any], fmrs) -> list[list[str]]:
+  """One row per verifier and FMR: type I and II rates, and how far to
+  trust them (too few pairs or genuine scores)."""
+  rows = []
+  for role in ('evaluation', 'attacked'):
+    ev = attack.get(role)
+    if not ev:
+      continue
+    for fmr in (f'{f:g}' for f in fmrs):
+      cells = [html.escape(attack.get(f'{role}_encoder', role)), fmr,
+               _num(attack, f'{role}/tmr/{fmr}/tmr', '{:.3f}')]
+      cells.append(_num(attack, f'{role}/type2/tmr/{fmr}/tmr', '{:.3f}')
+                   if 'type2' in ev else 'n/a')
+      notes = [(ev.get('tmr') or {}).get(fmr, {}).get('note'),
+               ((ev.get('type2') or {}).get('tmr') or {}).get(
+                   fmr, {}).get('note')]
+      cells.append(html.escape('; '.join(dict.fromkeys(
+          part for n in notes if n for part in n.split('; ')))))
+      rows.append(cells)
+  return rows
+
+
+def _blackbox_section(results: Mapping[str, Any]) -> list[str]:
+  """The score-only attacker against the white-box one, at equal budgets."""
   bb = results.get('blackbox') or {}
-  parts.append('<section id="blackbox"><h2>Black-box attacker: similarity '
-               'scores only</h2>')
-  if bb:
-    parts.append(_table([
-        ['white-box (gradients)', f'{bb["whitebox_steps"]} forward + '
-         'backward, 1 final forward', _num(bb, 'whitebox_seconds', '{:.0f}'),
-         _num(bb, 'whitebox_final_score', '{:.3f}')],
-        ['black-box (antithetic NES)', _num(bb, 'queries_per_target', '{}')
-         + ' score queries', _num(bb, 'seconds', '{:.0f}'),
-         _num(bb, 'mean_final_score', '{:.3f}')]],
-        ['attacker', 'encoder calls per target', 'wall time [s]',
-         'cosine to the template']))
-    parts.append('<p>At equal budgets (cosine to the template, mean over '
-                 'the same targets; wall time per step is each run\'s '
-                 'mean, compilation included):</p>')
-    parts.append(_table([
-        [_num(bb, 'equal_budget/calls', '{}') + ' encoder calls per '
-         'target', _num(bb, 'equal_budget/whitebox_at_calls'),
-         _num(bb, 'equal_budget/blackbox_at_calls')],
-        [_num(bb, 'equal_budget/seconds', '{:.0f}') + ' s wall time',
-         _num(bb, 'equal_budget/whitebox_at_seconds'),
-         _num(bb, 'equal_budget/blackbox_at_seconds')]],
-        ['budget', 'white-box', 'black-box']))
-    parts.append(_img(results.get('_figures', {}).get('blackbox'),
-                      'black-box progress'))
-  parts.append('</section>')
+  parts = ['<section id="blackbox"><h2>Black-box attacker: similarity '
+           'scores only</h2>']
+  if not bb:
+    return parts + ['</section>']
+  parts.append(_table([
+      ['white-box (gradients)', f'{bb["whitebox_steps"]} forward + '
+       'backward, 1 final forward', _num(bb, 'whitebox_seconds', '{:.0f}'),
+       _num(bb, 'whitebox_final_score', '{:.3f}')],
+      ['black-box (antithetic NES)', _num(bb, 'queries_per_target', '{}')
+       + ' score queries', _num(bb, 'seconds', '{:.0f}'),
+       _num(bb, 'mean_final_score', '{:.3f}')]],
+      ['attacker', 'encoder calls per target', 'wall time [s]',
+       'cosine to the template']))
+  parts.append('<p>At equal budgets (cosine to the template, mean over '
+               'the same targets; wall time per step is each run\'s '
+               'mean, compilation included):</p>')
+  parts.append(_table([
+      [_num(bb, 'equal_budget/calls', '{}') + ' encoder calls per '
+       'target', _num(bb, 'equal_budget/whitebox_at_calls'),
+       _num(bb, 'equal_budget/blackbox_at_calls')],
+      [_num(bb, 'equal_budget/seconds', '{:.0f}') + ' s wall time',
+       _num(bb, 'equal_budget/whitebox_at_seconds'),
+       _num(bb, 'equal_budget/blackbox_at_seconds')]],
+      ['budget', 'white-box', 'black-box']))
+  parts.append(_img(results.get('_figures', {}).get('blackbox'),
+                    'black-box progress'))
+  return parts + ['</section>']
 
-  facts = results['facts']
-  parts.append('<section id="facts"><h2>Run facts</h2>')
-  rows = [[esc(k.replace('_', ' ')), _fact(v)] for k, v in facts.items()]
-  parts.append(_table(rows, ['fact', 'value']) + '</section>')
-  parts.append('</body></html>')
-  return '\n'.join(parts)
+
+def _facts_section(results: Mapping[str, Any]) -> list[str]:
+  """Models, data, budget, time, device, versions: one row each."""
+  esc = html.escape
+  rows = [[esc(k.replace('_', ' ')), _fact(v)]
+          for k, v in results['facts'].items()]
+  return ['<section id="facts"><h2>Run facts</h2>',
+          _table(rows, ['fact', 'value']) + '</section>']
 
 
 def write(workdir: str, results: dict[str, Any], *,

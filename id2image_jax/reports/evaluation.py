@@ -122,8 +122,21 @@ def _tmr_cell(entry: Mapping[str, Any]) -> str:
 
 def to_markdown(report: Mapping[str, Any]) -> str:
   """The human-readable report (see the module docstring)."""
-  arms = report['arms']
-  names = list(arms)
+  names = list(report['arms'])
+  lines = _setting_lines(report) + _plan_lines(report)
+  if not names:
+    lines += ['', 'No arm ran.']
+    return '\n'.join(lines) + '\n'
+  lines += _appearance_lines(report['arms'], names)
+  lines += _attribute_lines(report['arms'], names)
+  lines += _identity_lines(report, names)
+  lines += _transfer_lines(report)
+  lines += _file_lines(report, names)
+  return '\n'.join(lines) + '\n'
+
+
+def _setting_lines(report: Mapping[str, Any]) -> list[str]:
+  """Models, targets and pool, run time; the landmark / histogram targets."""
   ev_enc = report['eval_encoder']
   lines = ['# ID2image evaluation', '']
   lines += [f'- generator: {report["generator"]}',
@@ -145,7 +158,12 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   for term, info in report['aux_targets'].items():
     lines.append(f'- {term}: ' + (info.get('source') or
                                   'unavailable: ' + info['unavailable']))
-  lines += ['', '## Arms', '']
+  return lines
+
+
+def _plan_lines(report: Mapping[str, Any]) -> list[str]:
+  """Each requested arm: its weights, what it dropped, or why skipped."""
+  lines = ['', '## Arms', '']
   for p in report['plans']:
     if p['skipped']:
       lines.append(f'- `{p["requested"]}`: **skipped**: {p["skipped"]}')
@@ -155,13 +173,15 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                + '`; dropped: ' + '; '.join(
                    f'{k}: {v}' for k, v in p['dropped'].items()) + ')')
       lines.append(f'- `{p["requested"]}`: weights {w}{extra}')
-  if not names:
-    lines += ['', 'No arm ran.']
-    return '\n'.join(lines) + '\n'
+  return lines
 
-  lines += ['', '## Reconstruction vs original (paper Table 2)', '',
-            '| metric | ' + ' | '.join(names) + ' |',
-            '|---|' + '---:|' * len(names)]
+
+def _appearance_lines(arms: Mapping[str, Any],
+                      names: list[str]) -> list[str]:
+  """Paper Table 2: reconstruction vs original, one column per arm."""
+  lines = ['', '## Reconstruction vs original (paper Table 2)', '',
+           '| metric | ' + ' | '.join(names) + ' |',
+           '|---|' + '---:|' * len(names)]
   for key, label, spec in _APPEARANCE_ROWS:
     values = [arms[a]['appearance'].get(key, {}).get('mean') for a in names]
     if key == 'landmark_nme':
@@ -172,26 +192,40 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   if not any(arms[a]['appearance'] for a in names):
     lines.append('| (no original images: pixel metrics need them) |'
                  + ' |' * len(names))
+  return lines
 
+
+def _attribute_lines(arms: Mapping[str, Any],
+                     names: list[str]) -> list[str]:
+  """Attribute preservation per network and measure ([] when none)."""
   measures = sorted({(net, m) for a in names
                      for net, ms in arms[a].get('attributes', {}).items()
                      for m in ms})
-  if measures:
-    lines += ['', '## Attribute preservation (original vs reconstruction, '
-              'labelled by the same network)', '',
-              '| network | measure | ' + ' | '.join(names) + ' |',
-              '|---|---|' + '---:|' * len(names)]
-    for net, m in measures:
-      lines.append(f'| {net} | {m.replace("_", " ")} | ' + ' | '.join(
-          _fmt(arms[a].get('attributes', {}).get(net, {}).get(m, {}).get(
-              'mean'), '{:.1f}') for a in names) + ' |')
+  if not measures:
+    return []
+  lines = ['', '## Attribute preservation (original vs reconstruction, '
+           'labelled by the same network)', '',
+           '| network | measure | ' + ' | '.join(names) + ' |',
+           '|---|---|' + '---:|' * len(names)]
+  for net, m in measures:
+    lines.append(f'| {net} | {m.replace("_", " ")} | ' + ' | '.join(
+        _fmt(arms[a].get('attributes', {}).get(net, {}).get(m, {}).get(
+            'mean'), '{:.1f}') for a in names) + ' |')
+  return lines
 
+
+def _identity_lines(report: Mapping[str, Any], names: list[str]
+                    ) -> list[str]:
+  """Identity cosine and TMR @ FMR (type I, and II when known) under the
+  attacked and the evaluation encoder, and how the thresholds were set."""
+  arms = report['arms']
   fmrs = [f'{f:g}' for f in report['fmrs']]
-  lines += ['', '## Identity', '',
-            '| encoder | measure | ' + ' | '.join(names) + ' |',
-            '|---|---|' + '---:|' * len(names)]
-  for role, label in (('attacked', f'attacked ({report["encoder"]["kind"]})'),
-                      ('evaluation', f'evaluation ({ev_enc["kind"]})')):
+  lines = ['', '## Identity', '',
+           '| encoder | measure | ' + ' | '.join(names) + ' |',
+           '|---|---|' + '---:|' * len(names)]
+  for role, label in (
+      ('attacked', f'attacked ({report["encoder"]["kind"]})'),
+      ('evaluation', f'evaluation ({report["eval_encoder"]["kind"]})')):
     if any('unavailable' in arms[a][role] for a in names):
       lines.append(f'| {label} | – | ' + ' | '.join(
           arms[a][role].get('unavailable', '') for a in names) + ' |')
@@ -211,37 +245,46 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         lines.append(f'| {label} | type II: TMR @ FMR {fmr} | ' + ' | '.join(
             _tmr_cell(arms[a][role]['type2']['tmr'].get(fmr, {}))
             for a in names) + ' |')
-  lines += ['', _pairs_note(report, names), '']
+  return lines + ['', _pairs_note(report, names), '']
 
+
+def _transfer_lines(report: Mapping[str, Any]) -> list[str]:
+  """The transfer table (invert with A, score with B), or why none."""
   transfer = report['transfer']
-  if transfer.get('table'):
-    cols = transfer['encoders']
-    lines += ['## Transfer (invert with A = row, score with B = column)', '',
-              (f'Arm: `{transfer["arm"]}`. Cell: mean cosine (recon vs '
-               f'original) / TMR @ FMR {" / ".join(fmrs)}.'), '',
-              '| A \\ B | ' + ' | '.join(cols) + ' |',
-              '|---|' + '---:|' * len(cols)]
-    for a, row in transfer['table'].items():
-      cells = []
-      for b in cols:
-        cell = row.get(b, {})
-        if 'unavailable' in cell or 'cosine' not in cell:
-          cells.append('n/a')
-          continue
-        cells.append(_fmt(cell['cosine']['mean'], '{:.3f}') + ' / ' +
-                     ' / '.join(_tmr_cell(cell['tmr'].get(f, {}))
-                                for f in fmrs))
-      lines.append(f'| {a} | ' + ' | '.join(cells) + ' |')
-    for a, note in transfer['attack'].items():
-      lines.append(f'\n- {a}: {note}')
-    if len(cols) == 1:
-      lines.append('\n- only one encoder is available, so the table is the '
-                   'white-box pair only; list more in transfer_encoders '
-                   '(e.g. iresnet:/path/backbone.pth)')
-  elif transfer.get('note'):
-    lines += ['## Transfer', '', transfer['note']]
+  if not transfer.get('table'):
+    return (['## Transfer', '', transfer['note']] if transfer.get('note')
+            else [])
+  fmrs = [f'{f:g}' for f in report['fmrs']]
+  cols = transfer['encoders']
+  lines = ['## Transfer (invert with A = row, score with B = column)', '',
+           (f'Arm: `{transfer["arm"]}`. Cell: mean cosine (recon vs '
+            f'original) / TMR @ FMR {" / ".join(fmrs)}.'), '',
+           '| A \\ B | ' + ' | '.join(cols) + ' |',
+           '|---|' + '---:|' * len(cols)]
+  for a, row in transfer['table'].items():
+    cells = []
+    for b in cols:
+      cell = row.get(b, {})
+      if 'unavailable' in cell or 'cosine' not in cell:
+        cells.append('n/a')
+        continue
+      cells.append(_fmt(cell['cosine']['mean'], '{:.3f}') + ' / ' +
+                   ' / '.join(_tmr_cell(cell['tmr'].get(f, {}))
+                              for f in fmrs))
+    lines.append(f'| {a} | ' + ' | '.join(cells) + ' |')
+  for a, note in transfer['attack'].items():
+    lines.append(f'\n- {a}: {note}')
+  if len(cols) == 1:
+    lines.append('\n- only one encoder is available, so the table is the '
+                 'white-box pair only; list more in transfer_encoders '
+                 '(e.g. iresnet:/path/backbone.pth)')
+  return lines
+
+
+def _file_lines(report: Mapping[str, Any], names: list[str]) -> list[str]:
+  """What each written file shows; the demo generator's caveat."""
   files = report.get('files', {})
-  lines += ['', '## Files', '']
+  lines = ['', '## Files', '']
   if 'grid' in files:
     lines.append('- grid.png: ' + ' | '.join(
         (['original'] if report['pool']['has_images'] else []) + names
@@ -256,7 +299,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     lines += ['', ('Note: the generator is the randomly initialised demo '
                    'StyleGAN2, not a face model: the numbers check the '
                    "pipeline, they are not the paper's.")]
-  return '\n'.join(lines) + '\n'
+  return lines
 
 
 def _pairs_note(report, names) -> str:

@@ -31,10 +31,6 @@ from id2image_jax.reports.outputs import json_safe
 from id2image_jax.reports.outputs import pyplot
 from id2image_jax.reports.outputs import to_uint8
 
-# json_safe, pyplot and to_uint8 live in reports.outputs, shared by every
-# report; jobs that still reach them as reports.inversion.json_safe /
-# .pyplot find them here too.
-
 
 def save_images(directory: str | os.PathLike, images: np.ndarray,
                 rows: np.ndarray) -> list[str]:
