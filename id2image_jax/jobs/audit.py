@@ -20,6 +20,7 @@ import dataclasses
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -175,7 +176,7 @@ class _Attacker:
   """What both attacks share: the invert config, the ID -> latent head it
   names (or None) and who is attacked."""
   config: ml_collections.ConfigDict
-  regressor: tuple[Any, Any, dict] | None
+  regressor: Callable[[np.ndarray], np.ndarray] | None
   targets: audit.AttackSet
 
 
