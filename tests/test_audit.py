@@ -18,6 +18,7 @@ from PIL import Image
 
 from id2image_jax import cli
 from id2image_jax import errors
+from id2image_jax import metrics
 from id2image_jax.data import align
 from id2image_jax.data import celeba
 from id2image_jax.reports import audit as report
@@ -338,3 +339,28 @@ def test_part_files_keep_their_names():
               'keys': ['a.jpg']}
   assert parts_lib.tag(settings, 2) == '3a17b77992dc'
   assert parts_lib.tag(settings, 3) != parts_lib.tag(settings, 2)
+
+
+def test_attack_verdicts_rest_on_intervals_not_on_point_rates():
+  # 0 of 2 accepted cannot rule the risk out; 0 of 290 can.
+  assert report.rate_level(0.0, (0.0, 0.66)) == 'UNCLEAR'
+  assert report.rate_level(0.0, (0.0, 0.013)) == 'LOW'
+  assert report.rate_level(2 / 3, (0.21, 0.94)) == 'HIGH'
+  assert report.rate_level(0.5, (0.09, 0.91)) == 'MODERATE'
+  assert report.rate_level(None, None) == 'unknown'
+
+  def results(hits, n):
+    rate = hits / n
+    entry = {'tmr': rate, 'num_people': n,
+             'interval': list(metrics.wilson_interval(hits, n)),
+             'threshold': 0.6}
+    return {'config': {'fmrs': [0.01, 0.001]},
+            'attack': {'num_targets': n, 'evaluation_encoder': 'faceres',
+                       'attacked': {'tmr': {'0.001': entry}},
+                       'evaluation': {'tmr': {'0.001': entry}}},
+            'leakage': {}}
+  few = {v['risk']: v for v in report.verdicts(results(0, 2))}
+  assert few['Identity reconstruction']['level'] == 'UNCLEAR'
+  assert '95 % interval 0% to 66%' in few['Identity reconstruction']['text']
+  many = {v['risk']: v for v in report.verdicts(results(0, 290))}
+  assert many['Identity reconstruction']['level'] == 'LOW'

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from id2image_jax import losses
+from id2image_jax import metrics
 from id2image_jax import protocols
 from id2image_jax.analysis import leakage as leakage_lib
 from id2image_jax.data import celeba
@@ -205,10 +206,14 @@ def score_attack(encoder: protocols.Encoder, images: np.ndarray,
   labels = np.arange(len(attack.pool))
   index = {int(r): i for i, r in enumerate(attack.pool)}
   rows = np.asarray([index[int(r)] for r in attack.rows])
+  # How far the thresholds move with the people who set them: on an
+  # audit's few faces, often more than the rates themselves.
+  samples = metrics.bootstrap_impostor_thresholds(
+      pool_descriptors, identity[attack.pool], fmrs)
   out = scores.identity_metrics(
       encoder.embed(images), rows, pool_descriptors, labels, pairs, fmrs,
       pool_identity=(identity[attack.pool] if not attack.why_no_type2
-                     else None))
+                     else None), threshold_samples=samples)
   out['num_pool_images'] = int(len(attack.pool))
   return out
 

@@ -14,11 +14,13 @@ import io
 import json
 import os
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from id2image_jax import metrics
 from id2image_jax.reports import leakage as leakage_report
 from id2image_jax.reports import outputs
 
@@ -72,6 +74,34 @@ def _level(value: float | None, high: float, moderate: float) -> str:
       'LOW')
 
 
+# An attack rate is HIGH from half of the attempts on (when the interval
+# shows at least a tenth), MODERATE from a tenth on, and LOW only when its
+# 95 % interval stays under a tenth: 0 of 2 accepted is UNCLEAR, not LOW.
+_RATE_HIGH, _RATE_SHOWN = 0.5, 0.1
+
+
+def rate_level(rate: float | None, interval: Sequence[float] | None) -> str:
+  """The verdict on an attack success rate, read with its 95 % interval."""
+  if rate is None or interval is None:
+    return 'unknown'
+  low, high = interval
+  if high < _RATE_SHOWN:
+    return 'LOW'
+  if rate >= _RATE_HIGH and low >= _RATE_SHOWN:
+    return 'HIGH'
+  return 'MODERATE' if rate >= _RATE_SHOWN else 'UNCLEAR'
+
+
+def _interval_words(entry: Mapping[str, Any]) -> str:
+  """' (95 % interval 12-40 %, 25 people)' or ''."""
+  if not entry.get('interval'):
+    return ''
+  low, high = entry['interval']
+  people = entry.get('num_people') or entry.get('num_genuine')
+  return (f' (95 % interval {low:.0%} to {high:.0%}'
+          + (f' over {people} people' if people else '') + ')')
+
+
 # Fewer test faces than this: leakage intervals are too wide for a verdict.
 MIN_TEST_FACES = 100
 
@@ -108,17 +138,22 @@ def _identity_verdict(results: Mapping[str, Any]) -> dict[str, str]:
   attack = results.get('attack') or {}
   ev = attack.get('evaluation') or attack.get('attacked') or {}
   fmr = _measurable_fmr(ev.get('tmr') or {}, results['config']['fmrs'])
-  tmr = (ev.get('tmr') or {}).get(fmr, {}).get('tmr')
+  entry = (ev.get('tmr') or {}).get(fmr, {})
   who = attack.get('evaluation_encoder', 'the attacked encoder')
   attempts = attack.get('num_targets')
   role = 'evaluation' if attack.get('evaluation') else 'attacked'
+  level = rate_level(entry.get('tmr'), entry.get('interval'))
   return {
       'risk': 'Identity reconstruction',
-      'level': _level(tmr, 0.5, 0.1),
+      'level': level,
       'text': ('Faces rebuilt from stored templates are accepted as the '
                f'same person by {who} in {{}} of attempts'
                + (f' ({attempts} people attacked)' if attempts else '')
-               + f' at a false-match rate of {fmr}.'),
+               + f' at a false-match rate of {fmr}'
+               + _interval_words(entry) + '.'
+               + (' Too few attempts to rule the risk out: attack more '
+                  'people (--budget standard).' if level == 'UNCLEAR'
+                  else '')),
       'key': f'attack/{role}/tmr/{fmr}/tmr',
       'spec': '{:.0%}'}
 
@@ -181,18 +216,23 @@ def _blackbox_verdict(results: Mapping[str, Any]) -> dict[str, str]:
   threshold = (attacked.get(bb_fmr) or {}).get('threshold')
   # A list from audit.json or an array from a fresh run.
   scores_ = np.asarray(bb.get('final_score', []), float)
-  accepted = (None if threshold is None or not scores_.size else
-              float(np.mean(scores_ >= threshold)))
+  accepted = interval = None
+  if threshold is not None and scores_.size:
+    hits = int(np.sum(scores_ >= threshold))
+    accepted = hits / scores_.size
+    interval = metrics.wilson_interval(hits, scores_.size)
   return {
       'risk': 'Black-box attacker (scores only)',
-      'level': _level(accepted, 0.5, 0.1),
+      'level': rate_level(accepted, interval),
       'text': ('Without weights or gradients, only by querying similarity '
                f'scores ({bb.get("queries_per_target")} queries per '
                'person, this budget\'s limit), an attacker reaches a mean '
                'similarity of {} to the stored template; '
                + ('the threshold is unknown.' if accepted is None else
                   f'{accepted:.0%} of its faces pass the system\'s '
-                  f'threshold ({threshold:.3f} at FMR {bb_fmr}).')),
+                  f'threshold ({threshold:.3f} at FMR {bb_fmr})'
+                  + _interval_words({'interval': interval,
+                                     'num_people': scores_.size}) + '.')),
       'key': 'blackbox/mean_final_score', 'spec': '{:.3f}'}
 
 
