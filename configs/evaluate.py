@@ -74,8 +74,12 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
     # and the evaluation encoder.
     c.transfer_encoders = ()
     c.transfer_arm = ''  # '' = the last arm that runs
-    # Ablation arms (terms joined with '+': id, lm, hist), paper Table 2.
+    # Ablation arms (terms joined with '+': id, lm, hist), paper Table 2;
+    # 'nes' adds the score-only attacker (similarity queries, no gradients:
+    # 2 * nes_population + 1 queries per target and step).
     c.arms = ('id', 'id+lm', 'id+lm+hist')
+    c.nes_population = 4
+    c.nes_sigma = 0.05
     # Landmark / histogram targets: 'heads' (predicted from the descriptor,
     # the paper's attack), 'measured' (on the originals: oracle), 'auto'.
     c.aux_targets = 'auto'

@@ -299,6 +299,30 @@ def test_the_job_leaves_its_config_as_it_was(tmp_path, toy_registry):
   assert report['config']['init'] == 'w_avg'
 
 
+def test_the_score_only_attacker_is_an_arm(tmp_path, toy_registry):
+  # 'nes' inverts the same targets from similarity queries alone, scored
+  # like any arm; the transfer table leaves it out (no terms to transfer).
+  config = _config(tmp_path, eval_encoder='toy:b', arms=('id', 'nes'),
+                   transfer_encoders=('toy:a', 'toy:b'), nes_population=2,
+                   snapshot_steps=(0, 3))
+  report = evaluate_job.run(config)
+  assert list(report['arms']) == ['id', 'nes']
+  nes = report['arms']['nes']
+  assert nes['num_done'] == 3
+  assert nes['queries_per_target'] == (3 + 1) * (2 * 2 + 1)
+  assert 'score' in nes['final_loss'] and 'id' not in nes['final_loss']
+  assert nes['evaluation']['tmr']['0.01']['interval'] is not None
+  # Same start as the gradient arm: the snapshots at 0 agree.
+  start = {a: report['arms'][a]['snapshots']['0']['attacked']['cosine']
+           for a in ('id', 'nes')}
+  assert start['id']['mean'] == pytest.approx(start['nes']['mean'],
+                                              abs=1e-5)
+  assert report['transfer']['arm'] == 'id'
+  plans = evaluation.plan_arms(['nes', 'id'], {'id': 1.0, 'landmarks': 0.1,
+                                               'histogram': 0.1}, {})
+  assert [p.name for p in plans] == ['nes', 'id'] and plans[0].scores_only
+
+
 def test_missing_eval_encoder_names_the_file(tmp_path, toy_registry):
   missing = str(tmp_path / 'nowhere' / 'backbone.pth')
   config = _config(tmp_path, eval_encoder=f'iresnet:{missing}')

@@ -16,6 +16,9 @@ image->landmark model) exist. `plan_arms` decides what actually runs:
   (``'id+lm'`` without landmarks would be ``'id'`` again), with the reason.
 
 So no column of a report ever claims a term that was not optimised.
+
+The arm ``'nes'`` is the score-only attacker: the identity term alone, but
+estimated from similarity queries (`inversion.blackbox`), not gradients.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ TERMS = tuple(t.name for t in losses.TERMS)
 _ALIASES = {alias: t.name for t in losses.TERMS
             for alias in (t.name, t.short, *t.aliases)}
 _SHORT = {t.name: t.short for t in losses.TERMS}
+# The arm of the attacker who may only query similarity scores.
+SCORES_ONLY = 'nes'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +47,21 @@ class ArmPlan:
     weights: eq. 4 weights, one per term of `TERMS` (0 = off).
     dropped: term -> why it could not be used.
     skipped: why the whole arm does not run ('' when it runs).
+    scores_only: the score-only attacker (`SCORES_ONLY`): its identity term
+      is estimated from similarity queries, not differentiated.
   """
   requested: str
   terms: tuple[str, ...]
   weights: dict[str, float]
   dropped: dict[str, str]
   skipped: str = ''
+  scores_only: bool = False
 
   @property
   def name(self) -> str:
     """The label of what runs (e.g. 'id+hist'), or the requested name."""
+    if self.scores_only:
+      return SCORES_ONLY
     return arm_name(self.terms) if self.terms else self.requested
 
   @property
@@ -104,6 +114,10 @@ def plan_arms(arms: Sequence[str], weights: Mapping[str, float],
     raise ValueError('no arms to evaluate (config.arms is empty)')
   plans, seen = [], {}
   for arm in arms:
+    if str(arm).strip().lower() == SCORES_ONLY:
+      plans.append(ArmPlan(arm, ('id',), arm_weights(('id',), weights), {},
+                           scores_only=True))
+      continue
     wanted = parse_arm(arm)
     dropped = {t: unavailable[t] for t in wanted if t in unavailable}
     zero = {t: 'its weight is 0' for t in wanted

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 
@@ -244,22 +245,16 @@ def blackbox_attack(config: Any, generator: protocols.Generator,
   targets = targets_lib.Targets(
       descriptors=encoder.embed(faces.images[rows]),
       names=[faces.keys[r] for r in rows])
-  render = recipe.render_fn(config, generator)
-  objective = blackbox.nes_objective(
-      blackbox.cosine_score(encoder.descriptor_fn()), render,
-      population=population, sigma=sigma)
-  init = recipe.make_init(config, generator, targets, regressor=regressor)
-  result = engine.invert(
-      jax.random.key(config.seed), objective,
-      {'generator': generator.variables, 'encoder': encoder.variables},
-      {'descriptor': targets.descriptors}, init=init,
-      options=engine.InvertOptions(
+  # As the audit always ran it: one chunk, constant learning rate, no
+  # resume files (its parts store keeps the result).
+  no_resume = ml_collections.ConfigDict({**config.to_dict(), 'resume': False})
+  inversion = recipe.invert_targets_by_scores(
+      no_resume, generator, encoder, targets,
+      population=population, sigma=sigma, regressor=regressor,
+      run_options=engine.InvertOptions(
           steps=steps, chunk_size=len(rows),
-          tx=optax.adam(config.learning_rate), stochastic=True,
-          progress=config.progress))
-  latents = jax.tree.map(np.asarray, result.latents)
-  images, _ = recipe.reconstructions(render, generator, encoder, latents,
-                                     np.arange(len(rows)), len(rows))
+          tx=optax.adam(config.learning_rate), progress=config.progress))
+  result, images = inversion.result, inversion.images
   # Every step and the final evaluation each query 2P + 1 images.
   per_step = blackbox.queries_per_step(population)
   return {'images': images, 'queries_per_step': int(per_step),

@@ -23,8 +23,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from id2image_jax import errors
 from id2image_jax import checkpoints
+from id2image_jax import errors
 from id2image_jax.inversion import state as state_lib
 
 _RUN_FILE = 'run.json'

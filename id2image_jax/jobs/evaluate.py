@@ -35,6 +35,7 @@ from id2image_jax import protocols
 from id2image_jax.evaluation import arms as arms_lib
 from id2image_jax.evaluation import scores
 from id2image_jax.evaluation import targets as targets_lib
+from id2image_jax.inversion import blackbox
 from id2image_jax.jobs import common
 from id2image_jax.recipes import inversion as recipe
 from id2image_jax.reports import evaluation as report
@@ -200,13 +201,11 @@ def _run_arms(config: Any, models: _Models, setup: _Setup
   for plan in setup.plans:
     if not plan.runs:
       continue
-    common.say(f'arm {plan.name}: weights {plan.weights}')
+    common.say(f'arm {plan.name}: weights {plan.weights}'
+               + (' (scores only: NES)' if plan.scores_only else ''))
     arm_dir = os.path.join(config.workdir, 'arms', common.slug(plan.name))
-    inversion = recipe.invert_targets(
-        arm_config(config, plan.weights, arm_dir), models.generator,
-        models.attacked, setup.data.targets,
-        landmark_net=setup.heads.landmark_net,
-        regressor=setup.heads.regressor)
+    inversion = _invert_arm(plan, arm_config(config, plan.weights, arm_dir),
+                            models, setup)
     inversions[plan.name] = inversion
     inversion_report.write_outputs(
         arm_dir, inversion.result, images=inversion.images,
@@ -215,7 +214,25 @@ def _run_arms(config: Any, models: _Models, setup: _Setup
         extra={'arm': plan.name, 'weights': plan.weights})
     results[plan.name] = _score_arm(plan, inversion, models, setup,
                                     attribute_nets)
+    if plan.scores_only:
+      # Every step and the final evaluation each query 2P + 1 faces.
+      results[plan.name]['queries_per_target'] = (config.steps + 1) * (
+          blackbox.queries_per_step(config.nes_population))
   return results, inversions
+
+
+def _invert_arm(plan: arms_lib.ArmPlan, config: Any, models: _Models,
+                setup: _Setup):
+  """The arm's inversion: by gradients of its terms, or by score queries."""
+  if plan.scores_only:
+    return recipe.invert_targets_by_scores(
+        config, models.generator, models.attacked, setup.data.targets,
+        population=config.nes_population, sigma=config.nes_sigma,
+        regressor=setup.heads.regressor)
+  return recipe.invert_targets(
+      config, models.generator, models.attacked, setup.data.targets,
+      landmark_net=setup.heads.landmark_net,
+      regressor=setup.heads.regressor)
 
 
 def _score_arm(plan: arms_lib.ArmPlan, inversion, models: _Models,
@@ -275,7 +292,8 @@ def _transfer(config: Any, models: _Models, setup: _Setup,
     ``{'arm', 'encoders': [labels], 'attack': {A: note}, 'table': {A: {B:
     {'cosine', 'tmr'}}}}``.
   """
-  running = [p for p in setup.plans if p.runs]
+  # The score-only arm is not a term set another encoder could invert with.
+  running = [p for p in setup.plans if p.runs and not p.scores_only]
   wanted = config.transfer_arm or (running[-1].requested if running else '')
   plan = next((p for p in running if wanted in (p.requested, p.name)), None)
   labels = common.encoder_labels(list(models.transfer))

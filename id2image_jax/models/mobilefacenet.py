@@ -54,10 +54,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from id2image_jax.models import nn as tnn
 from id2image_jax import preprocess
 from id2image_jax.models import _tf_layers as tfl
 from id2image_jax.models import _variants
+from id2image_jax.models import nn as tnn
 
 DESCRIPTOR_DIM = 192
 INPUT_SIZE = (112, 112)

@@ -36,6 +36,7 @@ from id2image_jax import metrics
 from id2image_jax import protocols
 from id2image_jax.data.targets import Targets
 from id2image_jax.data.targets import safe_descriptors
+from id2image_jax.inversion import blackbox
 from id2image_jax.inversion import engine
 from id2image_jax.inversion import objective as objective_lib
 
@@ -285,6 +286,61 @@ def invert_targets(config: Any, generator: protocols.Generator,
       else None, run_config=result_config(config))
   # The job knows why it excluded a row (e.g. an unreadable file); the
   # engine only knows that it was excluded.
+  result.skipped.update(targets.skipped)
+  rows = np.flatnonzero(result.done)
+  latents = jax.tree.map(lambda x: np.asarray(x)[rows], result.latents)
+  images, descriptors = reconstructions(render, generator, encoder, latents,
+                                        rows, n)
+  return Inversion(result=result, images=images, descriptors=descriptors,
+                   init=init, engine_targets=per_row, render=render)
+
+
+def invert_targets_by_scores(config: Any, generator: protocols.Generator,
+                             encoder: protocols.Encoder, targets: Targets, *,
+                             population: int, sigma: float,
+                             regressor: Regressor | None = None,
+                             run_options: engine.InvertOptions | None = None
+                             ) -> Inversion:
+  """The score-only attacker (`inversion.blackbox`, NES) on `targets`.
+
+  The same start as `invert_targets` (``config.init``) and the same
+  engine (chunks, resume, snapshots), but the system is only queried for
+  the similarity of a face to the stored template: ``2 * population + 1``
+  queries per target and step, no gradients.
+
+  Args:
+    config: the invert config (latent space, init, steps, optimiser, ...).
+    generator: the generator.
+    encoder: the attacked system (queried for cosine similarities only).
+    targets: the stored templates to attack.
+    population: antithetic NES pairs per step.
+    sigma: perturbation scale in latent units.
+    regressor: the ID -> latent head when ``config.init`` names one.
+    run_options: engine options (default: `options` of the config).
+
+  Returns:
+    An `Inversion`; its history holds ``score`` (the queried similarity)
+    and ``queries`` per step.
+  """
+  n = len(targets.descriptors)
+  valid = np.ones(n, bool)
+  valid[list(targets.skipped)] = False
+  render = render_fn(config, generator)
+  objective = blackbox.nes_objective(
+      blackbox.cosine_score(encoder.descriptor_fn()), render,
+      population=population, sigma=sigma)
+  init = make_init(config, generator, targets, regressor=regressor)
+  per_row = {'descriptor': targets.descriptors}
+  result = engine.invert(
+      jax.random.key(config.seed), objective,
+      {'generator': generator.variables, 'encoder': encoder.variables},
+      per_row, init=init, valid=valid,
+      options=dataclasses.replace(run_options or options(config, n),
+                                  stochastic=True),
+      workdir=os.path.join(config.workdir, 'state') if config.resume
+      else None,
+      run_config={**result_config(config), 'attacker': 'scores (NES)',
+                  'population': population, 'sigma': sigma})
   result.skipped.update(targets.skipped)
   rows = np.flatnonzero(result.done)
   latents = jax.tree.map(lambda x: np.asarray(x)[rows], result.latents)
