@@ -461,7 +461,9 @@ def score_snapshots(snapshots: dict[int, Any], render,
                     generator: protocols.Generator,
                     encoders: dict[str, protocols.Encoder],
                     rows: np.ndarray, pools: Pools, data: Any,
-                    fmrs: Sequence[float]) -> dict[str, dict[str, Any]]:
+                    fmrs: Sequence[float], *,
+                    final: tuple[int, dict[str, Any]] | None = None
+                    ) -> dict[str, dict[str, Any]]:
   """Identity rates of the attack after each snapshot's number of steps.
 
   How much compute an attacker needs: the same targets scored after 0
@@ -478,6 +480,8 @@ def score_snapshots(snapshots: dict[int, Any], render,
     pools: the originals' descriptors and impostor pairs per encoder.
     data: the evaluation targets (`evaluation.targets.EvalTargets`).
     fmrs: false match rates.
+    final: ``(steps, {role: identity_metrics})`` of the run's final latents
+      when already scored: that snapshot is not rendered again.
 
   Returns:
     ``{str(step): {role: {'cosine', 'tmr', 'num_impostor_pairs',
@@ -486,6 +490,10 @@ def score_snapshots(snapshots: dict[int, Any], render,
   roles = [r for r, e in encoders.items() if pools.available(e)]
   out = {}
   for step in sorted(snapshots):
+    if final is not None and step == final[0] and all(
+        r in final[1] for r in roles):
+      out[str(step)] = {r: _rates_only(final[1][r]) for r in roles}
+      continue
     descriptors = snapshot_descriptors(
         render, generator, [encoders[r] for r in roles], snapshots[step],
         rows)

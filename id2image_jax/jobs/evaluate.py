@@ -213,7 +213,7 @@ def _run_arms(config: Any, models: _Models, setup: _Setup
         descriptors=inversion.descriptors,
         extra={'arm': plan.name, 'weights': plan.weights})
     results[plan.name] = _score_arm(plan, inversion, models, setup,
-                                    attribute_nets)
+                                    attribute_nets, steps=config.steps)
     if plan.scores_only:
       # Every step and the final evaluation each query 2P + 1 faces.
       results[plan.name]['queries_per_target'] = (config.steps + 1) * (
@@ -236,7 +236,8 @@ def _invert_arm(plan: arms_lib.ArmPlan, config: Any, models: _Models,
 
 
 def _score_arm(plan: arms_lib.ArmPlan, inversion, models: _Models,
-               setup: _Setup, attribute_nets) -> dict[str, Any]:
+               setup: _Setup, attribute_nets, *, steps: int
+               ) -> dict[str, Any]:
   """One arm's report entry: appearance, attributes and identity."""
   result = inversion.result
   sources = setup.data.targets.sources
@@ -265,19 +266,23 @@ def _score_arm(plan: arms_lib.ArmPlan, inversion, models: _Models,
       'evaluation': identity(models.evaluator),
   }
   if result.snapshots:
-    out['snapshots'] = _score_snapshots(inversion, rows, models, setup)
+    out['snapshots'] = _score_snapshots(inversion, rows, models, setup,
+                                        scored=out, steps=steps)
   return out
 
 
 def _score_snapshots(inversion, rows: np.ndarray, models: _Models,
-                     setup: _Setup) -> dict[str, Any]:
-  """Attack vs compute: the same run scored after each snapshot step."""
+                     setup: _Setup, *, scored: dict[str, Any], steps: int
+                     ) -> dict[str, Any]:
+  """Attack vs compute: the same run scored after each snapshot step (the
+  last step's scores are the arm's own, `scored`)."""
   roles = {'attacked': models.attacked}
   if models.independent:
     roles['evaluation'] = models.evaluator
   return scores.score_snapshots(
       inversion.result.snapshots, inversion.render, models.generator, roles,
-      rows, setup.pools, setup.data, setup.fmrs)
+      rows, setup.pools, setup.data, setup.fmrs,
+      final=(steps, {r: scored[r] for r in roles}))
 
 
 def _transfer(config: Any, models: _Models, setup: _Setup,
