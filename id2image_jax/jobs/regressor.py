@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -244,6 +246,24 @@ def _sha1(*arrays: Any) -> str:
   return h.hexdigest()
 
 
+def _cached_json(path: str, tag: Mapping[str, Any],
+                 compute: Callable[[], Any]) -> Any:
+  """``compute()``, kept in `path` with `tag`; a rerun with the same tag
+  reads it back."""
+  tag = json.loads(json.dumps(dict(tag)))
+  if os.path.isfile(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved.get('tag') == tag:
+      return saved['value']
+  value = compute()
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump({'tag': tag, 'value': value}, f)
+  os.replace(tmp, path)
+  return value
+
+
 # Fields that change what training computes (a resumed run must match them;
 # `steps` is not one: a longer run continues a shorter one).
 _FINGERPRINT = ('generator', 'generator_seed', 'encoder', 'encoder_crop',
@@ -350,28 +370,34 @@ def run_end_to_end(config: Any) -> dict[str, Any]:
       os.path.join(config.workdir, 'train'), fingerprint)
   try:
     state = end_to_end.start_state(params, tx)
-    history, start_eval = [], None
+    history = []
     restored = store.restore(jax.eval_shape(lambda: state))
     if restored is not None:
       _, state, meta = restored
-      history, start_eval = meta['history'], meta.get('start_eval')
+      history = meta['history']
       print(f'resumed at step {int(state.step)} from {store.directory}')
-    if start_eval is None:
-      start_eval = evaluate(params)
+    # The start head's score: once per (head, held-out set, judge).
+    start_eval = _cached_json(
+        os.path.join(config.workdir, 'start_eval.json'),
+        {'head': fingerprint['start'], 'judge': judge.kind,
+         'held_out': _sha1(held_out[0], held_out[1])},
+        lambda: evaluate(params))
     print(f'held out at 0 steps ({start_source}): attacked '
           f'{start_eval["attacked"]["mean"]:.4f}, {judge.kind} '
           f'{start_eval["judge"]["mean"]:.4f}')
 
     def save(st, hist):
-      store.save(int(st.step), st, {'history': hist,
-                                    'start_eval': start_eval})
+      store.save(int(st.step), st, {'history': hist})
 
-    stamps = []
+    stamps, cpu_stamps = [], []
 
     def timed_step(*args):
       # `train` reads each step's metrics before the next call, so the
-      # time between calls is a whole step (the first one compiles).
+      # time between calls is a whole step (the first one compiles). CPU
+      # time of the process (all threads) says what a step costs on a
+      # shared machine, where wall time says how busy the others are.
       stamps.append(time.perf_counter())
+      cpu_stamps.append(time.process_time())
       return step_fn(*args)
 
     timer = time.perf_counter()
@@ -382,9 +408,12 @@ def run_end_to_end(config: Any) -> dict[str, Any]:
         progress=config.progress)
     train_seconds = time.perf_counter() - timer
     step_seconds = np.diff(stamps + [time.perf_counter()]).tolist()
+    step_cpu = np.diff(cpu_stamps + [time.process_time()]).tolist()
   finally:
     store.close()
-  trained_eval = evaluate(state.params)
+  # No step taken (e.g. --steps 0): the head is the start head.
+  trained_eval = (start_eval if int(state.step) == 0 else
+                  evaluate(state.params))
   head_dir = os.path.join(config.workdir, 'id_to_latent')
   head_config = dict(head_config, latent_space=space, encoder=encoder.kind,
                      generator=generator.kind, training='end_to_end',
@@ -417,7 +446,10 @@ def run_end_to_end(config: Any) -> dict[str, Any]:
       'step_seconds_this_run': {
           'first': step_seconds[0] if step_seconds else None,
           'median_of_rest': (float(np.median(step_seconds[1:]))
-                             if len(step_seconds) > 1 else None)},
+                             if len(step_seconds) > 1 else None),
+          'cpu_median_of_rest': (float(np.median(step_cpu[1:]))
+                                 if len(step_cpu) > 1 else None)},
+      'load_average_1min': os.getloadavg()[0],
       'device': str(jax.devices()[0].device_kind),
       'seconds': time.time() - started,
       'config': config.to_dict(),
@@ -425,9 +457,11 @@ def run_end_to_end(config: Any) -> dict[str, Any]:
   with open(os.path.join(config.workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)
   s, t = start_eval, trained_eval
-  rest = summary['step_seconds_this_run']['median_of_rest']
+  timing = summary['step_seconds_this_run']
   print(f'steps {first} -> {int(state.step)} in {train_seconds:.0f} s'
-        + (f' ({rest:.2f} s per step after the first)' if rest else ''))
+        + (f' ({timing["median_of_rest"]:.2f} s wall, '
+           f'{timing["cpu_median_of_rest"]:.2f} s CPU per step after the '
+           'first)' if timing['median_of_rest'] else ''))
   print(f'held-out photos: {len(held_out[0])}; one-pass identity cosine\n'
         f'  {encoder.kind:>10} (attacked)     start {s["attacked"]["mean"]:.4f}'
         f'  trained {t["attacked"]["mean"]:.4f}\n'
