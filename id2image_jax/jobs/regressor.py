@@ -265,7 +265,9 @@ def _cached_json(path: str, tag: Mapping[str, Any],
 
 
 # Fields that change what training computes (a resumed run must match them;
-# `steps` is not one: a longer run continues a shorter one).
+# `steps` is not one: a longer run continues a shorter one; nor are
+# `micro_batch` and `remat`, which change memory, not the update, beyond
+# float rounding).
 _FINGERPRINT = ('generator', 'generator_seed', 'encoder', 'encoder_crop',
                 'latent_space', 'truncation_psi', 'layer_rank', 'pairs',
                 'batch_size', 'learning_rate', 'seed', 'identity_loss',
