@@ -18,6 +18,9 @@ in one directory (``<dir>/<step>/``), each holding named items: trees of
 arrays and small JSON documents. Orbax writes each under a temporary name
 and renames it when complete, so a listed step is whole, whatever killed
 the process that wrote it.
+
+`TrainCheckpoints` keeps the latest states of a training
+run (e.g. the end-to-end ID -> latent head) so that it resumes.
 """
 
 from __future__ import annotations
@@ -223,5 +226,107 @@ class StepCheckpoints:
 
   def close(self) -> None:
     """Waits for pending saves and releases the directory."""
+
+
+# ---------------------------------------------------------------------------
+# Training runs that resume.
+
+_RUN_FILE = 'run.json'
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  """{'a/b/0': leaf}: dataclass, named-tuple and dict nodes alike, so the
+  saved tree and its metadata compare leaf by leaf with any abstract tree."""
+  def name(key):
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {'/'.join(name(k) for k in path): leaf for path, leaf in
+          jax.tree_util.tree_leaves_with_path(tree)}
+
+
+class TrainCheckpoints:
+  """The latest states of one training run in `directory`, so it resumes.
+
+  Layout::
+
+    <directory>/run.json   the fingerprint: what the run is (settings that
+                           change its results); resuming checks it
+    <directory>/<step>/    orbax: the state pytree + a JSON sidecar
+
+  Orbax writes a checkpoint under a temporary name and renames it when
+  complete, so an interrupted save leaves the previous step to resume from.
+  """
+
+  def __init__(self, directory: str | os.PathLike,
+               fingerprint: Mapping[str, Any], *, keep: int = 2):
+    """Opens (or starts) the run in `directory`.
+
+    Raises:
+      CheckpointMismatchError: `directory` holds another run (names the
+        differing fields).
+    """
+    self.directory = os.path.abspath(os.fspath(directory))
+    os.makedirs(self.directory, exist_ok=True)
+    want = json.loads(json.dumps(dict(fingerprint), default=_json_default))
+    path = os.path.join(self.directory, _RUN_FILE)
+    if os.path.isfile(path):
+      with open(path) as f:
+        have = json.load(f)
+      if have != want:
+        differ = sorted(k for k in set(have) | set(want)
+                        if have.get(k) != want.get(k))
+        raise CheckpointMismatchError(
+            f'{self.directory} holds another training run (differs in: '
+            f'{", ".join(differ)}); use another directory or delete it')
+    else:
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump(want, f, indent=2, sort_keys=True)
+      os.replace(tmp, path)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    """The step of the newest complete checkpoint, or None."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+    """Writes `state` (a pytree of arrays) and `meta` (JSON) as `step`."""
+    self._manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_flat(state)),
+        meta=ocp.args.JsonSave(dict(meta))))
+
+  def restore(self, abstract: Any) -> tuple[int, Any, dict] | None:
+    """(step, state, meta) of the newest checkpoint, or None.
+
+    Args:
+      abstract: the state's tree of ``jax.ShapeDtypeStruct`` (e.g.
+        ``jax.eval_shape`` of its initialisation).
+
+    Raises:
+      CheckpointMismatchError: the saved state does not fit `abstract`
+        (names the leaves).
+    """
+    step = self.latest_step()
+    if step is None:
+      return None
+    self._manager.wait_until_finished()
+    want = _flat(abstract)
+    saved = self._manager.item_metadata(step)['state']
+    check_same_tree(getattr(saved, 'tree', saved), want,
+                    os.path.join(self.directory, str(step)))
+    got = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(want), meta=ocp.args.JsonRestore()))
+    state = jax.tree.unflatten(jax.tree.structure(abstract),
+                               [got['state'][k] for k in want])
+    return step, state, dict(got['meta'])
+
+  def close(self) -> None:
+    """Waits for pending saves and closes."""
     self._manager.wait_until_finished()
     self._manager.close()

@@ -3,6 +3,8 @@
 * `analysis.train`: fitting heads with optax (one jit step, donated state).
 * `analysis.leakage`: Table-1 measurements from descriptors.
 * `analysis.regressor`: synthetic pairs for the ID -> latent network.
+* `analysis.end_to_end`: that network trained through the frozen generator
+  and encoder on real descriptors (the learned attack).
 """
 
 from id2image_jax.analysis.train import fit
