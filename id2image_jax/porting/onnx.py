@@ -38,6 +38,7 @@ import numpy as np
 from id2image_jax.models import onnx_graph
 from id2image_jax.porting.rules import Rule
 from id2image_jax.porting.rules import port
+from id2image_jax.porting.rules import require_keys
 from id2image_jax.porting.safe_load import CheckpointError
 
 # The largest model read, file plus external data: 4 GiB holds every face
@@ -460,6 +461,7 @@ def port_params(source: Mapping[str, np.ndarray], config: Mapping[str, Any],
                 *, what: str = 'ONNX model') -> dict[str, Any]:
   """Strictly fills ``{'params': ...}`` of `config` from float tensors by
   ONNX name: every one used, every parameter filled, shapes checked."""
+  require_keys(source, [name for _, name, _ in config['params']], what=what)
   rules = [Rule(re.escape(name), f'params/{key}')
            for key, name, _ in config['params']]
   return port(source, rules, onnx_graph.abstract_variables(config),
