@@ -47,6 +47,7 @@ from id2image_jax.porting.safe_load import CheckpointError
 MAX_MODEL_BYTES = 4 * 2 ** 30
 _EXTERNAL = 1  # TensorProto.EXTERNAL
 _DEFAULT_DOMAINS = ('', 'ai.onnx')
+_SUBGRAPH = '<subgraph>'  # If / Loop / Scan bodies: not interpreted
 _BLACKBOX_HINT = (
     'run it as a black box through ONNX Runtime instead (scores only, no '
     'gradients): --encoder blackbox:{path}; `id2image audit` falls back to '
@@ -203,7 +204,7 @@ def _attributes(path: str, node, budget: _Budget, onnx,
     if a.type == kinds.TENSOR:
       out[a.name] = _tensor_array(path, a.t, budget, numpy_helper)
     elif a.type in (kinds.GRAPH, kinds.GRAPHS):
-      out[a.name] = '<subgraph>'
+      out[a.name] = _SUBGRAPH
     elif a.type == kinds.STRING:
       out[a.name] = a.s.decode('utf-8', 'replace')
     elif a.type == kinds.STRINGS:
@@ -324,8 +325,8 @@ def read_model(path: str, *, max_bytes: int | None = None) -> OnnxFile:
     node = onnx_graph.Node(op=n.op_type, name=name, inputs=tuple(n.input),
                            outputs=tuple(n.output), attrs=attrs)
     custom = n.domain not in _DEFAULT_DOMAINS
-    if custom or n.op_type not in onnx_graph.OPS or (
-        '<subgraph>' in attrs.values()):
+    if custom or n.op_type not in onnx_graph.OPS or any(
+        isinstance(v, str) and v == _SUBGRAPH for v in attrs.values()):
       op = f'{n.domain}.{n.op_type}' if custom else n.op_type
       unsupported.append((op, name))
     nodes.append(node)
@@ -464,8 +465,9 @@ def port_params(source: Mapping[str, np.ndarray], config: Mapping[str, Any],
   require_keys(source, [name for _, name, _ in config['params']], what=what)
   rules = [Rule(re.escape(name), f'params/{key}')
            for key, name, _ in config['params']]
-  return port(source, rules, onnx_graph.abstract_variables(config),
-              what=what)
+  ported = port(source, rules, onnx_graph.abstract_variables(config),
+                what=what)
+  return {'params': ported.get('params', {})}
 
 
 def convert(parsed: OnnxFile, what: str) -> tuple[dict[str, Any], Any]:
