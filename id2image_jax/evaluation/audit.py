@@ -241,7 +241,8 @@ def blackbox_attack(config: Any, generator: protocols.Generator,
       names=[faces.keys[r] for r in rows])
   render = recipe.render_fn(config, generator)
   objective = blackbox.nes_objective(
-      blackbox.cosine_score(encoder.descriptor_fn()), render,
+      # query_fn: descriptor_fn itself, or ONNX Runtime for a black box.
+      blackbox.cosine_score(encoder.query_fn()), render,
       population=population, sigma=sigma)
   init = recipe.make_init(config, generator, targets, regressor=regressor)
   result = engine.invert(

@@ -15,6 +15,7 @@ same settings skips it (and a changed setting redoes it).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -152,8 +153,11 @@ def run(config: Any) -> dict[str, Any]:
   """Runs the audit; returns the results written to ``audit.json``."""
   started = time.time()
   budget = _budget(config)
-  # Fail on unknown models before any work.
-  encoder = loading.load_encoder(config.encoder)
+  # Fail on unknown models before any work. An ONNX file whose ops only
+  # ONNX Runtime runs is audited as a black box (no white-box attack).
+  overrides = common.encoder_input(config)
+  encoder = loading.load_encoder(config.encoder, input_overrides=overrides,
+                                 allow_blackbox=True)
   eval_spec = common.evaluation_partner(config.eval_encoder, config.encoder)
   evaluator = (encoder if eval_spec == config.encoder
                else loading.load_encoder(eval_spec))
@@ -167,10 +171,13 @@ def run(config: Any) -> dict[str, Any]:
                      'an audit needs at least 4 (2 people, train and test)')
   common.say(f'{len(faces)} faces; encoder {encoder.kind}; verifier '
              f'{evaluator.kind}; generator {generator.kind}')
+  common.say(f'encoder: {encoder.source}')
   parts = _Parts(config.workdir, {
       'encoder': config.encoder, 'eval': eval_spec, 'data': config.data,
       'generator': config.generator, 'budget': budget, 'seed': config.seed,
-      'keys': faces.keys, 'nets': list(config.attribute_nets)})
+      'keys': faces.keys, 'nets': list(config.attribute_nets),
+      # Only when set, so parts of earlier runs keep their tags.
+      **({'encoder_input': overrides} if overrides else {})})
   descriptors = encoder.embed(faces.images)
 
   leak = parts.get('leakage')
@@ -188,6 +195,10 @@ def run(config: Any) -> dict[str, Any]:
   inv_config.init = common.resolve_init(inv_config.init, generator, encoder)
   heads = common.load_heads({}, init=inv_config.init)
   targets = audit.attack_targets(faces, budget['targets'])
+  if not encoder.differentiable:  # black box: see _blackbox_only
+    return _blackbox_only(config, started, budget, encoder, evaluator,
+                          generator, faces, parts, leak, inv_config, heads,
+                          targets)
   attack = parts.get('attack')
   if attack is None:
     t0 = time.time()
@@ -276,6 +287,76 @@ def run(config: Any) -> dict[str, Any]:
       columns['other photo'] = faces.images[targets.others]
     grid = evaluation_report.comparison_grid(
         faces.images[targets.rows], columns, rows=8, cell=128)
+  paths = report.write(config.workdir, results, grid=grid)
+  common.say(f'audit: {paths["html"]} ({time.time() - started:.0f} s)')
+  for v in report.verdicts(results):
+    common.say(f'  {v["risk"]}: {v["level"]}')
+  return results
+
+
+# --- Black-box-only audits (ONNX files that only ONNX Runtime runs) --------
+
+
+def _blackbox_only(config, started, budget, encoder, evaluator, generator,
+                   faces, parts, leak, inv_config, heads, targets
+                   ) -> dict[str, Any]:
+  """The rest of `run` for an encoder that can only be queried: the
+  score-only attacker (its reconstructions scored under the encoder, with
+  thresholds from the pool); the white-box attack is not run and the
+  report says why."""
+  why = (f'the encoder runs as a black box ({encoder.why_blackbox}): '
+         'without gradients the white-box (ID2image) attack cannot run; the '
+         'score-only attacker did')
+  common.say(f'white-box attack not run: {why}')
+  rows = targets.rows[:budget['nes_targets']]
+  bb = parts.get('blackbox')
+  if bb is None:
+    out = audit.blackbox_attack(
+        inv_config, generator, encoder, faces, rows,
+        population=budget['nes_population'], steps=budget['nes_steps'],
+        regressor=heads.regressor)
+    scored = dataclasses.replace(targets, rows=rows,
+                                 others=targets.others[:len(rows)])
+    bb = parts.put('blackbox', {
+        'num_targets': int(len(rows)),
+        'queries_per_target': out['queries_per_target'],
+        'queries_per_step': out['queries_per_step'],
+        'seconds': out['seconds'],
+        'score_history': out['score_history'],
+        'final_score': out['final_score'],
+        'mean_final_score': float(np.mean(out['final_score'])),
+        'attacked': audit.score_attack(encoder, out['images'], faces,
+                                       scored, config.fmrs),
+    }, {'images': out['images']})
+  results = {
+      'config': {'fmrs': list(config.fmrs), 'budget': config.budget,
+                 **budget},
+      'leakage': {k: v for k, v in leak.items() if k != '_arrays'},
+      'attack': {}, 'attack_not_run': why,
+      'blackbox': {k: v for k, v in bb.items() if k != '_arrays'},
+      'facts': {
+          'encoder': {'kind': encoder.kind, 'source': encoder.source,
+                      'black_box': encoder.why_blackbox},
+          'verifier': {'kind': evaluator.kind, 'source': evaluator.source,
+                       'independent': evaluator is not encoder},
+          'generator': generator.source,
+          'data': config.data, 'faces': len(faces),
+          'skipped_photos': faces.skipped,
+          'people': (None if faces.identity is None
+                     else int(len(np.unique(faces.identity)))),
+          'split': 'identity-disjoint, 70 % / 30 % of the people',
+          'budget': config.budget, **budget,
+          'seconds': time.time() - started,
+          'reused_parts': parts.reused,
+          'device': str(jax.devices()[0].device_kind),
+          'versions': {'python': platform.python_version(),
+                       'jax': jax.__version__, 'numpy': np.__version__},
+      },
+  }
+  grid = (evaluation_report.comparison_grid(
+      faces.images[rows], {'black-box reconstruction':
+                           bb['_arrays']['images']}, rows=8, cell=128)
+          if len(rows) else None)
   paths = report.write(config.workdir, results, grid=grid)
   common.say(f'audit: {paths["html"]} ({time.time() - started:.0f} s)')
   for v in report.verdicts(results):

@@ -80,12 +80,16 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
   """One plain-language line per risk, with the number behind it."""
   out = []
   attack = results.get('attack') or {}
+  if results.get('attack_not_run'):  # a black-box-only audit
+    out.append({'risk': 'Identity reconstruction (white-box)',
+                'level': 'unknown', 'text': 'Not measured: {}.',
+                'key': 'attack_not_run', 'spec': '{}'})
   ev = attack.get('evaluation') or attack.get('attacked') or {}
   fmr = _measurable_fmr(ev.get('tmr') or {}, results['config']['fmrs'])
   tmr = (ev.get('tmr') or {}).get(fmr, {}).get('tmr')
   who = attack.get('evaluation_encoder', 'the attacked encoder')
   attempts = attack.get('num_targets')
-  out.append({
+  out.append({} if results.get('attack_not_run') else {
       'risk': 'Identity reconstruction',
       'level': _level(tmr, 0.5, 0.1),
       'text': ('Faces rebuilt from stored templates are accepted as the '
@@ -136,7 +140,8 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
   if bb:
     # Judged against the attacked system's own acceptance threshold: raw
     # cosines mean little (dlib gives strangers ~0.85).
-    attacked = (attack.get('attacked') or {}).get('tmr') or {}
+    attacked = (attack.get('attacked') or bb.get('attacked') or {}).get(
+        'tmr') or {}
     bb_fmr = _measurable_fmr(attacked, results['config']['fmrs'])
     threshold = (attacked.get(bb_fmr) or {}).get('threshold')
     # A list from audit.json or an array from a fresh run.
@@ -154,7 +159,7 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
                     f'{accepted:.0%} of its faces pass the system\'s '
                     f'threshold ({threshold:.3f} at FMR {bb_fmr}).')),
         'key': 'blackbox/mean_final_score', 'spec': '{:.3f}'})
-  return out
+  return [v for v in out if v]  # a black-box-only audit has no TMR row
 
 
 # --------------------------------------------------------------------------
@@ -283,6 +288,31 @@ def _lead(results: Mapping[str, Any]) -> str:
       'UNCLEAR: too few faces to tell; rerun with more.</p>')
 
 
+def _blackbox_only_section(results: Mapping[str, Any],
+                           bb: Mapping[str, Any], grid) -> str:
+  """The score-only attacker when no white-box attack ran: its cost, the
+  cosine it reached and how often its faces pass the encoder's threshold."""
+  out = [_table([[
+      _num(bb, 'num_targets', '{}'),
+      _num(bb, 'queries_per_target', '{}') + ' score queries',
+      _num(bb, 'seconds', '{:.0f}'), _num(bb, 'mean_final_score', '{:.3f}')]],
+      ['templates attacked', 'encoder calls per target', 'wall time [s]',
+       'cosine to the template'])]
+  rows = [[f'{fmr:g}', _num(bb, f'attacked/tmr/{fmr:g}/threshold', '{:.3f}'),
+           _num(bb, f'attacked/tmr/{fmr:g}/tmr', '{:.3f}')]
+          for fmr in results['config']['fmrs']
+          if f'{fmr:g}' in ((bb.get('attacked') or {}).get('tmr') or {})]
+  if rows:
+    out.append('<p>Its reconstructions under the attacked encoder '
+               '(thresholds from pairs of real photos of different '
+               'people):</p>' + _table(rows, ['FMR', 'threshold',
+                                             'TMR type I (photo A)']))
+  if grid is not None:
+    out.append('<p>Targets | black-box reconstructions:</p>'
+               + _img(png_uri(grid), 'grid'))
+  return '\n'.join(out)
+
+
 def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
   """The HTML page (module docstring)."""
   esc = html.escape
@@ -378,12 +408,17 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
     if rows:
       parts.append('<h3>Attribute preservation</h3>'
                    + _table(rows, ['network', 'measure', 'mean']))
+  elif results.get('attack_not_run'):
+    parts.append(f'<p><b>Not run:</b> <span data-key="attack_not_run">'
+                 f'{esc(results["attack_not_run"])}</span>.</p>')
   parts.append('</section>')
 
   bb = results.get('blackbox') or {}
   parts.append('<section id="blackbox"><h2>Black-box attacker: similarity '
                'scores only</h2>')
-  if bb:
+  if bb and 'whitebox_steps' not in bb:  # a black-box-only audit
+    parts.append(_blackbox_only_section(results, bb, grid))
+  elif bb:
     parts.append(_table([
         ['white-box (gradients)', f'{bb["whitebox_steps"]} forward + '
          'backward, 1 final forward', _num(bb, 'whitebox_seconds', '{:.0f}'),
