@@ -5,7 +5,8 @@ weights) the way insightface's ``recognition/arcface_torch/torch2onnx.py``
 does for its model packs (``w600k_r50.onnx``, ``glintr100.onnx``): the
 TorchScript exporter, opset 11, eval mode, input ``data`` [1, 3, 112, 112]
 RGB in [-1, 1], initialisers not listed as inputs, then the batch
-dimension renamed to the symbol ``None`` (a dynamic batch). The exporter's
+dimension of the input and the output renamed to the symbol ``None`` (a
+dynamic batch). The exporter's
 constant folding merges each conv with the batch norm after it, as in the
 public files. The reference of a written file is ONNX Runtime (CPU) on that
 file, not torch: it is what a deployed model runs on.
@@ -49,7 +50,8 @@ def export(model, path: str, *, size: int = 112, opset: int = OPSET) -> str:
                       keep_initializers_as_inputs=False, verbose=False,
                       opset_version=opset, dynamo=False)
   proto = onnx.load(path)
-  proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = 'None'
+  for value in (proto.graph.input[0], proto.graph.output[0]):
+    value.type.tensor_type.shape.dim[0].dim_param = 'None'
   onnx.save(proto, path)
   return path
 

@@ -402,11 +402,13 @@ ROWS += (
         full=(Case('r50', {'variant': 'r50'}),
               Case('r100', {'variant': 'r100'}, batch=1)),
         bf16_case='r50',
-        # The bound: relative max error <= 1e-4 of the largest
-        # |descriptor| (~3-4 here): measured 1.0e-6 (r50, 2-core CPU).
+        # vs ONNX Runtime 1.32 (CPU): measured max |err| 5.4e-6 r50, 1.0e-5
+        # r100 on descriptors up to |d| ~8 (relative max error 7e-7,
+        # 1.2e-6). atol 2e-4 is ~2.5e-5 of the largest |d|: stricter than
+        # the 1e-4 relative bound asked of the port.
         f32=Tolerance(rtol=0.0, atol=2e-4),
-        # Measured on r50 (random weights, 2-core CPU): max |err| 0.12 on
-        # |d| <= 3.9 (3 % of the largest), cosine 0.9997.
+        # bfloat16 compute: measured max |err| 0.063 r50 (0.108 r100), i.e.
+        # 8e-3 (1.3e-2) of the largest |d|; cosine 0.99994 (0.99986).
         bf16=Tolerance(rtol=5e-2, atol=2.5e-1, min_cosine=0.999),
         intermediates=frozenset(),
         nonvacuous=_mean_abs_above(0.3),

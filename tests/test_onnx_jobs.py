@@ -5,6 +5,8 @@ black-box-only report). Tiny helper-built models, the demo generator."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import test_audit
@@ -66,3 +68,25 @@ def test_audit_of_a_black_box_says_why_no_white_box(blackbox_audit):
   page = (blackbox_audit / 'audit.html').read_text()
   assert '<b>Not run:</b>' in page and 'black-box reconstructions' in page
   assert 'data-key="attack_not_run"' in page
+
+
+@pytest.mark.torch
+def test_benchmark_smoke(tmp_path):
+  pytest.importorskip('torch')
+  bench = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'benchmarks')
+  if bench not in sys.path:
+    sys.path.insert(0, bench)
+  import bench_onnx  # pylint: disable=g-import-not-at-top
+  report = bench_onnx.main(['--smoke', '--batches', '1', '--repeats', '1',
+                            '--no-peak', '--out-dir', str(tmp_path)])
+  with open(tmp_path / 'onnx_cpu_smoke.json') as f:
+    written = json.load(f)
+  assert written['benchmark'] == 'onnx' and written['env']['onnxruntime']
+  rows = {(r['impl'], r['pass']) for r in report['results']}
+  assert rows == {('jax', 'forward'), ('jax', 'forward+backward'),
+                  ('onnxruntime', 'forward')}
+  assert all(r['median_s'] > 0 for r in report['results'])
+  ratio = written['ratios'][0]
+  assert ratio['jax_forward_over_onnxruntime_forward_time'] > 0
+  assert written['parity_relative_max_error']['float32'] <= 1e-4
