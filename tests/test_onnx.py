@@ -360,3 +360,16 @@ def test_missing_onnx_package_is_a_clear_message(tiny, monkeypatch):
   monkeypatch.setitem(sys.modules, 'onnxruntime', None)
   with pytest.raises(ImportError, match='black-box.*needs the onnxruntime'):
     loading.load_encoder(f'blackbox:{tiny}')
+
+
+def test_shape_from_image_values_is_a_clear_error(tmp_path):
+  # Reshape's shape must be static under jit; here it depends on pixels.
+  graph = _encoder_graph(extra_nodes=(
+      helper.make_node('ReduceMax', ['p'], ['m'], keepdims=0),
+      helper.make_node('Cast', ['m'], ['n'], to=onnx.TensorProto.INT64),
+      helper.make_node('Unsqueeze', ['n'], ['s'], axes=[0]),
+      helper.make_node('Reshape', ['p', 's'], ['flat'], name='the_reshape')))
+  with pytest.raises(onnx_graph.GraphError, match=r"node 'the_reshape' "
+                     r'\(Reshape\): its shape must be known when the graph is '
+                     'traced.*depends on the image values'):
+    loading.load_encoder(_save(graph, tmp_path / 'm.onnx'))

@@ -367,7 +367,15 @@ def fold(parsed: OnnxFile) -> tuple[tuple[onnx_graph.Node, ...],
   for node in parsed.nodes:
     if all(not name or name in consts for name in node.inputs):
       inputs = [consts[name] if name else None for name in node.inputs]
-      outputs = onnx_graph.run_node(node, inputs, opset=parsed.opset)
+      try:
+        outputs = onnx_graph.run_node(node, inputs, opset=parsed.opset)
+      except onnx_graph.UnsupportedOpError as e:
+        raise UnsupportedOpError(
+            f'{parsed.path}: {e}; ' + _BLACKBOX_HINT.format(
+                path=parsed.path)) from None
+      except (onnx_graph.GraphError, ValueError, TypeError) as e:
+        raise _refuse(parsed.path, f'folding node {node.name!r} '
+                      f'({node.op}) failed: {e}') from None
       for name, value in zip(node.outputs, outputs):
         if name:
           consts[name] = np.asarray(value)
