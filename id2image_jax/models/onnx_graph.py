@@ -516,8 +516,11 @@ def _cast(ctx, inputs, attrs):
   x = inputs[0]
   if ctx.xp is np:
     return [np.asarray(x).astype(DTYPES[to])]
-  # Floats run in the compute dtype whatever the file's float type.
-  return [x.astype(ctx.dtype if to in _FLOAT_TYPES else DTYPES[to])]
+  # Floats run in the compute dtype whatever the file's float type; traced
+  # 64-bit integers are JAX's default int (int32 unless x64 is enabled).
+  if to in _FLOAT_TYPES:
+    return [x.astype(ctx.dtype)]
+  return [x.astype(jax.dtypes.canonicalize_dtype(DTYPES[to]))]
 
 
 @_op('Reshape')
