@@ -489,8 +489,10 @@ def load_encoder(spec: str = 'dlib', *, dtype: Any = None,
   except onnx_port.UnsupportedOpError as e:
     if not allow_blackbox:
       raise
-    return load_blackbox_encoder(spec.removeprefix('onnx:'),
-                                 input_overrides=overrides, why=str(e))
+    ops = getattr(e, 'ops', None)
+    return load_blackbox_encoder(
+        spec.removeprefix('onnx:'), input_overrides=overrides,
+        why=f'ops the JAX interpreter lacks: {ops}' if ops else str(e))
   kind, config = loaded.kind, dict(loaded.config)
   source = loaded.source
   if 'input_preset' in config:  # the file's convention is guessed: say so

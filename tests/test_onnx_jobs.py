@@ -68,6 +68,7 @@ def test_audit_of_a_black_box_says_why_no_white_box(blackbox_audit):
   page = (blackbox_audit / 'audit.html').read_text()
   assert '<b>Not run:</b>' in page and 'black-box reconstructions' in page
   assert 'data-key="attack_not_run"' in page
+  assert 'not measurable: FMR 0.01 needs at least 100' in page
 
 
 @pytest.mark.torch

@@ -353,9 +353,11 @@ def check_supported(parsed: OnnxFile) -> None:
   listed = '; '.join(f'{op} (node {nodes[0]!r}'
                      + (f' and {len(nodes) - 1} more' if len(nodes) > 1
                         else '') + ')' for op, nodes in by_op.items())
-  raise UnsupportedOpError(
+  error = UnsupportedOpError(
       f'{parsed.path} uses op(s) the JAX interpreter does not support: '
       f'{listed}; ' + _BLACKBOX_HINT.format(path=parsed.path))
+  error.ops = listed  # the short form, for the black-box fallback's reason
+  raise error
 
 
 def fold(parsed: OnnxFile) -> tuple[tuple[onnx_graph.Node, ...],

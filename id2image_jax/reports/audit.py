@@ -80,16 +80,12 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
   """One plain-language line per risk, with the number behind it."""
   out = []
   attack = results.get('attack') or {}
-  if results.get('attack_not_run'):  # a black-box-only audit
-    out.append({'risk': 'Identity reconstruction (white-box)',
-                'level': 'unknown', 'text': 'Not measured: {}.',
-                'key': 'attack_not_run', 'spec': '{}'})
   ev = attack.get('evaluation') or attack.get('attacked') or {}
   fmr = _measurable_fmr(ev.get('tmr') or {}, results['config']['fmrs'])
   tmr = (ev.get('tmr') or {}).get(fmr, {}).get('tmr')
   who = attack.get('evaluation_encoder', 'the attacked encoder')
   attempts = attack.get('num_targets')
-  out.append({} if results.get('attack_not_run') else {
+  identity = {
       'risk': 'Identity reconstruction',
       'level': _level(tmr, 0.5, 0.1),
       'text': ('Faces rebuilt from stored templates are accepted as the '
@@ -97,7 +93,12 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
                + (f' ({attempts} people attacked)' if attempts else '')
                + f' at a false-match rate of {fmr}.'),
       'key': f'attack/{"evaluation" if attack.get("evaluation") else "attacked"}/tmr/{fmr}/tmr',
-      'spec': '{:.0%}'})
+      'spec': '{:.0%}'}
+  if results.get('attack_not_run'):  # a black-box-only audit
+    identity = {'risk': 'Identity reconstruction (white-box)',
+                'level': 'unknown', 'text': 'Not measured: {}.',
+                'key': 'attack_not_run', 'spec': '{}'}
+  out.append(identity)
   leak = results.get('leakage') or {}
   attrs = leak.get('attributes') or {}
   leaking = [n for n, r in attrs.items() if r.get('leaks')]
@@ -159,7 +160,7 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
                     f'{accepted:.0%} of its faces pass the system\'s '
                     f'threshold ({threshold:.3f} at FMR {bb_fmr}).')),
         'key': 'blackbox/mean_final_score', 'spec': '{:.3f}'})
-  return [v for v in out if v]  # a black-box-only audit has no TMR row
+  return out
 
 
 # --------------------------------------------------------------------------
@@ -298,15 +299,17 @@ def _blackbox_only_section(results: Mapping[str, Any],
       _num(bb, 'seconds', '{:.0f}'), _num(bb, 'mean_final_score', '{:.3f}')]],
       ['templates attacked', 'encoder calls per target', 'wall time [s]',
        'cosine to the template'])]
+  tmrs = (bb.get('attacked') or {}).get('tmr') or {}
   rows = [[f'{fmr:g}', _num(bb, f'attacked/tmr/{fmr:g}/threshold', '{:.3f}'),
-           _num(bb, f'attacked/tmr/{fmr:g}/tmr', '{:.3f}')]
-          for fmr in results['config']['fmrs']
-          if f'{fmr:g}' in ((bb.get('attacked') or {}).get('tmr') or {})]
+           _num(bb, f'attacked/tmr/{fmr:g}/tmr', '{:.3f}'),
+           html.escape(tmrs[f'{fmr:g}'].get('note') or '')]
+          for fmr in results['config']['fmrs'] if f'{fmr:g}' in tmrs]
   if rows:
     out.append('<p>Its reconstructions under the attacked encoder '
                '(thresholds from pairs of real photos of different '
                'people):</p>' + _table(rows, ['FMR', 'threshold',
-                                             'TMR type I (photo A)']))
+                                             'TMR type I (photo A)',
+                                             'note']))
   if grid is not None:
     out.append('<p>Targets | black-box reconstructions:</p>'
                + _img(png_uri(grid), 'grid'))
