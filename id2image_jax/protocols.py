@@ -27,8 +27,10 @@ import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
+from typing import ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from id2image_jax import batching
@@ -170,10 +172,16 @@ class Encoder:
   spec: preprocess.InputSpec
   dim: int
   source: str
+  # Gradients flow through `descriptor_fn` (`BlackBoxEncoder`: they do not).
+  differentiable: ClassVar[bool] = True
 
   def descriptor_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
     """``fn(variables, image [H, W, 3] in [-1, 1]) -> [dim]``, one image."""
     return encoder_descriptor(self.module, self.spec)
+
+  def query_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
+    """What a score-only attacker may call: `descriptor_fn` itself."""
+    return self.descriptor_fn()
 
   def batch_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
     """``fn(variables, images [B, H, W, 3]) -> [B, dim]``; uint8 images in
@@ -212,6 +220,103 @@ class Encoder:
     return batching.batched_apply(
         functools.partial(self._embed_jit, self.variables), images,
         batch_size)
+
+
+class NotDifferentiableError(TypeError):
+  """A gradient was asked of a black-box encoder."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlackBoxEncoder:
+  """An encoder that can only be queried: images in, descriptors out.
+
+  Same interface as `Encoder` for everything that needs no gradients
+  (`embed`, `batch_fn`, `query_fn`, usable inside `jax.jit` / `jax.vmap`
+  through `jax.pure_callback`), but `descriptor_fn` raises: no
+  differentiable function exists (e.g. an ONNX file whose ops only ONNX
+  Runtime runs). ``differentiable`` is False and `why_blackbox` says why.
+
+  Attributes:
+    kind: its kind ('onnx').
+    config: its JSON-able input / output facts.
+    spec: how generator images become its input.
+    dim: descriptor size.
+    source: where it came from, in words.
+    run: host function ``run(x [B, H, W, 3] float32 encoder input) ->
+      [B, dim]`` float32.
+    why_blackbox: why it runs as a black box, in words.
+  """
+  kind: str
+  config: dict
+  spec: preprocess.InputSpec
+  dim: int
+  source: str
+  run: Callable[[np.ndarray], np.ndarray]
+  why_blackbox: str
+  differentiable: ClassVar[bool] = False
+  module: ClassVar[Any] = None
+
+  @property
+  def variables(self) -> dict:
+    """No variables a JAX function could differentiate: ``{}``."""
+    return {}
+
+  def descriptor_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
+    raise NotDifferentiableError(
+        f'the {self.kind} encoder is a black box ({self.why_blackbox}): it '
+        'has no differentiable descriptor function, so white-box attacks '
+        'cannot run on it; query_fn() gives scores without gradients')
+
+  def _host(self, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    lead = x.shape[:-3]
+    out = self.run(x.reshape((-1,) + x.shape[-3:]))
+    return np.asarray(out, np.float32).reshape(lead + (self.dim,))
+
+  def _call(self, x: jax.Array) -> jax.Array:
+    """[..., H, W, 3] encoder input -> [..., dim] by a host callback
+    (batched under vmap; no JVP rule: a gradient through it is an error)."""
+    out = jax.ShapeDtypeStruct(x.shape[:-3] + (self.dim,), jnp.float32)
+    return jax.pure_callback(self._host, out, x.astype(jnp.float32),
+                             vmap_method='expand_dims')
+
+  def query_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
+    """``fn(variables, image [H, W, 3] in [-1, 1]) -> [dim]``, one image,
+    without gradients."""
+    spec = self.spec
+
+    def query(variables, image):
+      del variables
+      return self._call(preprocess.to_encoder_input(image[None], spec))[0]
+    return query
+
+  def batch_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
+    """Like `Encoder.batch_fn`, without gradients."""
+    spec = self.spec
+
+    def embed(variables, images):
+      del variables
+      if images.dtype == np.uint8:
+        images = preprocess.uint8_to_unit_range(images)
+      return self._call(preprocess.to_encoder_input(images, spec))
+    return embed
+
+  @functools.cached_property
+  def _embed_jit(self):
+    return jax.jit(self.batch_fn())
+
+  def embed(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+    """As `Encoder.embed`: [N, H, W, 3] in [-1, 1] -> [N, dim] numpy."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'expected [N, H, W, 3] images, got {images.shape}')
+    if not len(images):
+      return np.zeros((0, self.dim), np.float32)
+    bad = np.flatnonzero(~np.isfinite(images).all(axis=(1, 2, 3)))
+    if bad.size:
+      raise ValueError(f'images {bad.tolist()[:10]} hold NaN or Inf values')
+    return batching.batched_apply(
+        functools.partial(self._embed_jit, {}), images, batch_size)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -49,11 +49,22 @@ def run(config: Any) -> dict[str, Any]:
   job = _prepare(config)
   leak = _leakage(job)
   attacker = _attacker(job)
-  attack = _whitebox(job, attacker)
-  bb = _blackbox(job, attacker, attack)
-  results = _results(job, leak, attack, bb,
-                     seconds=time.time() - started)
-  grid = _grid(job.faces, attacker.targets, attack['_arrays']['images'])
+  if job.encoder.differentiable:
+    attack = _whitebox(job, attacker)
+    bb = _blackbox(job, attacker, attack)
+    results = _results(job, leak, attack, bb,
+                       seconds=time.time() - started)
+    grid = _grid(job.faces, attacker.targets, attack['_arrays']['images'])
+  else:
+    # An ONNX file whose ops only ONNX Runtime runs: queried, never
+    # differentiated, so only the score-only attacker can run.
+    bb = _blackbox_only(job, attacker)
+    results = _results(job, leak, {}, bb, seconds=time.time() - started)
+    results['attack_not_run'] = _why_no_whitebox(job.encoder)
+    rows = attacker.targets.rows[:len(bb['final_score'])]
+    grid = _grid(job.faces, dataclasses.replace(
+        attacker.targets, rows=rows, why_no_type2='black box'),
+                 bb['_arrays']['images'], label='black-box reconstruction')
   paths = report.write(config.workdir, results, grid=grid)
   common.say(f'audit: {paths["html"]} ({time.time() - started:.0f} s)')
   for v in report.verdicts(results):
@@ -104,7 +115,10 @@ def _prepare(config: Any) -> _Audit:
   """Loads the models (unknown ones fail before any work), reads the faces
   and opens the parts store."""
   budget = _budget(config)
-  encoder = loading.load_encoder(config.encoder)
+  # An ONNX file whose ops only ONNX Runtime runs loads as a black box.
+  overrides = common.encoder_input(config)
+  encoder = loading.load_encoder(config.encoder, input_overrides=overrides,
+                                 allow_blackbox=True)
   eval_spec = common.evaluation_partner(config.eval_encoder, config.encoder)
   evaluator = (encoder if eval_spec == config.encoder
                else loading.load_encoder(eval_spec))
@@ -119,11 +133,14 @@ def _prepare(config: Any) -> _Audit:
         'at least 4 (2 people, train and test)')
   common.say(f'{len(faces)} faces; encoder {encoder.kind}; verifier '
              f'{evaluator.kind}; generator {generator.kind}')
+  common.say(f'encoder: {encoder.source}')
   # What every part depends on: a change here redoes the parts.
   settings = {
       'encoder': config.encoder, 'eval': eval_spec, 'data': config.data,
       'generator': config.generator, 'budget': budget, 'seed': config.seed,
-      'keys': faces.keys, 'nets': list(config.attribute_nets)}
+      'keys': faces.keys, 'nets': list(config.attribute_nets),
+      # Only when set, so parts of earlier runs keep their tags.
+      **({'encoder_input': overrides} if overrides else {})}
   parts = parts_lib.Parts(os.path.join(config.workdir, 'parts'), settings,
                           version=_PARTS_FORMAT)
   return _Audit(config, budget, encoder, evaluator, generator, nets, faces,
@@ -291,8 +308,11 @@ def _results(job: _Audit, leak: dict[str, Any], attack: dict[str, Any],
 
 def _facts(job: _Audit, seconds: float) -> dict[str, Any]:
   faces = job.faces
+  encoder = {'kind': job.encoder.kind, 'source': job.encoder.source}
+  if not job.encoder.differentiable:
+    encoder['black_box'] = job.encoder.why_blackbox
   return {
-      'encoder': {'kind': job.encoder.kind, 'source': job.encoder.source},
+      'encoder': encoder,
       'verifier': {'kind': job.evaluator.kind, 'source': job.evaluator.source,
                    'independent': job.evaluator is not job.encoder},
       'generator': job.generator.source,
@@ -312,12 +332,48 @@ def _facts(job: _Audit, seconds: float) -> dict[str, Any]:
 
 
 def _grid(faces: faces_lib.Faces, targets: audit.AttackSet,
-          images: np.ndarray) -> np.ndarray | None:
+          images: np.ndarray, *, label: str = 'reconstruction'
+          ) -> np.ndarray | None:
   """Target | reconstruction (| another photo of the person), or None."""
   if not len(targets.rows):
     return None
-  columns = {'reconstruction': images}
+  columns = {label: images}
   if not targets.why_no_type2:
     columns['other photo'] = faces.images[targets.others]
   return evaluation_report.comparison_grid(
       faces.images[targets.rows], columns, rows=8, cell=128)
+
+
+def _why_no_whitebox(encoder: protocols.Encoder) -> str:
+  return (f'the encoder runs as a black box ({encoder.why_blackbox}): '
+          'without gradients the white-box (ID2image) attack cannot run; '
+          'the score-only attacker did')
+
+
+def _blackbox_only(job: _Audit, attacker: _Attacker) -> dict[str, Any]:
+  """For an encoder that can only be queried: the score-only attacker, its
+  reconstructions scored under the encoder with thresholds from the pool
+  (the part, or run)."""
+  common.say(f'white-box attack not run: {_why_no_whitebox(job.encoder)}')
+  bb = job.parts.get('blackbox')
+  if bb is not None:
+    return bb
+  targets = attacker.targets
+  rows = targets.rows[:job.budget['nes_targets']]
+  out = audit.blackbox_attack(
+      attacker.config, job.generator, job.encoder, job.faces, rows,
+      population=job.budget['nes_population'], steps=job.budget['nes_steps'],
+      regressor=attacker.regressor)
+  scored = dataclasses.replace(targets, rows=rows,
+                               others=targets.others[:len(rows)])
+  return job.parts.put('blackbox', {
+      'num_targets': int(len(rows)),
+      'queries_per_target': out['queries_per_target'],
+      'queries_per_step': out['queries_per_step'],
+      'seconds': out['seconds'],
+      'score_history': out['score_history'],
+      'final_score': out['final_score'],
+      'mean_final_score': float(np.mean(out['final_score'])),
+      'attacked': audit.score_attack(job.encoder, out['images'], job.faces,
+                                     scored, job.config.fmrs),
+  }, arrays={'images': out['images']})

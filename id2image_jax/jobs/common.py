@@ -100,6 +100,15 @@ def evaluation_partner(eval_encoder: str, attacked: str) -> str:
   return loading.evaluation_partner(attacked)
 
 
+def encoder_input(config: Any) -> dict[str, Any]:
+  """The ``encoder_input`` overrides of a config (ONNX encoders), {} when
+  none is set or the config has no such field."""
+  fields = config.get('encoder_input')
+  fields = fields.to_dict() if hasattr(fields, 'to_dict') else dict(
+      fields or {})
+  return {k: v for k, v in fields.items() if v not in ('', (), None, [])}
+
+
 class Encoders:
   """Loads each encoder spec once; errors name the config field."""
 

@@ -33,8 +33,9 @@ def run(config: Any) -> dict[str, Any]:
   common.start_distributed(config)
   generator = loading.load_generator(config.generator,
                                      seed=config.generator_seed)
-  encoder = loading.load_encoder(config.encoder,
-                                 crop=tuple(config.encoder_crop) or None)
+  encoder = loading.load_encoder(
+      config.encoder, crop=tuple(config.encoder_crop) or None,
+      input_overrides=common.encoder_input(config))
   # The run's config: 'auto' resolved (the summary says which init ran).
   config = common.with_fields(
       config, init=common.resolve_init(config.init, generator, encoder))

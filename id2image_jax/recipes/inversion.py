@@ -327,7 +327,8 @@ def invert_targets_by_scores(config: Any, generator: protocols.Generator,
   valid[list(targets.skipped)] = False
   render = render_fn(config, generator)
   objective = blackbox.nes_objective(
-      blackbox.cosine_score(encoder.descriptor_fn()), render,
+      # query_fn: descriptor_fn itself, or ONNX Runtime for a black box.
+      blackbox.cosine_score(encoder.query_fn()), render,
       population=population, sigma=sigma)
   init = make_init(config, generator, targets, regressor=regressor)
   per_row = {'descriptor': targets.descriptors}

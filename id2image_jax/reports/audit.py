@@ -123,7 +123,11 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
     ``spec``.
   """
   leak = results.get('leakage') or {}
-  out = [_identity_verdict(results), _attribute_verdict(leak)]
+  out = [_identity_verdict(results) if not results.get('attack_not_run')
+         else {'risk': 'Identity reconstruction (white-box)',
+               'level': 'unknown', 'text': 'Not measured: {}.',
+               'key': 'attack_not_run', 'spec': '{}'},
+         _attribute_verdict(leak)]
   out += [_leak_verdict(leak, name, label, unit)
           for name, label, unit in (
               ('landmarks', 'Face geometry (68 landmarks)',
@@ -210,8 +214,9 @@ def _blackbox_verdict(results: Mapping[str, Any]) -> dict[str, str]:
   bb = results['blackbox']
   # Judged against the attacked system's own acceptance threshold: raw
   # cosines mean little (dlib gives strangers ~0.85).
-  attacked = ((results.get('attack') or {}).get('attacked') or {}).get(
-      'tmr') or {}
+  # (A black-box-only audit scores its reconstructions itself.)
+  attacked = ((results.get('attack') or {}).get('attacked')
+              or bb.get('attacked') or {}).get('tmr') or {}
   bb_fmr = _measurable_fmr(attacked, results['config']['fmrs'])
   threshold = (attacked.get(bb_fmr) or {}).get('threshold')
   # A list from audit.json or an array from a fresh run.
@@ -402,7 +407,7 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
   parts += _summary_section(results)
   parts += _leakage_section(results)
   parts += _attack_section(results, grid)
-  parts += _blackbox_section(results)
+  parts += _blackbox_section(results, grid)
   parts += _facts_section(results)
   parts.append('</body></html>')
   return '\n'.join(parts)
@@ -463,6 +468,9 @@ def _attack_section(results: Mapping[str, Any],
   parts = ['<section id="attack"><h2>Reconstruction attack (white-box)'
            '</h2>']
   if not attack:
+    if results.get('attack_not_run'):  # a black-box-only audit
+      parts.append('<p><b>Not run:</b> <span data-key="attack_not_run">'
+                   f'{esc(results["attack_not_run"])}</span>.</p>')
     return parts + ['</section>']
   parts.append(f'<p class="note">{attack["num_targets"]} templates '
                f'inverted through {esc(results["facts"]["generator"])} '
@@ -514,13 +522,17 @@ def _tmr_rows(attack: Mapping[str, Any], fmrs) -> list[list[str]]:
   return rows
 
 
-def _blackbox_section(results: Mapping[str, Any]) -> list[str]:
-  """The score-only attacker against the white-box one, at equal budgets."""
+def _blackbox_section(results: Mapping[str, Any],
+                      grid: np.ndarray | None) -> list[str]:
+  """The score-only attacker against the white-box one, at equal budgets
+  (or alone, when the encoder is a black box)."""
   bb = results.get('blackbox') or {}
   parts = ['<section id="blackbox"><h2>Black-box attacker: similarity '
            'scores only</h2>']
   if not bb:
     return parts + ['</section>']
+  if 'whitebox_steps' not in bb:  # a black-box-only audit
+    return parts + [_blackbox_only_section(results, bb, grid), '</section>']
   parts.append(_table([
       ['white-box (gradients)', f'{bb["whitebox_steps"]} forward + '
        'backward, 1 final forward', _num(bb, 'whitebox_seconds', '{:.0f}'),
@@ -544,6 +556,33 @@ def _blackbox_section(results: Mapping[str, Any]) -> list[str]:
   parts.append(_img(results.get('_figures', {}).get('blackbox'),
                     'black-box progress'))
   return parts + ['</section>']
+
+
+def _blackbox_only_section(results: Mapping[str, Any],
+                           bb: Mapping[str, Any], grid) -> str:
+  """The score-only attacker when no white-box attack ran: its cost, the
+  cosine it reached and how often its faces pass the encoder's threshold."""
+  out = [_table([[
+      _num(bb, 'num_targets', '{}'),
+      _num(bb, 'queries_per_target', '{}') + ' score queries',
+      _num(bb, 'seconds', '{:.0f}'), _num(bb, 'mean_final_score', '{:.3f}')]],
+      ['templates attacked', 'encoder calls per target', 'wall time [s]',
+       'cosine to the template'])]
+  tmrs = (bb.get('attacked') or {}).get('tmr') or {}
+  rows = [[f'{fmr:g}', _num(bb, f'attacked/tmr/{fmr:g}/threshold', '{:.3f}'),
+           _num(bb, f'attacked/tmr/{fmr:g}/tmr', '{:.3f}'),
+           html.escape(tmrs[f'{fmr:g}'].get('note') or '')]
+          for fmr in results['config']['fmrs'] if f'{fmr:g}' in tmrs]
+  if rows:
+    out.append('<p>Its reconstructions under the attacked encoder '
+               '(thresholds from pairs of real photos of different '
+               'people):</p>' + _table(rows, ['FMR', 'threshold',
+                                             'TMR type I (photo A)',
+                                             'note']))
+  if grid is not None:
+    out.append('<p>Targets | black-box reconstructions:</p>'
+               + _img(png_uri(grid), 'grid'))
+  return '\n'.join(out)
 
 
 def _facts_section(results: Mapping[str, Any]) -> list[str]:
