@@ -19,8 +19,9 @@ no gradient is taken for them.
 
 The parts are callables, so this module knows no generator or encoder:
 ``descriptor_of(frozen, latent) -> [D]`` renders ONE latent and embeds the
-face (the job builds it from `inversion.objective.generator_render` and
-`Encoder.descriptor_fn`, rematerialised as it likes).
+face (`recipes.end_to_end` builds it from
+`inversion.objective.generator_render` and `Encoder.descriptor_fn`,
+rematerialised as the config says).
 """
 
 from __future__ import annotations

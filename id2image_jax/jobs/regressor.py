@@ -8,14 +8,18 @@ init=<out>/id_to_latent``.
 
 ``train='end_to_end'`` (configs/regressor.py:end_to_end) continues a head
 through the frozen generator and encoder on real descriptors
-(`analysis.end_to_end`), resumable from orbax checkpoints in
-``workdir/train``, and reports the one-pass reconstruction of held-out
-photos under the attacked and an independent encoder, before and after.
+(`analysis.end_to_end`, wired by `recipes.end_to_end`), resumable from
+orbax checkpoints in ``workdir/train``, and reports the one-pass
+reconstruction of held-out photos under the attacked and an independent
+encoder, before and after.
+
+`run` and `run_end_to_end` read as their phases, each a function below
+them in call order.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 import time
@@ -30,12 +34,199 @@ import optax
 
 from id2image_jax import checkpoints
 from id2image_jax import loading
+from id2image_jax import protocols
 from id2image_jax.analysis import end_to_end
 from id2image_jax.analysis import regressor
 from id2image_jax.analysis import train as train_lib
-from id2image_jax.inversion import objective
+from id2image_jax.jobs import common
 from id2image_jax.models import heads
+from id2image_jax.recipes import end_to_end as recipe
 from id2image_jax.reports import outputs
+
+
+def run(config: Any) -> dict[str, Any]:
+  """Trains, evaluates and saves the regressor; returns the summary.
+
+  ``config.pairs`` = 0 samples a fresh batch of pairs every step (cheap
+  generators); > 0 draws that many pairs once (cached in
+  ``workdir/pairs.npz``) and trains ``config.epochs`` over them, which
+  suits generators whose images cost a second each on a CPU.
+  ``config.train='end_to_end'``: see `run_end_to_end`.
+  """
+  if config.train == 'end_to_end':
+    return run_end_to_end(config)
+  if config.train != 'pairs':
+    raise ValueError(f"train must be 'pairs' or 'end_to_end', got "
+                     f'{config.train!r}')
+  started = time.time()
+  models = _load_models(config)
+  job = _prepare(config, models)
+  trained = _train(config, job)
+  report = regressor.evaluate(trained.model, trained.params, job.held_out,
+                              models.generator, models.encoder,
+                              latent_space=config.latent_space,
+                              batch=config.sample_batch)
+  head_dir = _save_head(config.workdir, models, trained.params,
+                        trained.head_config, latent_space=config.latent_space)
+  _plot_loss(os.path.join(config.workdir, 'loss.png'), trained.steps,
+             trained.loss, unit=trained.unit)
+  summary = {
+      'head': head_dir,
+      'generator': models.generator.source,
+      'encoder': f'{models.encoder.kind}: {models.encoder.source}',
+      'latent_space': config.latent_space,
+      'loss_history': {f'{trained.unit}s': trained.steps,
+                       'loss': trained.loss},
+      'held_out': report,
+      'device': str(jax.devices()[0].device_kind),
+      'seconds': time.time() - started,
+      'config': config.to_dict(),
+  }
+  _write_summary(config.workdir, summary)
+  _say_pairs_report(report, head_dir)
+  return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class _Models:
+  """The models of a run (`_load_models`).
+
+  Attributes:
+    generator: renders the latents.
+    encoder: the attacked encoder.
+    judge: the independent encoder of the end-to-end report (None when
+      training on pairs).
+  """
+  generator: protocols.Generator
+  encoder: protocols.Encoder
+  judge: protocols.Encoder | None
+
+
+def _load_models(config: Any, *, dtype: Any = None,
+                 judge_spec: str | None = None) -> _Models:
+  """Loads the generator and encoder in `dtype` (None: their own), and the
+  judge when `judge_spec` is given."""
+  generator = loading.load_generator(config.generator,
+                                     seed=config.generator_seed, dtype=dtype)
+  encoder = loading.load_encoder(config.encoder,
+                                 crop=tuple(config.encoder_crop) or None,
+                                 dtype=dtype)
+  judge = (None if judge_spec is None else
+           loading.load_encoder(judge_spec))
+  common.say(f'generator: {generator.source}')
+  common.say(f'encoder:   {encoder.kind} ({encoder.dim}-d), {encoder.source}')
+  if judge is not None:
+    common.say(f'judge:     {judge.kind} ({judge.dim}-d), {judge.source}')
+  return _Models(generator, encoder, judge)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pairs:
+  """What training on synthetic pairs reads (`_prepare`).
+
+  Attributes:
+    sampler: draws (descriptor, latent) pairs on device.
+    key: the training key.
+    held_out: (descriptors [N, D], latents [N, ...]) of held-out pairs.
+    head_config: the head to train.
+  """
+  sampler: Callable[..., Any]
+  key: jax.Array
+  held_out: tuple[np.ndarray, np.ndarray]
+  head_config: dict[str, Any]
+
+
+def _prepare(config: Any, models: _Models) -> _Pairs:
+  """The pair sampler, the held-out pairs (drawn once, kept in
+  ``workdir/held_out_pairs.npz``) and the head's config."""
+  sampler = regressor.make_sampler(models.generator, models.encoder,
+                                   latent_space=config.latent_space,
+                                   truncation_psi=config.truncation_psi)
+  train_key, eval_key = jax.random.split(jax.random.key(config.seed))
+  os.makedirs(config.workdir, exist_ok=True)
+  held_out = _cached_pairs(
+      os.path.join(config.workdir, 'held_out_pairs.npz'), sampler, eval_key,
+      config.eval_pairs, batch=config.sample_batch, progress=config.progress)
+  head_config = heads.head_config(
+      'id_to_latent', hidden=tuple(config.hidden),
+      input_dim=models.encoder.dim, out_shape=held_out[1].shape[1:])
+  return _Pairs(sampler, train_key, held_out, head_config)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+  """A head trained on pairs (`_train`) and its loss curve.
+
+  Attributes:
+    model: the head.
+    params: its trained parameters.
+    head_config: its `heads.head_config`.
+    steps: the epochs or steps the loss was logged at.
+    unit: 'epoch' or 'step'.
+    loss: the latent MSE on the training batches, one per entry of steps.
+  """
+  model: Any
+  params: Any
+  head_config: dict[str, Any]
+  steps: list[int]
+  unit: str
+  loss: list[float]
+
+
+def _train(config: Any, job: _Pairs) -> _Trained:
+  """Trains ``epochs`` over ``pairs`` pairs drawn once (kept in
+  ``workdir/pairs.npz``), or ``steps`` steps of fresh pairs."""
+  tx = optax.adam(config.learning_rate)
+  if config.pairs:
+    descriptors, latents = _cached_pairs(
+        os.path.join(config.workdir, 'pairs.npz'), job.sampler,
+        jax.random.fold_in(job.key, 1), config.pairs,
+        batch=config.sample_batch, progress=config.progress)
+    model, params, history = train_lib.train_head(
+        job.key, job.head_config, descriptors, latents, tx=tx,
+        batch_size=config.batch_size, num_epochs=config.epochs,
+        progress=config.progress)
+    return _Trained(model, params, job.head_config,
+                    list(range(1, len(history.loss) + 1)), 'epoch',
+                    history.loss)
+  model, params, head_config, history = train_lib.train_id_to_latent(
+      job.key, job.sampler, num_steps=config.steps,
+      batch_size=config.batch_size, config=job.head_config, tx=tx,
+      log_every=config.log_every, progress=config.progress)
+  steps = [min((i + 1) * config.log_every, config.steps)
+           for i in range(len(history.loss))]
+  return _Trained(model, params, head_config, steps, 'step', history.loss)
+
+
+def _save_head(workdir: str, models: _Models, params: Any,
+               head_config: Mapping[str, Any], *, latent_space: str,
+               source_note: str = '', **fields: Any) -> str:
+  """Saves the head as ``workdir/id_to_latent``, its config naming the
+  models (and `fields`); returns the directory."""
+  head_dir = os.path.join(workdir, 'id_to_latent')
+  config = dict(head_config, latent_space=latent_space,
+                encoder=models.encoder.kind, generator=models.generator.kind,
+                **fields)
+  loading.save_head(head_dir, params, config,
+                    source=f'{models.generator.source} | '
+                    f'{models.encoder.source}{source_note}')
+  return head_dir
+
+
+def _write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+
+
+def _say_pairs_report(report: Mapping[str, Any], head_dir: str) -> None:
+  """The held-out latent MSE and cosine, and how to use the head."""
+  mse, cos = report['latent_mse'], report['id_cosine']
+  common.say(f'held-out pairs: {report["num_pairs"]}\n'
+             f'  latent MSE       regressor {mse["regressor"]:.4f}  '
+             f'(start {mse["start"]:.4f})\n'
+             f'  identity cosine  regressor {cos["regressor"]:.4f}  '
+             f'(start {cos["start"]:.4f})\n'
+             f'head: {head_dir} (use: id2image invert --set init={head_dir})')
 
 
 def _plot_loss(path: str, steps: list[int], loss: list[float], *,
@@ -70,93 +261,267 @@ def _cached_pairs(path: str, sampler, key, num: int, *, batch: int,
   return pairs
 
 
-def run(config: Any) -> dict[str, Any]:
-  """Trains, evaluates and saves the regressor; returns the summary.
+# ----------------------------------------------------------------------------
+# End to end through the frozen generator and encoder.
 
-  ``config.pairs`` = 0 samples a fresh batch of pairs every step (cheap
-  generators); > 0 draws that many pairs once (cached in
-  ``workdir/pairs.npz``) and trains ``config.epochs`` over them, which
-  suits generators whose images cost a second each on a CPU.
-  ``config.train='end_to_end'``: see `run_end_to_end`.
+
+def run_end_to_end(config: Any) -> dict[str, Any]:
+  """Trains the ID -> latent head end to end; returns the summary.
+
+  From ``config.init_head``, each step renders ``real_batch`` faces from
+  the predictions for real descriptors and takes the identity loss of
+  their descriptors, plus ``latent_weight`` x the latent MSE on
+  ``batch_size`` synthetic pairs (``pairs`` drawn once, cached in
+  ``workdir/pairs.npz``). Checkpoints go to ``workdir/train`` every
+  ``checkpoint_every`` steps: rerunning the command resumes. The held-out
+  report (``workdir/summary.json``) gives the one-pass cosine under the
+  attacked encoder and ``eval_encoder``, for the start head and the
+  trained one.
   """
-  if config.train == 'end_to_end':
-    return run_end_to_end(config)
-  if config.train != 'pairs':
-    raise ValueError(f"train must be 'pairs' or 'end_to_end', got "
-                     f'{config.train!r}')
   started = time.time()
-  generator = loading.load_generator(config.generator,
-                                     seed=config.generator_seed)
-  encoder = loading.load_encoder(config.encoder,
-                                 crop=tuple(config.encoder_crop) or None)
-  print(f'generator: {generator.source}')
-  print(f'encoder:   {encoder.kind} ({encoder.dim}-d), {encoder.source}')
-  sampler = regressor.make_sampler(generator, encoder,
-                                   latent_space=config.latent_space,
-                                   truncation_psi=config.truncation_psi)
-  train_key, eval_key = jax.random.split(jax.random.key(config.seed))
-  os.makedirs(config.workdir, exist_ok=True)
-  held_out = _cached_pairs(
-      os.path.join(config.workdir, 'held_out_pairs.npz'), sampler, eval_key,
-      config.eval_pairs, batch=config.sample_batch, progress=config.progress)
-  head_config = heads.head_config(
-      'id_to_latent', hidden=tuple(config.hidden), input_dim=encoder.dim,
-      out_shape=held_out[1].shape[1:])
-  tx = optax.adam(config.learning_rate)
-  if config.pairs:
-    descriptors, latents = _cached_pairs(
-        os.path.join(config.workdir, 'pairs.npz'), sampler,
-        jax.random.fold_in(train_key, 1), config.pairs,
-        batch=config.sample_batch, progress=config.progress)
-    model, params, history = train_lib.train_head(
-        train_key, head_config, descriptors, latents, tx=tx,
-        batch_size=config.batch_size, num_epochs=config.epochs,
-        progress=config.progress)
-    steps = list(range(1, len(history.loss) + 1))
-    step_unit = 'epoch'
-  else:
-    model, params, head_config, history = train_lib.train_id_to_latent(
-        train_key, sampler, num_steps=config.steps,
-        batch_size=config.batch_size, config=head_config, tx=tx,
-        log_every=config.log_every, progress=config.progress)
-    steps = [min((i + 1) * config.log_every, config.steps)
-             for i in range(len(history.loss))]
-    step_unit = 'step'
-  report = regressor.evaluate(model, params, held_out, generator, encoder,
-                              latent_space=config.latent_space,
-                              batch=config.sample_batch)
-  head_dir = os.path.join(config.workdir, 'id_to_latent')
-  head_config = dict(head_config, latent_space=config.latent_space,
-                     encoder=encoder.kind, generator=generator.kind)
-  loading.save_head(head_dir, params, head_config,
-                    source=f'{generator.source} | {encoder.source}')
-  _plot_loss(os.path.join(config.workdir, 'loss.png'), steps, history.loss,
-             unit=step_unit)
-  summary = {
-      'head': head_dir,
-      'generator': generator.source,
-      'encoder': f'{encoder.kind}: {encoder.source}',
-      'latent_space': config.latent_space,
-      'loss_history': {f'{step_unit}s': steps, 'loss': history.loss},
-      'held_out': report,
-      'device': str(jax.devices()[0].device_kind),
-      'seconds': time.time() - started,
-      'config': config.to_dict(),
-  }
-  with open(os.path.join(config.workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=1)
-  mse, cos = report['latent_mse'], report['id_cosine']
-  print(f'held-out pairs: {report["num_pairs"]}\n'
-        f'  latent MSE       regressor {mse["regressor"]:.4f}  '
-        f'(start {mse["start"]:.4f})\n'
-        f'  identity cosine  regressor {cos["regressor"]:.4f}  '
-        f'(start {cos["start"]:.4f})\n'
-        f'head: {head_dir} (use: id2image invert --set init={head_dir})')
+  if config.latent_space not in recipe.LATENT_SPACES:
+    raise ValueError(f"latent_space must be 'w' or 'w+' end to end, got "
+                     f'{config.latent_space!r}')
+  models = _load_models(config, dtype=jnp.dtype(config.compute_dtype),
+                        judge_spec=config.eval_encoder)
+  job = _prepare_end_to_end(config, models)
+  done = _train_end_to_end(job)
+  head_dir = _save_head(
+      config.workdir, models, jax.tree.map(np.asarray, done.state.params),
+      job.head.config, latent_space=config.latent_space,
+      source_note=f' | end to end from {os.path.basename(job.start_source)}',
+      training='end_to_end', steps=int(done.state.step))
+  if done.history:
+    _plot_loss(os.path.join(config.workdir, 'loss.png'),
+               list(range(1, len(done.history) + 1)),
+               [h['loss'] for h in done.history], unit='step',
+               label='identity + latent loss')
+  summary = _end_to_end_summary(job, done, head_dir,
+                                seconds=time.time() - started)
+  _write_summary(config.workdir, summary)
+  _say_end_to_end_report(job, done, head_dir)
   return summary
 
 
-# ----------------------------------------------------------------------------
-# End to end through the frozen generator and encoder.
+@dataclasses.dataclass(frozen=True)
+class _EndToEnd:
+  """What end-to-end training reads: made by `_prepare_end_to_end`.
+
+  Attributes:
+    config: the regressor config.
+    models: generator, attacked encoder and judge.
+    real: [R, D] real descriptors (the identity term).
+    held_out: the held-out photos under the encoder and the judge.
+    keys: the run's PRNG keys.
+    synth_descriptors: [S, D] synthetic pair descriptors (latent term).
+    synth_latents: [S, C] their w.
+    head: the head at step 0.
+    start_source: where it came from: a path, or 'fresh'.
+  """
+  config: Any
+  models: _Models
+  real: np.ndarray
+  held_out: recipe.HeldOut
+  keys: recipe.Keys
+  synth_descriptors: np.ndarray
+  synth_latents: np.ndarray
+  head: recipe.Head
+  start_source: str
+
+
+def _prepare_end_to_end(config: Any, models: _Models) -> _EndToEnd:
+  """Reads the real and held-out descriptors, draws the synthetic pairs
+  (once, kept in ``workdir/pairs.npz``) and builds the start head."""
+  real, _ = _descriptor_file(config.real_descriptors,
+                             field='real_descriptors', dim=models.encoder.dim)
+  held_out = _held_out(config, models.encoder.dim, models.judge.dim)
+  common.say(f'real descriptors: {len(real)} ({config.real_descriptors}); '
+             f'held out: {len(held_out.attacked)} '
+             f'({config.eval_descriptors})')
+  os.makedirs(config.workdir, exist_ok=True)
+  keys = recipe.run_keys(jax.random.key(config.seed))
+  sampler = regressor.make_sampler(models.generator, models.encoder,
+                                   latent_space='w',
+                                   truncation_psi=config.truncation_psi)
+  synth_d, synth_w = _cached_pairs(
+      os.path.join(config.workdir, 'pairs.npz'), sampler, keys.pairs,
+      config.pairs, batch=config.sample_batch, progress=config.progress)
+  head, start_source = _start_head(config, models)
+  return _EndToEnd(config, models, real, held_out, keys, synth_d, synth_w,
+                   head, start_source)
+
+
+def _start_head(config: Any, models: _Models) -> tuple[recipe.Head, str]:
+  """The head training starts from (``init_head``: 'auto', a path, or ''
+  for fresh) and its source; a W head starts a W+ one."""
+  generator, encoder = models.generator, models.encoder
+  path = (loading.shipped_regressor(generator.kind, encoder.kind)
+          if config.init_head == 'auto' else config.init_head)
+  if config.init_head == 'auto' and not path:
+    raise FileNotFoundError(
+        f'init_head=auto: no shipped ID->latent head for {generator.kind} + '
+        f'{encoder.kind}; train one (`id2image regressor`) and pass '
+        'init_head=DIR, or init_head= to start fresh')
+  start, hidden = None, tuple(config.hidden)
+  if path:
+    _, start, start_config = loading.load_head(path, what='init_head')
+    if int(start_config.get('input_dim', encoder.dim)) != encoder.dim:
+      raise ValueError(f'init_head {path} reads {start_config["input_dim"]}'
+                       f'-d descriptors, the encoder gives {encoder.dim}')
+    hidden = tuple(start_config['hidden'])
+  head, fresh = recipe.start_head(
+      jax.random.key(config.seed), start, input_dim=encoder.dim,
+      out_shape=generator.latent_shape(config.latent_space), hidden=hidden,
+      layer_rank=config.layer_rank)
+  common.say(f'start: {path or "fresh"}'
+             + (f' (new: {fresh})' if fresh else ''))
+  return head, path or 'fresh'
+
+
+@dataclasses.dataclass(frozen=True)
+class _Done:
+  """What `_train_end_to_end` did.
+
+  Attributes:
+    state: the training state at the last step.
+    history: the metrics of every step since step 0.
+    first: the step this run started from (> 0 when resumed).
+    start_eval: the held-out scores of the start head.
+    trained_eval: those of the trained head.
+    train_seconds: wall time of this run's steps.
+    step_seconds: `recipe.TimedStep.seconds` of this run.
+  """
+  state: train_lib.TrainState
+  history: list[dict[str, float]]
+  first: int
+  start_eval: dict[str, Any]
+  trained_eval: dict[str, Any]
+  train_seconds: float
+  step_seconds: dict[str, float | None]
+
+
+def _train_end_to_end(job: _EndToEnd) -> _Done:
+  """Resumes from ``workdir/train`` (or starts), scores the start head
+  (once per head and held-out set), trains to ``steps`` with checkpoints
+  and scores the trained head."""
+  config, models, head = job.config, job.models, job.head
+  synth_z = end_to_end.latent_targets(job.synth_latents,
+                                      head.config['out_shape'])
+  tx = optax.adam(config.learning_rate)
+  step = recipe.TimedStep(recipe.make_step(head.model, tx, models.generator,
+                                           models.encoder, config))
+  batch_of = recipe.batch_fn(job.keys, job.real, job.synth_descriptors,
+                             synth_z, real_batch=config.real_batch,
+                             batch_size=config.batch_size)
+  score = recipe.held_out_scorer(
+      head.model, models.generator, models.encoder, models.judge,
+      job.held_out, latent_space=config.latent_space,
+      batch=config.sample_batch)
+  fingerprint = recipe.fingerprint(
+      config, real=job.real, synth_descriptors=job.synth_descriptors,
+      synth_latents=job.synth_latents, start_params=head.params)
+  store = checkpoints.TrainCheckpoints(
+      os.path.join(config.workdir, 'train'), fingerprint)
+  try:
+    state, history = _restore(store, end_to_end.start_state(head.params, tx))
+    start_eval = _start_eval(job, score, fingerprint['start'])
+    timer = time.perf_counter()
+    first = int(state.step)
+    state, history = end_to_end.train(
+        state, step, recipe.frozen(models.generator, models.encoder),
+        batch_of, num_steps=config.steps, history=history,
+        save=lambda st, hist: store.save(int(st.step), st,
+                                         {'history': hist}),
+        save_every=config.checkpoint_every, progress=config.progress)
+    train_seconds = time.perf_counter() - timer
+    step_seconds = step.seconds()
+  finally:
+    store.close()
+  # No step taken (e.g. --steps 0): the head is the start head.
+  trained_eval = (start_eval if int(state.step) == 0 else
+                  score(state.params))
+  return _Done(state, history, first, start_eval, trained_eval,
+               train_seconds, step_seconds)
+
+
+def _restore(store: checkpoints.TrainCheckpoints,
+             state: train_lib.TrainState
+             ) -> tuple[train_lib.TrainState, list[dict[str, float]]]:
+  """(state, history) of the last checkpoint, or (`state`, [])."""
+  restored = store.restore(jax.eval_shape(lambda: state))
+  if restored is None:
+    return state, []
+  _, state, meta = restored
+  common.say(f'resumed at step {int(state.step)} from {store.directory}')
+  return state, meta['history']
+
+
+def _start_eval(job: _EndToEnd, score: Callable[[Any], dict[str, Any]],
+                head_digest: str) -> dict[str, Any]:
+  """The start head's held-out scores, kept in ``workdir/start_eval.json``
+  per (head, held-out set, judge): a resumed run reads them back."""
+  judge = job.models.judge
+  start_eval = _cached_json(
+      os.path.join(job.config.workdir, 'start_eval.json'),
+      {'head': head_digest, 'judge': judge.kind,
+       'held_out': recipe.digest(job.held_out.attacked,
+                                 job.held_out.reference)},
+      lambda: score(job.head.params))
+  common.say(f'held out at 0 steps ({job.start_source}): attacked '
+             f'{start_eval["attacked"]["mean"]:.4f}, {judge.kind} '
+             f'{start_eval["judge"]["mean"]:.4f}')
+  return start_eval
+
+
+def _end_to_end_summary(job: _EndToEnd, done: _Done, head_dir: str, *,
+                        seconds: float) -> dict[str, Any]:
+  """The run's ``summary.json``."""
+  models = job.models
+  return {
+      'head': head_dir,
+      'train': 'end_to_end',
+      'start': job.start_source,
+      'generator': models.generator.source,
+      'encoder': f'{models.encoder.kind}: {models.encoder.source}',
+      'judge': f'{models.judge.kind}: {models.judge.source}',
+      'latent_space': job.config.latent_space,
+      'num_real': len(job.real),
+      'num_pairs': len(job.synth_descriptors),
+      'history': done.history,
+      'held_out': {'num_photos': len(job.held_out.attacked),
+                   'keys': job.held_out.keys,
+                   'start': done.start_eval, 'trained': done.trained_eval},
+      'steps_this_run': int(done.state.step) - done.first,
+      'train_seconds_this_run': done.train_seconds,
+      # The first step of a run compiles; the others are steady state.
+      'step_seconds_this_run': done.step_seconds,
+      'load_average_1min': os.getloadavg()[0],
+      'device': str(jax.devices()[0].device_kind),
+      'seconds': seconds,
+      'config': job.config.to_dict(),
+  }
+
+
+def _say_end_to_end_report(job: _EndToEnd, done: _Done,
+                           head_dir: str) -> None:
+  """The steps and their time, the held-out cosines, how to use the
+  head."""
+  s, t = done.start_eval, done.trained_eval
+  timing = done.step_seconds
+  encoder, judge = job.models.encoder, job.models.judge
+  common.say(f'steps {done.first} -> {int(done.state.step)} in '
+             f'{done.train_seconds:.0f} s'
+             + (f' ({timing["median_of_rest"]:.2f} s wall, '
+                f'{timing["cpu_median_of_rest"]:.2f} s CPU per step after '
+                'the first)' if timing['median_of_rest'] else ''))
+  common.say(
+      f'held-out photos: {len(job.held_out.attacked)}; one-pass identity '
+      f'cosine\n'
+      f'  {encoder.kind:>10} (attacked)     start {s["attacked"]["mean"]:.4f}'
+      f'  trained {t["attacked"]["mean"]:.4f}\n'
+      f'  {judge.kind:>10} (independent)  start {s["judge"]["mean"]:.4f}'
+      f'  trained {t["judge"]["mean"]:.4f}\n'
+      f'head: {head_dir} (use: id2image invert --set init={head_dir})')
 
 
 def _descriptor_file(path: str, *, field: str, dim: int
@@ -179,14 +544,14 @@ def _descriptor_file(path: str, *, field: str, dim: int
                      f'the encoder gives {dim}-d ones')
   finite = np.all(np.isfinite(d), axis=1)
   if not finite.all():
-    print(f'{field}: skipped {int((~finite).sum())} non-finite rows of {path}'
-          f': {[str(k) for k in keys[~finite][:5]]}')
+    common.say(f'{field}: skipped {int((~finite).sum())} non-finite rows of '
+               f'{path}: {[str(k) for k in keys[~finite][:5]]}')
   return d[finite], keys[finite]
 
 
-def _held_out(config: Any, dim: int, eval_dim: int
-              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  """(attacked [N, D], independent [N, D'], keys) of the same photos."""
+def _held_out(config: Any, dim: int, eval_dim: int) -> recipe.HeldOut:
+  """The held-out photos' descriptors under both encoders, matched by key
+  (``eval_size`` of them, drawn with ``seed``)."""
   d, keys = _descriptor_file(config.eval_descriptors,
                              field='eval_descriptors', dim=dim)
   ref, ref_keys = _descriptor_file(config.eval_reference,
@@ -200,50 +565,8 @@ def _held_out(config: Any, dim: int, eval_dim: int
     pick = np.random.default_rng(config.seed).choice(
         len(both), config.eval_size, replace=False)
     both = [both[i] for i in np.sort(pick)]
-  return (d[both], ref[[row_of[keys[i]] for i in both]],
-          [str(keys[i]) for i in both])
-
-
-def _start_head(config: Any, generator, encoder, space: str):
-  """(module, params, head config, source) of the head training starts
-  from, shaped for `space` (a W head starts a W+ one)."""
-  path = (loading.shipped_regressor(generator.kind, encoder.kind)
-          if config.init_head == 'auto' else config.init_head)
-  if config.init_head == 'auto' and not path:
-    raise FileNotFoundError(
-        f'init_head=auto: no shipped ID->latent head for {generator.kind} + '
-        f'{encoder.kind}; train one (`id2image regressor`) and pass '
-        'init_head=DIR, or init_head= to start fresh')
-  out_shape = generator.latent_shape(space)
-  if path:
-    _, start, start_config = loading.load_head(path, what='init_head')
-    if int(start_config.get('input_dim', encoder.dim)) != encoder.dim:
-      raise ValueError(f'init_head {path} reads {start_config["input_dim"]}'
-                       f'-d descriptors, the encoder gives {encoder.dim}')
-    hidden = tuple(start_config['hidden'])
-  else:
-    start, hidden = None, tuple(config.hidden)
-  head_config = heads.head_config(
-      'id_to_latent', hidden=hidden, input_dim=encoder.dim,
-      out_shape=out_shape,
-      layer_rank=config.layer_rank if space == 'w+' else 0)
-  model = heads.build(head_config)
-  params = model.init(jax.random.key(config.seed),
-                      jnp.zeros((1, encoder.dim)))['params']
-  fresh = []
-  if start is not None:
-    params, fresh = end_to_end.warm_start(params, start)
-  print(f'start: {path or "fresh"}' + (f' (new: {fresh})' if fresh else ''))
-  return model, params, head_config, path or 'fresh'
-
-
-def _sha1(*arrays: Any) -> str:
-  h = hashlib.sha1()
-  for x in jax.tree.leaves(arrays):
-    x = np.ascontiguousarray(np.asarray(x))
-    h.update(f'{x.dtype}{x.shape}'.encode())
-    h.update(x.tobytes())
-  return h.hexdigest()
+  return recipe.HeldOut(d[both], ref[[row_of[keys[i]] for i in both]],
+                        [str(keys[i]) for i in both])
 
 
 def _cached_json(path: str, tag: Mapping[str, Any],
@@ -262,212 +585,3 @@ def _cached_json(path: str, tag: Mapping[str, Any],
     json.dump({'tag': tag, 'value': value}, f)
   os.replace(tmp, path)
   return value
-
-
-# Fields that change what training computes (a resumed run must match them;
-# `steps` is not one: a longer run continues a shorter one; nor are
-# `micro_batch` and `remat`, which change memory, not the update, beyond
-# float rounding).
-_FINGERPRINT = ('generator', 'generator_seed', 'encoder', 'encoder_crop',
-                'latent_space', 'truncation_psi', 'layer_rank', 'pairs',
-                'batch_size', 'learning_rate', 'seed', 'identity_loss',
-                'latent_weight', 'real_batch', 'compute_dtype')
-
-
-def _evaluate(model, params, frozen, held_out, *, render, scorers,
-              batch: int) -> dict[str, Any]:
-  attacked, reference, _ = held_out
-  cos = end_to_end.one_pass_cosines(
-      model, params, frozen, attacked,
-      {name: (fn, attacked if name == 'attacked' else reference)
-       for name, fn in scorers.items()}, render=render, batch=batch)
-  return {name: {'mean': float(np.mean(c)), 'median': float(np.median(c)),
-                 'per_photo': [round(float(x), 5) for x in c]}
-          for name, c in cos.items()}
-
-
-def run_end_to_end(config: Any) -> dict[str, Any]:
-  """Trains the ID -> latent head end to end; returns the summary.
-
-  From ``config.init_head``, each step renders ``real_batch`` faces from
-  the predictions for real descriptors and takes the identity loss of
-  their descriptors, plus ``latent_weight`` x the latent MSE on
-  ``batch_size`` synthetic pairs (``pairs`` drawn once, cached in
-  ``workdir/pairs.npz``). Checkpoints go to ``workdir/train`` every
-  ``checkpoint_every`` steps: rerunning the command resumes. The held-out
-  report (``workdir/summary.json``) gives the one-pass cosine under the
-  attacked encoder and ``eval_encoder``, for the start head and the
-  trained one.
-  """
-  started = time.time()
-  dtype = jnp.dtype(config.compute_dtype)
-  space = config.latent_space
-  if space not in ('w', 'w+'):
-    raise ValueError(f"latent_space must be 'w' or 'w+' end to end, got "
-                     f'{space!r}')
-  generator = loading.load_generator(config.generator,
-                                     seed=config.generator_seed, dtype=dtype)
-  crop = tuple(config.encoder_crop) or None
-  encoder = loading.load_encoder(config.encoder, crop=crop, dtype=dtype)
-  judge = loading.load_encoder(config.eval_encoder)
-  print(f'generator: {generator.source}')
-  print(f'encoder:   {encoder.kind} ({encoder.dim}-d), {encoder.source}')
-  print(f'judge:     {judge.kind} ({judge.dim}-d), {judge.source}')
-  real, _ = _descriptor_file(config.real_descriptors,
-                             field='real_descriptors', dim=encoder.dim)
-  held_out = _held_out(config, encoder.dim, judge.dim)
-  print(f'real descriptors: {len(real)} ({config.real_descriptors}); '
-        f'held out: {len(held_out[0])} ({config.eval_descriptors})')
-  os.makedirs(config.workdir, exist_ok=True)
-  key = jax.random.key(config.seed)
-  pair_key, real_key, synth_key = jax.random.split(key, 3)
-  sampler = regressor.make_sampler(generator, encoder, latent_space='w',
-                                   truncation_psi=config.truncation_psi)
-  synth_d, synth_w = _cached_pairs(
-      os.path.join(config.workdir, 'pairs.npz'), sampler, pair_key,
-      config.pairs, batch=config.sample_batch, progress=config.progress)
-  model, params, head_config, start_source = _start_head(
-      config, generator, encoder, space)
-  synth_z = end_to_end.latent_targets(synth_w, head_config['out_shape'])
-
-  render_one = objective.generator_render(generator, latent_space=space)
-  embed_one = encoder.descriptor_fn()
-
-  def descriptor_of(frozen, latent):
-    image = render_one(frozen['generator'], {'w': latent})
-    return embed_one(frozen['encoder'], image)
-
-  frozen = {'generator': generator.variables, 'encoder': encoder.variables}
-  tx = optax.adam(config.learning_rate)
-  step_fn = end_to_end.make_step(
-      model, tx, descriptor_of=objective.rematerialize(descriptor_of,
-                                                       config.remat),
-      identity=config.identity_loss, latent_weight=config.latent_weight,
-      micro_batch=config.micro_batch)
-
-  def batch_of(t):
-    rows = end_to_end.batch_rows(real_key, t, len(real), config.real_batch)
-    pairs = end_to_end.batch_rows(synth_key, t, len(synth_d),
-                                  config.batch_size)
-    return real[rows], synth_d[pairs], synth_z[pairs]
-
-  # Held-out scoring: the attacked encoder against the input descriptor,
-  # the judge against the same photo's own descriptor.
-  eval_frozen = {**frozen, 'judge': judge.variables}
-  attacked_batch, judge_batch = encoder.batch_fn(), judge.batch_fn()
-  scorers = {'attacked': lambda f, x: attacked_batch(f['encoder'], x),
-             'judge': lambda f, x: judge_batch(f['judge'], x)}
-  render_batch = jax.vmap(lambda v, w: render_one(v['generator'], {'w': w}),
-                          in_axes=(None, 0))
-
-  def evaluate(p):
-    return _evaluate(model, p, eval_frozen, held_out, render=render_batch,
-                     scorers=scorers, batch=config.sample_batch)
-
-  fingerprint = {k: config[k] for k in _FINGERPRINT}
-  fingerprint['real_descriptors'] = _sha1(real)
-  fingerprint['pairs_sha1'] = _sha1(synth_d, synth_w)
-  fingerprint['start'] = _sha1(params)
-  store = checkpoints.TrainCheckpoints(
-      os.path.join(config.workdir, 'train'), fingerprint)
-  try:
-    state = end_to_end.start_state(params, tx)
-    history = []
-    restored = store.restore(jax.eval_shape(lambda: state))
-    if restored is not None:
-      _, state, meta = restored
-      history = meta['history']
-      print(f'resumed at step {int(state.step)} from {store.directory}')
-    # The start head's score: once per (head, held-out set, judge).
-    start_eval = _cached_json(
-        os.path.join(config.workdir, 'start_eval.json'),
-        {'head': fingerprint['start'], 'judge': judge.kind,
-         'held_out': _sha1(held_out[0], held_out[1])},
-        lambda: evaluate(params))
-    print(f'held out at 0 steps ({start_source}): attacked '
-          f'{start_eval["attacked"]["mean"]:.4f}, {judge.kind} '
-          f'{start_eval["judge"]["mean"]:.4f}')
-
-    def save(st, hist):
-      store.save(int(st.step), st, {'history': hist})
-
-    stamps, cpu_stamps = [], []
-
-    def timed_step(*args):
-      # `train` reads each step's metrics before the next call, so the
-      # time between calls is a whole step (the first one compiles). CPU
-      # time of the process (all threads) says what a step costs on a
-      # shared machine, where wall time says how busy the others are.
-      stamps.append(time.perf_counter())
-      cpu_stamps.append(time.process_time())
-      return step_fn(*args)
-
-    timer = time.perf_counter()
-    first = int(state.step)
-    state, history = end_to_end.train(
-        state, timed_step, frozen, batch_of, num_steps=config.steps,
-        history=history, save=save, save_every=config.checkpoint_every,
-        progress=config.progress)
-    train_seconds = time.perf_counter() - timer
-    step_seconds = np.diff(stamps + [time.perf_counter()]).tolist()
-    step_cpu = np.diff(cpu_stamps + [time.process_time()]).tolist()
-  finally:
-    store.close()
-  # No step taken (e.g. --steps 0): the head is the start head.
-  trained_eval = (start_eval if int(state.step) == 0 else
-                  evaluate(state.params))
-  head_dir = os.path.join(config.workdir, 'id_to_latent')
-  head_config = dict(head_config, latent_space=space, encoder=encoder.kind,
-                     generator=generator.kind, training='end_to_end',
-                     steps=int(state.step))
-  loading.save_head(head_dir, jax.tree.map(np.asarray, state.params),
-                    head_config,
-                    source=f'{generator.source} | {encoder.source} | '
-                    f'end to end from {os.path.basename(start_source)}')
-  if history:
-    _plot_loss(os.path.join(config.workdir, 'loss.png'),
-               list(range(1, len(history) + 1)),
-               [h['loss'] for h in history], unit='step',
-               label='identity + latent loss')
-  summary = {
-      'head': head_dir,
-      'train': 'end_to_end',
-      'start': start_source,
-      'generator': generator.source,
-      'encoder': f'{encoder.kind}: {encoder.source}',
-      'judge': f'{judge.kind}: {judge.source}',
-      'latent_space': space,
-      'num_real': len(real),
-      'num_pairs': len(synth_d),
-      'history': history,
-      'held_out': {'num_photos': len(held_out[0]), 'keys': held_out[2],
-                   'start': start_eval, 'trained': trained_eval},
-      'steps_this_run': int(state.step) - first,
-      'train_seconds_this_run': train_seconds,
-      # The first step of a run compiles; the others are steady state.
-      'step_seconds_this_run': {
-          'first': step_seconds[0] if step_seconds else None,
-          'median_of_rest': (float(np.median(step_seconds[1:]))
-                             if len(step_seconds) > 1 else None),
-          'cpu_median_of_rest': (float(np.median(step_cpu[1:]))
-                                 if len(step_cpu) > 1 else None)},
-      'load_average_1min': os.getloadavg()[0],
-      'device': str(jax.devices()[0].device_kind),
-      'seconds': time.time() - started,
-      'config': config.to_dict(),
-  }
-  with open(os.path.join(config.workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=1)
-  s, t = start_eval, trained_eval
-  timing = summary['step_seconds_this_run']
-  print(f'steps {first} -> {int(state.step)} in {train_seconds:.0f} s'
-        + (f' ({timing["median_of_rest"]:.2f} s wall, '
-           f'{timing["cpu_median_of_rest"]:.2f} s CPU per step after the '
-           'first)' if timing['median_of_rest'] else ''))
-  print(f'held-out photos: {len(held_out[0])}; one-pass identity cosine\n'
-        f'  {encoder.kind:>10} (attacked)     start {s["attacked"]["mean"]:.4f}'
-        f'  trained {t["attacked"]["mean"]:.4f}\n'
-        f'  {judge.kind:>10} (independent)  start {s["judge"]["mean"]:.4f}'
-        f'  trained {t["judge"]["mean"]:.4f}\n'
-        f'head: {head_dir} (use: id2image invert --set init={head_dir})')
-  return summary

@@ -15,4 +15,7 @@ unit below it; `evaluation` (and the jobs) use it, so it sits below them.
 * `recipes.inversion`: the ID2image inversion of a set of targets as an
   invert config says (objective, initialisation, engine inputs), its
   renders, and their quality.
+* `recipes.end_to_end`: the ID -> latent head's end-to-end training wired
+  to a loaded generator and encoders (its step, batches, held-out scorers,
+  the run's fingerprint and step timer).
 """
