@@ -7,7 +7,8 @@
   loading             the table of kinds
   porting, checkpoints, package_files, reports      files in / files out
   library             models, losses, metrics, preprocess, inversion, data,
-                      analysis, evaluation, protocols, batching, nn
+                      analysis, protection, evaluation, protocols, batching,
+                      nn
 
 Every module of the package must be on a floor (a new module has to be
 placed), and every import statement, including imports inside functions,
@@ -32,6 +33,7 @@ FLOORS = {
     '': 0,  # the package docstring module
     'models': 0, 'losses': 0, 'metrics': 0, 'preprocess': 0, 'nn': 0,
     'inversion': 0, 'data': 0, 'analysis': 0, 'evaluation': 0,
+    'protection': 0,
     'protocols': 0, 'batching': 0, 'configs': 0,
 }
 

@@ -1,0 +1,350 @@
+"""What a protection scheme buys: its measures on faces in memory.
+
+For one `protection.Setting` (issue 21), each measure names the threat
+model it belongs to (`THREAT_MODELS`):
+
+* `utility`: the protected system verifying its own templates (protected
+  vs protected pairs of real photos): ROC AUC and TMR at fixed FMRs, each
+  with its number of pairs;
+* `template_leakage`: Table 1 heads (`audit.leakage`, i.e.
+  `analysis.leakage` with its bootstrap intervals) trained on protected
+  templates;
+* `reconstruct` / `reconstruction_success`: the ID2image inversion
+  *through* the scheme (the identity loss computed on protected
+  templates), scored by an independent verifier (type I / II TMR) and by
+  the protected system itself; white-box where the scheme is
+  differentiable, with a straight-through gradient for sign and rounding
+  (`Scheme.gradient` says which), or score-only NES
+  (`inversion.blackbox`);
+* `linkability`: D<->sys between the templates of two keys
+  (`protection.unlinkability`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from id2image_jax import protection
+from id2image_jax import protocols
+from id2image_jax.data import faces as faces_lib
+from id2image_jax.data import targets as targets_lib
+from id2image_jax.evaluation import audit
+from id2image_jax.evaluation import scores
+from id2image_jax.inversion import blackbox
+from id2image_jax.inversion import engine
+from id2image_jax.inversion import recipe
+
+THREAT_MODELS = {
+    'system': 'no attacker: the protected system compares its own '
+              'templates (protected vs protected pairs of real photos)',
+    'leakage': 'template thief with labelled data: heads trained on '
+               'protected templates predict attributes, landmarks, colour',
+    'informed': 'fully informed (ISO/IEC 24745): the attacker has the '
+                'stolen templates, the scheme and its key',
+    'key_unknown': 'scheme known, key unknown: the attacker has the stolen '
+                   'templates and the scheme, and guesses a key',
+    'linkage': 'two systems, two keys: can one person\'s templates be '
+               'linked across them (ISO/IEC 30136)',
+}
+
+# ROC AUC below this: the templates no longer separate people (reported).
+MIN_VERIFYING_AUC = 0.6
+
+
+def roc_auc(genuine: Any, impostor: Any) -> float | None:
+  """Area under the ROC curve: P(genuine > impostor), ties count half.
+
+  Returns:
+    The Mann-Whitney estimate, or None without both kinds of scores.
+  """
+  g = np.asarray(genuine, np.float64).ravel()
+  i = np.asarray(impostor, np.float64).ravel()
+  if not g.size or not i.size:
+    return None
+  values, inverse, counts = np.unique(np.concatenate([g, i]),
+                                      return_inverse=True,
+                                      return_counts=True)
+  # Average rank (1-based) of each distinct value, ties sharing it.
+  ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
+  rank_sum = ranks[:g.size].sum()
+  return float((rank_sum - g.size * (g.size + 1) / 2) / (g.size * i.size))
+
+
+def pair_scores(templates: Any, identity: np.ndarray | None,
+                kind: str) -> tuple[np.ndarray, np.ndarray]:
+  """Genuine and impostor scores of every unordered pair of photos.
+
+  Args:
+    templates: [N, T] templates of N photos.
+    identity: [N] person of each photo; None: every photo its own person
+      (no genuine pairs).
+    kind: 'cosine' or 'hamming'.
+
+  Returns:
+    (genuine, impostor): float64 scores of pairs i < j of the same /
+    different people.
+  """
+  s = protection.score_matrix(kind, templates, templates)
+  n = s.shape[0]
+  ids = np.arange(n) if identity is None else np.asarray(identity)
+  upper = np.triu(np.ones((n, n), bool), k=1)
+  same = ids[:, None] == ids[None, :]
+  return s[upper & same], s[upper & ~same]
+
+
+def utility(genuine: Any, impostor: Any,
+            fmrs: Sequence[float]) -> dict[str, Any]:
+  """Verification with protected templates on both sides.
+
+  Args:
+    genuine: genuine scores (`pair_scores`).
+    impostor: impostor scores; they set the thresholds.
+    fmrs: false match rates.
+
+  Returns:
+    ``{'threat_model', 'auc', 'num_genuine', 'num_impostor', 'tmr'
+    (`scores.tmr_report`), 'verifies', 'note'}``; ``verifies`` is False
+    when the AUC is below `MIN_VERIFYING_AUC` (near chance), None when it
+    cannot be measured.
+  """
+  genuine = np.asarray(genuine, np.float64)
+  impostor = np.asarray(impostor, np.float64)
+  auc = roc_auc(genuine, impostor)
+  note = ''
+  if auc is None:
+    note = ('not measurable: no two photos of one person (genuine pairs) '
+            'in the data')
+  elif auc < MIN_VERIFYING_AUC:
+    note = (f'the templates no longer verify: AUC {auc:.3f} is near '
+            'chance (0.5)')
+  return {'threat_model': 'system', 'auc': auc,
+          'num_genuine': int(genuine.size), 'num_impostor': int(impostor.size),
+          'tmr': scores.tmr_report(genuine, impostor, fmrs),
+          'verifies': None if auc is None else bool(auc >= MIN_VERIFYING_AUC),
+          'note': note}
+
+
+def cross_key_scores(templates_a: Any, templates_b: Any,
+                     identity: np.ndarray | None, kind: str
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Mated and non-mated scores between two keys' templates.
+
+  Template i of key A is compared with template j of key B for every
+  ordered pair of different photos: mated when they show one person,
+  non-mated otherwise (the same photo under both keys is left out: two
+  systems rarely store one capture).
+  """
+  s = protection.score_matrix(kind, templates_a, templates_b)
+  n = s.shape[0]
+  ids = np.arange(n) if identity is None else np.asarray(identity)
+  same = ids[:, None] == ids[None, :]
+  other = ~np.eye(n, dtype=bool)
+  return s[same & other], s[~same]
+
+
+def linkability(templates_a: Any, templates_b: Any,
+                identity: np.ndarray | None, kind: str, *,
+                bins: int = 10) -> dict[str, Any]:
+  """D<->sys of templates under two keys (`protection.unlinkability`).
+
+  Returns:
+    its result plus ``'threat_model'``, or ``{'threat_model', 'd_sys':
+    None, 'note'}`` when there are no mated pairs.
+  """
+  mated, non_mated = cross_key_scores(templates_a, templates_b, identity,
+                                      kind)
+  if not mated.size or not non_mated.size:
+    return {'threat_model': 'linkage', 'd_sys': None,
+            'num_mated': int(mated.size),
+            'note': 'not measurable: no person has two photos'}
+  return {'threat_model': 'linkage',
+          **protection.unlinkability(mated, non_mated, bins=bins),
+          'note': ''}
+
+
+def template_leakage(key: jax.Array, faces: faces_lib.Faces,
+                     templates: np.ndarray,
+                     attributes: dict[str, np.ndarray], *, epochs: int,
+                     progress: bool = False) -> dict[str, Any]:
+  """Table 1 on protected templates (`audit.leakage`), summarised.
+
+  Returns:
+    `audit.leakage`'s result plus ``'threat_model'``, ``'num_leaking'``
+    (attributes whose gain interval is above 0), ``'max_attribute_gain'``
+    (percentage points).
+  """
+  out = audit.leakage(key, faces, np.asarray(templates, np.float32),
+                      attributes, epochs=epochs, progress=progress)
+  gains = [r['accuracy'] - r['baseline'] for r in out['attributes'].values()]
+  return {'threat_model': 'leakage', **out,
+          'num_leaking': int(sum(r['leaks']
+                                 for r in out['attributes'].values())),
+          'max_attribute_gain': max(gains, default=None)}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ProtectedEncoder:
+  """An encoder followed by a protection transform, for the inversion.
+
+  Offers what `recipe` and `blackbox` use of an `protocols.Encoder`:
+  ``variables``, ``descriptor_fn()``, ``embed(images)``, ``dim``,
+  ``kind``.
+
+  Attributes:
+    base: the face encoder.
+    transform: ``fn(descriptors [..., D]) -> templates [..., T]`` with its
+      key bound (`protection.Setting.attack`).
+    dim: T.
+    kind: a label.
+  """
+  base: protocols.Encoder
+  transform: Callable[[jax.Array], jax.Array]
+  dim: int
+  kind: str
+
+  @property
+  def variables(self) -> Any:
+    return self.base.variables
+
+  def descriptor_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
+    embed, transform = self.base.descriptor_fn(), self.transform
+    return lambda variables, image: transform(embed(variables, image))
+
+  @functools.cached_property
+  def _transform_jit(self):
+    return jax.jit(self.transform)
+
+  def embed(self, images: Any, *, batch_size: int = 32) -> np.ndarray:
+    return np.asarray(self._transform_jit(
+        self.base.embed(images, batch_size=batch_size)), np.float32)
+
+
+def probe_key(setting: protection.Setting,
+              key: jax.Array | None) -> jax.Array | None:
+  """The key for protecting a new capture: the system key, except for
+  random schemes (noise), whose every capture gets a fresh draw."""
+  if key is not None and setting.scheme.key == 'randomness':
+    return jax.random.fold_in(key, 1_000_003)
+  return key
+
+
+def reconstruct(config: Any, generator: protocols.Generator,
+                encoder: protocols.Encoder, setting: protection.Setting,
+                stored: np.ndarray, attacker_key: jax.Array | None, *,
+                attack: str = 'gradient', population: int = 4,
+                sigma: float = 0.05) -> dict[str, Any]:
+  """Inverts stolen templates through the scheme (ID2image objective).
+
+  The attacker's forward model is ``setting.attack(attacker_key,
+  encoder(generator(latent)))``; its identity loss compares that with the
+  stored template (`recipe`: squared L2 of unit vectors, i.e. 2 - 2 cos;
+  for +-1 templates an affine map of the Hamming distance).
+
+  Args:
+    config: an invert config (``identity_loss='cosine'``, ``init``,
+      ``steps``, ...).
+    generator: the attacker's generator.
+    encoder: the face encoder under the scheme.
+    setting: the scheme and its parameters.
+    stored: [N, T] the stolen templates.
+    attacker_key: the key the attacker uses (the system's when fully
+      informed, a guess when not).
+    attack: 'gradient' (white-box: exact or straight-through, as
+      ``setting.scheme.gradient``) or 'nes' (score queries only).
+    population: NES antithetic pairs per step.
+    sigma: NES perturbation scale.
+
+  Returns:
+    ``{'images' [N, R, R, 3], 'attack', 'gradient', 'seconds',
+    'queries_per_target' (NES only)}``.
+  """
+  started = time.perf_counter()
+  stored = np.asarray(stored, np.float32)
+  forward = ProtectedEncoder(
+      encoder, functools.partial(setting.attack, attacker_key),
+      dim=int(stored.shape[1]), kind=f'{encoder.kind}+{setting.label}')
+  targets = targets_lib.Targets(descriptors=stored,
+                                names=[str(i) for i in range(len(stored))])
+  out = {'attack': attack}
+  if attack == 'gradient':
+    inversion = recipe.invert_targets(config, generator, forward, targets)
+    out['images'] = inversion.images
+    out['gradient'] = setting.scheme.gradient
+  elif attack == 'nes':
+    render = recipe.render_fn(config, generator)
+    objective = blackbox.nes_objective(
+        blackbox.cosine_score(forward.descriptor_fn()), render,
+        population=population, sigma=sigma)
+    result = engine.invert(
+        jax.random.key(config.seed), objective,
+        {'generator': generator.variables, 'encoder': forward.variables},
+        {'descriptor': stored},
+        init=recipe.make_init(config, generator, targets),
+        options=engine.InvertOptions(
+            steps=config.steps, chunk_size=len(stored),
+            tx=optax.adam(config.learning_rate), stochastic=True,
+            progress=config.progress))
+    latents = jax.tree.map(np.asarray, result.latents)
+    out['images'], _ = recipe.reconstructions(
+        render, generator, forward, latents, np.arange(len(stored)),
+        len(stored))
+    out['gradient'] = 'none (score queries only)'
+    out['queries_per_target'] = int(
+        (config.steps + 1) * blackbox.queries_per_step(population))
+  else:
+    raise ValueError(f"attack must be 'gradient' or 'nes', got {attack!r}")
+  out['seconds'] = time.perf_counter() - started
+  return out
+
+
+def reconstruction_success(setting: protection.Setting,
+                           system_key: jax.Array | None,
+                           encoder: protocols.Encoder,
+                           evaluator: protocols.Encoder,
+                           images: np.ndarray, faces: faces_lib.Faces,
+                           attack_set: audit.AttackSet, stored: np.ndarray,
+                           system_impostor: np.ndarray,
+                           fmrs: Sequence[float], *,
+                           evaluator_pool: np.ndarray,
+                           threat_model: str) -> dict[str, Any]:
+  """How often reconstructions pass as the person.
+
+  Args:
+    setting: the scheme.
+    system_key: the system's key (its comparisons use it).
+    encoder: the face encoder under the scheme.
+    evaluator: an independent verifier.
+    images: [N, R, R, 3] reconstructions of ``attack_set.rows``.
+    faces: the face set.
+    attack_set: targets (photo A, photo B) and the threshold pool.
+    stored: [N, T] the stolen templates (of photo A).
+    system_impostor: impostor scores of the protected system (`utility`),
+      its thresholds.
+    fmrs: false match rates.
+    evaluator_pool: the evaluator's descriptors of ``attack_set.pool``.
+    threat_model: 'informed' or 'key_unknown'.
+
+  Returns:
+    ``{'threat_model', 'verifier': `audit.score_attack` (type I vs photo A,
+    type II vs photo B), 'system': {'genuine', 'tmr'} (the reconstruction
+    captured and protected by the system vs the stored template)}``.
+  """
+  verifier = audit.score_attack(evaluator, images, faces, attack_set, fmrs,
+                                pool_descriptors=evaluator_pool)
+  probe = setting.protect(probe_key(setting, system_key),
+                          encoder.embed(images))
+  genuine = np.diagonal(protection.score_matrix(setting.score_kind, probe,
+                                                stored)).copy()
+  return {'threat_model': threat_model, 'verifier': verifier,
+          'system': {'genuine': genuine.tolist(),
+                     'tmr': scores.tmr_report(genuine, system_impostor,
+                                              fmrs)}}
