@@ -43,6 +43,9 @@ _SHORTCUTS = {
     'audit': {'encoder': 'encoder', 'data': 'data',
               'eval_encoder': 'eval_encoder', 'budget': 'budget',
               'generator': 'generator', 'out': 'workdir'},
+    'protect': {'encoder': 'encoder', 'data': 'data', 'schemes': 'schemes',
+                'key_seed': 'key_seed', 'eval_encoder': 'eval_encoder',
+                'generator': 'generator', 'out': 'workdir'},
 }
 
 
@@ -55,11 +58,12 @@ def _job(command: str) -> Callable[[ml_collections.ConfigDict], Any]:
   from id2image_jax.jobs import evaluate
   from id2image_jax.jobs import invert
   from id2image_jax.jobs import leakage
+  from id2image_jax.jobs import protect
   from id2image_jax.jobs import regressor
   # pylint: enable=g-import-not-at-top
   jobs = {'invert': invert, 'embed': embed, 'leakage': leakage,
           'regressor': regressor, 'evaluate': evaluate, 'align': align,
-          'audit': audit}
+          'audit': audit, 'protect': protect}
   if command not in jobs:
     raise ValueError(f'unknown command {command!r}')
   return jobs[command].run
@@ -140,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
       'audit': 'one self-contained HTML report of what an encoder\'s '
                'templates leak: attributes, geometry, colour, identity '
                '(white- and black-box reconstruction)',
+      'protect': 'what protecting stored templates buys: utility, leakage, '
+                 'reconstruction and unlinkability per scheme',
   }
   for command, shortcuts in _SHORTCUTS.items():
     p = sub.add_parser(command, help=helps[command])

@@ -411,3 +411,14 @@ def test_linkability_separates_keyless_from_keyed_schemes():
   assert out['projection'] < 0.3
   flat = measures.linkability(x, x, None, 'cosine')
   assert flat['d_sys'] is None and 'not measurable' in flat['note']
+
+
+def test_a_new_capture_gets_fresh_noise_but_the_same_system_key():
+  key, x = _key(), _x(2)
+  noise = _setting('noise:scale=0.5')
+  stored = noise.protect(key, x)
+  probe = noise.protect(measures.probe_key(noise, key), x)
+  assert not np.allclose(stored, probe)  # the noise is drawn again
+  biohash = _setting('biohash:bits=9')
+  assert measures.probe_key(biohash, key) is key
+  assert measures.probe_key(_setting('none'), None) is None
