@@ -422,3 +422,9 @@ def test_a_new_capture_gets_fresh_noise_but_the_same_system_key():
   biohash = _setting('biohash:bits=9')
   assert measures.probe_key(biohash, key) is key
   assert measures.probe_key(_setting('none'), None) is None
+
+
+def test_short_labels_leave_out_defaults():
+  got = protection.parse('polyprotect:m=5,overlap=4,projection,partial:k=3')
+  assert [s.short_label for s in got] == ['polyprotect:overlap=4',
+                                          'projection', 'partial:k=3']

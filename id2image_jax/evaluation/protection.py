@@ -46,14 +46,14 @@ from id2image_jax.inversion import recipe
 THREAT_MODELS = {
     'system': 'no attacker: the protected system compares its own '
               'templates (protected vs protected pairs of real photos)',
-    'leakage': 'template thief with labelled data: heads trained on '
-               'protected templates predict attributes, landmarks, colour',
-    'informed': 'fully informed (ISO/IEC 24745): the attacker has the '
-                'stolen templates, the scheme and its key',
-    'key_unknown': 'scheme known, key unknown: the attacker has the stolen '
-                   'templates and the scheme, and guesses a key',
-    'linkage': 'two systems, two keys: can one person\'s templates be '
-               'linked across them (ISO/IEC 30136)',
+    'leakage': 'a template thief with labelled data trains heads on '
+               'protected templates to predict attributes, landmarks, colour',
+    'informed': 'the attacker has the stolen templates, the scheme and its '
+                'key (the fully informed attacker of ISO/IEC 24745)',
+    'key_unknown': 'the attacker has the stolen templates and knows the '
+                   'scheme, but not the key: it guesses one',
+    'linkage': 'two systems protect with two keys: can one person\'s '
+               'templates be linked across them (ISO/IEC 30136)',
 }
 
 # ROC AUC below this: the templates no longer separate people (reported).

@@ -109,7 +109,8 @@ def _measure(config, setting, index, keys, guess, ctx) -> dict[str, Any]:
   genuine, impostor = measures.pair_scores(stored, faces.identity, kind)
   scheme = setting.scheme
   entry = {
-      'setting': setting.label, 'scheme': setting.name,
+      'setting': setting.label, 'short_label': setting.short_label,
+      'scheme': setting.name,
       'family': scheme.family, 'params': dict(setting.params),
       'source': scheme.source, 'score': kind,
       'template_size': int(stored.shape[1]), 'gradient': scheme.gradient,
@@ -118,9 +119,14 @@ def _measure(config, setting, index, keys, guess, ctx) -> dict[str, Any]:
       'linkability': measures.linkability(stored, second, faces.identity,
                                           kind, bins=config.linkability_bins),
   }
+  t0, cpu0 = time.time(), time.process_time()
   entry['leakage'] = measures.template_leakage(
       jax.random.fold_in(jax.random.key(config.seed), index), faces, stored,
       ctx['attributes'], epochs=config.epochs, progress=config.progress)
+  entry['leakage']['seconds'] = time.time() - t0
+  # CPU seconds too: on a shared machine wall time says little.
+  common.say(f'    leakage: {time.time() - t0:.0f} s '
+             f'({time.process_time() - cpu0:.0f} CPU s)')
   images = {}
   attack = ctx['attack_set']
   if config.targets and len(attack.rows):
@@ -128,6 +134,7 @@ def _measure(config, setting, index, keys, guess, ctx) -> dict[str, Any]:
     if config.key_unknown and scheme.key == 'secret':
       threats.append(('key_unknown', guess))
     for threat, attacker_key in threats:
+      cpu0 = time.process_time()
       out = measures.reconstruct(
           ctx['inversion'], ctx['generator'], ctx['encoder'], setting,
           stored[attack.rows], attacker_key, attack=config.attack,
@@ -143,6 +150,8 @@ def _measure(config, setting, index, keys, guess, ctx) -> dict[str, Any]:
           'queries_per_target': out.get('queries_per_target'),
           'num_targets': int(len(attack.rows))})
       images[threat] = out['images']
+      common.say(f'    reconstruction ({threat}): {out["seconds"]:.0f} s '
+                 f'({time.process_time() - cpu0:.0f} CPU s)')
   return entry, images
 
 

@@ -165,6 +165,13 @@ class Setting:
                                       for k, v in self.params.items())
 
   @property
+  def short_label(self) -> str:
+    """The label without parameters left at their defaults."""
+    defaults = {p.name: p.default for p in self.scheme.params}
+    shown = {k: v for k, v in self.params.items() if v != defaults.get(k)}
+    return Setting(self.name, shown).label if shown else self.name
+
+  @property
   def score_kind(self) -> str:
     return self.scheme.score(self.params)
 

@@ -154,7 +154,8 @@ def chart_png(results: Mapping[str, Any]) -> bytes | None:
                      edgecolors=colour[e['family']], zorder=3)
         axis.plot([x, x], [y, y_guess], ls=':', lw=0.8,
                   color=colour[e['family']])
-    axis.annotate(e['setting'], (x, y), fontsize=6, xytext=(3, 3),
+    axis.annotate(e.get('short_label', e['setting']), (x, y), fontsize=6,
+                  xytext=(3, 3),
                   textcoords='offset points')
   if any(e.get('reconstruction_key_unknown') for e in settings):
     axis.scatter([], [], s=50, facecolors='none', edgecolors='0.4',
@@ -204,7 +205,8 @@ def _summary_rows(results: Mapping[str, Any]) -> list[list[str]]:
                'pairs)</span>')
     if ax['x_fmr'] is not None:
       utility += '<br>TMR ' + _rate(results, f'{p}/utility/tmr/{ax["x_fmr"]}')
-    cells = [f'<b>{esc(e["setting"])}</b><br><span class="note">'
+    cells = [f'<b>{esc(e["setting"]).replace(",", ",<wbr>")}</b><br>'
+             '<span class="note">'
              f'{esc(e["family"])}</span>',
              f'{e["template_size"]} values, {esc(e["score"])}; gradient: '
              f'{esc(e["gradient"])}', utility]
@@ -305,7 +307,8 @@ def _details(results: Mapping[str, Any]) -> str:
                           ).get('note', ''))])
       parts.append(
           f'<p>Reconstruction ({esc(results["threat_models"][threat])}); '
-          f'attack: {esc(str(rec["attack"]))}, gradient: '
+          + ('white-box' if rec['attack'] == 'gradient' else
+             'score-only (NES)') + ' attack, gradient: '
           f'{esc(str(rec["gradient"]))}, {rec["steps"]} steps, '
           + _num(results, f'{q}/seconds', '{:.0f}') + ' s; verifier cosine '
           'to photo A: ' + _num(results, f'{q}/verifier/cosine/mean')
@@ -342,8 +345,8 @@ def render(results: Mapping[str, Any], *, chart: bytes | None,
       '<p class="note">Utility: ' + esc(threats['system']) + '. '
       'Reconstruction: ' + esc(y) + ' of the independent verifier '
       f'({esc(results["facts"]["verifier"]["kind"])}), and how often the '
-      'protected system itself accepts the rebuilt face; fully informed: '
-      + esc(threats['informed']) + '; key unknown: '
+      'protected system itself accepts the rebuilt face. Fully informed: '
+      + esc(threats['informed']) + '. Key unknown: '
       + esc(threats['key_unknown']) + '. Leakage: '
       + esc(threats['leakage']) + '. D&harr;sys: ' + esc(threats['linkage'])
       + '. N: genuine scores behind each rate.</p>')
