@@ -348,3 +348,189 @@ def reconstruction_success(setting: protection.Setting,
           'system': {'genuine': genuine.tolist(),
                      'tmr': scores.tmr_report(genuine, system_impostor,
                                               fmrs)}}
+
+
+@dataclasses.dataclass
+class Context:
+  """What every setting is measured on (the same for all of them).
+
+  Attributes:
+    faces: the face set.
+    descriptors: [N, D] the encoder's descriptors of every face.
+    attributes: name -> bool [N] labels for the leakage heads.
+    attack_set: who is attacked (`audit.attack_targets`); no rows: no
+      reconstruction.
+    encoder: the face encoder under the schemes.
+    evaluator: the independent verifier.
+    evaluator_pool: its descriptors of ``attack_set.pool``.
+    generator: the attacker's generator (None: no reconstruction).
+    inversion: the invert config of the attack (`reconstruct`).
+    fmrs: false match rates.
+    epochs: of the leakage heads.
+    seed: of the heads.
+    attack: 'gradient' or 'nes'.
+    nes_population: NES antithetic pairs.
+    key_unknown: also attack secret-keyed schemes with a guessed key.
+    linkability_bins: score bins of D<->sys.
+    progress: progress bars.
+  """
+  faces: faces_lib.Faces
+  descriptors: np.ndarray
+  attributes: dict[str, np.ndarray]
+  attack_set: audit.AttackSet
+  encoder: protocols.Encoder
+  evaluator: protocols.Encoder
+  evaluator_pool: np.ndarray
+  generator: protocols.Generator | None
+  inversion: Any
+  fmrs: Sequence[float]
+  epochs: int
+  seed: int = 0
+  attack: str = 'gradient'
+  nes_population: int = 4
+  key_unknown: bool = True
+  linkability_bins: int = 10
+  progress: bool = False
+
+
+def _drop_pair_lists(value: Any) -> Any:
+  """A measure without its long per-pair score lists (JSON size)."""
+  if isinstance(value, dict):
+    return {k: _drop_pair_lists(v) for k, v in value.items()
+            if k != 'attack_impostor_scores'}
+  return value
+
+
+def describe(setting: protection.Setting, template_size: int
+             ) -> dict[str, Any]:
+  """What a report says about a setting besides its measures."""
+  scheme = setting.scheme
+  return {'setting': setting.label, 'short_label': setting.short_label,
+          'scheme': setting.name, 'family': scheme.family,
+          'params': dict(setting.params), 'source': scheme.source,
+          'score': setting.score_kind, 'template_size': int(template_size),
+          'gradient': scheme.gradient, 'key': scheme.key}
+
+
+def _attacks(ctx: Context, setting, stored, impostor, keys, guess
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """The reconstruction measures of one setting, per threat model."""
+  rows = ctx.attack_set.rows
+  threats = [('informed', keys['system'])]
+  if ctx.key_unknown and setting.scheme.key == 'secret':
+    threats.append(('key_unknown', guess))
+  entry, images = {}, {}
+  for threat, attacker_key in threats:
+    cpu0 = time.process_time()
+    out = reconstruct(ctx.inversion, ctx.generator, ctx.encoder, setting,
+                      stored[rows], attacker_key, attack=ctx.attack,
+                      population=ctx.nes_population)
+    success = reconstruction_success(
+        setting, keys['system'], ctx.encoder, ctx.evaluator, out['images'],
+        ctx.faces, ctx.attack_set, stored[rows], impostor, ctx.fmrs,
+        evaluator_pool=ctx.evaluator_pool, threat_model=threat)
+    entry[f'reconstruction_{threat}'] = _drop_pair_lists({
+        **success, 'attack': out['attack'], 'gradient': out['gradient'],
+        'seconds': out['seconds'],
+        'cpu_seconds': time.process_time() - cpu0,
+        'steps': ctx.inversion.steps,
+        'queries_per_target': out.get('queries_per_target'),
+        'num_targets': int(len(rows))})
+    images[threat] = out['images']
+  return entry, images
+
+
+def measure_setting(ctx: Context, setting: protection.Setting, index: int,
+                    keys: dict[str, jax.Array | None],
+                    guess: jax.Array) -> tuple[dict[str, Any],
+                                               dict[str, np.ndarray]]:
+  """Every measure of one setting, each under its threat model.
+
+  Args:
+    ctx: the faces, models and options (`Context`).
+    setting: the scheme and its parameters.
+    index: the setting's number (its leakage heads' key).
+    keys: ``{'system', 'second'}`` (`protection.system_keys`; None when the
+      schemes need none).
+    guess: the key-unknown attacker's key.
+
+  Returns:
+    (entry: `describe` + ``utility``, ``linkability``, ``leakage``, and
+    ``reconstruction_informed`` / ``reconstruction_key_unknown`` when
+    attacked; images: threat -> [T, R, R, 3] reconstructions).
+  """
+  kind = setting.score_kind
+  stored = np.asarray(setting.protect(keys['system'], ctx.descriptors))
+  second = np.asarray(setting.protect(keys['second'], ctx.descriptors))
+  genuine, impostor = pair_scores(stored, ctx.faces.identity, kind)
+  entry = {**describe(setting, stored.shape[1]),
+           'utility': utility(genuine, impostor, ctx.fmrs),
+           'linkability': linkability(stored, second, ctx.faces.identity,
+                                      kind, bins=ctx.linkability_bins)}
+  t0, cpu0 = time.perf_counter(), time.process_time()
+  entry['leakage'] = template_leakage(
+      jax.random.fold_in(jax.random.key(ctx.seed), index), ctx.faces,
+      stored, ctx.attributes, epochs=ctx.epochs, progress=ctx.progress)
+  # CPU seconds too: on a shared machine wall time says little.
+  entry['leakage'].update(seconds=time.perf_counter() - t0,
+                          cpu_seconds=time.process_time() - cpu0)
+  images = {}
+  if ctx.generator is not None and len(ctx.attack_set.rows):
+    attacks, images = _attacks(ctx, setting, stored, impostor, keys, guess)
+    entry.update(attacks)
+  return entry, images
+
+
+def attack_config(invert_config: Any, *, steps: int, seed: int,
+                  workdir: str, progress: bool = False) -> Any:
+  """The invert config of the attack through a scheme (`reconstruct`).
+
+  Args:
+    invert_config: a default invert config (``configs/invert.py``).
+    steps: Adam steps.
+    seed: of the run.
+    workdir: where the inversion may write (nothing is resumed: no state
+      that depends on a key is kept).
+    progress: progress bars.
+  """
+  c = invert_config.copy_and_resolve_references()
+  with c.unlocked():
+    c.steps = steps
+    # The ID2image identity loss on protected templates, on unit vectors:
+    # templates of different schemes have different scales.
+    c.identity_loss = 'cosine'
+    # Every setting starts from the mean face: the shipped ID -> latent
+    # regressor reads unprotected descriptors only.
+    c.init = 'w_avg'
+    c.resume = False
+    c.workdir = workdir
+    c.progress = progress
+    c.seed = seed
+  return c
+
+
+def compare(ctx: Context, settings: Sequence[protection.Setting], *,
+            key_seed: int | None, seed: int) -> dict[str, Any]:
+  """The unprotected reference and each setting, measured (`Context`).
+
+  Args:
+    ctx: faces, models and options.
+    settings: the schemes ('none' is added first if missing).
+    key_seed: the user's secret seed (None: only keyless schemes).
+    seed: the run seed (the key-unknown attacker's guess derives from it).
+
+  Returns:
+    ``{'config': {'fmrs'}, 'threat_models', 'settings': [entries]}``; no
+    key and no key seed.
+  """
+  protection.check_all(settings, ctx.descriptors.shape[1],
+                       have_key=key_seed is not None)
+  keys = (protection.system_keys(key_seed) if key_seed is not None
+          else {'system': None, 'second': None})
+  guess = jax.random.fold_in(protection.key_from_seed(seed), 2)
+  ordered = protection.parse('none') + [s for s in settings
+                                        if s.name != 'none']
+  entries = [measure_setting(ctx, s, i, keys, guess)[0]
+             for i, s in enumerate(ordered)]
+  return {'config': {'fmrs': list(ctx.fmrs)},
+          'threat_models': THREAT_MODELS, 'settings': entries}

@@ -185,7 +185,7 @@ def _table(rows: list[list[str]], head: list[str],
   return '\n'.join(out + ['</table>'])
 
 
-def _rate(results, path: str, count_path: str | None = None) -> str:
+def _rate(results, path: str) -> str:
   """A TMR with its N (genuine scores) when known."""
   text = _num(results, f'{path}/tmr', '{:.2f}')
   n = _get(results, f'{path}/num_genuine')
@@ -193,12 +193,16 @@ def _rate(results, path: str, count_path: str | None = None) -> str:
                  else '')
 
 
-def _summary_rows(results: Mapping[str, Any]) -> list[list[str]]:
-  ax = axes(results)
+def _summary_rows(results: Mapping[str, Any], *, base: str = ''
+                  ) -> list[list[str]]:
+  """One row per setting; `base`: where the comparison sits in `results`
+  (the audit page holds it under 'protection/')."""
+  section = _get(results, base.rstrip('/')) if base else results
+  ax = axes(section)
   esc = html.escape
   rows = []
-  for i, e in enumerate(results['settings']):
-    p = f'settings/{i}'
+  for i, e in enumerate(section['settings']):
+    p = f'{base}settings/{i}'
     u = e['utility']
     utility = (_num(results, f'{p}/utility/auc') + ' <span class="note">'
                f'({u["num_genuine"]} genuine / {u["num_impostor"]} impostor '
@@ -327,11 +331,68 @@ def _details(results: Mapping[str, Any]) -> str:
   return '\n'.join(parts)
 
 
+_SUMMARY_HEAD = ['setting', 'template', 'utility (system): ROC AUC, TMR',
+                 'reconstruction, fully informed',
+                 'reconstruction, key unknown',
+                 'attribute / landmark / colour leakage (thief with labels)',
+                 'D&harr;sys (two keys)', 'notes']
+
+
+def _summary(results: Mapping[str, Any], verifier: str, *,
+             base: str = '') -> str:
+  """The note on what each column measures, and the table."""
+  esc = html.escape
+  section = _get(results, base.rstrip('/')) if base else results
+  ax, threats = axes(section), section['threat_models']
+  y = (f'type I TMR at FMR {ax["y_fmr"]}' if ax['y_fmr'] else 'n/a')
+  note = ('<p class="note">Utility: ' + esc(threats['system']) + '. '
+          'Reconstruction: ' + esc(y) + ' of the independent verifier '
+          f'({esc(verifier)}), and how often the protected system itself '
+          'accepts the rebuilt face. Fully informed: '
+          + esc(threats['informed']) + '. Key unknown: '
+          + esc(threats['key_unknown']) + '. Leakage: '
+          + esc(threats['leakage']) + '. D&harr;sys: '
+          + esc(threats['linkage']) + '. N: genuine scores behind each '
+          'rate.</p>')
+  return note + _table(_summary_rows(results, base=base), _SUMMARY_HEAD,
+                       ['ref'] + [''] * (len(section['settings']) - 1))
+
+
+def _chart_html(chart: bytes | None) -> str:
+  if chart is None:
+    return ('<p>No chart: reconstruction was not run, or its rates could '
+            'not be measured on this data.</p>')
+  return (f'<p><img src="{_uri(chart)}" alt="utility against '
+          'reconstruction success"></p><p class="note">One point per '
+          'setting (filled: fully informed attacker; hollow: the same scheme '
+          'attacked with a guessed key); the star is the unprotected '
+          'template. Right is more useful, down is safer.</p>')
+
+
+def audit_section(results: Mapping[str, Any]) -> str:
+  """The audit page's "What protection buys" section ('' without one).
+
+  Args:
+    results: the audit's results; the comparison is under 'protection'
+      (`evaluation.protection.compare`), its figures tagged there.
+  """
+  if not results.get('protection'):
+    return ''
+  verifier = (results.get('facts') or {}).get('verifier', {}).get('kind',
+                                                                  '-')
+  return ('<section id="protection"><h2>What protection buys</h2>'
+          '<p>The same faces, with the stored templates protected: each '
+          'setting next to the unprotected templates, all attacked alike '
+          '(from the mean face, through the scheme). Keys come from the '
+          'key seed given and are not stored.</p>'
+          + _summary(results, verifier, base='protection/')
+          + _chart_html(chart_png(results['protection'])) + '</section>')
+
+
 def render(results: Mapping[str, Any], *, chart: bytes | None,
            grid: np.ndarray | None) -> str:
   """The HTML page (module docstring)."""
   esc = html.escape
-  ax = axes(results)
   threats = results['threat_models']
   parts = ['<!doctype html><html><head><meta charset="utf-8">',
            '<title>What template protection buys</title>',
@@ -339,38 +400,11 @@ def render(results: Mapping[str, Any], *, chart: bytes | None,
            '<h1>What protecting the stored templates of '
            f'<code>{esc(results["facts"]["encoder"]["kind"])}</code> buys'
            '</h1>', _lead(results)]
-  y = (f'type I TMR at FMR {ax["y_fmr"]}' if ax['y_fmr'] else 'n/a')
-  parts.append('<section id="summary"><h2>Summary</h2>')
-  parts.append(
-      '<p class="note">Utility: ' + esc(threats['system']) + '. '
-      'Reconstruction: ' + esc(y) + ' of the independent verifier '
-      f'({esc(results["facts"]["verifier"]["kind"])}), and how often the '
-      'protected system itself accepts the rebuilt face. Fully informed: '
-      + esc(threats['informed']) + '. Key unknown: '
-      + esc(threats['key_unknown']) + '. Leakage: '
-      + esc(threats['leakage']) + '. D&harr;sys: ' + esc(threats['linkage'])
-      + '. N: genuine scores behind each rate.</p>')
-  parts.append(_table(
-      _summary_rows(results),
-      ['setting', 'template', 'utility (system): ROC AUC, TMR',
-       'reconstruction, fully informed', 'reconstruction, key unknown',
-       'attribute / landmark / colour leakage (thief with labels)',
-       'D&harr;sys (two keys)', 'notes'],
-      ['ref'] + [''] * (len(results['settings']) - 1)))
-  parts.append('</section>')
+  parts.append('<section id="summary"><h2>Summary</h2>'
+               + _summary(results, results['facts']['verifier']['kind'])
+               + '</section>')
   parts.append('<section id="chart"><h2>Utility against reconstruction '
-               'success</h2>')
-  if chart is not None:
-    parts.append(f'<p><img src="{_uri(chart)}" alt="utility against '
-                 'reconstruction success"></p><p class="note">One point per '
-                 'setting (filled: fully informed attacker; hollow: the '
-                 'same scheme attacked with a guessed key); the star is the '
-                 'unprotected template. Right is more useful, down is '
-                 'safer.</p>')
-  else:
-    parts.append('<p>No chart: reconstruction was not run, or its rates '
-                 'could not be measured on this data.</p>')
-  parts.append('</section>')
+               'success</h2>' + _chart_html(chart) + '</section>')
   parts.append('<section id="threats"><h2>Threat models</h2>' + _table(
       [[esc(k), esc(v)] for k, v in threats.items()],
       ['name', 'who the attacker is']) + '</section>')
