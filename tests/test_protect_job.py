@@ -171,11 +171,10 @@ _BROWSER = next((b for b in ('chromium', 'chromium-browser', 'google-chrome')
                  if shutil.which(b)), None)
 
 
-@pytest.mark.skipif(_BROWSER is None, reason='no Chromium (Debian package '
-                    '`chromium`)')
-def test_page_renders_offline_in_headless_chromium(run, tmp_path):
-  _, out, _ = run
-  page = (out / 'protect.html').read_text()
+def _render(page_path, tmp_path):
+  """(images, images the browser could not decode, page height) of a page
+  rendered offline by headless Chromium."""
+  page = page_path.read_text()
   probe = ('<script>window.addEventListener("load", () => {'
            'const bad = [...document.images].filter('
            'i => !i.complete || i.naturalWidth === 0).length;'
@@ -189,7 +188,56 @@ def test_page_renders_offline_in_headless_chromium(run, tmp_path):
   dom = subprocess.run([_BROWSER, *flags, '--dump-dom', probed.as_uri()],
                        capture_output=True, text=True, timeout=120,
                        check=True).stdout
-  images, broken, height = map(int, re.search(
-      r'data-probe="(\d+)/(\d+)/(\d+)"', dom).groups())
+  return tuple(map(int, re.search(r'data-probe="(\d+)/(\d+)/(\d+)"',
+                                  dom).groups()))
+
+
+@pytest.mark.skipif(_BROWSER is None, reason='no Chromium (Debian package '
+                    '`chromium`)')
+def test_page_renders_offline_in_headless_chromium(run, tmp_path):
+  _, out, _ = run
+  images, broken, height = _render(out / 'protect.html', tmp_path)
+  page = (out / 'protect.html').read_text()
   assert images == page.count('<img') and images >= 2  # chart and grid
   assert broken == 0 and height > 1000
+
+
+AUDIT_TINY = ['--set', 'images=18', '--set', 'targets=2', '--set', 'steps=2',
+              '--set', 'epochs=1', '--set', 'nes_population=2', '--set',
+              'nes_steps=2', '--set', 'nes_targets=2', '--set',
+              'progress=False', '--set',
+              "attribute_nets=('faceapi_age_gender',)", '--set',
+              'eval_encoder=mobilefacenet', '--generator', 'demo:demo-8']
+
+
+def test_audit_adds_what_protection_buys(run, tmp_path):
+  data, _, _ = run
+  with pytest.raises(ValueError, match="unknown scheme 'foo'"):
+    cli.main(['audit', '--data', str(data), '--protect', 'foo:k=1',
+              '--out', str(tmp_path / 'bad'), *AUDIT_TINY])
+  assert not (tmp_path / 'bad').exists()
+  out = tmp_path / 'audit'
+  assert cli.main(['audit', '--encoder', 'dlib', '--data', str(data),
+                   '--protect', 'biohash:bits=16', '--key-seed', str(SECRET),
+                   '--out', str(out), *AUDIT_TINY]) == 0
+  with open(out / 'audit.json') as f:
+    results = json.load(f)
+  section = results['protection']
+  assert [e['setting'] for e in section['settings']] == ['none',
+                                                         'biohash:bits=16']
+  assert 'reconstruction_key_unknown' in section['settings'][1]
+  page = (out / 'audit.html').read_text()
+  assert '<section id="protection">' in page
+  shown = re.findall(r'data-key="(protection/[^"]+)">([^<]+)<', page)
+  assert len(shown) > 10
+  for path, text in shown:
+    value = report._get(results, html.unescape(path))  # pylint: disable=protected-access
+    step = 10.0 ** -len(text.partition('.')[2])
+    assert text == 'n/a' if value is None else (
+        float(text) == pytest.approx(value, abs=step / 2 + 1e-9)), path
+  for path in out.rglob('*'):
+    if path.is_file():
+      assert str(SECRET) not in path.read_bytes().decode('latin-1'), path
+  if _BROWSER:
+    images, broken, _ = _render(out / 'audit.html', tmp_path)
+    assert images == page.count('<img') and broken == 0

@@ -28,11 +28,13 @@ import numpy as np
 
 from id2image_jax import data as data_lib
 from id2image_jax import loading
+from id2image_jax import protection
 from id2image_jax.configs import audit as audit_config
 from id2image_jax.configs import invert as invert_config
 from id2image_jax.data import align
 from id2image_jax.data import faces as faces_lib
 from id2image_jax.evaluation import audit
+from id2image_jax.evaluation import protection as protect_measures
 from id2image_jax.evaluation import scores
 from id2image_jax.jobs import common
 from id2image_jax.reports import audit as report
@@ -148,12 +150,34 @@ def _inversion_config(config: Any, budget: dict[str, int]
   return c
 
 
+def _protection(config, budget, faces, descriptors, nets, targets,
+                encoder, evaluator, generator) -> dict[str, Any]:
+  """"What protection buys" (``--protect``): the unprotected templates and
+  each setting, on the audit's faces and budget (`protect_measures`)."""
+  ctx = protect_measures.Context(
+      faces=faces, descriptors=descriptors,
+      attributes=audit.labels(faces, nets)[0], attack_set=targets,
+      encoder=encoder, evaluator=evaluator,
+      evaluator_pool=evaluator.embed(faces.images[targets.pool]),
+      generator=generator, fmrs=tuple(config.fmrs),
+      inversion=protect_measures.attack_config(
+          invert_config.get_config(), steps=budget['steps'],
+          seed=config.seed, workdir=os.path.join(config.workdir, 'protect'),
+          progress=config.progress),
+      epochs=budget['epochs'], seed=config.seed, progress=config.progress)
+  return protect_measures.compare(ctx, protection.parse(config.protect),
+                                  key_seed=config.key_seed, seed=config.seed)
+
+
 def run(config: Any) -> dict[str, Any]:
   """Runs the audit; returns the results written to ``audit.json``."""
   started = time.time()
   budget = _budget(config)
+  protect = protection.parse(config.protect) if config.protect else []
   # Fail on unknown models before any work.
   encoder = loading.load_encoder(config.encoder)
+  protection.check_all(protect, encoder.dim,
+                       have_key=config.key_seed is not None)
   eval_spec = common.evaluation_partner(config.eval_encoder, config.encoder)
   evaluator = (encoder if eval_spec == config.encoder
                else loading.load_encoder(eval_spec))
@@ -269,6 +293,10 @@ def run(config: Any) -> dict[str, Any]:
                        'jax': jax.__version__, 'numpy': np.__version__},
       },
   }
+  if protect:
+    results['protection'] = _protection(config, budget, faces, descriptors,
+                                        nets, targets, encoder, evaluator,
+                                        generator)
   grid = None
   if len(targets.rows):
     columns = {'reconstruction': images}

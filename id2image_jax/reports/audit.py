@@ -21,6 +21,7 @@ from PIL import Image
 
 from id2image_jax.reports import inversion as outputs
 from id2image_jax.reports import leakage as leakage_report
+from id2image_jax.reports import protect as protect_report
 
 SECTIONS = ('summary', 'leakage', 'attack', 'blackbox', 'facts')
 
@@ -408,6 +409,7 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
                       'black-box progress'))
   parts.append('</section>')
 
+  parts.append(protect_report.audit_section(results))
   facts = results['facts']
   parts.append('<section id="facts"><h2>Run facts</h2>')
   rows = [[esc(k), esc(json.dumps(v) if not isinstance(v, str) else v)]
