@@ -133,17 +133,18 @@ def test_the_key_is_never_written(run):
 
 def test_bad_requests_fail_before_any_work(tmp_path, run):
   data, _, _ = run
-  cases = [('foo:k=3', [], "unknown scheme 'foo'"),
-           ('partial:k=200', [], r'k=200 exceeds D'),
-           ('biohash:bits=0', [], 'bits must be >= 1'),
-           ('partial:q=3', [], "no parameter 'q'"),
-           ('biohash:bits=8', None, 'need.* a key')]
+  cases = [('foo:k=3', '5', "unknown scheme 'foo'"),
+           ('partial:k=200', '5', r'k=200 exceeds D'),
+           ('biohash:bits=0', '5', 'bits must be >= 1'),
+           ('partial:q=3', '5', "no parameter 'q'"),
+           ('biohash:bits=8', None, 'need.* a key'),
+           ('biohash:bits=8', '-3', 'non-negative integer')]
   for i, (schemes, seed, message) in enumerate(cases):
     out = tmp_path / str(i)
     argv = ['protect', '--data', str(data), '--schemes', schemes,
             '--out', str(out), *TINY]
     if seed is not None:
-      argv += ['--key-seed', '5']
+      argv += ['--key-seed', seed]
     with pytest.raises(ValueError, match=message):
       cli.main(argv)
     assert not out.exists()  # nothing written, nothing aligned
@@ -152,6 +153,7 @@ def test_bad_requests_fail_before_any_work(tmp_path, run):
               'partial:k=3', '--out', str(tmp_path / 'x'), *TINY])
 
 
+@pytest.mark.slow
 def test_score_only_attacker_through_a_binary_scheme(tmp_path, run):
   data, _, _ = run
   out = tmp_path / 'nes'
@@ -210,6 +212,7 @@ AUDIT_TINY = ['--set', 'images=18', '--set', 'targets=2', '--set', 'steps=2',
               'eval_encoder=mobilefacenet', '--generator', 'demo:demo-8']
 
 
+@pytest.mark.slow
 def test_audit_adds_what_protection_buys(run, tmp_path):
   data, _, _ = run
   with pytest.raises(ValueError, match="unknown scheme 'foo'"):

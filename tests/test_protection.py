@@ -256,18 +256,21 @@ def test_parse_errors_name_the_token(text, message):
 def test_check_against_the_descriptor_size_and_the_key():
   with pytest.raises(ValueError, match=r'k=200 exceeds D.*\(128\)'):
     protection.check_all(protection.parse('partial:k=200'), 128,
-                         have_key=False)
+                         key_seed=None)
   with pytest.raises(ValueError, match='bits=129 exceeds'):
     protection.check_all(protection.parse('biohash:bits=129'), 128,
-                         have_key=True)
+                         key_seed=5)
   with pytest.raises(ValueError, match='overlap must be smaller than m'):
     protection.check_all(protection.parse('polyprotect:m=3,overlap=3'),
-                         128, have_key=True)
+                         128, key_seed=5)
   with pytest.raises(ValueError, match='biohash:bits=8 need'):
     protection.check_all(protection.parse('partial:k=3,biohash:bits=8'),
-                         128, have_key=False)
+                         128, key_seed=None)
+  with pytest.raises(ValueError, match='non-negative integer'):
+    protection.check_all(protection.parse('biohash:bits=8'), 128,
+                         key_seed='abc')
   protection.check_all(protection.parse('partial:k=3,quantise:bits=1'),
-                       128, have_key=False)
+                       128, key_seed=None)
 
 
 def test_template_sizes():

@@ -524,7 +524,7 @@ def compare(ctx: Context, settings: Sequence[protection.Setting], *,
     key and no key seed.
   """
   protection.check_all(settings, ctx.descriptors.shape[1],
-                       have_key=key_seed is not None)
+                       key_seed=key_seed)
   keys = (protection.system_keys(key_seed) if key_seed is not None
           else {'system': None, 'second': None})
   guess = jax.random.fold_in(protection.key_from_seed(seed), 2)

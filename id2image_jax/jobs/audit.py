@@ -177,7 +177,7 @@ def run(config: Any) -> dict[str, Any]:
   # Fail on unknown models before any work.
   encoder = loading.load_encoder(config.encoder)
   protection.check_all(protect, encoder.dim,
-                       have_key=config.key_seed is not None)
+                       key_seed=config.key_seed)
   eval_spec = common.evaluation_partner(config.eval_encoder, config.encoder)
   evaluator = (encoder if eval_spec == config.encoder
                else loading.load_encoder(eval_spec))

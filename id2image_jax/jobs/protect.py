@@ -49,8 +49,6 @@ def _check(config: Any) -> None:
   if config.attack not in ('gradient', 'nes'):
     raise ValueError(f"attack must be 'gradient' or 'nes', got "
                      f'{config.attack!r}')
-  if config.key_seed is not None:
-    protection.key_from_seed(config.key_seed)  # a clear error if malformed
   if not config.data:
     raise ValueError('set --data: a folder of face photos, a CelebA-layout '
                      'folder or an aligned copy (id2image align)')
@@ -81,7 +79,7 @@ def _load(config: Any) -> dict[str, Any]:
   _check(config)
   encoder = loading.load_encoder(config.encoder)
   protection.check_all(settings, encoder.dim,
-                       have_key=config.key_seed is not None)
+                       key_seed=config.key_seed)
   eval_spec = common.evaluation_partner(config.eval_encoder, config.encoder)
   return {
       'settings': settings, 'encoder': encoder,

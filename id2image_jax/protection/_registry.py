@@ -28,6 +28,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from id2image_jax.protection import _keys
 from id2image_jax.protection import _schemes
 from id2image_jax.protection import _scores
 
@@ -301,8 +302,9 @@ def parse(text: str) -> list[Setting]:
 
 
 def check_all(settings: Sequence[Setting], dim: int, *,
-              have_key: bool) -> None:
-  """Every setting fits D = `dim`, and a key exists where one is needed.
+              key_seed: int | None) -> None:
+  """Every setting fits D = `dim`, and a valid key seed exists where a
+  scheme needs a key.
 
   Raises:
     ValueError: the first problem, naming the setting.
@@ -310,6 +312,8 @@ def check_all(settings: Sequence[Setting], dim: int, *,
   for s in settings:
     s.check(dim)
   keyed = [s.label for s in settings if s.needs_key]
-  if keyed and not have_key:
+  if keyed and key_seed is None:
     raise ValueError(f'{", ".join(keyed)} need(s) a key: give a key seed '
                      '(--key-seed N; it is never written to the report)')
+  if key_seed is not None:
+    _keys.key_from_seed(key_seed)  # a malformed seed fails here
