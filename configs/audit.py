@@ -10,7 +10,9 @@ of faces, the quick budget runs in minutes on a 2-core CPU::
 CelebA-layout folder (identities and attributes from its annotation files),
 an aligned copy made by ``id2image align``, or ``tfds:lfw`` (a prepared TFDS
 dataset). ``--budget`` quick | standard | full scales the work; any field of
-the budget can be set on its own (``--set steps=100``).
+the budget can be set on its own (``--set steps=100``). ``--protect
+biohash:bits=64 --key-seed N`` adds "What protection buys": the schemes of
+``id2image protect`` next to the unprotected templates, on the same faces.
 """
 
 import ml_collections
@@ -48,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     c[field] = 0
   c.attribute_nets = ('faceapi_age_gender', 'faceapi_expression')
   c.fmrs = (1e-2, 1e-3)
+  # "What protection buys": schemes as for `id2image protect` ('': none)
+  # and the secret their keys derive from (never written).
+  c.protect = ''
+  c.key_seed = None
   c.seed = 0
   c.workdir = 'runs/audit'
   c.progress = True

@@ -13,7 +13,9 @@ KEY=VALUE`` (repeatable) and ``--debug``; the flags below are shortcuts for
   id2image regressor [--generator G] [--encoder E] [--out O] [--steps S]
   id2image align [--data D] [--out O]
   id2image audit [--encoder E] [--data D] [--eval-encoder E] [--budget B]
-                 [--generator G] [--out O]
+                 [--generator G] [--out O] [--protect P] [--key-seed K]
+  id2image protect [--encoder E] [--data D] [--schemes S] [--key-seed K]
+                   [--eval-encoder E] [--generator G] [--out O]
 
 Every job reads one ``ml_collections.ConfigDict`` from a Python config file
 (``get_config(arg)``). ``--set a.b=1`` overrides any field (type-checked by
@@ -101,7 +103,14 @@ COMMANDS = {
         'templates leak: attributes, geometry, colour, identity (white- and '
         'black-box reconstruction)',
         {'encoder': 'encoder', 'data': 'data', 'eval_encoder': 'eval_encoder',
-         'budget': 'budget', 'generator': 'generator', 'out': 'workdir'}),
+         'budget': 'budget', 'generator': 'generator', 'out': 'workdir',
+         'protect': 'protect', 'key_seed': 'key_seed'}),
+    'protect': Command(
+        'protect', 'template protection schemes measured: utility, '
+        'leakage, reconstruction and unlinkability of protected templates',
+        {'encoder': 'encoder', 'data': 'data', 'schemes': 'schemes',
+         'key_seed': 'key_seed', 'eval_encoder': 'eval_encoder',
+         'generator': 'generator', 'out': 'workdir'}),
 }
 
 

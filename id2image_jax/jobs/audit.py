@@ -29,6 +29,7 @@ import numpy as np
 
 from id2image_jax import errors
 from id2image_jax import loading
+from id2image_jax import protection
 from id2image_jax import protocols
 from id2image_jax.configs import audit as audit_config
 from id2image_jax.configs import invert as invert_config
@@ -36,6 +37,7 @@ from id2image_jax.data import align
 from id2image_jax.data import faces as faces_lib
 from id2image_jax.data import materialise
 from id2image_jax.evaluation import audit
+from id2image_jax.evaluation import protection as protect_measures
 from id2image_jax.evaluation import scores
 from id2image_jax.jobs import common
 from id2image_jax.reports import audit as report
@@ -65,6 +67,8 @@ def run(config: Any) -> dict[str, Any]:
     grid = _grid(job.faces, dataclasses.replace(
         attacker.targets, rows=rows, why_no_type2='black box'),
                  bb['_arrays']['images'], label='black-box reconstruction')
+  if job.protect:
+    results['protection'] = _protection(job, attacker)
   paths = report.write(config.workdir, results, grid=grid)
   common.say(f'audit: {paths["html"]} ({time.time() - started:.0f} s)')
   for v in report.verdicts(results):
@@ -85,6 +89,7 @@ class _Audit:
     nets: attribute networks (pseudo labels, attribute preservation).
     faces: the aligned faces.
     parts: the finished parts of this run and earlier ones.
+    protect: template protection schemes to compare (``--protect``).
   """
   config: Any
   budget: dict[str, int]
@@ -94,6 +99,7 @@ class _Audit:
   nets: list[protocols.AttributeNet]
   faces: faces_lib.Faces
   parts: parts_lib.Parts
+  protect: list[Any] = dataclasses.field(default_factory=list)
 
 
 def _budget(config: Any) -> dict[str, int]:
@@ -119,6 +125,9 @@ def _prepare(config: Any) -> _Audit:
   overrides = common.encoder_input(config)
   encoder = loading.load_encoder(config.encoder, input_overrides=overrides,
                                  allow_blackbox=True)
+  # Bad schemes, parameters or a missing key seed fail before any work.
+  protect = protection.parse(config.protect) if config.protect else []
+  protection.check_all(protect, encoder.dim, key_seed=config.key_seed)
   eval_spec = common.evaluation_partner(config.eval_encoder, config.encoder)
   evaluator = (encoder if eval_spec == config.encoder
                else loading.load_encoder(eval_spec))
@@ -144,7 +153,7 @@ def _prepare(config: Any) -> _Audit:
   parts = parts_lib.Parts(os.path.join(config.workdir, 'parts'), settings,
                           version=_PARTS_FORMAT)
   return _Audit(config, budget, encoder, evaluator, generator, nets, faces,
-                parts)
+                parts, protect)
 
 
 def _aligned_folder(config: Any, num_images: int) -> str:
@@ -377,3 +386,23 @@ def _blackbox_only(job: _Audit, attacker: _Attacker) -> dict[str, Any]:
       'attacked': audit.score_attack(job.encoder, out['images'], job.faces,
                                      scored, job.config.fmrs),
   }, arrays={'images': out['images']})
+
+
+def _protection(job: _Audit, attacker: _Attacker) -> dict[str, Any]:
+  """"What protection buys" (``--protect``): the unprotected templates and
+  each setting, on the audit's faces and budget (`protect_measures`)."""
+  config, targets = job.config, attacker.targets
+  ctx = protect_measures.Context(
+      faces=job.faces, descriptors=job.encoder.embed(job.faces.images),
+      attributes=audit.labels(job.faces, job.nets)[0], attack_set=targets,
+      encoder=job.encoder, evaluator=job.evaluator,
+      evaluator_pool=job.evaluator.embed(job.faces.images[targets.pool]),
+      generator=job.generator, fmrs=tuple(config.fmrs),
+      inversion=protect_measures.attack_config(
+          invert_config.get_config(), steps=job.budget['steps'],
+          seed=config.seed, workdir=os.path.join(config.workdir, 'protect'),
+          progress=config.progress),
+      epochs=job.budget['epochs'], seed=config.seed,
+      progress=config.progress)
+  return protect_measures.compare(ctx, job.protect,
+                                  key_seed=config.key_seed, seed=config.seed)

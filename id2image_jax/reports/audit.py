@@ -23,6 +23,7 @@ from PIL import Image
 from id2image_jax import metrics
 from id2image_jax.reports import leakage as leakage_report
 from id2image_jax.reports import outputs
+from id2image_jax.reports import protect as protect_report
 
 SECTIONS = ('summary', 'leakage', 'attack', 'blackbox', 'facts')
 
@@ -408,6 +409,7 @@ def render(results: Mapping[str, Any], grid: np.ndarray | None) -> str:
   parts += _leakage_section(results)
   parts += _attack_section(results, grid)
   parts += _blackbox_section(results, grid)
+  parts.append(protect_report.audit_section(results))
   parts += _facts_section(results)
   parts.append('</body></html>')
   return '\n'.join(parts)
