@@ -137,9 +137,12 @@ def fit(kind: Kind, descriptors: np.ndarray, targets: np.ndarray,
     if flat.shape[1] != 1:
       raise ValueError(f'a logistic probe predicts one attribute, got '
                        f'targets of shape {y.shape}')
-    w, b = logistic_path(xs, flat[:, 0], grid, max_iter=settings.max_iter,
+    # A refit at one strength runs as long a grid as the choice did (the
+    # strength repeated): one compiled program serves both.
+    padded = grid + grid[-1:] * (len(settings.l2_grid) - len(grid))
+    w, b = logistic_path(xs, flat[:, 0], padded, max_iter=settings.max_iter,
                          tol=settings.tol)
-    w, b = w[..., None], b[..., None]
+    w, b = w[:len(grid), :, None], b[:len(grid), None]
   elif kind == 'ridge':
     w, b = ridge_path(xs, flat, grid)
   else:
@@ -147,6 +150,13 @@ def fit(kind: Kind, descriptors: np.ndarray, targets: np.ndarray,
   w, b = np.asarray(w), np.asarray(b)
   return [Linear(kind, l2, mean, scale, w[i], b[i], out_shape)
           for i, l2 in enumerate(grid)]
+
+
+def _padded_rows(n: int) -> int:
+  """Rows the logistic fit runs on: a power of two (at least 64), so
+  that fits on slightly different row counts (the choice's, the refit's,
+  the next attribute's) share one compiled program."""
+  return max(64, 1 << (int(n) - 1).bit_length())
 
 
 def logistic_path(x: chex.Array, y: chex.Array, l2_grid: Sequence[float],
@@ -167,24 +177,30 @@ def logistic_path(x: chex.Array, y: chex.Array, l2_grid: Sequence[float],
   Returns:
     (weights [L, D], biases [L]).
   """
-  x = jnp.asarray(x, jnp.float32)
-  y = jnp.asarray(y, jnp.float32)
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y, np.float32)
   chex.assert_rank([x, y], [2, 1])
-  return _logistic_path(x, y, jnp.asarray(l2_grid, jnp.float32),
-                        int(max_iter), float(tol))
+  # Zero rows of weight 0 pad to a shared shape; the mean is over the
+  # real rows only.
+  pad = _padded_rows(len(x)) - len(x)
+  weight = np.concatenate([np.ones(len(x)), np.zeros(pad)]) / len(x)
+  return _logistic_path(np.pad(x, ((0, pad), (0, 0))), np.pad(y, (0, pad)),
+                        weight.astype(np.float32),
+                        jnp.asarray(l2_grid, jnp.float32), int(max_iter),
+                        float(tol))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _logistic_path(x, y, l2s, max_iter, tol):
-  rate = jnp.clip(y.mean(), 1e-6, 1 - 1e-6)
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _logistic_path(x, y, weight, l2s, max_iter, tol):
+  rate = jnp.clip(jnp.sum(weight * y), 1e-6, 1 - 1e-6)
   start = (jnp.zeros(x.shape[1], jnp.float32),
            jnp.log(rate) - jnp.log1p(-rate))
 
   def solve(l2):
     def loss(params):
       w, b = params
-      return (optax.sigmoid_binary_cross_entropy(x @ w + b, y).mean()
-              + 0.5 * l2 * jnp.sum(w * w))
+      return (jnp.sum(weight * optax.sigmoid_binary_cross_entropy(
+          x @ w + b, y)) + 0.5 * l2 * jnp.sum(w * w))
 
     opt = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)

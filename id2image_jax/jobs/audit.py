@@ -95,8 +95,9 @@ def _budget(config: Any) -> dict[str, int]:
 
 
 # Bumped when a part gains or loses fields, so older parts are redone, not
-# read back half-filled (2: the white-box history and the equal budgets).
-_PARTS_FORMAT = 2
+# read back half-filled (2: the white-box history and the equal budgets;
+# 3: leakage heads chosen on validation people, MLP vs linear probe).
+_PARTS_FORMAT = 3
 
 
 def _prepare(config: Any) -> _Audit:
