@@ -9,8 +9,8 @@ leakage report shows both and reports the better one on validation.
 Both are trained with jax, no scikit-learn:
 
 * logistic: mean binary cross-entropy + ``l2 / 2 * |w|^2`` (the intercept
-  is not penalised), minimised by optax's L-BFGS, one problem per strength
-  in one `jax.vmap`;
+  is not penalised), minimised by Newton's method with a line search, one
+  problem per strength in one `jax.vmap`;
 * ridge: mean squared error + ``l2 * |w|^2`` per output (intercept not
   penalised), in closed form for every strength from one eigendecomposition
   of the descriptors' covariance.
@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import optax.tree_utils as otu
 
 Kind = Literal['logistic', 'ridge']
 
@@ -48,12 +47,12 @@ class Settings:
 
   Attributes:
     l2_grid: the L2 strengths tried (per example, see the module docstring).
-    max_iter: L-BFGS iterations at most (logistic).
-    tol: stop when the gradient's norm is below this (logistic).
+    max_iter: Newton steps at most (logistic).
+    tol: stop when the objective is predicted to fall by less (logistic).
   """
   l2_grid: tuple[float, ...] = L2_GRID
-  max_iter: int = 500
-  tol: float = 1e-5
+  max_iter: int = 50
+  tol: float = 1e-9
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -137,12 +136,9 @@ def fit(kind: Kind, descriptors: np.ndarray, targets: np.ndarray,
     if flat.shape[1] != 1:
       raise ValueError(f'a logistic probe predicts one attribute, got '
                        f'targets of shape {y.shape}')
-    # A refit at one strength runs as long a grid as the choice did (the
-    # strength repeated): one compiled program serves both.
-    padded = grid + grid[-1:] * (len(settings.l2_grid) - len(grid))
-    w, b = logistic_path(xs, flat[:, 0], padded, max_iter=settings.max_iter,
+    w, b = logistic_path(xs, flat[:, 0], grid, max_iter=settings.max_iter,
                          tol=settings.tol)
-    w, b = w[:len(grid), :, None], b[:len(grid), None]
+    w, b = w[..., None], b[..., None]
   elif kind == 'ridge':
     w, b = ridge_path(xs, flat, grid)
   else:
@@ -160,19 +156,23 @@ def _padded_rows(n: int) -> int:
 
 
 def logistic_path(x: chex.Array, y: chex.Array, l2_grid: Sequence[float],
-                  *, max_iter: int = 500, tol: float = 1e-5
+                  *, max_iter: int = 50, tol: float = 1e-9
                   ) -> tuple[jax.Array, jax.Array]:
   """L2-regularised logistic regression for every strength.
 
-  Minimises ``mean(bce(x @ w + b, y)) + l2 / 2 * |w|^2`` with L-BFGS
-  (optax, zoom line search) from w = 0 and b at the log-odds of y.
+  Minimises ``mean(bce(x @ w + b, y)) + l2 / 2 * |w|^2`` by Newton's
+  method with a backtracking line search, from w = 0 and b at the log-odds
+  of y, every strength at once (`jax.vmap`). With a few hundred inputs the
+  Hessian is small, and Newton needs ~10 steps where L-BFGS needed hundreds
+  (measured on 7,688 dlib descriptors: 34 s per grid with optax's L-BFGS).
 
   Args:
     x: [N, D] (standardised) inputs.
     y: [N] labels in {0, 1}.
     l2_grid: [L] strengths.
-    max_iter: iterations at most.
-    tol: stop once the gradient's norm is below this.
+    max_iter: Newton steps at most.
+    tol: stop once half the squared Newton decrement (the predicted fall
+      of the objective) is below this.
 
   Returns:
     (weights [L, D], biases [L]).
@@ -184,42 +184,48 @@ def logistic_path(x: chex.Array, y: chex.Array, l2_grid: Sequence[float],
   # real rows only.
   pad = _padded_rows(len(x)) - len(x)
   weight = np.concatenate([np.ones(len(x)), np.zeros(pad)]) / len(x)
-  return _logistic_path(np.pad(x, ((0, pad), (0, 0))), np.pad(y, (0, pad)),
-                        weight.astype(np.float32),
-                        jnp.asarray(l2_grid, jnp.float32), int(max_iter),
-                        float(tol))
+  x1 = np.pad(np.concatenate([x, np.ones((len(x), 1), np.float32)], 1),
+              ((0, pad), (0, 0)))  # the bias is the last weight
+  w = _logistic_path(x1, np.pad(y, (0, pad)), weight.astype(np.float32),
+                     jnp.asarray(l2_grid, jnp.float32), int(max_iter),
+                     float(tol))
+  return w[:, :-1], w[:, -1]
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
-def _logistic_path(x, y, weight, l2s, max_iter, tol):
+def _logistic_path(x1, y, weight, l2s, max_iter, tol):
+  dim = x1.shape[1]
+  penalised = jnp.ones(dim).at[-1].set(0.0)  # not the bias
   rate = jnp.clip(jnp.sum(weight * y), 1e-6, 1 - 1e-6)
-  start = (jnp.zeros(x.shape[1], jnp.float32),
-           jnp.log(rate) - jnp.log1p(-rate))
+  start = jnp.zeros(dim).at[-1].set(jnp.log(rate) - jnp.log1p(-rate))
 
   def solve(l2):
-    def loss(params):
-      w, b = params
+    def loss(w):
       return (jnp.sum(weight * optax.sigmoid_binary_cross_entropy(
-          x @ w + b, y)) + 0.5 * l2 * jnp.sum(w * w))
+          x1 @ w, y)) + 0.5 * l2 * jnp.sum(penalised * w * w))
 
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    def step(carry):
-      params, state = carry
-      value, grad = value_and_grad(params, state=state)
-      updates, state = opt.update(grad, state, params, value=value,
-                                  grad=grad, value_fn=loss)
-      return optax.apply_updates(params, updates), state
+    def newton(carry):
+      w, count, _ = carry
+      p = jax.nn.sigmoid(x1 @ w)
+      grad = x1.T @ (weight * (p - y)) + l2 * penalised * w
+      # A little on the diagonal keeps the bias's curvature above 0 when
+      # the data are separable (p -> 0 or 1).
+      hess = ((x1.T * (weight * p * (1 - p))) @ x1
+              + jnp.diag(l2 * penalised + 1e-7))
+      step = jax.scipy.linalg.solve(hess, grad, assume_a='pos')
+      decrement = grad @ step
+      value = loss(w)
+      size = jax.lax.while_loop(
+          lambda t: (loss(w - t * step) > value - 0.25 * t * decrement)
+          & (t > 1e-4), lambda t: 0.5 * t, 1.0)
+      return w - size * step, count + 1, decrement
 
     def going(carry):
-      _, state = carry
-      count = otu.tree_get(state, 'count')
-      norm = otu.tree_l2_norm(otu.tree_get(state, 'grad'))
-      return (count == 0) | ((count < max_iter) & (norm >= tol))
+      _, count, decrement = carry
+      return (count < max_iter) & (0.5 * decrement > tol)
 
-    params, _ = jax.lax.while_loop(going, step, (start, opt.init(start)))
-    return params
+    w, _, _ = jax.lax.while_loop(going, newton, (start, 0, jnp.inf))
+    return w
 
   return jax.vmap(solve)(l2s)
 

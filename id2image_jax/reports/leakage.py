@@ -145,14 +145,10 @@ def _markdown_table(tab: Mapping[str, Any]) -> list[str]:
   return lines
 
 
-def _ci(values) -> str:
-  return f'[{values[0]:.1f}, {values[1]:.1f}]' if values else ''
-
-
 def _head(r: Mapping[str, Any]) -> str:
   """Which head gives a figure: 'MLP' or 'linear (L2 ...)'."""
   if r.get('head') == 'linear':
-    return f"linear (L2 {r['validation']['l2']:g})"
+    return f"linear (L2 {r['validation']['l2']:.2g})"
   return 'MLP'
 
 
@@ -192,10 +188,20 @@ def _leak_row(what: str, unit: str, r: Mapping[str, Any], key: str,
           'leaks': r.get('leaks')}
 
 
+def _num(value: float, unit: str) -> str:
+  # EMDs differ in the second decimal; accuracies and NMEs in the first.
+  return f'{value:.2f}' if unit.startswith('EMD') else f'{value:.1f}'
+
+
+def _interval(values, unit: str) -> str:
+  return f'[{_num(values[0], unit)}, {_num(values[1], unit)}]' if values else ''
+
+
 def _validation_cell(r: Mapping[str, Any]) -> str:
   if not r['validation']:
     return 'n/a'
-  return f"{r['validation'][0]:.1f} / {r['validation'][1]:.1f}"
+  mlp, linear = r['validation']
+  return f"{_num(mlp, r['unit'])} / {_num(linear, r['unit'])}"
 
 
 def _leak_markdown(details: Mapping[str, Any]) -> list[str]:
@@ -211,11 +217,13 @@ def _leak_markdown(details: Mapping[str, Any]) -> list[str]:
               '| baseline | gain over baseline | leaks |',
               '|---|---:|:---:|---:|---:|---:|---:|:---:|']
     for r in rows:
+      unit = r['unit']
       lines.append(
-          f"| {r['what'].replace('_', ' ')} ({r['unit']}) | "
-          f"{r['value']:.1f} {_ci(r['ci'])} | {r['head']} | "
-          f"{r['mlp']:.1f} {_ci(r['mlp_ci'])} | {_validation_cell(r)} | "
-          f"{r['baseline']:.1f} | {_ci(r['gain_ci'])} | "
+          f"| {r['what'].replace('_', ' ')} ({unit}) | "
+          f"{_num(r['value'], unit)} {_interval(r['ci'], unit)} | "
+          f"{r['head']} | {_num(r['mlp'], unit)} "
+          f"{_interval(r['mlp_ci'], unit)} | {_validation_cell(r)} | "
+          f"{_num(r['baseline'], unit)} | {_interval(r['gain_ci'], unit)} | "
           f"{'**yes**' if r['leaks'] else 'no'} |")
   return lines
 
