@@ -364,3 +364,53 @@ def test_attack_verdicts_rest_on_intervals_not_on_point_rates():
   assert '95 % interval 0% to 66%' in few['Identity reconstruction']['text']
   many = {v['risk']: v for v in report.verdicts(results(0, 290))}
   assert many['Identity reconstruction']['level'] == 'LOW'
+
+
+def test_leakage_heads_are_chosen_on_validation_people(audited):
+  _, out = audited
+  with open(out / 'audit.json') as f:
+    leak = json.load(f)['leakage']
+  # 4 training people: one of them (3 faces) is the validation part; no
+  # test person takes part in the choice.
+  assert leak['num_validation'] == PER_PERSON and not leak['head_choice']
+  for r in [*leak['attributes'].values(), leak['landmarks'],
+            leak['histogram']]:
+    assert r['head'] in ('mlp', 'linear')
+    assert r['validation']['num'] == PER_PERSON
+    assert r['leaks'] == r[r['head']]['leaks']
+    assert r['gain_ci'] == r[r['head']]['gain_ci']
+  page = (out / 'audit.html').read_text()
+  assert '<th>head</th><th>paper MLP</th>' in page
+  assert 'a linear probe' in page
+
+
+def _leak_results(head, mlp_leaks, linear_leaks):
+  """audit.json's parts for the verdicts: one attribute, the landmarks."""
+  def figures(leaks):
+    return {'accuracy': 80.0, 'gain_ci': [5.0, 9.0] if leaks else [-2, 9],
+            'leaks': leaks, 'nme': 7.0}
+  chosen = figures(linear_leaks if head == 'linear' else mlp_leaks)
+  r = {**chosen, 'head': head, 'mlp': figures(mlp_leaks),
+       'linear': figures(linear_leaks), 'baseline': 70.0,
+       'validation': {'head': head, 'l2': 0.1, 'mlp': 70, 'linear': 75,
+                      'num': 40}}
+  return {'config': {'fmrs': [0.01]}, 'attack': {},
+          'leakage': {'attributes': {'Male': r}, 'landmarks': r,
+                      'num_test': 500, 'max_attribute_gain': 10.0}}
+
+
+@pytest.mark.parametrize('head', ['linear', 'mlp'])
+def test_verdicts_follow_the_head_chosen_on_validation(head):
+  # Only the linear probe shows a leak: the verdict follows whichever head
+  # validation chose, not the paper's MLP alone.
+  levels = {v['risk']: v for v in report.verdicts(
+      _leak_results(head, mlp_leaks=False, linear_leaks=True))}
+  geometry = levels['Face geometry (68 landmarks) leakage']
+  if head == 'linear':
+    assert levels['Attribute leakage']['level'] == 'HIGH'
+    assert geometry['level'] == 'HIGH' and 'a linear probe' in (
+        geometry['text'])
+  else:
+    assert levels['Attribute leakage']['level'] == 'LOW'
+    assert geometry['level'] == 'LOW' and "the paper's MLP" in (
+        geometry['text'])

@@ -14,6 +14,7 @@ from fake_data import write_fake_celeba
 
 from id2image_jax import checkpoints
 from id2image_jax import data
+from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax import losses
 from id2image_jax import preprocess
@@ -21,6 +22,7 @@ from id2image_jax.data import descriptors as embed
 from id2image_jax.data import dlib_landmarks as landmarks
 from id2image_jax.jobs import embed as embed_job
 from id2image_jax.jobs import leakage as leakage_job
+from id2image_jax.reports import leakage as report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = (44, 36)  # tiny CelebA-shaped images
@@ -168,16 +170,32 @@ def test_embed_and_leakage_jobs_end_to_end(celeba_dir, tmp_path):
   table = results['table']
   assert table['columns'] == ['Smiling', 'Eyeglasses', 'Landmarks',
                               'Histogram']
-  assert list(table['rows']) == ['From ID (toy)', 'From image', 'Baseline']
+  mlp_row, best_row = 'From ID (toy), paper MLP', (
+      'From ID (toy), best on validation')
+  assert list(table['rows']) == [mlp_row, best_row, 'From image',
+                                 'Baseline']
   for label, values in table['rows'].items():
     assert all(v is not None for v in values), (label, values)
   assert table['rows']['From image'][-1] == 0.0
-  assert 0 <= table['rows']['From ID (toy)'][0] <= 100
+  assert 0 <= table['rows'][best_row][0] <= 100
+  # Each head chosen on the validation split's 8 images (never on test);
+  # the paper's MLP keeps its own row.
+  det = results['details']['toy']
+  assert det['num_validation'] == 8
+  for r in [*det['attributes'].values(), det['landmarks'],
+            det['histogram']]:
+    assert r['head'] in ('mlp', 'linear')
+    assert r['validation']['num'] <= 8
+  smiling = det['attributes']['Smiling']
+  assert table['rows'][mlp_row][0] == smiling['mlp']['accuracy']
+  assert table['rows'][best_row][0] == smiling[smiling['head']]['accuracy']
+  assert table['rows'][best_row][2] == det['landmarks']['nme']
   run = tmp_path / 'run'
   with open(run / 'leakage.json') as f:
     assert json.load(f)['table'] == table
   md = (run / 'leakage.md').read_text()
-  assert '| From ID (toy) |' in md and 'Paper' in md
+  assert f'| {best_row} |' in md and 'Paper' in md
+  assert '| head | paper MLP |' in md
   for fig in results['figures'].values():
     assert (run / fig).stat().st_size > 1000
   assert len(results['figures']) == 2
@@ -191,6 +209,10 @@ def test_embed_and_leakage_jobs_end_to_end(celeba_dir, tmp_path):
                                          'landmarks_cnn')
   assert model.apply({'params': params}, jnp.zeros((1, 30, 20, 3))).shape == (
       1, 68, 2)
+  # The heads are never chosen on the test split.
+  cfg.probe.validation_split = 'test'
+  with pytest.raises(errors.UsageError, match='validation_split'):
+    leakage_job.run(cfg)
 
 
 def test_leakage_missing_descriptors_says_how_to_make_them(tmp_path):
@@ -286,3 +308,47 @@ def test_a_new_encoder_kind_is_one_row_in_the_kinds_table(tmp_path,
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match="'nothing' checkpoint"):
     loading.load_encoder(str(tmp_path / 'bad'))
+
+
+def _measures(head, *, chosen=True):
+  """Results of `analysis.leakage` for one attribute and the landmarks."""
+  mlp = {'accuracy': 70.0, 'accuracy_ci': [65.0, 75.0], 'gain_ci': [-1, 4],
+         'leaks': False}
+  linear = {'accuracy': 80.0, 'accuracy_ci': [76.0, 84.0],
+            'gain_ci': [5, 14], 'leaks': True}
+  attr = {**(linear if head == 'linear' else mlp), 'head': head,
+          'mlp': mlp, 'baseline': 69.0, 'positive_rate': 31.0}
+  lm = {'nme': 7.0, 'ci': [6.8, 7.2], 'gain_ci': [0.5, 1.5], 'leaks': True,
+        'head': 'mlp', 'mlp': {'nme': 7.0, 'ci': [6.8, 7.2]},
+        'baseline': 8.0}
+  if chosen:
+    attr['linear'] = linear
+    attr['validation'] = {'head': head, 'l2': 0.01, 'mlp': 71.0,
+                          'linear': 79.0 if head == 'linear' else 60.0,
+                          'num': 50}
+    lm['validation'] = {'head': 'mlp', 'l2': 1.0, 'mlp': 7.1,
+                        'linear': 7.4, 'num': 40}
+  return {'attributes': {'Male': attr}, 'landmarks': lm}
+
+
+def test_report_shows_the_paper_mlp_and_the_head_that_won():
+  rows = report.descriptor_rows('dlib', _measures('linear'))
+  assert rows == {
+      'From ID (dlib), paper MLP': {'attributes': {'Male': 70.0},
+                                    'landmarks': 7.0},
+      'From ID (dlib), best on validation': {'attributes': {'Male': 80.0},
+                                             'landmarks': 7.0}}
+  md = report.to_markdown({
+      'table': report.table(['Male'], rows, None, {}),
+      'details': {'dlib': _measures('linear')}})
+  male = next(line for line in md.splitlines()
+              if line.startswith('| Male (% accuracy)'))
+  # Reported: the probe's 80 % and its leak; the paper's MLP beside it.
+  assert ('80.0 [76.0, 84.0] | linear (L2 0.01) | 70.0 [65.0, 75.0] | '
+          '71.0 / 79.0 |') in male and male.endswith('**yes** |')
+  lm = next(line for line in md.splitlines()
+            if line.startswith('| landmarks'))
+  assert '| MLP |' in lm and '7.1 / 7.4' in lm
+  # Without a validation split: the paper's MLP alone, one row as before.
+  assert list(report.descriptor_rows('dlib', _measures(
+      'mlp', chosen=False))) == ['From ID (dlib)']

@@ -113,8 +113,9 @@ def _budget(config: Any) -> dict[str, int]:
 
 # Bumped when a part gains or loses fields, so older parts are redone, not
 # read back half-filled (2: the white-box history and the equal budgets;
-# 3: every rate with its interval and the thresholds' bootstrap).
-_PARTS_FORMAT = 3
+# 3: every rate with its interval and the thresholds' bootstrap; 4: leakage
+# heads chosen on validation people, MLP vs linear probe).
+_PARTS_FORMAT = 4
 
 
 def _prepare(config: Any) -> _Audit:

@@ -22,6 +22,7 @@ from id2image_jax import data as data_lib
 from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax.analysis import leakage
+from id2image_jax.analysis import probe
 from id2image_jax.analysis import train as train_lib
 from id2image_jax.data import descriptors
 from id2image_jax.data import pipeline
@@ -50,8 +51,10 @@ def run(config: Any) -> dict[str, Any]:
   for e, encoder in enumerate(job.encoders):
     train, test = _descriptors(job, encoder)
     first = first or (train, test)
-    rows[f'From ID ({encoder})'], details[encoder], trained = (
-        _descriptor_row(jax.random.fold_in(job.key, e), job, train, test))
+    details[encoder], trained = _descriptor_row(
+        jax.random.fold_in(job.key, e), job, train, test,
+        _validation(job, encoder))
+    rows.update(report.descriptor_rows(encoder, details[encoder]))
     trained_heads[encoder] = trained
     _save_heads(job, encoder, trained, train)
   # Every row is tested on the same images: the first encoder's
@@ -170,43 +173,66 @@ def _limit(arrays: dict[str, Any], n: int) -> dict[str, Any]:
   return arrays
 
 
+def _validation(job: _Settings, encoder: str) -> leakage.Validation | None:
+  """Where each reported head is chosen between the paper's MLP and a
+  linear probe: the validation split, never the test split (None: no
+  probe, the paper's MLP alone)."""
+  cfg = job.cfg['probe']
+  if not cfg['enabled']:
+    return None
+  split = cfg['validation_split']
+  fit_splits = [s for s in job.train_splits if s != split]
+  if split == job.test_split or not fit_splits:
+    raise errors.UsageError(
+        f'probe.validation_split={split!r} must be neither the test split '
+        f'nor the only training split (train_splits={job.train_splits})')
+  # Validation people inside the training splits: the choice trains on
+  # the other splits, and the chosen head is then trained on them all.
+  fit = (_limit(_load(job.cfg['descriptors'], encoder, fit_splits),
+                job.cfg['max_train_examples'])
+         if split in job.train_splits else None)
+  return leakage.Validation(
+      data=_load(job.cfg['descriptors'], encoder, [split]), fit=fit,
+      probe=probe.Settings.from_config(cfg))
+
+
 def _descriptor_row(key: jax.Array, job: _Settings, train: dict[str, Any],
-                    test: dict[str, Any]
-                    ) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-  """One encoder's "From ID" row: its heads trained and tested.
+                    test: dict[str, Any],
+                    validation: leakage.Validation | None
+                    ) -> tuple[dict[str, Any], list[Any]]:
+  """One encoder's "From ID" rows: its heads trained, chosen and tested.
 
   Returns:
-    (row: the table's figures, details: every measure, the trained heads).
+    (details: every measure, the paper's trained MLP heads).
   """
   cfg = job.cfg
-  row, det, trained = {}, {}, []
+  det, trained = {}, []
   if job.attribute_names:
-    res, heads_ = leakage.attribute_leakage(
+    det['attributes'], trained = leakage.attribute_leakage(
         jax.random.fold_in(key, 0), train, test, job.attribute_names,
         leakage.Training.from_config(cfg['attributes']),
-        progress=job.progress)
-    row['attributes'] = {n: r['accuracy'] for n, r in res.items()}
-    det['attributes'], trained = res, trained + heads_
+        validation=validation, progress=job.progress)
   if cfg['histogram']['enabled']:
-    res, head = leakage.histogram_leakage(
+    det['histogram'], head = leakage.histogram_leakage(
         jax.random.fold_in(key, 1), train, test,
         leakage.Training.from_config(cfg['histogram']),
-        progress=job.progress)
-    row['histogram'], det['histogram'] = res['emd'], res
+        validation=validation, progress=job.progress)
     trained.append(head)
   lm_cfg = cfg['landmarks']
   if lm_cfg['enabled']:
-    res, head = leakage.landmark_leakage(
+    det['landmarks'], head = leakage.landmark_leakage(
         jax.random.fold_in(key, 2), train, test,
         leakage.Training.from_config(lm_cfg),
         require_detection=bool(lm_cfg['require_detection']),
-        pixel_scale=lm_cfg['pixel_scale'], progress=job.progress)
-    row['landmarks'], det['landmarks'] = res['nme'], res
+        pixel_scale=lm_cfg['pixel_scale'], validation=validation,
+        progress=job.progress)
     trained.append(head)
   det['num_train'] = int(len(train['descriptor']))
+  det['num_validation'] = (int(len(validation.data['descriptor']))
+                           if validation else 0)
   det['num_test'] = int(len(test['descriptor']))
   det['descriptor_dim'] = int(train['descriptor'].shape[1])
-  return row, det, trained
+  return det, trained
 
 
 def _save_heads(job: _Settings, encoder: str, trained: list[Any],

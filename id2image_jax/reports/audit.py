@@ -183,7 +183,9 @@ def _attribute_verdict(leak: Mapping[str, Any]) -> dict[str, str]:
       'level': 'UNCLEAR' if few and level == 'LOW' else level,
       'text': ((f'{len(leaking)} of {len(attrs)} attributes are '
                 'predicted from the template better than by guessing the '
-                'most common value (95 % interval above the baseline), e.g. '
+                'most common value (95 % interval above the baseline; each '
+                'by the better on validation people of the paper\'s MLP '
+                'and a linear probe), e.g. '
                 f'{", ".join(leaking[:3])}; the largest gain is {{}} '
                 'percentage points.') if leaking else
                (f'None of {len(attrs)} attributes is shown to be predicted '
@@ -205,10 +207,20 @@ def _leak_verdict(leak: Mapping[str, Any], name: str, label: str,
       'text': (('Predictable from the template' if r.get('leaks') else
                 'Not shown to be predictable beyond the average face')
                + f': error {{}} {unit} vs {r.get("baseline", 0):.2f} for '
-               'the average.' + (unclear if r and not r.get('leaks')
+               'the average' + _by_head(r) + '.'
+               + (unclear if r and not r.get('leaks')
                                  else '')),
       'key': f'leakage/{name}/{"nme" if name == "landmarks" else "emd"}',
       'spec': '{:.2f}'}
+
+
+def _by_head(r: Mapping[str, Any]) -> str:
+  """Which head gave a figure, as words for a verdict ('' if unknown)."""
+  if r.get('head') == 'linear':
+    return ' (a linear probe, better than the paper\'s MLP on validation)'
+  if r.get('head') == 'mlp' and r.get('validation'):
+    return ' (the paper\'s MLP, better than a linear probe on validation)'
+  return ''
 
 
 def _blackbox_verdict(results: Mapping[str, Any]) -> dict[str, str]:
@@ -440,26 +452,45 @@ def _leakage_section(results: Mapping[str, Any]) -> list[str]:
   parts.append(f'<p class="note">Heads trained on {leak["num_train"]} '
                f'templates, tested on {leak["num_test"]} of other people; '
                f'labels: {esc(leak["label_source"])}. Intervals: 95 % '
-               'bootstrap over test people.</p>')
-  rows = []
-  for r in leakage_report.leak_rows({'e': leak})['e']:
-    value_key = {'landmarks': 'landmarks/nme', 'histogram':
-                 'histogram/emd'}.get(r['what']) or key_path(
-                     'attributes', r['what'], 'accuracy')
-    rows.append([esc(r['what'].replace('_', ' ')), esc(r['unit']),
-                 _num(leak, value_key, '{:.1f}') + ' ' + esc(
-                     f'[{r["ci"][0]:.1f}, {r["ci"][1]:.1f}]'),
-                 f'{r["baseline"]:.1f}',
-                 esc(f'[{r["gain_ci"][0]:.1f}, {r["gain_ci"][1]:.1f}]'),
-                 '<b>yes</b>' if r['leaks'] else 'no'])
-  parts.append(_table(rows, ['what', 'unit', 'from the template',
-                             'baseline', 'gain (95 %)', 'leaks']))
+               'bootstrap over test people. ' + esc(_choice_note(leak))
+               + '</p>')
+  rows = [_leak_cells(leak, r)
+          for r in leakage_report.leak_rows({'e': leak})['e']]
+  parts.append(_table(rows, ['what', 'unit', 'from the template', 'head',
+                             'paper MLP', 'baseline', 'gain (95 %)',
+                             'leaks']))
   parts.append(_img(results.get('_figures', {}).get('leakage_chart'),
                     'attribute leakage chart'))
   for n, why in (leak.get('skipped_attributes') or {}).items():
     parts.append(f'<p class="note">{esc(n)}: not measured ({esc(why)})'
                  '</p>')
   return parts + ['</section>']
+
+
+def _choice_note(leak: Mapping[str, Any]) -> str:
+  """How the reported head was chosen, in words."""
+  if leak.get('head_choice'):
+    return f'Head: {leak["head_choice"]}.'
+  return ('Each figure comes from the better, on '
+          f'{leak.get("num_validation", 0)} templates of validation people '
+          '(part of the training people, none of the test people), of the '
+          'paper\'s MLP and a linear probe (logistic / ridge regression); '
+          'the verdicts use it, and the paper\'s MLP is shown beside it.')
+
+
+def _leak_cells(leak: Mapping[str, Any], r: Mapping[str, Any]) -> list[str]:
+  """One row of the leakage table, each figure tagged with its JSON path."""
+  esc = html.escape
+  path = ((r['what'],) if r['what'] in ('landmarks', 'histogram')
+          else ('attributes', r['what']))
+  value = _num(leak, key_path(*path, r['key']), '{:.1f}')
+  mlp = (_num(leak, key_path(*path, 'mlp', r['key']), '{:.1f}')
+         if 'mlp' in _get(leak, key_path(*path)) else value)
+  return [esc(r['what'].replace('_', ' ')), esc(r['unit']),
+          value + ' ' + esc(f'[{r["ci"][0]:.1f}, {r["ci"][1]:.1f}]'),
+          esc(r['head']), mlp, f'{r["baseline"]:.1f}',
+          esc(f'[{r["gain_ci"][0]:.1f}, {r["gain_ci"][1]:.1f}]'),
+          '<b>yes</b>' if r['leaks'] else 'no']
 
 
 def _attack_section(results: Mapping[str, Any],
