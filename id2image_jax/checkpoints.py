@@ -226,6 +226,8 @@ class StepCheckpoints:
 
   def close(self) -> None:
     """Waits for pending saves and releases the directory."""
+    self._manager.wait_until_finished()
+    self._manager.close()
 
 
 # ---------------------------------------------------------------------------

@@ -294,9 +294,10 @@ def toy_encoders():
   """``toy:NAME`` specs load toy encoders (12-d, 16 px)."""
   real, cache = loading.load_encoder, {}
 
-  def load(spec='dlib', *, dtype=None, crop=None):
+  def load(spec='dlib', *, dtype=None, crop=None, input_overrides=None):
     if not spec.startswith('toy:'):
-      return real(spec, dtype=dtype, crop=crop)
+      return real(spec, dtype=dtype, crop=crop,
+                  input_overrides=input_overrides)
     if spec not in cache:
       module = _ToyEncoder(12)
       variables = module.init(jax.random.key(len(cache)),
