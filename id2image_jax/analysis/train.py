@@ -82,6 +82,10 @@ LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
+# Memoised: optax transformations are pure, so one object per setting is
+# shared, and the train steps jitted for it (`make_train_step`) are reused
+# by every head trained with that setting (the audit trains ~80).
+@functools.lru_cache(maxsize=64)
 def optimizer(name: str, learning_rate: float, **kwargs: Any
               ) -> optax.GradientTransformation:
   """``optax.<name>(learning_rate, **kwargs)``, e.g. ``('adam', 1e-3)``."""
@@ -105,12 +109,21 @@ def init_state(key: jax.Array, model: nn.Module,
                example: jax.ShapeDtypeStruct | chex.Array,
                tx: optax.GradientTransformation) -> TrainState:
   """Initialises parameters (from `key`) and the optimizer state."""
-  example = jnp.zeros(example.shape, example.dtype)
-  params = model.init(key, example)['params']
+  params = _init_params(model, key, jax.ShapeDtypeStruct(example.shape,
+                                                         example.dtype))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_params(model: nn.Module, key: jax.Array,
+                 example: jax.ShapeDtypeStruct) -> Any:
+  # Jitted (one compile per head shape, not one dispatch per op): the same
+  # values as eager `init`, as the random bits do not depend on it.
+  return model.init(key, jnp.zeros(example.shape, example.dtype))['params']
+
+
+@functools.lru_cache(maxsize=64)
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     loss_fn: Callable[[jax.Array, jax.Array], jax.Array]):
   """``step(state, inputs, targets) -> (state, loss)``, jitted, state donated.
@@ -121,7 +134,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     loss_fn: per-example loss on (logits [B, ...], targets [B, ...]) -> [B].
 
   Returns:
-    The jitted step. It traces once per input shape/dtype.
+    The jitted step. It traces once per input shape/dtype; equal
+    (model, tx, loss_fn) share one step (modules compare by value).
   """
 
   def loss(params, inputs, targets):
@@ -216,26 +230,52 @@ def fit(key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
   init_key, data_key = jax.random.split(key)
   state = init_state(init_key, model, example, tx)
   step = make_train_step(model, tx, loss_fn)
+  epoch_keys = _fold_in_each(data_key, num_epochs)
   history = History()
+  pending = []  # epoch losses still on the device
   for epoch in tqdm.trange(num_epochs, disable=not progress, desc=desc):
     losses = []
-    for inputs, targets in epoch_batches(
-        jax.random.fold_in(data_key, epoch), epoch):
+    for inputs, targets in epoch_batches(epoch_keys[epoch], epoch):
       state, value = step(state, inputs, targets)
       losses.append(value)
     if not losses:
       raise ValueError('an epoch yielded no batches (batch size larger than '
                        'the data?)')
-    history.loss.append(float(jnp.mean(jnp.stack(losses))))
-    if not np.isfinite(history.loss[-1]):
-      raise TrainingDiverged(
-          f'{desc}: the training loss became {history.loss[-1]} in epoch '
-          f'{epoch + 1} of {num_epochs} (losses so far: '
-          f'{[round(v, 4) for v in history.loss[:-1]]}); lower the learning '
-          'rate or use Adam')
+    pending.append(losses[0] if len(losses) == 1 else
+                   jnp.mean(jnp.stack(losses)))
+    # Reading a loss waits for its step: read them in blocks (a head of
+    # one batch per epoch would otherwise wait after every step).
+    if (on_epoch is not None or len(pending) == _LOSS_BLOCK
+        or epoch == num_epochs - 1):
+      _record_losses(history, pending, desc, num_epochs)
+      pending = []
     if on_epoch is not None:
       history.eval.append(dict(on_epoch(epoch, state.params)))
   return state.params, history
+
+
+_LOSS_BLOCK = 64
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _fold_in_each(key: jax.Array, num: int) -> tuple[jax.Array, ...]:
+  """``[fold_in(key, i) for i in range(num)]`` in one call (as separate
+  arrays: indexing one array per epoch would cost a dispatch each)."""
+  return tuple(jax.vmap(lambda i: jax.random.fold_in(key, i))(
+      jnp.arange(num)))
+
+
+def _record_losses(history: History, pending: list[jax.Array], desc: str,
+                   num_epochs: int) -> None:
+  """Appends the epochs' mean losses; raises at the first non-finite one."""
+  for value in np.asarray(jax.device_get(pending), np.float64).tolist():
+    history.loss.append(value)
+    if not np.isfinite(value):
+      raise TrainingDiverged(
+          f'{desc}: the training loss became {value} in epoch '
+          f'{len(history.loss)} of {num_epochs} (losses so far: '
+          f'{[round(v, 4) for v in history.loss[:-1]]}); lower the learning '
+          'rate or use Adam')
 
 
 def train_head(key: jax.Array, config: Mapping[str, Any], inputs: np.ndarray,
@@ -287,8 +327,15 @@ def predict(model: nn.Module, params: Any, inputs: np.ndarray, *,
   Returns:
     [N, *out_shape] numpy predictions (after the output activation).
   """
-  apply = jax.jit(lambda x: model.apply({'params': params}, x))
-  return batching.batched_apply(apply, inputs, batch_size)
+  return batching.batched_apply(functools.partial(_apply, model, params),
+                                inputs, batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model: nn.Module, params: Any, inputs: jax.Array) -> jax.Array:
+  # The parameters are an argument, not baked in: one compile serves every
+  # head of the same shape.
+  return model.apply({'params': params}, inputs)
 
 
 # ----------------------------------------------------------------------------
