@@ -96,6 +96,26 @@ def test_descriptor_file_with_a_nan_row_inverts_the_good_rows(
   assert summary['quality']['rows'] == [0, 2]
 
 
+def test_an_unnormalised_descriptor_row_is_named_but_inverted(
+    tmp_path, capsys):
+  # Rows like dlib's of real faces: the measured mean descriptor at the
+  # mean norm; row 1 is one of them x10, as an unnormalised export gives.
+  reference = loading.descriptor_reference('dlib')
+  mean = reference.mean_descriptor
+  like_real = mean / np.linalg.norm(mean) * reference.norm_mean
+  path = tmp_path / 'targets.npz'
+  np.savez(path, descriptor=np.stack([like_real, like_real * 10]),
+           names=np.array(['fine', 'loud']))
+  _, summary = _invert(tmp_path, '--targets', str(path), '--steps', '0')
+  out = capsys.readouterr().out
+  assert 'WARNING: 1 of 2 target descriptor(s)' in out
+  assert 'row 1 (loud): L2 norm' in out and 'row 0' not in out
+  check = summary['descriptor_check']
+  assert check['checked'] and check['reference']['kind'] == 'dlib'
+  assert [f['name'] for f in check['findings']] == ['loud']
+  assert summary['num_done'] == 2  # warned, never refused
+
+
 def test_image_folder_skips_unreadable_files_and_names_them(tmp_path):
   folder = tmp_path / 'faces'
   folder.mkdir()
@@ -191,7 +211,12 @@ def test_per_kind_facts_are_fields_of_the_rows():
       assert kinds[encoder].role == loading.ENCODER
       assert loading.shipped_regressor(kind.name, encoder).endswith(name)
     assert not kind.labels or kind.role == loading.ATTRIBUTES
+    if kind.descriptor_reference:
+      assert kind.role == loading.ENCODER, kind.name
+      assert loading.descriptor_reference(kind.name).kind == kind.name
   assert loading.shipped_regressor('stylegan2', 'dlib') is None
+  assert loading.descriptor_reference('dlib_resnet').kind == 'dlib'
+  assert loading.descriptor_reference('vggface') is None
   assert loading.evaluation_partner('dlib') == 'faceres'
   assert loading.evaluation_partner('dlib_resnet') == 'faceres'
   assert loading.evaluation_partner('dlib:/x/model.dat') == 'dlib:/x/model.dat'
