@@ -108,7 +108,7 @@ def test_an_unnormalised_descriptor_row_is_named_but_inverted(
            names=np.array(['fine', 'loud']))
   _, summary = _invert(tmp_path, '--targets', str(path), '--steps', '0')
   out = capsys.readouterr().out
-  assert 'WARNING: 1 of 2 target descriptor(s)' in out
+  assert "WARNING: 1 of 2 target descriptor(s) look unlike dlib's" in out
   assert 'row 1 (loud): L2 norm' in out and 'row 0' not in out
   check = summary['descriptor_check']
   assert check['checked'] and check['reference']['kind'] == 'dlib'

@@ -87,8 +87,8 @@ def test_wrong_size_is_an_error(reference):
 def test_the_warning_names_the_first_rows_and_the_count(reference):
   rows = _encoder_rows(6, seed=9) * 3
   text = od.describe(od.check(rows, reference, names=list('uvwxyz')), 6,
-                     limit=2)
-  assert text.startswith('6 of 6 target descriptor(s)')
+                     kind='toy', limit=2)
+  assert text.startswith("6 of 6 target descriptor(s) look unlike toy's")
   assert 'row 0 (u)' in text and 'row 1 (v)' in text
   assert 'row 2' not in text and 'and 4 more' in text
 

@@ -184,15 +184,16 @@ def check(descriptors: np.ndarray, reference: Reference, *,
   return findings
 
 
-def describe(findings: Sequence[Finding], total: int, *, limit: int = 3
-             ) -> str:
-  """One warning naming the first `limit` offending rows and their count."""
+def describe(findings: Sequence[Finding], total: int, *,
+             kind: str = 'this encoder', limit: int = 3) -> str:
+  """One warning naming the first `limit` offending rows and their count,
+  for descriptors meant for the `kind` encoder."""
   shown = '; '.join(f'row {f.row} ({f.name}): {", ".join(f.problems)}'
                     for f in findings[:limit])
   more = (f'; and {len(findings) - limit} more' if len(findings) > limit
           else '')
   return (f'{len(findings)} of {total} target descriptor(s) look unlike '
-          f'this encoder\'s descriptors of real faces (rescaled, another '
+          f'{kind}\'s descriptors of real faces (rescaled, another '
           f'encoder\'s, or random?); inverted as given: {shown}{more}')
 
 

@@ -57,7 +57,8 @@ def check_descriptors(spec: str, targets: targets_lib.Targets,
   findings = off_distribution.check(targets.descriptors, reference,
                                     names=targets.names)
   if findings:
-    say('WARNING: ' + off_distribution.describe(findings, total))
+    say('WARNING: ' + off_distribution.describe(findings, total,
+                                                 kind=encoder.kind))
   return off_distribution.report(findings, total, reference=reference)
 
 
