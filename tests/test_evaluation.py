@@ -394,6 +394,9 @@ def test_descriptor_targets_without_images(tmp_path, toy_registry):
   assert 'original images' in report['aux_targets']['histogram'][
       'unavailable']
   assert 'not run' in report['transfer']['attack']['toy:b']
+  # No statistics of real faces exist for a toy encoder: said, not guessed.
+  check = report['descriptor_check']
+  assert not check['checked'] and 'toy encoder' in check['why_not']
   with open(os.path.join(config.workdir, 'report.md')) as f:
     text = f.read()
   assert 'descriptors only' in text and 'similarity.png' not in text

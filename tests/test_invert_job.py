@@ -80,12 +80,22 @@ def test_a_resumed_run_ignores_fields_that_do_not_change_results(tmp_path):
     cli.main([*args, '--set', 'learning_rate=0.5'])
 
 
-def test_descriptor_file_with_a_nan_row_inverts_the_good_rows(
-    tmp_path, encoder):
-  rng = np.random.default_rng(0)
-  images = rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
-  descriptors = encoder.embed(images)
+def _like_real_dlib_descriptors(n):
+  """Rows like dlib's of real faces: its measured mean descriptor at the
+  mean norm (tests never read real photos)."""
+  reference = loading.descriptor_reference('dlib')
+  mean = reference.mean_descriptor
+  row = mean / np.linalg.norm(mean) * reference.norm_mean
+  return np.repeat(row[None], n, axis=0).astype(np.float32)
+
+
+def test_a_nan_row_is_skipped_and_a_rescaled_row_named_but_inverted(
+    tmp_path, capsys):
+  # Row 1 is NaN (skipped, named); row 2 is x10, as an unnormalised export
+  # gives: named in a warning but inverted as given (issue 23).
+  descriptors = _like_real_dlib_descriptors(3)
   descriptors[1, 5] = np.nan
+  descriptors[2] *= 10
   path = tmp_path / 'targets.npz'
   np.savez(path, descriptor=descriptors, names=np.array(['a', 'b', 'c']))
   _, summary = _invert(tmp_path, '--targets', str(path), '--steps', '2')
@@ -94,6 +104,12 @@ def test_descriptor_file_with_a_nan_row_inverts_the_good_rows(
   skipped = _skipped(summary)
   assert list(skipped) == [1] and 'non-finite' in skipped[1]
   assert summary['quality']['rows'] == [0, 2]
+  out = capsys.readouterr().out
+  assert "WARNING: 1 of 3 target descriptor(s) look unlike dlib's" in out
+  assert 'row 2 (c): L2 norm' in out and 'row 0' not in out
+  check = summary['descriptor_check']
+  assert check['checked'] and check['reference']['kind'] == 'dlib'
+  assert [f['name'] for f in check['findings']] == ['c']
 
 
 def test_image_folder_skips_unreadable_files_and_names_them(tmp_path):
@@ -191,7 +207,12 @@ def test_per_kind_facts_are_fields_of_the_rows():
       assert kinds[encoder].role == loading.ENCODER
       assert loading.shipped_regressor(kind.name, encoder).endswith(name)
     assert not kind.labels or kind.role == loading.ATTRIBUTES
+    if kind.descriptor_reference:
+      assert kind.role == loading.ENCODER, kind.name
+      assert loading.descriptor_reference(kind.name).kind == kind.name
   assert loading.shipped_regressor('stylegan2', 'dlib') is None
+  assert loading.descriptor_reference('dlib_resnet').kind == 'dlib'
+  assert loading.descriptor_reference('vggface') is None
   assert loading.evaluation_partner('dlib') == 'faceres'
   assert loading.evaluation_partner('dlib_resnet') == 'faceres'
   assert loading.evaluation_partner('dlib:/x/model.dat') == 'dlib:/x/model.dat'

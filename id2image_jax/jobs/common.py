@@ -18,12 +18,48 @@ from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax import protocols
 from id2image_jax.analysis import train as train_lib
+from id2image_jax.data import off_distribution
+from id2image_jax.data import targets as targets_lib
 
 
 def say(text: str) -> None:
   """Prints on process 0 only (multi-host runs print once)."""
   if jax.process_index() == 0:
     print(text, flush=True)
+
+
+def check_descriptors(spec: str, targets: targets_lib.Targets,
+                      encoder: protocols.Encoder) -> dict[str, Any] | None:
+  """Warns about target descriptors unlike the encoder's own (issue 23).
+
+  Only descriptor files are checked: photos and the self-check are embedded
+  by the encoder itself. Nothing is refused or changed (the user may know
+  better): offending rows are named (first few + count).
+
+  Args:
+    spec: the targets spec ('' self-check, a folder, or a file).
+    targets: what it read.
+    encoder: the inverting encoder.
+
+  Returns:
+    The reports' ``descriptor_check`` entry (`off_distribution.report`), or
+    None when the targets are not a descriptor file.
+  """
+  if not spec or os.path.isdir(spec):
+    return None
+  reference = loading.descriptor_reference(encoder.kind)
+  total = len(targets.descriptors)
+  if reference is None or len(reference.mean_descriptor) != encoder.dim:
+    why = (f'no statistics of real faces were measured for the '
+           f'{encoder.kind} encoder')
+    say(f'descriptor check: not possible ({why})')
+    return off_distribution.report(None, total, reference=None, why_not=why)
+  findings = off_distribution.check(targets.descriptors, reference,
+                                    names=targets.names)
+  if findings:
+    say('WARNING: ' + off_distribution.describe(findings, total,
+                                                 kind=encoder.kind))
+  return off_distribution.report(findings, total, reference=reference)
 
 
 def plain(config: Any) -> dict[str, Any]:

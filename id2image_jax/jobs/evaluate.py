@@ -144,6 +144,8 @@ class _Setup:
     plans: what each requested arm becomes.
     pools: descriptors and impostor pairs of the pool, per encoder.
     fmrs: the false-match rates.
+    descriptor_check: how a descriptor file's rows compare with the
+      attacked encoder's descriptors of real faces (None: not a file).
   """
   heads: common.Heads
   data: targets_lib.EvalTargets
@@ -151,6 +153,7 @@ class _Setup:
   plans: list[arms_lib.ArmPlan]
   pools: scores.Pools
   fmrs: tuple[float, ...]
+  descriptor_check: dict[str, Any] | None = None
 
 
 def _prepare(config: Any, models: _Models) -> _Setup:
@@ -167,7 +170,9 @@ def _prepare(config: Any, models: _Models) -> _Setup:
   _say_targets(config, data, aux, plans)
   return _Setup(heads, data, aux, plans,
                 pools=scores.Pools(data, models.attacked),
-                fmrs=tuple(float(f) for f in config.fmrs))
+                fmrs=tuple(float(f) for f in config.fmrs),
+                descriptor_check=common.check_descriptors(
+                    config.targets, data.targets, models.attacked))
 
 
 def _say_targets(config: Any, data: targets_lib.EvalTargets,
@@ -382,6 +387,7 @@ def _report(config: Any, models: _Models, setup: _Setup,
       'names': data.targets.names,
       'num_targets': len(data.targets.descriptors),
       'targets_detail': data.notes,
+      'descriptor_check': setup.descriptor_check,
       'pool': {'num_originals': len(data.pool_labels),
                'has_images': data.pool_images is not None,
                'has_second_photos': data.second_photos() is not None,

@@ -49,6 +49,8 @@ def run(config: Any) -> dict[str, Any]:
   targets_lib.predict_from_descriptors(targets, heads.predictors)
   common.say(f'targets:   {len(targets.descriptors)} '
              f'({config.targets or "self-check"})')
+  descriptor_check = common.check_descriptors(config.targets, targets,
+                                              encoder)
 
   inversion = recipe.invert_targets(
       config, generator, encoder, targets, landmark_net=heads.landmark_net,
@@ -67,6 +69,7 @@ def run(config: Any) -> dict[str, Any]:
       'encoder': f'{encoder.kind}: {encoder.source}',
       'targets': config.targets or 'self-check (images of known latents)',
       'names': targets.names,
+      'descriptor_check': descriptor_check,
       'quality': quality,
       'quality_at_init': initial,
       'device': str(jax.devices()[0].device_kind),
