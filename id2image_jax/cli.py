@@ -173,8 +173,15 @@ def _run_job(command: str, config: ml_collections.ConfigDict) -> None:
     return
   # pylint: disable-next=g-import-not-at-top
   from id2image_jax.jobs import common
-  with common.output_lock(folder):
-    job(config)
+  try:
+    with common.output_lock(folder):
+      job(config)
+  except OSError as e:
+    # A write that fails half way (PNG, .npz) names no file: the folder
+    # is where to make room.
+    if e.errno in _SYSTEM_REFUSED and not e.filename:
+      raise OSError(e.errno, e.strerror, folder) from e
+    raise
 
 
 def config_dir() -> str:
