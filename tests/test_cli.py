@@ -234,9 +234,9 @@ def test_a_killed_job_leaves_no_lock(tmp_path):
       os._exit(0)  # pylint: disable=protected-access
   try:
     assert os.read(read, 4) == b'held'
-    with pytest.raises(errors.OutputBusyError, match=f'process {pid}'):
-      with common.output_lock(out):
-        pass
+    with (pytest.raises(errors.OutputBusyError, match=f'process {pid}'),
+          common.output_lock(out)):
+      pass
   finally:
     os.kill(pid, signal.SIGKILL)  # no exit handler runs
     os.waitpid(pid, 0)
