@@ -242,3 +242,15 @@ def test_a_killed_job_leaves_no_lock(tmp_path):
     os.waitpid(pid, 0)
   with common.output_lock(out):  # the kernel released it
     pass
+
+
+def test_a_job_that_failed_before_writing_leaves_no_folder(tmp_path):
+  from id2image_jax.jobs import common  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'run'
+  with pytest.raises(errors.BadInputError), common.output_lock(str(out)):
+    raise errors.BadInputError('refused before any work')
+  assert not out.exists()
+  with common.output_lock(str(out)):
+    (out / 'report.json').write_text('{}')
+  assert sorted(p.name for p in out.iterdir()) == [common.LOCK_FILE,
+                                                   'report.json']

@@ -69,12 +69,16 @@ def output_lock(folder: str) -> Iterator[None]:
   An advisory ``flock`` on ``folder/.id2image.lock``: the kernel drops it
   when the process ends, however it ends (a SIGKILLed job leaves nothing
   that blocks the next). The file stays; it holds the last holder's pid.
+  A folder made here that holds nothing else when the job ends (it failed
+  before writing) is removed again, as if no job had run.
 
   Raises:
     errors.OutputBusyError: another process holds the lock.
   """
+  made = not os.path.isdir(folder)
   os.makedirs(folder, exist_ok=True)
-  fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+  path = os.path.join(folder, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -88,7 +92,12 @@ def output_lock(folder: str) -> Iterator[None]:
           'finish or choose another --out') from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
-    yield
+    try:
+      yield
+    finally:
+      if made and os.path.isdir(folder) and os.listdir(folder) == [LOCK_FILE]:
+        os.remove(path)  # still holding the lock: nobody else is inside
+        os.rmdir(folder)
   finally:
     os.close(fd)  # releases the lock
 
