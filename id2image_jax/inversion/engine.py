@@ -8,10 +8,10 @@ orbax: each finished chunk's results, and the running chunk's state every
 ``checkpoint_every`` steps and/or once ``checkpoint_seconds`` of wall time
 passed since its last save, so that a run interrupted at any point resumes
 without redoing or losing finished targets, and with the same results as a
-run that was never interrupted. `invert` reads
-as its phases, each a function below it in call order: check the inputs,
-place the parameters, plan the chunks, open the store, restore finished
-chunks, run the rest, finish.
+run that was never interrupted. `invert` reads as its phases, each a
+function below it in call order: check the inputs, place the parameters,
+plan the chunks, open the store, restore finished chunks, run the rest,
+finish.
 
 Bad rows: a row whose target holds a NaN/inf (or whose given initial latent
 does), or that the caller marks ``valid=False``, is never optimised. It is
