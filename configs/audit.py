@@ -56,5 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.key_seed = None
   c.seed = 0
   c.workdir = 'runs/audit'
+  # Inversions save their running chunk this often (wall seconds; 0 = off):
+  # a killed audit resumes from there (configs/invert.py).
+  c.checkpoint_seconds = 300.0
   c.progress = True
   return c.lock()

@@ -100,6 +100,10 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
   c.workdir = 'runs/invert'
   c.resume = True  # checkpoint finished chunks under workdir/state
   c.checkpoint_every = 0  # also every K steps inside a chunk (0 = off)
+  # Also save the running chunk once this much wall time passed since its
+  # last save (0 = off), so a killed run loses at most about this much
+  # work. Never changes results, and a resumed run ignores it.
+  c.checkpoint_seconds = 300.0
   c.history_every = 1
   # Also keep the latents after these step counts (0 = the initialisation),
   # e.g. (0, 5, 10, 30): the evaluate job scores each (attack vs compute).

@@ -25,9 +25,13 @@ run (e.g. the end-to-end ID -> latent head) so that it resumes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
 
@@ -143,6 +147,48 @@ def check_same_tree(saved: Any, abstract: Any, directory: str) -> None:
         f'checkpoint {directory} does not match the model: {shown}{more}')
 
 
+def _is_no_space(error: BaseException | None) -> bool:
+  """A full disk, as the OS or as tensorstore (under orbax) says it."""
+  if error is None:
+    return False
+  if isinstance(error, OSError) and error.errno in (errno.ENOSPC,
+                                                    errno.EDQUOT):
+    return True
+  text = str(error)
+  return 'No space left on device' in text or "os_error_code='28'" in text
+
+
+class _QuietFullDisk(logging.Filter):
+  """Drops orbax's logged tracebacks of a full disk: its background threads
+  log each failed write, and `_writing` tells it once, in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    said = record.getMessage()
+    return not (record.levelno >= logging.ERROR and (
+        _is_no_space(error) or 'No space left on device' in said))
+
+
+logging.getLogger('absl').addFilter(_QuietFullDisk())
+
+
+@contextlib.contextmanager
+def _writing(directory: str) -> Iterator[None]:
+  """Tells a full disk as ``OSError(ENOSPC, ..., directory)``.
+
+  Orbax writes in background threads through tensorstore, whose errors
+  arrive later as a ValueError of a few kilobytes; the command line tells
+  an OSError like this one in one line (exit code 5).
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_no_space(e):
+      raise
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                  directory) from e
+
+
 # The name orbax gives the one item of a checkpoint saved without names.
 _DEFAULT_ITEM = 'default'
 
@@ -164,8 +210,9 @@ class StepCheckpoints:
       directory: where the numbered checkpoints live.
       max_to_keep: keep only the newest this many (None: all).
     """
+    self.directory = os.path.abspath(os.fspath(directory))
     self._manager = ocp.CheckpointManager(
-        os.fspath(directory),
+        self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              create=True))
 
@@ -179,7 +226,9 @@ class StepCheckpoints:
 
   def save(self, step: int, tree: Any) -> None:
     """Saves one tree of arrays as checkpoint `step`."""
-    self._manager.save(step, args=ocp.args.StandardSave(tree))
+    # Saving first waits for the previous save, whose error surfaces here.
+    with _writing(self.directory):
+      self._manager.save(step, args=ocp.args.StandardSave(tree))
 
   def restore(self, step: int, *, abstract: Any = None) -> Any:
     """The tree `save` wrote at `step` (against `abstract` when given)."""
@@ -199,9 +248,10 @@ class StepCheckpoints:
     if clash or _DEFAULT_ITEM in {*arrays, *documents}:
       raise ValueError(f'item names must differ and not be {_DEFAULT_ITEM!r}'
                        f': {clash or _DEFAULT_ITEM}')
-    self._manager.save(step, args=ocp.args.Composite(
-        **{k: ocp.args.StandardSave(v) for k, v in arrays.items()},
-        **{k: ocp.args.JsonSave(v) for k, v in documents.items()}))
+    with _writing(self.directory):
+      self._manager.save(step, args=ocp.args.Composite(
+          **{k: ocp.args.StandardSave(v) for k, v in arrays.items()},
+          **{k: ocp.args.JsonSave(v) for k, v in documents.items()}))
 
   def restore_items(self, step: int, *, arrays: Mapping[str, Any],
                     documents: Iterable[str]) -> dict[str, Any]:
@@ -222,11 +272,13 @@ class StepCheckpoints:
 
   def wait(self) -> None:
     """Blocks until every save is on disk."""
-    self._manager.wait_until_finished()
+    with _writing(self.directory):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending saves and releases the directory."""
-    self._manager.wait_until_finished()
+    with _writing(self.directory):
+      self._manager.wait_until_finished()
     self._manager.close()
 
 

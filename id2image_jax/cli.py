@@ -65,10 +65,14 @@ class Command:
     help: one line for ``id2image --help``.
     shortcuts: flag -> config field (``--num-targets`` sets
       ``num_targets``).
+    out_is_folder: ``--out`` names a folder that the job owns while it
+      runs (`jobs.common.output_lock`); False for ``embed``, whose
+      ``--out`` is a file-name pattern (one file per encoder and split).
   """
   module: str
   help: str
   shortcuts: Mapping[str, str]
+  out_is_folder: bool = True
 
 
 COMMANDS = {
@@ -79,7 +83,8 @@ COMMANDS = {
          'out': 'workdir', 'steps': 'steps', 'num_targets': 'num_targets'}),
     'embed': Command(
         'embed', 'embed a dataset with a face encoder (descriptors + labels)',
-        {'encoder': 'encoder', 'data': 'data.source', 'out': 'out'}),
+        {'encoder': 'encoder', 'data': 'data.source', 'out': 'out'},
+        out_is_folder=False),
     'leakage': Command(
         'leakage', 'train heads on descriptors and write the Table-1 report',
         {'descriptors': 'descriptors', 'out': 'workdir'}),
@@ -141,6 +146,42 @@ def _job(command: str) -> Callable[[ml_collections.ConfigDict], Any]:
                             f'{", ".join(COMMANDS)})')
   return importlib.import_module(
       f'id2image_jax.jobs.{COMMANDS[command].module}').run
+
+
+def output_folder(command: str, config: ml_collections.ConfigDict
+                  ) -> str | None:
+  """The folder that `command` writes (its ``--out`` field), to be locked
+  while it runs; None when there is none to lock."""
+  field = COMMANDS[command].shortcuts.get('out')
+  # Multi-host runs share their folder between the hosts' processes.
+  if (not field or not COMMANDS[command].out_is_folder
+      or config.get('distributed')):
+    return None
+  value = config
+  for part in field.split('.'):
+    value = value.get(part) if value is not None else None
+  return str(value) if value else None
+
+
+def _run_job(command: str, config: ml_collections.ConfigDict) -> None:
+  """Runs the job, holding its output folder's lock (README, "Errors and
+  exit codes": a second job on the same --out is refused)."""
+  job = _job(command)
+  folder = output_folder(command, config)
+  if folder is None:
+    job(config)
+    return
+  # pylint: disable-next=g-import-not-at-top
+  from id2image_jax.jobs import common
+  try:
+    with common.output_lock(folder):
+      job(config)
+  except OSError as e:
+    # A write that fails half way (PNG, .npz) names no file: the folder
+    # is where to make room.
+    if e.errno in _SYSTEM_REFUSED and not e.filename:
+      raise OSError(e.errno, e.strerror, folder) from e
+    raise
 
 
 def config_dir() -> str:
@@ -268,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not sep:
       raise errors.UsageError(f'--set expects KEY=VALUE, got {item!r}')
     apply_override(config, key.strip(), _parse_value(value))
-  _job(args.command)(config)
+  _run_job(args.command, config)
   return 0
 
 

@@ -28,6 +28,11 @@ class UsageError(UserError, ValueError):
   exit_code = 2
 
 
+class OutputBusyError(UsageError):
+  """Another running ``id2image`` job holds the output folder (its lock
+  file): two jobs writing one folder would mix their files."""
+
+
 class MissingInputError(UserError, FileNotFoundError):
   """A file or folder that the user named does not exist."""
   exit_code = 3
@@ -44,7 +49,8 @@ EXIT_CODES = {
     0: 'success',
     1: 'unexpected error: a bug, printed with its traceback',
     UsageError.exit_code: 'usage error: bad command line, config field, '
-                          'value or kind',
+                          'value or kind; an output folder another job '
+                          'holds',
     MissingInputError.exit_code: 'a named file or folder does not exist',
     BadInputError.exit_code: 'an input cannot be used: unreadable, corrupt, '
                              'wrong format or size, empty',

@@ -10,8 +10,10 @@ keeps its traceback and says how to report it.
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -195,3 +197,60 @@ def test_interrupted(tmp_path):
               _config(tmp_path, 'raise KeyboardInterrupt'))
   assert done.returncode == errors.INTERRUPTED
   assert done.stderr.strip() == 'id2image: interrupted'
+
+
+# --------------------------------------------------------------------------
+# One job per output folder.
+
+
+def test_a_second_job_on_the_same_out_is_refused(tmp_path, capsys):
+  from id2image_jax.jobs import common  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'run'
+  argv = ['invert', *TINY, '--out', str(out)]
+  with common.output_lock(str(out)):
+    with pytest.raises(errors.OutputBusyError):
+      cli.main(argv)
+    assert cli.entry(argv) == errors.UsageError.exit_code
+  said = capsys.readouterr().err.strip()
+  assert said == (f'id2image: error: {out} is in use by another id2image '
+                  f'job (process {os.getpid()}): wait for it to finish or '
+                  'choose another --out')
+  # embed's --out is a file pattern: nothing is locked.
+  embed = cli.build_parser().parse_args(['embed'])
+  assert cli.output_folder('embed', cli.load_config(embed.config)) is None
+
+
+def test_a_killed_job_leaves_no_lock(tmp_path):
+  from id2image_jax.jobs import common  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / 'run')
+  read, write = os.pipe()
+  pid = os.fork()  # a holder that only makes system calls (no JAX)
+  if pid == 0:
+    try:
+      with common.output_lock(out):
+        os.write(write, b'held')
+        time.sleep(300)
+    finally:
+      os._exit(0)  # pylint: disable=protected-access
+  try:
+    assert os.read(read, 4) == b'held'
+    with (pytest.raises(errors.OutputBusyError, match=f'process {pid}'),
+          common.output_lock(out)):
+      pass
+  finally:
+    os.kill(pid, signal.SIGKILL)  # no exit handler runs
+    os.waitpid(pid, 0)
+  with common.output_lock(out):  # the kernel released it
+    pass
+
+
+def test_a_job_that_failed_before_writing_leaves_no_folder(tmp_path):
+  from id2image_jax.jobs import common  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'run'
+  with pytest.raises(errors.BadInputError), common.output_lock(str(out)):
+    raise errors.BadInputError('refused before any work')
+  assert not out.exists()
+  with common.output_lock(str(out)):
+    (out / 'report.json').write_text('{}')
+  assert sorted(p.name for p in out.iterdir()) == [common.LOCK_FILE,
+                                                   'report.json']

@@ -175,6 +175,29 @@ def test_max_chunks_then_resume_mid_chunk(problem, reference, tmp_path):
   _assert_same(got, reference)
 
 
+def _kill_in_chunk_1_at_step_8(p):
+  if p.chunk == 1 and p.step == 8:
+    raise Interrupt
+
+
+@pytest.mark.parametrize('seconds,resumed_at', [(0.0, 8), (1e9, 0)])
+def test_time_based_checkpoints_resume_bit_identical(problem, tmp_path,
+                                                     seconds, resumed_at):
+  # 0 s: the running chunk is saved after every step, so the kill at step
+  # 8 loses nothing; 1e9 s: never within a chunk, it restarts at step 0.
+  whole = _invert(problem)
+  with pytest.raises(Interrupt):
+    _invert(problem, workdir=tmp_path, checkpoint_seconds=seconds,
+            log_every=1, callback=_kill_in_chunk_1_at_step_8)
+  # Resumed under another setting: not part of what the run is.
+  got = _invert(problem, workdir=tmp_path)
+  assert got.stats['chunks_restored'] == 1
+  assert got.stats['steps_run'] == (STEPS - resumed_at) + STEPS
+  chex.assert_trees_all_equal(got.latents, whole.latents)
+  chex.assert_trees_all_equal(got.history, whole.history)
+  chex.assert_trees_all_equal(got.final, whole.final)
+
+
 def test_resume_refuses_a_different_run(problem, tmp_path):
   _invert(problem, workdir=tmp_path, max_chunks=1, steps=2)
   with pytest.raises(inversion.ResumeMismatchError, match='chunk_size'):
@@ -186,6 +209,8 @@ def test_argument_errors(problem):
     _invert(problem, chunk_size=0)
   with pytest.raises(ValueError, match='checkpoint_every needs a workdir'):
     _invert(problem, checkpoint_every=2)
+  with pytest.raises(ValueError, match='checkpoint_seconds needs a workdir'):
+    _invert(problem, checkpoint_seconds=60)
   with pytest.raises(ValueError, match='same leading row axis'):
     _invert(problem, init={'w': np.zeros((N, 8)), 'v': np.zeros((3, 1))})
 

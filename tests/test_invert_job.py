@@ -75,7 +75,9 @@ def test_a_resumed_run_ignores_fields_that_do_not_change_results(tmp_path):
   with open(out / 'state' / 'run.json') as f:
     stored = json.load(f)['run_config']
   assert 'progress' not in stored and 'workdir' not in stored
-  assert cli.main([*args, '--set', 'progress=True']) == 0
+  assert 'checkpoint_seconds' not in stored
+  assert cli.main([*args, '--set', 'progress=True', '--set',
+                   'checkpoint_seconds=0.5']) == 0
   with pytest.raises(ValueError, match='learning_rate'):
     cli.main([*args, '--set', 'learning_rate=0.5'])
 

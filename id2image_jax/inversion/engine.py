@@ -4,12 +4,14 @@
 padded and masked, so it reuses the same compiled step), shards every chunk
 over all devices along the target axis, runs ``steps`` optimiser steps on it,
 and keeps the results on the host. With a ``workdir`` it checkpoints with
-orbax: each finished chunk's results, and optionally the running chunk's
-state every ``checkpoint_every`` steps, so that a run interrupted at any
-point resumes without redoing or losing finished targets. `invert` reads
-as its phases, each a function below it in call order: check the inputs,
-place the parameters, plan the chunks, open the store, restore finished
-chunks, run the rest, finish.
+orbax: each finished chunk's results, and the running chunk's state every
+``checkpoint_every`` steps and/or once ``checkpoint_seconds`` of wall time
+passed since its last save, so that a run interrupted at any point resumes
+without redoing or losing finished targets, and with the same results as a
+run that was never interrupted. `invert` reads as its phases, each a
+function below it in call order: check the inputs, place the parameters,
+plan the chunks, open the store, restore finished chunks, run the rest,
+finish.
 
 Bad rows: a row whose target holds a NaN/inf (or whose given initial latent
 does), or that the caller marks ``valid=False``, is never optimised. It is
@@ -61,6 +63,10 @@ class InvertOptions:
       default: 20 updates per chunk).
     checkpoint_every: also checkpoint the running chunk every this many
       steps (needs a workdir).
+    checkpoint_seconds: also checkpoint the running chunk after a step once
+      this much wall time passed since its start or last save (0: after
+      every step; None: never; needs a workdir). What a kill can lose is
+      then bounded in time, whatever a step costs.
     max_chunks: compute at most this many chunks in this call, then return
       (the rest stay not `done`; a later call with the same workdir
       resumes).
@@ -77,6 +83,7 @@ class InvertOptions:
   history_every: int = 1
   log_every: int | None = None
   checkpoint_every: int | None = None
+  checkpoint_seconds: float | None = None
   max_chunks: int | None = None
   progress: bool = True
   snapshot_steps: tuple[int, ...] = ()
@@ -277,8 +284,9 @@ def _check_inputs(targets: Any, options: InvertOptions,
   n = batching.num_rows(targets, what='targets')
   if n == 0:
     raise ValueError('no targets to invert')
-  if options.checkpoint_every is not None and workdir is None:
-    raise ValueError('checkpoint_every needs a workdir')
+  for name in ('checkpoint_every', 'checkpoint_seconds'):
+    if getattr(options, name) is not None and workdir is None:
+      raise ValueError(f'{name} needs a workdir')
   return n
 
 
@@ -571,7 +579,9 @@ class _Run:
 
   def resumed_state(self, k, latents, targets, rows_dev, active):
     """Chunk k's checkpointed running state, or None."""
-    if self.store is None or not self.options.checkpoint_every:
+    # Looked for whatever the checkpoint settings are now: a state saved
+    # by an earlier run under other settings resumes to the same results.
+    if self.store is None:
       return None
     abstract = jax.eval_shape(self.start, self.plan.init_fn, latents, targets,
                               rows_dev, active)
@@ -629,11 +639,13 @@ def _optimise(run: _Run, k: int, rows: np.ndarray, st, targets, *,
   steps = opts.steps
   log_every = opts.log_every or max(1, steps // 20)
   s = first
+  saved_at = time.monotonic()
   while s < steps:
     st, metrics = run.step_fn(st, run.params, targets)
     s += 1
-    if opts.checkpoint_every and s % opts.checkpoint_every == 0 and s < steps:
+    if _checkpoint_due(opts, s, time.monotonic() - saved_at):
       run.store.save_state(k, s, st)
+      saved_at = time.monotonic()
     if s % log_every == 0 or s == steps:
       # The only host sync inside a chunk: a few bytes per log point.
       loss = sharding.to_host(metrics['loss'])[:len(rows)]
@@ -644,6 +656,22 @@ def _optimise(run: _Run, k: int, rows: np.ndarray, st, targets, *,
                               False))
     run.bar.update(1)
   return st
+
+
+def _checkpoint_due(options: InvertOptions, step: int,
+                    seconds_since_save: float) -> bool:
+  """Whether to save the running chunk's state after `step` steps.
+
+  Never after the last step: the chunk's results are saved then. When is
+  decided on the host, so it cannot change what is computed.
+  """
+  if step >= options.steps:
+    return False
+  every = options.checkpoint_every
+  if every and step % every == 0:
+    return True
+  return (options.checkpoint_seconds is not None
+          and seconds_since_save >= options.checkpoint_seconds)
 
 
 def _chunk_results(run: _Run, st, targets, rows: np.ndarray

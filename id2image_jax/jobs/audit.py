@@ -227,6 +227,7 @@ def _inversion_config(config: Any, budget: dict[str, int],
     c.steps = budget['steps']
     c.workdir = os.path.join(config.workdir, 'inversion')
     c.resume = True
+    c.checkpoint_seconds = config.checkpoint_seconds
     c.progress = config.progress
     c.seed = config.seed
     c.init = common.resolve_init(c.init, generator, encoder)

@@ -5,9 +5,13 @@ Jobs never import each other; what two of them need lives here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import os
 import re
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
@@ -89,6 +93,49 @@ def names(value: str | Sequence[str]) -> list[str]:
 def slug(name: str) -> str:
   """A file-name-safe version of `name`."""
   return re.sub(r'[^A-Za-z0-9_.+-]+', '_', name)
+
+
+LOCK_FILE = '.id2image.lock'
+
+
+@contextlib.contextmanager
+def output_lock(folder: str) -> Iterator[None]:
+  """Holds an exclusive lock on `folder` (created) while the job runs.
+
+  An advisory ``flock`` on ``folder/.id2image.lock``: the kernel drops it
+  when the process ends, however it ends (a SIGKILLed job leaves nothing
+  that blocks the next). The file stays; it holds the last holder's pid.
+  A folder made here that holds nothing else when the job ends (it failed
+  before writing) is removed again, as if no job had run.
+
+  Raises:
+    errors.OutputBusyError: another process holds the lock.
+  """
+  made = not os.path.isdir(folder)
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        raise
+      holder = os.pread(fd, 32, 0).decode(errors='replace').strip()
+      raise errors.OutputBusyError(
+          f'{folder} is in use by another id2image job'
+          f'{f" (process {holder})" if holder else ""}: wait for it to '
+          'finish or choose another --out') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+    try:
+      yield
+    finally:
+      if made and os.path.isdir(folder) and os.listdir(folder) == [LOCK_FILE]:
+        os.remove(path)  # still holding the lock: nobody else is inside
+        os.rmdir(folder)
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def start_distributed(config: Any) -> None:

@@ -14,7 +14,8 @@ Config fields used: ``latent_space``, ``noise_mode``, ``optimize_noise``,
 ``steps``, ``learning_rate``, ``lr_schedule``, ``chunk_size``,
 ``compute_dtype``, ``remat``, ``identity_loss``, ``weights``,
 ``landmark_pixel_scale``, ``render_resolution``, ``seed``, ``workdir``,
-``resume``, ``checkpoint_every``, ``history_every``, ``snapshot_steps``,
+``resume``, ``checkpoint_every``, ``checkpoint_seconds``,
+``history_every``, ``snapshot_steps``,
 ``progress``.
 """
 
@@ -231,8 +232,16 @@ def options(config: Any, num_targets: int) -> engine.InvertOptions:
       steps=config.steps, chunk_size=chunk, tx=optax.adam(schedule(config)),
       compute_dtype=dtype, history_every=config.history_every,
       checkpoint_every=config.checkpoint_every or None,
+      checkpoint_seconds=checkpoint_seconds(config),
       progress=config.progress,
       snapshot_steps=tuple(config.get('snapshot_steps', ())))
+
+
+def checkpoint_seconds(config: Any) -> float | None:
+  """The engine's ``checkpoint_seconds``: None when the config resumes
+  nothing (``resume=False``) or sets 0 (off)."""
+  seconds = config.get('checkpoint_seconds', 0)
+  return float(seconds) if config.resume and seconds > 0 else None
 
 
 # The config fields that change what an inversion computes. Only these are
