@@ -49,6 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   for field in BUDGETS['quick']:
     c[field] = 0
   c.attribute_nets = ('faceapi_age_gender', 'faceapi_expression')
+  # The attributes to audit, comma-separated ('Male,Smiling'); '': all
+  # (the data set's annotations, or those the attribute nets give).
+  c.attributes = ''
   c.fmrs = (1e-2, 1e-3)
   # "What protection buys": schemes as for `id2image protect` ('': none)
   # and the secret their keys derive from (never written).

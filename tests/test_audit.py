@@ -69,13 +69,17 @@ def _aligned_folder(root):
   return root
 
 
+# A few attributes (all 40 cost a minute of head training here).
+AUDITED = [*TINY, '--set', f'attributes=Male,Smiling,Young,{SLASHED}']
+
+
 @pytest.fixture(scope='module')
 def audited(tmp_path_factory):
   root = tmp_path_factory.mktemp('audit')
   data = _aligned_folder(root / 'faces')
   out = root / 'run'
   assert cli.main(['audit', '--encoder', 'dlib', '--data', str(data),
-                   '--out', str(out), *TINY]) == 0
+                   '--out', str(out), *AUDITED]) == 0
   return data, out
 
 
@@ -207,7 +211,7 @@ def test_rerun_reuses_finished_parts(audited):
   parts = sorted((out / 'parts').iterdir())
   stamps = {p.name: p.stat().st_mtime_ns for p in parts}
   assert cli.main(['audit', '--encoder', 'dlib', '--data', str(data),
-                   '--out', str(out), *TINY]) == 0
+                   '--out', str(out), *AUDITED]) == 0
   assert {p.name: p.stat().st_mtime_ns
           for p in (out / 'parts').iterdir()} == stamps
   with open(out / 'audit.json') as f:

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from id2image_jax import cli
+from id2image_jax import errors
 from id2image_jax import protection
 from id2image_jax.data import align
 from id2image_jax.data import celeba
@@ -207,7 +208,7 @@ def test_page_renders_offline_in_headless_chromium(run, tmp_path):
 AUDIT_TINY = ['--set', 'images=18', '--set', 'targets=2', '--set', 'steps=2',
               '--set', 'epochs=1', '--set', 'nes_population=2', '--set',
               'nes_steps=2', '--set', 'nes_targets=2', '--set',
-              'progress=False', '--set',
+              'progress=False', '--set', 'attributes=Male,Smiling', '--set',
               "attribute_nets=('faceapi_age_gender',)", '--set',
               'eval_encoder=mobilefacenet', '--generator', 'demo:demo-8']
 
@@ -219,12 +220,17 @@ def test_audit_adds_what_protection_buys(run, tmp_path):
     cli.main(['audit', '--data', str(data), '--protect', 'foo:k=1',
               '--out', str(tmp_path / 'bad'), *AUDIT_TINY])
   assert not (tmp_path / 'bad').exists()
+  with pytest.raises(errors.UsageError, match="no attribute 'Nope'"):
+    cli.main(['audit', '--data', str(data), '--out', str(tmp_path / 'bad'),
+              *AUDIT_TINY, '--set', 'attributes=Male,Nope'])
+  assert not (tmp_path / 'bad').exists()
   out = tmp_path / 'audit'
   assert cli.main(['audit', '--encoder', 'dlib', '--data', str(data),
                    '--protect', 'biohash:bits=16', '--key-seed', str(SECRET),
                    '--out', str(out), *AUDIT_TINY]) == 0
   with open(out / 'audit.json') as f:
     results = json.load(f)
+  assert sorted(results['leakage']['attributes']) == ['Male', 'Smiling']
   section = results['protection']
   assert [e['setting'] for e in section['settings']] == ['none',
                                                          'biohash:bits=16']

@@ -21,6 +21,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -141,6 +142,8 @@ def _prepare(config: Any) -> _Audit:
     raise errors.BadInputError(
         f'only {len(faces)} usable face(s) in {config.data}: an audit needs '
         'at least 4 (2 people, train and test)')
+  if faces.attributes:  # else the nets name them, once they have run
+    _check_attributes(config.attributes, faces.attributes)
   common.say(f'{len(faces)} faces; encoder {encoder.kind}; verifier '
              f'{evaluator.kind}; generator {generator.kind}')
   common.say(f'encoder: {encoder.source}')
@@ -150,7 +153,9 @@ def _prepare(config: Any) -> _Audit:
       'generator': config.generator, 'budget': budget, 'seed': config.seed,
       'keys': faces.keys, 'nets': list(config.attribute_nets),
       # Only when set, so parts of earlier runs keep their tags.
-      **({'encoder_input': overrides} if overrides else {})}
+      **({'encoder_input': overrides} if overrides else {}),
+      **({'attributes': common.names(config.attributes)}
+         if config.attributes else {})}
   parts = parts_lib.Parts(os.path.join(config.workdir, 'parts'), settings,
                           version=_PARTS_FORMAT)
   return _Audit(config, budget, encoder, evaluator, generator, nets, faces,
@@ -189,7 +194,7 @@ def _leakage(job: _Audit) -> dict[str, Any]:
   if leak is not None:
     return leak
   descriptors = job.encoder.embed(job.faces.images)
-  attributes, source = audit.labels(job.faces, job.nets)
+  attributes, source = _labels(job)
   leak = audit.leakage(jax.random.key(job.config.seed), job.faces,
                        descriptors, attributes, epochs=job.budget['epochs'],
                        progress=job.config.progress)
@@ -197,6 +202,26 @@ def _leakage(job: _Audit) -> dict[str, Any]:
   return job.parts.put('leakage', {
       **leak, 'label_source': source,
       'max_attribute_gain': max(gains, default=0.0)})
+
+
+def _labels(job: _Audit) -> tuple[dict[str, np.ndarray], str]:
+  """The attributes to audit (``config.attributes``, or all) and where
+  they come from (in words)."""
+  attributes, source = audit.labels(job.faces, job.nets)
+  _check_attributes(job.config.attributes, attributes)
+  wanted = common.names(job.config.attributes)
+  return ({n: attributes[n] for n in wanted} if wanted else attributes,
+          source)
+
+
+def _check_attributes(wanted: str, known: Mapping[str, Any]) -> None:
+  """Raises `errors.UsageError` naming `wanted` attributes not `known`."""
+  unknown = [n for n in common.names(wanted) if n not in known]
+  if unknown:
+    raise errors.UsageError(
+        f'attributes={wanted!r}: no attribute '
+        f'{", ".join(map(repr, unknown))} in these faces (known: '
+        f'{", ".join(known)})')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,7 +421,7 @@ def _protection(job: _Audit, attacker: _Attacker) -> dict[str, Any]:
   config, targets = job.config, attacker.targets
   ctx = protect_measures.Context(
       faces=job.faces, descriptors=job.encoder.embed(job.faces.images),
-      attributes=audit.labels(job.faces, job.nets)[0], attack_set=targets,
+      attributes=_labels(job)[0], attack_set=targets,
       encoder=job.encoder, evaluator=job.evaluator,
       evaluator_pool=job.evaluator.embed(job.faces.images[targets.pool]),
       generator=job.generator, fmrs=tuple(config.fmrs),
