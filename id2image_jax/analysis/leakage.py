@@ -33,6 +33,7 @@ import jax
 import numpy as np
 import optax
 
+from id2image_jax import fields
 from id2image_jax import metrics
 from id2image_jax.analysis import probe as probe_lib
 from id2image_jax.analysis import train as train_lib
@@ -52,8 +53,7 @@ class Training:
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> Training:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in dict(config).items() if k in fields}
+    kwargs = fields.known_fields(cls, config)
     if 'hidden' in kwargs:
       kwargs['hidden'] = tuple(int(h) for h in kwargs['hidden'])
     return cls(**kwargs)

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from id2image_jax import fields
+
 Kind = Literal['logistic', 'ridge']
 
 # 1e-5 .. 10 in steps of sqrt(10): from nearly unregularised to a probe that
@@ -56,8 +58,7 @@ class Settings:
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> Settings:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in dict(config).items() if k in fields}
+    kwargs = fields.known_fields(cls, config)
     if 'l2_grid' in kwargs:
       kwargs['l2_grid'] = tuple(float(v) for v in kwargs['l2_grid'])
     settings = cls(**kwargs)

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from id2image_jax import fields
+
 # How far outside the real faces' range a statistic must fall to be named:
 # the 0.5..99.5 percentile range of a few hundred photos leaves about 1 %
 # of real faces just outside it, and those should not be named.
@@ -72,8 +74,7 @@ class Reference:
   @classmethod
   def from_json(cls, data: Mapping[str, Any]) -> Reference:
     """Reads `to_json`'s dict (further keys are provenance, ignored)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in data.items() if k in fields}
+    values = fields.known_fields(cls, data)
     values['norm_range'] = tuple(values['norm_range'])
     values['cosine_range'] = tuple(values['cosine_range'])
     values['mean_descriptor'] = np.asarray(values['mean_descriptor'],
