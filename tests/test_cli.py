@@ -112,6 +112,36 @@ def test_usage_errors(argv, pattern):
   _one_line_error(_run(*argv), errors.UsageError.exit_code, pattern)
 
 
+@pytest.mark.parametrize('argv,pattern', [
+    (['invert', '--set', 'steps=-1'], r'steps must be >= 0'),
+    (['invert', '--set', 'snapshot_steps=(5,-1)'],
+     r'snapshot steps must lie in \[0, steps=\d+\], got \[-1\]'),
+    (['invert', '--set', 'chunk_size=0'],
+     r'chunk_size must be a positive multiple'),
+    (['invert', '--set', 'learning_rate=-0.1'],
+     r'learning_rate must be > 0, got -0.1'),
+    (['invert', '--set', 'lr_schedule=linear'],
+     r"lr_schedule must be 'constant' or 'cosine', got 'linear'"),
+    (['invert', '--set', 'latent_space=q'], r"latent_space must be .*'q'"),
+    (['invert', '--set', 'remat=most'], r"remat policy must be .*'most'"),
+    (['evaluate', '--set', 'arms=lm'], r"arm 'lm' has no identity term"),
+    (['evaluate', '--set', 'num_impostor_images=-1'],
+     r'num_impostor_images must be >= 0'),
+])
+def test_values_out_of_range_are_usage_errors(argv, pattern, tmp_path,
+                                              capsys):
+  # Checked deep in the library (a ValueError there for Python callers):
+  # the program still tells them in one line, exit 2, no traceback.
+  out = tmp_path / 'run'
+  code = cli.entry([argv[0], *TINY, *argv[1:], '--out', str(out)])
+  err = capsys.readouterr().err
+  assert code == errors.UsageError.exit_code, err
+  assert 'Traceback' not in err and 'internal error' not in err, err
+  said = [l for l in err.splitlines() if l.startswith('id2image: error: ')]
+  assert len(said) == 1 and re.search(pattern, said[0]), err
+  assert not out.exists()  # a job that failed before writing leaves nothing
+
+
 def test_unknown_encoder_kind(tmp_path):
   _one_line_error(
       _run('invert', *TINY, '--encoder', 'vggfce', '--out',

@@ -27,6 +27,7 @@ import dataclasses
 from collections.abc import Mapping
 from collections.abc import Sequence
 
+from id2image_jax import errors
 from id2image_jax import losses
 
 TERMS = tuple(t.name for t in losses.TERMS)
@@ -79,11 +80,13 @@ def parse_arm(arm: str) -> tuple[str, ...]:
   parts = [p.strip().lower() for p in str(arm).split('+') if p.strip()]
   unknown = [p for p in parts if p not in _ALIASES]
   if unknown or not parts:
-    raise ValueError(f'arm {arm!r}: unknown term(s) {unknown}; use terms '
-                     f'{sorted(_ALIASES)} joined with "+", e.g. id+lm+hist')
+    raise errors.UsageError(
+        f'arm {arm!r}: unknown term(s) {unknown}; use terms '
+        f'{sorted(_ALIASES)} joined with "+", e.g. id+lm+hist')
   terms = {_ALIASES[p] for p in parts}
   if 'id' not in terms:
-    raise ValueError(f'arm {arm!r} has no identity term: every arm needs id')
+    raise errors.UsageError(
+        f'arm {arm!r} has no identity term: every arm needs id')
   return tuple(t for t in TERMS if t in terms)
 
 
@@ -111,7 +114,7 @@ def plan_arms(arms: Sequence[str], weights: Mapping[str, float],
     One `ArmPlan` per requested arm, in order.
   """
   if not arms:
-    raise ValueError('no arms to evaluate (config.arms is empty)')
+    raise errors.UsageError('no arms to evaluate (config.arms is empty)')
   plans, seen = [], {}
   for arm in arms:
     if str(arm).strip().lower() == SCORES_ONLY:

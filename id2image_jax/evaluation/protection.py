@@ -33,6 +33,7 @@ import jax
 import numpy as np
 import optax
 
+from id2image_jax import errors
 from id2image_jax import protection
 from id2image_jax import protocols
 from id2image_jax.data import faces as faces_lib
@@ -295,7 +296,8 @@ def reconstruct(config: Any, generator: protocols.Generator,
     out['queries_per_target'] = int(
         (config.steps + 1) * blackbox.queries_per_step(population))
   else:
-    raise ValueError(f"attack must be 'gradient' or 'nes', got {attack!r}")
+    raise errors.UsageError(
+        f"attack must be 'gradient' or 'nes', got {attack!r}")
   out['seconds'] = time.perf_counter() - started
   return out
 

@@ -289,7 +289,7 @@ def load(config: Any, generator: protocols.Generator,
   if not config.targets:
     n, extra = config.num_targets, config.num_impostor_images
     if extra < 0:
-      raise ValueError(f'num_impostor_images must be >= 0, got {extra}')
+      raise errors.UsageError(f'num_impostor_images must be >= 0, got {extra}')
     pool = targets_lib.self_check_targets(
         generator, encoder, num_targets=n + extra, seed=config.seed + 1,
         truncation_psi=config.self_check_truncation)
@@ -308,7 +308,8 @@ def load(config: Any, generator: protocols.Generator,
   if targets.sources is not None:
     images = targets.sources[labels]
   if not labels.size:
-    raise ValueError(f'none of the {n} targets in {config.targets} is usable')
+    raise errors.BadInputError(
+        f'none of the {n} targets in {config.targets} is usable')
   return EvalTargets(targets=targets, pool_images=images, pool_labels=labels,
                      pool_descriptors=targets.descriptors[labels])
 
@@ -333,7 +334,8 @@ def attach_aux(config: Any, targets: targets_lib.Targets, *,
   """
   mode = config.aux_targets
   if mode not in AUX_MODES:
-    raise ValueError(f'aux_targets must be one of {AUX_MODES}, got {mode!r}')
+    raise errors.UsageError(
+        f'aux_targets must be one of {AUX_MODES}, got {mode!r}')
   heads = dict(config.heads)
   originals = targets.sources is not None
   use_heads, use_images = mode in ('auto', 'heads'), mode in ('auto',
@@ -408,8 +410,9 @@ def transfer_targets(eval_targets: EvalTargets, encoder: protocols.Encoder,
   t = eval_targets.targets
   n = len(t.descriptors)
   if t.sources is None:
-    raise ValueError('transfer needs the original images (self-check or a '
-                     'folder of images)')
+    raise errors.UsageError(
+        'transfer needs the original images (self-check or a '
+        'folder of images)')
   descriptors = np.full((n, encoder.dim), np.nan, np.float32)
   ok = np.isfinite(t.sources).all(axis=(1, 2, 3))
   ok[list(t.skipped)] = False

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from id2image_jax import errors
 from id2image_jax import losses
 
 # score_fn(encoder_variables, images [K, H, W, 3], target) -> [K] similarity.
@@ -72,8 +73,9 @@ def nes_objective(score_fn: ScoreFn,
     latent) and ``queries`` (this step's queries, `queries_per_step`).
   """
   if population < 1 or sigma <= 0:
-    raise ValueError(f'population must be >= 1 and sigma > 0, got '
-                     f'{population}, {sigma}')
+    raise errors.UsageError(
+        f'population must be >= 1 and sigma > 0, got '
+        f'{population}, {sigma}')
   k = queries_per_step(population)
 
   def loss_fn(key, params, latent, target):

@@ -39,6 +39,7 @@ import tqdm
 from jax.sharding import Mesh
 
 from id2image_jax import batching
+from id2image_jax import errors
 from id2image_jax.inversion import sharding
 from id2image_jax.inversion import state as state_lib
 from id2image_jax.inversion import step as step_lib
@@ -283,7 +284,7 @@ def _check_inputs(targets: Any, options: InvertOptions,
   """N, the number of targets; errors for what no run can start from."""
   n = batching.num_rows(targets, what='targets')
   if n == 0:
-    raise ValueError('no targets to invert')
+    raise errors.BadInputError('no targets to invert')
   for name in ('checkpoint_every', 'checkpoint_seconds'):
     if getattr(options, name) is not None and workdir is None:
       raise ValueError(f'{name} needs a workdir')
@@ -326,7 +327,7 @@ def _setup(key, objective, params, options: InvertOptions, mesh) -> _Placed:
 def _check_chunk_size(chunk_size: int, mesh: Mesh) -> None:
   if chunk_size < 1 or chunk_size % mesh.size:
     lower = max(mesh.size, chunk_size // mesh.size * mesh.size)
-    raise ValueError(
+    raise errors.UsageError(
         f'chunk_size must be a positive multiple of the number of devices '
         f'({mesh.size}) so every device holds the same number of targets; '
         f'got {chunk_size} (try {lower} or {lower + mesh.size})')

@@ -39,6 +39,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from id2image_jax import errors
 from id2image_jax import losses
 from id2image_jax.protocols import Generator
 
@@ -63,8 +64,9 @@ def rematerialize(fn: Callable[..., Any], policy: str) -> Callable[..., Any]:
   inputs of `fn` are stored for the backward pass; 'none' returns `fn`.
   """
   if policy not in REMAT_POLICIES:
-    raise ValueError(f'remat policy must be one of {sorted(REMAT_POLICIES)}'
-                     f', got {policy!r}')
+    raise errors.UsageError(
+        f'remat policy must be one of {sorted(REMAT_POLICIES)}'
+        f', got {policy!r}')
   if REMAT_POLICIES[policy] is None:
     return fn
   return jax.checkpoint(fn, policy=REMAT_POLICIES[policy])
@@ -177,8 +179,9 @@ def generator_render(generator: Generator, *,
       the encoder crops and resizes anyway); None = full.
   """
   if latent_space not in ('z', 'w', 'w+'):
-    raise ValueError(f"latent_space must be 'z', 'w' or 'w+', got "
-                     f'{latent_space!r}')
+    raise errors.UsageError(
+        f"latent_space must be 'z', 'w' or 'w+', got "
+        f'{latent_space!r}')
   generator.check_resolution(resolution)
   num_ws = generator.num_ws
 

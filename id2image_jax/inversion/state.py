@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from id2image_jax import errors
+
 
 @flax.struct.dataclass
 class InversionState:
@@ -55,8 +57,9 @@ def history_steps(steps: int, every: int) -> list[int]:
   Zero steps (the initialisation alone) record nothing.
   """
   if steps < 0 or every < 1:
-    raise ValueError(f'steps must be >= 0 and history_every >= 1, got '
-                     f'{steps}, {every}')
+    raise errors.UsageError(
+        f'steps must be >= 0 and history_every >= 1, got '
+        f'{steps}, {every}')
   return list(range(0, steps, every))
 
 
@@ -69,10 +72,12 @@ def check_snapshot_steps(snapshot_steps, steps: int) -> tuple[int, ...]:
   out = tuple(int(t) for t in snapshot_steps)
   bad = [t for t in out if not 0 <= t <= steps]
   if bad:
-    raise ValueError(f'snapshot steps must lie in [0, steps={steps}], got '
-                     f'{bad}')
+    raise errors.UsageError(
+        f'snapshot steps must lie in [0, steps={steps}], got '
+        f'{bad}')
   if len(set(out)) != len(out) or list(out) != sorted(out):
-    raise ValueError(f'snapshot steps must be increasing, got {list(out)}')
+    raise errors.UsageError(
+        f'snapshot steps must be increasing, got {list(out)}')
   return out
 
 

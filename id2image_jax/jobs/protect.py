@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax import protection
 from id2image_jax.configs import invert as invert_config
@@ -47,11 +48,13 @@ def settings_of(config: Any) -> list[protection.Setting]:
 
 def _check(config: Any) -> None:
   if config.attack not in ('gradient', 'nes'):
-    raise ValueError(f"attack must be 'gradient' or 'nes', got "
-                     f'{config.attack!r}')
+    raise errors.UsageError(
+        f"attack must be 'gradient' or 'nes', got "
+        f'{config.attack!r}')
   if not config.data:
-    raise ValueError('set --data: a folder of face photos, a CelebA-layout '
-                     'folder or an aligned copy (id2image align)')
+    raise errors.UsageError(
+        'set --data: a folder of face photos, a CelebA-layout '
+        'folder or an aligned copy (id2image align)')
   if not os.path.isdir(config.data):
     raise FileNotFoundError(f'--data {config.data}: no such folder')
 
@@ -108,8 +111,9 @@ def _labels(config: Any, faces: faces_lib.Faces, nets
   if config.attributes:
     missing = sorted(set(config.attributes) - set(attributes))
     if missing:
-      raise ValueError(f'attributes {missing} are not in the labels '
-                       f'(known: {sorted(attributes)})')
+      raise errors.UsageError(
+          f'attributes {missing} are not in the labels '
+          f'(known: {sorted(attributes)})')
     attributes = {n: attributes[n] for n in config.attributes}
   return attributes, source
 
@@ -205,8 +209,9 @@ def run(config: Any) -> dict[str, Any]:
   faces = faces_lib.read_aligned(_aligned_folder(config),
                                  max_images=config.images, seed=config.seed)
   if len(faces) < 4:
-    raise ValueError(f'only {len(faces)} usable face(s) in {config.data}: '
-                     'at least 4 are needed (2 people, train and test)')
+    raise errors.BadInputError(
+        f'only {len(faces)} usable face(s) in {config.data}: '
+        'at least 4 are needed (2 people, train and test)')
   common.say(f'{len(faces)} faces; encoder {models["encoder"].kind}; '
              f'verifier {models["evaluator"].kind}; '
              f'{len(models["settings"])} settings')

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from id2image_jax import checkpoints
+from id2image_jax import errors
 from id2image_jax import loading
 from id2image_jax import protocols
 from id2image_jax.analysis import end_to_end
@@ -56,8 +57,9 @@ def run(config: Any) -> dict[str, Any]:
   if config.train == 'end_to_end':
     return run_end_to_end(config)
   if config.train != 'pairs':
-    raise ValueError(f"train must be 'pairs' or 'end_to_end', got "
-                     f'{config.train!r}')
+    raise errors.UsageError(
+        f"train must be 'pairs' or 'end_to_end', got "
+        f'{config.train!r}')
   started = time.time()
   models = _load_models(config)
   job = _prepare(config, models)
@@ -280,8 +282,9 @@ def run_end_to_end(config: Any) -> dict[str, Any]:
   """
   started = time.time()
   if config.latent_space not in recipe.LATENT_SPACES:
-    raise ValueError(f"latent_space must be 'w' or 'w+' end to end, got "
-                     f'{config.latent_space!r}')
+    raise errors.UsageError(
+        f"latent_space must be 'w' or 'w+' end to end, got "
+        f'{config.latent_space!r}')
   models = _load_models(config, dtype=jnp.dtype(config.compute_dtype),
                         judge_spec=config.eval_encoder)
   job = _prepare_end_to_end(config, models)
@@ -366,8 +369,9 @@ def _start_head(config: Any, models: _Models) -> tuple[recipe.Head, str]:
   if path:
     _, start, start_config = loading.load_head(path, what='init_head')
     if int(start_config.get('input_dim', encoder.dim)) != encoder.dim:
-      raise ValueError(f'init_head {path} reads {start_config["input_dim"]}'
-                       f'-d descriptors, the encoder gives {encoder.dim}')
+      raise errors.BadInputError(
+          f'init_head {path} reads {start_config["input_dim"]}'
+          f'-d descriptors, the encoder gives {encoder.dim}')
     hidden = tuple(start_config['hidden'])
   head, fresh = recipe.start_head(
       jax.random.key(config.seed), start, input_dim=encoder.dim,
@@ -534,14 +538,16 @@ def _descriptor_file(path: str, *, field: str, dim: int
         'embed` (configs/regressor.py docstring)')
   with np.load(path, allow_pickle=False) as f:
     if 'descriptor' not in f.files:
-      raise ValueError(f'{field}: {path} has no "descriptor" array (has '
-                       f'{sorted(f.files)})')
+      raise errors.BadInputError(
+          f'{field}: {path} has no "descriptor" array (has '
+          f'{sorted(f.files)})')
     d = np.asarray(f['descriptor'], np.float32)
     keys = (np.asarray(f['key']).astype(str) if 'key' in f.files else
             np.arange(len(d)).astype(str))
   if d.ndim != 2 or d.shape[1] != dim:
-    raise ValueError(f'{field}: {path} holds descriptors of shape {d.shape}, '
-                     f'the encoder gives {dim}-d ones')
+    raise errors.BadInputError(
+        f'{field}: {path} holds descriptors of shape {d.shape}, '
+        f'the encoder gives {dim}-d ones')
   finite = np.all(np.isfinite(d), axis=1)
   if not finite.all():
     common.say(f'{field}: skipped {int((~finite).sum())} non-finite rows of '
@@ -559,8 +565,9 @@ def _held_out(config: Any, dim: int, eval_dim: int) -> recipe.HeldOut:
   row_of = {k: i for i, k in enumerate(ref_keys)}
   both = [i for i, k in enumerate(keys) if k in row_of]
   if not both:
-    raise ValueError(f'eval_descriptors {config.eval_descriptors} and '
-                     f'eval_reference {config.eval_reference} share no key')
+    raise errors.BadInputError(
+        f'eval_descriptors {config.eval_descriptors} and '
+        f'eval_reference {config.eval_reference} share no key')
   if config.eval_size and config.eval_size < len(both):
     pick = np.random.default_rng(config.seed).choice(
         len(both), config.eval_size, replace=False)

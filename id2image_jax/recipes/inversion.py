@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from id2image_jax import errors
 from id2image_jax import losses
 from id2image_jax import metrics
 from id2image_jax import protocols
@@ -91,8 +92,9 @@ def make_init(config: Any, generator: protocols.Generator, targets: Targets,
   if not config.optimize_noise:
     return init
   if not generator.noise_maps:
-    raise ValueError(f'optimize_noise: the {generator.kind} generator has no '
-                     'noise inputs')
+    raise errors.UsageError(
+        f'optimize_noise: the {generator.kind} generator has no '
+        'noise inputs')
   # The generator's fixed noise maps become per-target variables, starting
   # from what noise_mode='const' renders.
   noise = [jnp.asarray(m) for m in generator.noise_maps]
@@ -125,7 +127,7 @@ def _initial_latent(config, generator, targets, regressor):
   elif space == 'w' and pred.shape[1:] == (num_ws, w_dim):
     pred = pred.mean(axis=1)
   if pred.shape[1:] != want:
-    raise ValueError(
+    raise errors.BadInputError(
         f'the ID->latent head at {config.init} predicts {predicts}, but '
         f'latent space {space!r} needs {want}')
   return {'z' if space == 'z' else 'w': pred}
@@ -133,6 +135,10 @@ def _initial_latent(config, generator, targets, regressor):
 
 def schedule(config: Any) -> optax.Schedule | float:
   """The learning rate or schedule of ``config.lr_schedule``."""
+  # A negative rate would climb the loss without a word.
+  if not config.learning_rate > 0:
+    raise errors.UsageError(
+        f'learning_rate must be > 0, got {config.learning_rate}')
   if config.lr_schedule == 'constant':
     return config.learning_rate
   if config.lr_schedule == 'cosine':
@@ -140,8 +146,9 @@ def schedule(config: Any) -> optax.Schedule | float:
     # decay length gives the same (unused) schedule.
     return optax.cosine_decay_schedule(config.learning_rate,
                                        max(config.steps, 1), alpha=0.05)
-  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got "
-                   f'{config.lr_schedule!r}')
+  raise errors.UsageError(
+      f"lr_schedule must be 'constant' or 'cosine', got "
+      f'{config.lr_schedule!r}')
 
 
 def render_fn(config: Any, generator: protocols.Generator):
@@ -172,8 +179,9 @@ def build_objective(config: Any, generator: protocols.Generator,
                                 'encoder': encoder.variables}
   if _active(config, targets, 'landmarks'):
     if landmark_net is None:
-      raise ValueError('landmark targets need an image->landmark network: '
-                       'set heads.image_landmarks')
+      raise errors.UsageError(
+          'landmark targets need an image->landmark network: '
+          'set heads.image_landmarks')
     scale = config.landmark_pixel_scale
 
     def landmarks_fn(variables, image):
@@ -203,7 +211,8 @@ def _identity_embed(encoder: protocols.Encoder, kind: str):
       d = embed(variables, image)
       return d / jnp.maximum(jnp.linalg.norm(d), 1e-8)
     return unit
-  raise ValueError(f"identity_loss must be 'l2' or 'cosine', got {kind!r}")
+  raise errors.UsageError(
+      f"identity_loss must be 'l2' or 'cosine', got {kind!r}")
 
 
 def engine_targets(config: Any, targets: Targets) -> dict[str, np.ndarray]:
