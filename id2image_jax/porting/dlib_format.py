@@ -214,10 +214,29 @@ def decode_floats(buf: np.ndarray, start: int, count: int, *,
     return np.zeros((0,), np.float32), start
   # A value takes at most 1 + 8 + 1 + 2 bytes. Indices fit in int32.
   window = buf[start:min(len(buf), start + 12 * count)]
-  n = len(window)
-  if n == 0:
+  if len(window) == 0:
     raise DlibFormatError(f'{source}: truncated: {what} needs {count} '
                           'portable floats, the stream ends first')
+  pos = _value_starts(window, count)
+
+  def check(ok, message, where):
+    if not np.all(ok):
+      bad = int(where[np.argmin(ok)])
+      raise DlibFormatError(f'{source}: {message} in {what} (at byte '
+                            f'{start + bad})')
+
+  truncated = f'truncated: {what} needs {count} portable floats'
+  mctrl, epos, ectrl = _control_bytes(window, pos, check, truncated)
+  mantissa = _signed(window, pos, mctrl)
+  exponent = _signed(window, epos, ectrl)
+  end = start + int(epos[-1] + 1 + (ectrl[-1] & 0x0F))
+  return _rebuild_floats(mantissa, exponent), end
+
+
+def _value_starts(window: np.ndarray, count: int) -> np.ndarray:
+  """int32 [count]: where each of `count` consecutive values starts (a
+  position >= len(window) where the window ends first)."""
+  n = len(window)
   exp_at = np.arange(1, n + 1, dtype=np.int32) + (window & 0x0F)
   exp_len = window[np.minimum(exp_at, n - 1)] & 0x0F
   # next(p), with n as an absorbing "ran off the end" sentinel.
@@ -225,10 +244,9 @@ def decode_floats(buf: np.ndarray, start: int, count: int, *,
   np.minimum(exp_at + 1 + exp_len, n, out=nxt[:n])
   nxt[n] = n
   del exp_at, exp_len
-
   stride = 64
   jump = nxt
-  for _ in range(6):
+  for _ in range(6):  # next composed 2**6 = 64 times
     jump = jump[jump]
   lanes = -(-count // stride)
   coarse = np.empty(lanes, np.int64)
@@ -241,15 +259,15 @@ def decode_floats(buf: np.ndarray, start: int, count: int, *,
   pos[:, 0] = coarse
   for k in range(1, stride):
     pos[:, k] = nxt[pos[:, k - 1]]
-  pos = pos.reshape(-1)[:count]
+  return pos.reshape(-1)[:count]
 
-  def check(ok, message, where):
-    if not np.all(ok):
-      bad = int(where[np.argmin(ok)])
-      raise DlibFormatError(f'{source}: {message} in {what} (at byte '
-                            f'{start + bad})')
 
-  truncated = f'truncated: {what} needs {count} portable floats'
+def _control_bytes(window: np.ndarray, pos: np.ndarray,
+                   check: Callable[..., None], truncated: str):
+  """(mantissa control bytes, exponent positions, exponent control bytes)
+  of the values at `pos`, each checked (`check` raises naming the byte;
+  `truncated` is its message for a value past the window's end)."""
+  n = len(window)
   check(pos < n, truncated, np.minimum(pos, n))
   mctrl = window[pos]
   check((mctrl & _RESERVED_BITS) == 0, 'text-format float (unsupported)',
@@ -264,26 +282,33 @@ def decode_floats(buf: np.ndarray, start: int, count: int, *,
   # The window holds 12 bytes per value, the most a value can take, so a
   # value running past it means the stream itself ended.
   check(epos + esize < n, truncated, epos)
+  return mctrl, epos, ectrl
 
-  def magnitude(at, size):
-    value = np.zeros(len(at), np.uint64)
-    for j in range(int(size.max())):
-      byte = window[np.minimum(at + 1 + j, n - 1)].astype(np.uint64)
-      byte[size <= j] = 0
-      value |= byte << np.uint64(8 * j)
-    return value.astype(np.int64)
 
-  mantissa = magnitude(pos, msize)
-  mantissa = np.where(mctrl & 0x80, -mantissa, mantissa)
-  exponent = magnitude(epos, esize)
-  exponent = np.where(ectrl & 0x80, -exponent, exponent)
+def _signed(window: np.ndarray, at: np.ndarray,
+            ctrl: np.ndarray) -> np.ndarray:
+  """int64: the little-endian magnitudes after each control byte at `at`
+  (its low nibble: the length), negated where its top bit is set."""
+  size = ctrl & 0x0F
+  n = len(window)
+  value = np.zeros(len(at), np.uint64)
+  for j in range(int(size.max())):
+    byte = window[np.minimum(at + 1 + j, n - 1)].astype(np.uint64)
+    byte[size <= j] = 0
+    value |= byte << np.uint64(8 * j)
+  value = value.astype(np.int64)
+  return np.where(ctrl & 0x80, -value, value)
+
+
+def _rebuild_floats(mantissa: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+  """float32 ``ldexp(m, e)``, with dlib's exponent codes for inf/nan."""
   finite = exponent < _EXP_INF
   values = np.ldexp(mantissa.astype(np.float32),
                     np.where(finite, exponent, 0).astype(np.int32))
   values = np.where(exponent == _EXP_INF, np.float32(np.inf), values)
   values = np.where(exponent == _EXP_NINF, np.float32(-np.inf), values)
   values = np.where(exponent >= _EXP_NAN, np.float32(np.nan), values)
-  return values.astype(np.float32), start + int(epos[-1] + 1 + esize[-1])
+  return values.astype(np.float32)
 
 
 # --------------------------------------------------------------------------
