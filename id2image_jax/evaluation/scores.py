@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from id2image_jax import batching
 from id2image_jax import losses
 from id2image_jax import metrics
 from id2image_jax import protocols
@@ -35,6 +36,12 @@ from id2image_jax.inversion import engine
 
 # Fewer than this many impostor scores above the threshold: noisy.
 _STABLE_COUNT = 10
+# Rows of images scored per call: a test set's 1024 px renders (290 are
+# 3.6 GB as float32) and SSIM's intermediates over all of them at once
+# would not fit in host memory. Embedding takes a multiple of
+# `Encoder.embed`'s batch of 32.
+ROW_BLOCK = 16
+EMBED_BLOCK = 64
 
 
 def count_pairs(labels: Any) -> dict[str, int]:
@@ -290,22 +297,26 @@ def appearance_metrics(sources: np.ndarray | None, images: np.ndarray,
   """
   if sources is None or not len(rows):
     return {}
-  src, rec = np.asarray(sources)[rows], np.asarray(images)[rows]
-  if src.shape != rec.shape:
-    src = np.asarray(jax.image.resize(src, rec.shape, 'linear',
-                                      antialias=True))
-  out = {
-      'mse': np.asarray(metrics.mse((src + 1) / 2, (rec + 1) / 2)),
-      'psnr': np.asarray(metrics.psnr(src, rec, value_range=(-1, 1))),
-      'ssim': np.asarray(metrics.ssim(src, rec, value_range=(-1, 1))),
-      'histogram_emd': np.asarray(metrics.histogram_emd(
-          losses.image_histogram(rec, value_range=(-1, 1)),
-          losses.image_histogram(src, value_range=(-1, 1)),
-          channel_reduction='sum')),
-  }
-  if landmark_model is not None:
-    out['landmark_nme'] = np.asarray(metrics.landmark_nme(
-        landmark_model(rec), landmark_model(src)))
+
+  def measures(src, rec):
+    if src.shape != rec.shape:
+      src = np.asarray(jax.image.resize(src, rec.shape, 'linear',
+                                        antialias=True))
+    out = {
+        'mse': metrics.mse((src + 1) / 2, (rec + 1) / 2),
+        'psnr': metrics.psnr(src, rec, value_range=(-1, 1)),
+        'ssim': metrics.ssim(src, rec, value_range=(-1, 1)),
+        'histogram_emd': metrics.histogram_emd(
+            losses.image_histogram(rec, value_range=(-1, 1)),
+            losses.image_histogram(src, value_range=(-1, 1)),
+            channel_reduction='sum'),
+    }
+    if landmark_model is not None:
+      out['landmark_nme'] = metrics.landmark_nme(landmark_model(rec),
+                                                 landmark_model(src))
+    return out
+  out = batching.map_row_blocks(measures, (sources, images), rows,
+                                ROW_BLOCK)
   return {k: {**summarize(v), 'values': v.tolist()}
           for k, v in out.items()}
 
@@ -332,8 +343,8 @@ def attribute_preservation(nets: Sequence[protocols.AttributeNet],
     return {}
   out = {}
   for net in nets:
-    src = net.predict(np.asarray(sources)[rows])
-    rec = net.predict(np.asarray(images)[rows])
+    src = batching.map_row_blocks(net.predict, (sources,), rows, ROW_BLOCK)
+    rec = batching.map_row_blocks(net.predict, (images,), rows, ROW_BLOCK)
     measures = {}
     for name in src:
       a, b = np.asarray(src[name]), np.asarray(rec[name])
@@ -402,12 +413,21 @@ def score_under(encoder, inversion, rows, pools, data, fmrs, *,
             '(targets are descriptors only)'}
   descriptors, pairs = pools.get(encoder)
   recon = (inversion.descriptors[rows] if encoder is attacked
-           else encoder.embed(inversion.images[rows]) if len(rows) else
-           np.zeros((0, encoder.dim), np.float32))
+           else embed_rows(encoder, inversion.images, rows))
   return identity_metrics(
       recon, rows, descriptors, data.pool_labels, pairs, fmrs,
       pool_identity=data.pool_identity if data.knows_identities else None,
       threshold_samples=pools.threshold_samples(encoder, fmrs))
+
+
+def embed_rows(encoder: protocols.Encoder, images: np.ndarray,
+               rows: np.ndarray) -> np.ndarray:
+  """[len(rows), D] descriptors of ``images[rows]``, a block at a time (a
+  whole test set's renders are not copied at once)."""
+  if not len(rows):
+    return np.zeros((0, encoder.dim), np.float32)
+  return batching.map_row_blocks(encoder.embed, (images,), rows,
+                                 EMBED_BLOCK)
 
 
 def snapshot_descriptors(render, generator: protocols.Generator,

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from id2image_jax import batching
 from id2image_jax import errors
 from id2image_jax import losses
 from id2image_jax import metrics
@@ -257,6 +258,13 @@ def checkpoint_seconds(config: Any) -> float | None:
 # compared when a run resumes from its work directory: a field added to the
 # configs later, or a different output folder or progress setting, must not
 # make a long interrupted run (a whole test set) start again.
+# Rows of renders measured per call: a test set's 1024 px renders do not fit
+# in host memory more than once (290 are 3.6 GB as float32), nor do SSIM's
+# intermediates over all of them. Embedding takes a multiple of
+# `Encoder.embed`'s batch of 32.
+QUALITY_BLOCK = 16
+EMBED_BLOCK = 64
+
 RESULT_FIELDS = (
     'generator', 'generator_seed', 'encoder', 'encoder_crop',
     'latent_space', 'noise_mode', 'optimize_noise', 'init', 'steps',
@@ -381,10 +389,13 @@ def reconstructions(render, generator: protocols.Generator,
   if rows.size:
     got = engine.map_targets(render, generator.variables, latents,
                              chunk_size=min(16, rows.size))
-    images = np.full((n,) + got.shape[1:], np.nan, np.float32)
-    images[rows] = got
     descriptors = np.full((n, encoder.dim), np.nan, np.float32)
     descriptors[rows] = encoder.embed(got)
+    if rows.size == n:  # every row: no second copy of the renders
+      images = got
+    else:
+      images = np.full((n,) + got.shape[1:], np.nan, np.float32)
+      images[rows] = got
   else:
     r = generator.resolution
     images = np.full((n, r, r, 3), np.nan, np.float32)
@@ -415,18 +426,21 @@ def quality(targets: Targets, descriptors: np.ndarray,
   out['id_cosine'] = np.asarray(metrics.cosine_similarity(t, d)).tolist()
   out['id_l2'] = np.linalg.norm(t - d, axis=1).tolist()
   if targets.sources is not None:
-    src, rec = targets.sources[rows], images[rows]
-    if src.shape != rec.shape:
-      src = np.asarray(jax.image.resize(src, rec.shape, 'linear',
-                                        antialias=True))
-    out['psnr'] = np.asarray(metrics.psnr(src, rec, value_range=(-1, 1))
-                             ).tolist()
-    out['ssim'] = np.asarray(metrics.ssim(src, rec, value_range=(-1, 1))
-                             ).tolist()
-    out['mse'] = np.asarray(metrics.mse((src + 1) / 2, (rec + 1) / 2)
-                            ).tolist()
+    out.update({k: v.tolist() for k, v in batching.map_row_blocks(
+        _pixel_measures, (targets.sources, images), rows,
+        QUALITY_BLOCK).items()})
   out['mean'] = {k: _mean(v) for k, v in out.items() if k != 'rows'}
   return out
+
+
+def _pixel_measures(src: np.ndarray, rec: np.ndarray) -> dict[str, Any]:
+  """Per-row PSNR, SSIM (images in [-1, 1]) and MSE ([0, 1] scale)."""
+  if src.shape != rec.shape:
+    src = np.asarray(jax.image.resize(src, rec.shape, 'linear',
+                                      antialias=True))
+  return {'psnr': metrics.psnr(src, rec, value_range=(-1, 1)),
+          'ssim': metrics.ssim(src, rec, value_range=(-1, 1)),
+          'mse': metrics.mse((src + 1) / 2, (rec + 1) / 2)}
 
 
 def identity_under(encoder: protocols.Encoder, sources: np.ndarray,
@@ -434,9 +448,10 @@ def identity_under(encoder: protocols.Encoder, sources: np.ndarray,
   """Identity cosine of source vs reconstruction under another encoder
   (done rows only): ``{'encoder', 'id_cosine': [per row], 'mean'}``."""
   rows = np.flatnonzero(done)
-  cos = (np.asarray(metrics.cosine_similarity(
-      encoder.embed(sources[rows]), encoder.embed(images[rows]))).tolist()
-         if rows.size else [])
+  cos = (batching.map_row_blocks(
+      lambda s, r: metrics.cosine_similarity(encoder.embed(s),
+                                             encoder.embed(r)),
+      (sources, images), rows, EMBED_BLOCK).tolist() if rows.size else [])
   return {'encoder': encoder.kind, 'id_cosine': cos, 'mean': _mean(cos)}
 
 

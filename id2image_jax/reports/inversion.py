@@ -163,8 +163,13 @@ def write_outputs(directory: str | os.PathLike, result: InversionResult, *,
       'history': save_history(os.path.join(directory, 'history.npz'), result),
   }
   if images is not None and done_rows.size:
-    paths['images'] = save_images(os.path.join(directory, 'images'),
-                                  np.asarray(images)[done_rows], done_rows)
+    # A block at a time: a test set's renders are not copied at once.
+    paths['images'] = [
+        path for start in range(0, done_rows.size, 64)
+        for path in save_images(
+            os.path.join(directory, 'images'),
+            np.asarray(images)[done_rows[start:start + 64]],
+            done_rows[start:start + 64])]
     shown = done_rows[:grid_size]
     grid = image_grid(np.asarray(images)[shown], sources=(
         None if sources is None else np.asarray(sources)[shown]))
