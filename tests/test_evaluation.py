@@ -172,6 +172,27 @@ def test_rates_carry_intervals_over_people_and_the_thresholds_spread():
   assert type1['threshold_effect']
 
 
+def test_type_two_has_the_real_photos_ceiling():
+  # Photo A itself against the person's other photos, at the same
+  # thresholds: what a perfect copy of A would score.
+  rng = np.random.default_rng(4)
+  people = np.concatenate([[0, 1], [0, 0, 1], np.arange(2, 30)])
+  pool = rng.normal(size=(len(people), 6))
+  recon = rng.normal(size=(2, 6))  # far from everyone
+  labels = np.arange(len(people))
+  pairs = evaluation.impostor_pair_scores(pool, people)
+  got = evaluation.identity_metrics(recon, np.array([0, 1]), pool, labels,
+                                    pairs, (1e-1,), pool_identity=people)
+  real = got['type2']['real_photos']
+  unit = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+  want = np.array([unit[0] @ unit[2], unit[0] @ unit[3], unit[1] @ unit[4]])
+  assert real['cosine']['mean'] == pytest.approx(want.mean())
+  entry = real['tmr']['0.1']
+  assert entry['num_genuine'] == 3 and entry['num_people'] == 2
+  assert entry['threshold'] == got['type2']['tmr']['0.1']['threshold']
+  assert entry['tmr'] == pytest.approx(np.mean(want >= entry['threshold']))
+
+
 def test_attack_scores_pick_each_reconstructions_own_original():
   rng = np.random.default_rng(2)
   originals = rng.normal(size=(5, 4))

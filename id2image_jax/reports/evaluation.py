@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -238,14 +239,27 @@ def _identity_lines(report: Mapping[str, Any], names: list[str]
           _tmr_cell(arms[a][role]['tmr'].get(fmr, {})) for a in names)
                    + ' |')
     if all('type2' in arms[a][role] for a in names):
-      lines.append(f'| {label} | type II: cosine vs other photos, mean | '
-                   + ' | '.join(_fmt(arms[a][role]['type2']['cosine'][
-                       'mean']) for a in names) + ' |')
-      for fmr in fmrs:
-        lines.append(f'| {label} | type II: TMR @ FMR {fmr} | ' + ' | '.join(
-            _tmr_cell(arms[a][role]['type2']['tmr'].get(fmr, {}))
-            for a in names) + ' |')
+      lines += _type2_lines(label, [arms[a][role]['type2'] for a in names],
+                            fmrs)
   return lines + ['', _pairs_note(report, names), '']
+
+
+def _type2_lines(label: str, type2: list[Mapping[str, Any]],
+                 fmrs: Sequence[str]) -> list[str]:
+  """Type II rows of one encoder (one cell per arm), and the ceiling: the
+  real photo A against the same other photos."""
+  lines = [f'| {label} | type II: cosine vs other photos, mean | '
+           + ' | '.join(_fmt(t['cosine']['mean']) for t in type2) + ' |']
+  for fmr in fmrs:
+    lines.append(f'| {label} | type II: TMR @ FMR {fmr} | ' + ' | '.join(
+        _tmr_cell(t['tmr'].get(fmr, {})) for t in type2) + ' |')
+  real = type2[0].get('real_photos')  # the same photos for every arm
+  for fmr in (fmrs if real else ()):
+    lines.append(f'| {label} | type II ceiling: photo A itself vs its other '
+                 f'photos, TMR @ FMR {fmr} | ' + ' | '.join(
+                     _tmr_cell(real['tmr'].get(fmr, {})) for _ in type2)
+                 + ' |')
+  return lines
 
 
 def _transfer_lines(report: Mapping[str, Any]) -> list[str]:
