@@ -12,7 +12,9 @@ command line and writes, for the README's "Attack success on CelebA":
 * the markdown table, printed.
 
 A row is ``LABEL=REPORT[:ARM[@STEP]]``: the arm of that report (default its
-only or first arm) at the given snapshot step (default: its final result).
+only or first arm) at the given snapshot step (default: its final result);
+``@real`` gives the type-II ceiling instead (the real photo A against the
+person's other photos, at the same thresholds).
 Development data only; never a test fixture::
 
   python docs/make_celeba_attack.py \\
@@ -31,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+# ``@real`` in a row: the type-II ceiling (`_real_photos`), not a step.
+REAL = 'real'
 ROLES = {'attacked': 'dlib (attacked)', 'evaluation': 'FaceRes (independent)'}
 KINDS = {'type1': 'type I', 'type2': 'type II'}
 
@@ -44,7 +48,7 @@ def rates_of(scored: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def pick(report: dict[str, Any], arm: str | None = None,
-         step: int | None = None) -> dict[str, Any]:
+         step: int | str | None = None) -> dict[str, Any]:
   """The scored results of `arm` (at snapshot `step`) of a report.
 
   Returns:
@@ -56,6 +60,8 @@ def pick(report: dict[str, Any], arm: str | None = None,
   if arm not in arms:
     raise KeyError(f'no arm {arm!r} in the report (arms: {list(arms)})')
   source = arms[arm]
+  if step == REAL:
+    return _real_photos(source)
   if step is not None:
     snaps = source.get('snapshots', {})
     if str(step) not in snaps:
@@ -65,6 +71,21 @@ def pick(report: dict[str, Any], arm: str | None = None,
   return {role: {'cosine': source[role].get('cosine', {}).get('mean'),
                  'rates': rates_of(source[role])}
           for role in ROLES if role in source and 'tmr' in source[role]}
+
+
+def _real_photos(source: dict[str, Any]) -> dict[str, Any]:
+  """The type-II ceiling: the verifier on the real photo A against the
+  same other photos (no type I: A against itself)."""
+  out = {}
+  for role in ROLES:
+    real = source.get(role, {}).get('type2', {}).get('real_photos')
+    if real:
+      out[role] = {'cosine': real['cosine'].get('mean'),
+                   'rates': {'type2': real['tmr']}}
+  if not out:
+    raise KeyError('the report has no type2.real_photos (scored before '
+                   'the ceiling was added: rerun the evaluate command)')
+  return out
 
 
 def cell(entry: dict[str, Any] | None) -> str:
@@ -147,7 +168,8 @@ def _parse_row(text: str) -> tuple[str, str, str | None, int | None]:
     raise SystemExit(f'--row expects LABEL=REPORT[:ARM[@STEP]], got {text!r}')
   path, _, arm = spec.partition(':')
   arm, _, step = arm.partition('@')
-  return label, path, arm or None, int(step) if step else None
+  step = step if step == REAL else int(step) if step else None
+  return label, path, arm or None, step
 
 
 def _load(path: str) -> dict[str, Any]:

@@ -25,7 +25,9 @@ def _entry(tmr, low, high, people):
 def _scored(tmr):
   return {'cosine': {'mean': 0.5},
           'tmr': {'0.001': _entry(tmr, tmr - 0.1, tmr + 0.1, 10)},
-          'type2': {'tmr': {'0.001': _entry(tmr / 2, 0.0, tmr, 10)}}}
+          'type2': {'tmr': {'0.001': _entry(tmr / 2, 0.0, tmr, 10)},
+                    'real_photos': {'cosine': {'mean': 0.7}, 'tmr': {
+                        '0.001': _entry(0.8, 0.7, 0.9, 10)}}}}
 
 
 def _report():
@@ -61,6 +63,14 @@ def test_rows_pick_the_arm_at_a_snapshot_and_the_table_shows_intervals(
   assert (tmp_path / 'curve.png').stat().st_size > 0
   table = maker.table({'final': maker.pick(_report())}, ['0.001'])
   assert '| final | 0.90 [0.80, 1.00], 10 | 0.45 [0.00, 0.90], 10 |' in table
+
+
+def test_the_real_photos_row_is_type_two_only(maker):
+  got = maker.pick(_report(), 'id', maker.REAL)
+  assert got['evaluation']['rates'] == {
+      'type2': {'0.001': _entry(0.8, 0.7, 0.9, 10)}}
+  table = maker.table({'ceiling': got}, ['0.001'])
+  assert '| ceiling | n/a | 0.80 [0.70, 0.90], 10 |' in table
 
 
 def test_a_missing_snapshot_is_named(maker):
