@@ -16,6 +16,14 @@ import jax
 import numpy as np
 
 
+# Rows of images per call in `map_row_blocks` callers: a test set's 1024 px
+# renders (290 are 3.6 GB as float32) and SSIM's intermediates over all of
+# them at once would not fit in host memory. Embedding takes a multiple of
+# `Encoder.embed`'s batch of 32.
+IMAGE_ROW_BLOCK = 16
+EMBED_ROW_BLOCK = 64
+
+
 def num_rows(tree: Any, *, what: str = 'inputs') -> int:
   """The common leading size of every leaf of `tree`.
 

@@ -42,7 +42,7 @@ def test_appearance_metrics_do_not_depend_on_the_row_block(monkeypatch):
       np.float32)
   rows = np.array([6, 1, 2, 5])
   at_once = scores.appearance_metrics(src, rec, rows)
-  monkeypatch.setattr(scores, 'ROW_BLOCK', 3)
+  monkeypatch.setattr(batching, 'IMAGE_ROW_BLOCK', 3)
   in_blocks = scores.appearance_metrics(src, rec, rows)
   assert set(at_once) == {'mse', 'psnr', 'ssim', 'histogram_emd'}
   for name in at_once:

@@ -36,13 +36,6 @@ from id2image_jax.inversion import engine
 
 # Fewer than this many impostor scores above the threshold: noisy.
 _STABLE_COUNT = 10
-# Rows of images scored per call: a test set's 1024 px renders (290 are
-# 3.6 GB as float32) and SSIM's intermediates over all of them at once
-# would not fit in host memory. Embedding takes a multiple of
-# `Encoder.embed`'s batch of 32.
-ROW_BLOCK = 16
-EMBED_BLOCK = 64
-
 
 def count_pairs(labels: Any) -> dict[str, int]:
   """Genuine and impostor pairs among images with identity `labels`.
@@ -250,12 +243,13 @@ def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
   pool_labels = np.asarray(pool_labels)
   person = (pool_labels if pool_identity is None
             else np.asarray(pool_identity))
-  # The person of each reconstruction: that of its own original.
-  own = person[[int(np.flatnonzero(pool_labels == r)[0]) for r in rows]]
+  # Each reconstruction's own original, and the person in it.
+  first = [int(np.flatnonzero(pool_labels == r)[0]) for r in rows]
+  own = person[first]
   unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True),
                                   1e-12)
-  cos = unit(np.asarray(reconstructed, np.float64)) @ unit(
-      np.asarray(pool_descriptors, np.float64)).T  # [N, M]
+  pool = unit(np.asarray(pool_descriptors, np.float64))
+  cos = unit(np.asarray(reconstructed, np.float64)) @ pool.T  # [N, M]
   impostor = cos[own[:, None] != person[None, :]]
   out = {'genuine': genuine.tolist(),
          'attack_impostor_scores': impostor.tolist(),
@@ -277,24 +271,18 @@ def identity_metrics(reconstructed: np.ndarray, rows: np.ndarray,
                     'num_genuine': int(second.size),
                     'num_people': int(np.unique(second_person).size),
                     'real_photos': _real_photo_pairs(
-                        pool_descriptors, pool_labels, rows, same,
-                        impostor_pairs, fmrs, groups=second_person,
+                        (pool[first] @ pool.T)[same], impostor_pairs, fmrs,
+                        groups=second_person,
                         threshold_samples=threshold_samples)}
   return out
 
 
-def _real_photo_pairs(pool_descriptors: np.ndarray, pool_labels: np.ndarray,
-                      rows: np.ndarray, same: np.ndarray,
-                      impostor_pairs: np.ndarray, fmrs: Sequence[float], *,
-                      groups: np.ndarray, threshold_samples) -> dict:
-  """The verifier on the real photos of the type-II pairs (photo A, not its
-  reconstruction, against the person's other photos B): what a perfect copy
-  of photo A would score, the ceiling of a type-II rate."""
-  first = [int(np.flatnonzero(pool_labels == r)[0]) for r in rows]
-  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True),
-                                  1e-12)
-  pool = unit(np.asarray(pool_descriptors, np.float64))
-  real = (pool[first] @ pool.T)[same]
+def _real_photo_pairs(real: np.ndarray, impostor_pairs: np.ndarray,
+                      fmrs: Sequence[float], *, groups: np.ndarray,
+                      threshold_samples) -> dict:
+  """The verifier on the real photos of the type-II pairs (`real`: photo A,
+  not its reconstruction, against the person's other photos B): what a
+  perfect copy of photo A would score, the ceiling of a type-II rate."""
   return {'cosine': summarize(real),
           'tmr': tmr_report(real, impostor_pairs, fmrs, groups=groups,
                             threshold_samples=threshold_samples)}
@@ -339,7 +327,7 @@ def appearance_metrics(sources: np.ndarray | None, images: np.ndarray,
                                                  landmark_model(src))
     return out
   out = batching.map_row_blocks(measures, (sources, images), rows,
-                                ROW_BLOCK)
+                                batching.IMAGE_ROW_BLOCK)
   return {k: {**summarize(v), 'values': v.tolist()}
           for k, v in out.items()}
 
@@ -366,8 +354,10 @@ def attribute_preservation(nets: Sequence[protocols.AttributeNet],
     return {}
   out = {}
   for net in nets:
-    src = batching.map_row_blocks(net.predict, (sources,), rows, ROW_BLOCK)
-    rec = batching.map_row_blocks(net.predict, (images,), rows, ROW_BLOCK)
+    src = batching.map_row_blocks(net.predict, (sources,), rows,
+                                  batching.IMAGE_ROW_BLOCK)
+    rec = batching.map_row_blocks(net.predict, (images,), rows,
+                                  batching.IMAGE_ROW_BLOCK)
     measures = {}
     for name in src:
       a, b = np.asarray(src[name]), np.asarray(rec[name])
@@ -450,7 +440,7 @@ def embed_rows(encoder: protocols.Encoder, images: np.ndarray,
   if not len(rows):
     return np.zeros((0, encoder.dim), np.float32)
   return batching.map_row_blocks(encoder.embed, (images,), rows,
-                                 EMBED_BLOCK)
+                                 batching.EMBED_ROW_BLOCK)
 
 
 def snapshot_descriptors(render, generator: protocols.Generator,

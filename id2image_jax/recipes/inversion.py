@@ -258,13 +258,6 @@ def checkpoint_seconds(config: Any) -> float | None:
 # compared when a run resumes from its work directory: a field added to the
 # configs later, or a different output folder or progress setting, must not
 # make a long interrupted run (a whole test set) start again.
-# Rows of renders measured per call: a test set's 1024 px renders do not fit
-# in host memory more than once (290 are 3.6 GB as float32), nor do SSIM's
-# intermediates over all of them. Embedding takes a multiple of
-# `Encoder.embed`'s batch of 32.
-QUALITY_BLOCK = 16
-EMBED_BLOCK = 64
-
 RESULT_FIELDS = (
     'generator', 'generator_seed', 'encoder', 'encoder_crop',
     'latent_space', 'noise_mode', 'optimize_noise', 'init', 'steps',
@@ -428,7 +421,7 @@ def quality(targets: Targets, descriptors: np.ndarray,
   if targets.sources is not None:
     out.update({k: v.tolist() for k, v in batching.map_row_blocks(
         _pixel_measures, (targets.sources, images), rows,
-        QUALITY_BLOCK).items()})
+        batching.IMAGE_ROW_BLOCK).items()})
   out['mean'] = {k: _mean(v) for k, v in out.items() if k != 'rows'}
   return out
 
@@ -451,7 +444,8 @@ def identity_under(encoder: protocols.Encoder, sources: np.ndarray,
   cos = (batching.map_row_blocks(
       lambda s, r: metrics.cosine_similarity(encoder.embed(s),
                                              encoder.embed(r)),
-      (sources, images), rows, EMBED_BLOCK).tolist() if rows.size else [])
+      (sources, images), rows, batching.EMBED_ROW_BLOCK).tolist()
+         if rows.size else [])
   return {'encoder': encoder.kind, 'id_cosine': cos, 'mean': _mean(cos)}
 
 
