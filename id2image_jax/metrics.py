@@ -146,6 +146,38 @@ def ssim(a: chex.Array, b: chex.Array, *,
                filter_sigma=filter_sigma, k1=k1, k2=k2)
 
 
+def resized_like(source: chex.Array, reference: chex.Array) -> np.ndarray:
+  """`source` images at `reference`'s shape (linear, antialiased), as is
+  when the shapes already agree."""
+  source = np.asarray(source)
+  if source.shape == np.shape(reference):
+    return source
+  return np.asarray(jax.image.resize(source, np.shape(reference), 'linear',
+                                     antialias=True))
+
+
+def pixel_measures(source: chex.Array, reconstruction: chex.Array
+                   ) -> dict[str, np.ndarray]:
+  """Per-image MSE ([0, 1] scale), PSNR (dB) and SSIM of generator images.
+
+  Args:
+    source: [N, H, W, C] originals in [-1, 1]; resized (linear, antialiased)
+      to the reconstructions' size when it differs, so a 1024 px photo and
+      a 256 px render are compared at 256 px.
+    reconstruction: [N, H', W', C] reconstructions in [-1, 1].
+
+  Returns:
+    ``{'mse', 'psnr', 'ssim'}``, each [N] host numpy.
+  """
+  reconstruction = np.asarray(reconstruction)
+  source = resized_like(source, reconstruction)
+  return {'mse': np.asarray(mse((source + 1) / 2, (reconstruction + 1) / 2)),
+          'psnr': np.asarray(psnr(source, reconstruction,
+                                  value_range=(-1, 1))),
+          'ssim': np.asarray(ssim(source, reconstruction,
+                                  value_range=(-1, 1)))}
+
+
 # jit: compiled once per shape for eager callers, inlined under an outer jit.
 @functools.partial(jax.jit, static_argnames=('filter_size',))
 def _ssim(a, b, low, data_range, *, filter_size, filter_sigma, k1, k2):

@@ -288,12 +288,18 @@ def test_evaluate_end_to_end(tmp_path, toy_registry):
 
 
 def test_snapshots_score_the_attack_after_each_step_count(tmp_path,
-                                                          toy_registry):
+                                                          toy_registry,
+                                                          capsys):
   # One run, scored after 0 (the start), 1 and 3 steps: the last equals the
   # arm's own final scores.
   config = _config(tmp_path, eval_encoder='toy:b', arms=('id',),
-                   transfer_encoders=('toy:a',), snapshot_steps=(0, 1, 3))
+                   transfer_encoders=('toy:a',), snapshot_steps=(0, 1, 3),
+                   progress=True)
   report = evaluate_job.run(config)
+  # Scoring a test set takes minutes: its stages and snapshots show bars.
+  shown = capsys.readouterr().err
+  assert 'scoring arm id' in shown and '4/4' in shown
+  assert 'scoring snapshots' in shown and '3/3' in shown
   arm = report['arms']['id']
   snaps = arm['snapshots']
   assert list(snaps) == ['0', '1', '3']

@@ -317,3 +317,24 @@ def test_bootstrap_thresholds_resample_people():
   two = metrics.bootstrap_impostor_thresholds(x[:6], people[:6], (0.5,),
                                               num=40, seed=0)[0.5]
   assert np.isnan(two).any() and np.isfinite(two).any()
+
+
+def test_pixel_measures_compare_at_the_reconstructions_size():
+  rng = np.random.default_rng(0)
+  big = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  small = np.asarray(jax.image.resize(big, (2, 16, 16, 3), 'linear',
+                                      antialias=True))
+  # A photo against its own downscaled copy: a perfect reconstruction.
+  same = metrics.pixel_measures(big, small)
+  np.testing.assert_allclose(same['mse'], 0, atol=1e-12)
+  assert np.all(np.isinf(same['psnr']))
+  np.testing.assert_allclose(same['ssim'], 1, atol=1e-5)
+  # MSE on the [0, 1] scale: a quarter of the [-1, 1] one.
+  other = -small
+  got = metrics.pixel_measures(small, other)
+  np.testing.assert_allclose(got['mse'], np.mean(small**2, axis=(1, 2, 3)),
+                             rtol=1e-5)
+  np.testing.assert_allclose(
+      got['psnr'], metrics.psnr(small, other, value_range=(-1, 1)),
+      rtol=1e-6)
+  np.testing.assert_array_equal(metrics.resized_like(small, other), small)

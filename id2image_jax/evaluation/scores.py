@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import tqdm
 
 from id2image_jax import batching
 from id2image_jax import losses
@@ -310,18 +311,12 @@ def appearance_metrics(sources: np.ndarray | None, images: np.ndarray,
     return {}
 
   def measures(src, rec):
-    if src.shape != rec.shape:
-      src = np.asarray(jax.image.resize(src, rec.shape, 'linear',
-                                        antialias=True))
-    out = {
-        'mse': metrics.mse((src + 1) / 2, (rec + 1) / 2),
-        'psnr': metrics.psnr(src, rec, value_range=(-1, 1)),
-        'ssim': metrics.ssim(src, rec, value_range=(-1, 1)),
-        'histogram_emd': metrics.histogram_emd(
-            losses.image_histogram(rec, value_range=(-1, 1)),
-            losses.image_histogram(src, value_range=(-1, 1)),
-            channel_reduction='sum'),
-    }
+    src = metrics.resized_like(src, rec)
+    out = metrics.pixel_measures(src, rec)
+    out['histogram_emd'] = metrics.histogram_emd(
+        losses.image_histogram(rec, value_range=(-1, 1)),
+        losses.image_histogram(src, value_range=(-1, 1)),
+        channel_reduction='sum')
     if landmark_model is not None:
       out['landmark_nme'] = metrics.landmark_nme(landmark_model(rec),
                                                  landmark_model(src))
@@ -445,7 +440,8 @@ def embed_rows(encoder: protocols.Encoder, images: np.ndarray,
 
 def snapshot_descriptors(render, generator: protocols.Generator,
                          encoders: Sequence[protocols.Encoder], latents: Any,
-                         rows: np.ndarray, *, block: int = 16
+                         rows: np.ndarray, *,
+                         block: int = batching.IMAGE_ROW_BLOCK
                          ) -> list[np.ndarray]:
   """Descriptors of the faces that `latents` render, under each encoder.
 
@@ -496,7 +492,8 @@ def score_snapshots(snapshots: dict[int, Any], render,
                     encoders: dict[str, protocols.Encoder],
                     rows: np.ndarray, pools: Pools, data: Any,
                     fmrs: Sequence[float], *,
-                    final: tuple[int, dict[str, Any]] | None = None
+                    final: tuple[int, dict[str, Any]] | None = None,
+                    progress: bool = False
                     ) -> dict[str, dict[str, Any]]:
   """Identity rates of the attack after each snapshot's number of steps.
 
@@ -516,6 +513,8 @@ def score_snapshots(snapshots: dict[int, Any], render,
     fmrs: false match rates.
     final: ``(steps, {role: identity_metrics})`` of the run's final latents
       when already scored: that snapshot is not rendered again.
+    progress: show a progress bar over the snapshots (each renders every
+      row again: minutes for a test set at 1024 px on a CPU).
 
   Returns:
     ``{str(step): {role: {'cosine', 'tmr', 'num_impostor_pairs',
@@ -523,7 +522,8 @@ def score_snapshots(snapshots: dict[int, Any], render,
   """
   roles = [r for r, e in encoders.items() if pools.available(e)]
   out = {}
-  for step in sorted(snapshots):
+  for step in tqdm.tqdm(sorted(snapshots), desc='scoring snapshots',
+                        unit='snapshot', disable=not progress):
     if final is not None and step == final[0] and all(
         r in final[1] for r in roles):
       out[str(step)] = {r: _rates_only(final[1][r]) for r in roles}

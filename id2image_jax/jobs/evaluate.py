@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 
 from id2image_jax import loading
 from id2image_jax import protocols
@@ -218,7 +219,8 @@ def _run_arms(config: Any, models: _Models, setup: _Setup
         descriptors=inversion.descriptors,
         extra={'arm': plan.name, 'weights': plan.weights})
     results[plan.name] = _score_arm(plan, inversion, models, setup,
-                                    attribute_nets, steps=config.steps)
+                                    attribute_nets, steps=config.steps,
+                                    progress=config.progress)
     if plan.scores_only:
       # Every step and the final evaluation each query 2P + 1 faces.
       results[plan.name]['queries_per_target'] = (config.steps + 1) * (
@@ -241,8 +243,8 @@ def _invert_arm(plan: arms_lib.ArmPlan, config: Any, models: _Models,
 
 
 def _score_arm(plan: arms_lib.ArmPlan, inversion, models: _Models,
-               setup: _Setup, attribute_nets, *, steps: int
-               ) -> dict[str, Any]:
+               setup: _Setup, attribute_nets, *, steps: int,
+               progress: bool) -> dict[str, Any]:
   """One arm's report entry: appearance, attributes and identity."""
   result = inversion.result
   sources = setup.data.targets.sources
@@ -263,22 +265,39 @@ def _score_arm(plan: arms_lib.ArmPlan, inversion, models: _Models,
       'diverged_rows': np.flatnonzero(result.diverged).tolist(),
       'final_loss': {k: scores.summarize(v[rows])
                      for k, v in result.final.items()},
-      'appearance': scores.appearance_metrics(
-          sources, inversion.images, rows, landmark_model=landmark_model),
-      'attributes': scores.attribute_preservation(
-          attribute_nets, sources, inversion.images, rows),
-      'attacked': identity(models.attacked),
-      'evaluation': identity(models.evaluator),
   }
+  # Each stage is minutes on a whole test set at 1024 px on a CPU.
+  out.update(_run_stages(f'scoring arm {plan.name}', {
+      'appearance': lambda: scores.appearance_metrics(
+          sources, inversion.images, rows, landmark_model=landmark_model),
+      'attributes': lambda: scores.attribute_preservation(
+          attribute_nets, sources, inversion.images, rows),
+      'attacked': lambda: identity(models.attacked),
+      'evaluation': lambda: identity(models.evaluator),
+  }, progress=progress))
   if result.snapshots:
     out['snapshots'] = _score_snapshots(inversion, rows, models, setup,
-                                        scored=out, steps=steps)
+                                        scored=out, steps=steps,
+                                        progress=progress)
+  return out
+
+
+def _run_stages(desc: str, stages: dict[str, Any], *, progress: bool
+                ) -> dict[str, Any]:
+  """``{name: stage()}``, in order, under one progress bar."""
+  out = {}
+  with tqdm.tqdm(total=len(stages), desc=desc, unit='stage',
+                 disable=not progress or jax.process_index() != 0) as bar:
+    for name, stage in stages.items():
+      bar.set_postfix_str(name)
+      out[name] = stage()
+      bar.update()
   return out
 
 
 def _score_snapshots(inversion, rows: np.ndarray, models: _Models,
-                     setup: _Setup, *, scored: dict[str, Any], steps: int
-                     ) -> dict[str, Any]:
+                     setup: _Setup, *, scored: dict[str, Any], steps: int,
+                     progress: bool) -> dict[str, Any]:
   """Attack vs compute: the same run scored after each snapshot step (the
   last step's scores are the arm's own, `scored`)."""
   roles = {'attacked': models.attacked}
@@ -287,7 +306,8 @@ def _score_snapshots(inversion, rows: np.ndarray, models: _Models,
   return scores.score_snapshots(
       inversion.result.snapshots, inversion.render, models.generator, roles,
       rows, setup.pools, setup.data, setup.fmrs,
-      final=(steps, {r: scored[r] for r in roles}))
+      final=(steps, {r: scored[r] for r in roles}),
+      progress=progress and jax.process_index() == 0)
 
 
 def _transfer(config: Any, models: _Models, setup: _Setup,

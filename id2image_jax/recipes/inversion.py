@@ -420,20 +420,10 @@ def quality(targets: Targets, descriptors: np.ndarray,
   out['id_l2'] = np.linalg.norm(t - d, axis=1).tolist()
   if targets.sources is not None:
     out.update({k: v.tolist() for k, v in batching.map_row_blocks(
-        _pixel_measures, (targets.sources, images), rows,
+        metrics.pixel_measures, (targets.sources, images), rows,
         batching.IMAGE_ROW_BLOCK).items()})
   out['mean'] = {k: _mean(v) for k, v in out.items() if k != 'rows'}
   return out
-
-
-def _pixel_measures(src: np.ndarray, rec: np.ndarray) -> dict[str, Any]:
-  """Per-row PSNR, SSIM (images in [-1, 1]) and MSE ([0, 1] scale)."""
-  if src.shape != rec.shape:
-    src = np.asarray(jax.image.resize(src, rec.shape, 'linear',
-                                      antialias=True))
-  return {'psnr': metrics.psnr(src, rec, value_range=(-1, 1)),
-          'ssim': metrics.ssim(src, rec, value_range=(-1, 1)),
-          'mse': metrics.mse((src + 1) / 2, (rec + 1) / 2)}
 
 
 def identity_under(encoder: protocols.Encoder, sources: np.ndarray,
