@@ -563,3 +563,22 @@ def test_transfer_gives_each_encoder_its_own_init(tmp_path, toy_registry):
   assert set(table) == {'toy:a', 'toy:wide'}
   assert _finite(table['toy:wide']['toy:wide']['cosine']['mean'])
   assert 'init w_avg' in report['transfer']['attack']['toy:wide']
+
+
+def test_a_resumed_run_reports_the_inversion_time_of_every_run(
+    tmp_path, toy_registry):
+  # The rerun restores every chunk: its own seconds are only scoring; the
+  # arm's `seconds_all_runs` is what inverting took, and report.md says so.
+  config = _config(tmp_path, arms=('id',), eval_encoder='toy:a',
+                   transfer_encoders=('toy:a',), resume=True, chunk_size=2)
+  first = evaluate_job.run(config)['arms']['id']['inversion']
+  assert first['chunks_run'] == 2 and first['chunks_restored'] == 0
+  assert first['seconds_all_runs'] > 0
+  again = evaluate_job.run(config)['arms']['id']['inversion']
+  assert again['chunks_run'] == 0 and again['chunks_restored'] == 2
+  assert again['seconds_all_runs'] == pytest.approx(
+      first['seconds_all_runs'])
+  with open(os.path.join(config.workdir, 'report.md')) as f:
+    text = f.read()
+  assert 'inverting across resumed runs: id: ' in text
+  assert '2 of them from earlier runs' in text

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from id2image_jax import inversion
+from id2image_jax.inversion import engine
 from id2image_jax.inversion import sharding
 
 N = 10
@@ -173,6 +174,46 @@ def test_max_chunks_then_resume_mid_chunk(problem, reference, tmp_path):
   assert got.stats['chunks_restored'] == 1
   assert got.stats['steps_run'] == (STEPS - 5) + STEPS
   _assert_same(got, reference)
+
+
+def test_time_spent_adds_up_across_resumed_runs(problem, tmp_path,
+                                                 monkeypatch):
+  # A fake clock that advances one second per optimisation step (at each
+  # step's log point). Chunk 0 runs in one call; chunk 1 is killed at step
+  # 8 after a checkpoint at step 5; a third call finishes chunks 1 and 2.
+  now = [0.0]
+  monkeypatch.setattr(engine._ChunkClock, '_now', staticmethod(lambda: now[0]))
+
+  def tick(p, kill=False):
+    if not p.chunk_done:
+      now[0] += 1
+    if kill:
+      _kill_in_chunk_1_at_step_8(p)
+  first = _invert(problem, workdir=tmp_path, max_chunks=1, log_every=1,
+                  callback=tick)
+  assert first.stats['seconds_all_runs'] == STEPS
+  with pytest.raises(Interrupt):
+    _invert(problem, workdir=tmp_path, checkpoint_every=5, log_every=1,
+            callback=lambda p: tick(p, kill=True))
+  got = _invert(problem, workdir=tmp_path, log_every=1, callback=tick)
+  assert got.stats['steps_run'] == (STEPS - 5) + STEPS
+  # Chunk 1: 4 s before its step-5 checkpoint (written before step 5's log
+  # point) in the killed call + 7 s now; chunks 0 and 2: 12 s each.
+  assert got.stats['seconds_all_runs'] == STEPS + (4 + STEPS - 5) + STEPS
+  assert got.stats['seconds'] > 0  # this call's own wall time, real clock
+
+
+def test_time_spent_is_unknown_when_a_stored_chunk_lacks_it(
+    problem, tmp_path, monkeypatch):
+  # A store written before chunks recorded their time: no total, rather
+  # than one that silently leaves those chunks out.
+  with monkeypatch.context() as m:
+    m.setattr(engine._ChunkClock, 'total', lambda self: None)
+    _invert(problem, workdir=tmp_path, max_chunks=1)
+  got = _invert(problem, workdir=tmp_path)
+  assert got.stats['chunks_restored'] == 1
+  assert got.stats['seconds_all_runs'] is None
+  assert got.stats['seconds'] > 0
 
 
 def _kill_in_chunk_1_at_step_8(p):

@@ -131,7 +131,10 @@ class InversionResult:
     diverged: [N] bool, the loss or gradient became non-finite; the row was
       frozen at that point.
     skipped: row -> reason, for rows that were never optimised.
-    stats: run statistics (chunks run / restored, steps run, seconds).
+    stats: run statistics: chunks run / restored, steps run, ``seconds``
+      (this call) and ``seconds_all_runs`` (optimising every finished
+      chunk, in this and the earlier runs it resumed; None when a chunk
+      was stored by a version that did not record its time).
     snapshots: step count -> pytree like `latents` ([N, ...]; NaN where not
       done): the latents after that many steps, for each of
       ``options.snapshot_steps``.
@@ -262,7 +265,8 @@ def invert(key: jax.Array, objective: step_lib.LossFn, params: Any,
   store = None if workdir is None else store_lib.Store(
       workdir, _fingerprint(plan, targets, options, run_config))
   stats = {'chunks_total': len(plan.chunks), 'chunks_restored': 0,
-           'chunks_run': 0, 'steps_run': 0, 'targets_run': 0}
+           'chunks_run': 0, 'steps_run': 0, 'targets_run': 0,
+           'seconds_all_runs': 0.0}
   run = None
   try:
     todo = _restore_finished(out, store, plan, options, stats)
@@ -487,12 +491,23 @@ def _restore_finished(out: InversionResult, store: store_lib.Store | None,
   now (at most ``options.max_chunks``)."""
   finished = store.finished() if store else set()
   for k in sorted(finished & set(range(len(plan.chunks)))):
-    _merge(out, store.load_chunk(k))
+    res = store.load_chunk(k)
+    _merge(out, res)
     stats['chunks_restored'] += 1
+    _add_seconds(stats, res.get('seconds'))
   todo = [k for k in range(len(plan.chunks)) if k not in finished]
   if options.max_chunks is not None:
     todo = todo[:options.max_chunks]
   return todo
+
+
+def _add_seconds(stats: dict[str, Any], seconds: Any) -> None:
+  """Adds a chunk's optimisation time to ``seconds_all_runs``, which
+  becomes None (unknown) once one chunk's time is."""
+  if seconds is None or not np.isfinite(seconds):
+    stats['seconds_all_runs'] = None
+  elif stats['seconds_all_runs'] is not None:
+    stats['seconds_all_runs'] += float(seconds)
 
 
 def _merge(out: InversionResult, res: Mapping[str, Any]) -> None:
@@ -579,7 +594,8 @@ class _Run:
             sharding.to_global(active, self.mesh))
 
   def resumed_state(self, k, latents, targets, rows_dev, active):
-    """Chunk k's checkpointed running state, or None."""
+    """Chunk k's checkpointed running state and the seconds spent reaching
+    it (None: unknown), or None."""
     # Looked for whatever the checkpoint settings are now: a state saved
     # by an earlier run under other settings resumes to the same results.
     if self.store is None:
@@ -607,6 +623,7 @@ def _run_chunks(run: _Run, todo: list[int], out: InversionResult,
     stats['chunks_run'] += 1
     stats['steps_run'] += steps_run
     stats['targets_run'] += len(rows)
+    _add_seconds(stats, res['seconds'])
     if run.callback is not None:
       run.callback(Progress(k, len(run.plan.chunks), steps, steps, rows,
                             res['final']['loss'], True))
@@ -621,19 +638,39 @@ def _run_chunk(run: _Run, k: int, rows: np.ndarray
     and the number of steps run now.
   """
   latents, targets, rows_dev, active = run.inputs(rows)
-  st = run.resumed_state(k, latents, targets, rows_dev, active)
-  if st is None:
-    st, resumed_at = run.start(run.plan.init_fn, latents, targets,
-                               rows_dev, active), 0
+  resumed = run.resumed_state(k, latents, targets, rows_dev, active)
+  if resumed is None:
+    st = run.start(run.plan.init_fn, latents, targets, rows_dev, active)
+    resumed_at, seconds_before = 0, 0.0
   else:
+    st, seconds_before = resumed
     resumed_at = int(st.step)
     run.bar.update(resumed_at)
-  st = _optimise(run, k, rows, st, targets, first=resumed_at)
-  return _chunk_results(run, st, targets, rows), run.options.steps - resumed_at
+  clock = _ChunkClock(seconds_before)
+  st = _optimise(run, k, rows, st, targets, first=resumed_at, clock=clock)
+  res = _chunk_results(run, st, targets, rows)
+  res['seconds'] = np.float64(np.nan if clock.total() is None
+                              else clock.total())
+  return res, run.options.steps - resumed_at
+
+
+class _ChunkClock:
+  """Seconds spent on one chunk: in earlier runs (None: unknown) + now."""
+
+  _now = staticmethod(time.perf_counter)  # a fake clock in tests
+
+  def __init__(self, before: float | None):
+    self._before = before
+    self._started = self._now()
+
+  def total(self) -> float | None:
+    if self._before is None:
+      return None
+    return self._before + self._now() - self._started
 
 
 def _optimise(run: _Run, k: int, rows: np.ndarray, st, targets, *,
-              first: int):
+              first: int, clock: _ChunkClock):
   """Steps chunk k's state from step `first` to ``options.steps``,
   checkpointing and reporting progress on the way."""
   opts = run.options
@@ -645,7 +682,7 @@ def _optimise(run: _Run, k: int, rows: np.ndarray, st, targets, *,
     st, metrics = run.step_fn(st, run.params, targets)
     s += 1
     if _checkpoint_due(opts, s, time.monotonic() - saved_at):
-      run.store.save_state(k, s, st)
+      run.store.save_state(k, s, st, seconds=clock.total())
       saved_at = time.monotonic()
     if s % log_every == 0 or s == steps:
       # The only host sync inside a chunk: a few bytes per log point.

@@ -100,23 +100,29 @@ class Store:
     # Asynchronous: the next chunk computes while this one is written.
     self._chunks.save(k, result)
 
-  def save_state(self, k: int, step: int, st: state_lib.InversionState):
+  def save_state(self, k: int, step: int, st: state_lib.InversionState, *,
+                 seconds: float | None = None):
+    """Chunk k's running state after `step` steps, and the `seconds` of
+    optimisation it took so far (across resumed runs; None: unknown)."""
     # A state of chunk k may only exist once chunk k-1's results are on
     # disk: state checkpoint ids then only grow, and a resumed run never
     # finds a later chunk's state while an earlier chunk is unfinished.
     self._chunks.wait()
     self._state.save_items(
         k * self._steps_per_chunk + step, arrays={'state': st},
-        documents={'meta': {'chunk': k, 'step': step}})
+        documents={'meta': {'chunk': k, 'step': step, 'seconds': seconds}})
 
-  def load_state(self, k: int, abstract) -> state_lib.InversionState | None:
+  def load_state(self, k: int, abstract
+                 ) -> tuple[state_lib.InversionState, float | None] | None:
+    """Chunk k's saved running state and the seconds spent reaching it
+    (None when a version that did not record them saved it), or None."""
     latest = self._state.latest_step()
     if latest is None or latest // self._steps_per_chunk != k:
       return None
     got = self._state.restore_items(latest, arrays={'state': abstract},
                                     documents=('meta',))
     assert got['meta']['chunk'] == k, got['meta']
-    return got['state']
+    return got['state'], got['meta'].get('seconds')
 
   def close(self):
     for saved in (self._chunks, self._state):

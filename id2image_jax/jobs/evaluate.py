@@ -265,6 +265,9 @@ def _score_arm(plan: arms_lib.ArmPlan, inversion, models: _Models,
       'diverged_rows': np.flatnonzero(result.diverged).tolist(),
       'final_loss': {k: scores.summarize(v[rows])
                      for k, v in result.final.items()},
+      # Of a run resumed across sessions, `seconds_all_runs` is the cost.
+      'inversion': {k: result.stats.get(k) for k in (
+          'seconds', 'seconds_all_runs', 'chunks_run', 'chunks_restored')},
   }
   # Each stage is minutes on a whole test set at 1024 px on a CPU.
   out.update(_run_stages(f'scoring arm {plan.name}', {

@@ -154,7 +154,8 @@ def _setting_lines(report: Mapping[str, Any]) -> list[str]:
              f'{report["pool"]["num_originals"]}'
              + ('' if report['pool']['has_images'] else
                 ' (descriptors only, no images)')),
-            f'- seconds: {report["seconds"]:.1f} on {report["device"]}', '']
+            f'- seconds: {report["seconds"]:.1f} on {report["device"]}'
+            + _inversion_seconds(report['arms']), '']
   lines += ['## Landmark and histogram targets', '']
   for term, info in report['aux_targets'].items():
     lines.append(f'- {term}: ' + (info.get('source') or
@@ -242,6 +243,24 @@ def _identity_lines(report: Mapping[str, Any], names: list[str]
       lines += _type2_lines(label, [arms[a][role]['type2'] for a in names],
                             fmrs)
   return lines + ['', _pairs_note(report, names), '']
+
+
+def _inversion_seconds(arms: Mapping[str, Any]) -> str:
+  """'' or the arms' inversion time when a run resumed earlier chunks
+  (this run's seconds leave those out)."""
+  parts = []
+  for name, arm in arms.items():
+    inv = arm.get('inversion') or {}
+    if not inv.get('chunks_restored'):
+      continue
+    total = inv.get('seconds_all_runs')
+    parts.append(f'{name}: {total:.0f} s' if total is not None else
+                 f'{name}: unknown (chunks stored without their time)')
+    parts[-1] += (f' over {inv["chunks_run"] + inv["chunks_restored"]} '
+                  f'chunks, {inv["chunks_restored"]} of them from earlier '
+                  'runs')
+  return ('; inverting across resumed runs: ' + '; '.join(parts)
+          if parts else '')
 
 
 def _type2_lines(label: str, type2: list[Mapping[str, Any]],
