@@ -200,9 +200,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         'num_targets': report['num_targets'],
         'targets_detail': report.get('targets_detail', {}),
         'num_impostor_pairs': report['pool'].get('num_impostor_pairs'),
-        # A resumed run's report counts only its own work (the README
-        # gives the whole measurement's time).
+        # A resumed run's report counts only its own work; the arm's
+        # inversion time over every run is in its 'inversion' entry
+        # (None for reports written before it was recorded).
         'seconds_of_this_report': report['seconds'],
+        'inversion_seconds_all_runs': report['arms'][
+            arm or next(iter(report['arms']))].get('inversion', {}).get(
+                'seconds_all_runs'),
         'encoder': report['encoder'], 'eval_encoder': report['eval_encoder'],
         'generator': report['generator']}
   out = {'rows': rows, 'sources': sources, 'fmrs': fmrs,
