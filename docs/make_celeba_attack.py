@@ -8,7 +8,7 @@ command line and writes, for the README's "Attack success on CelebA":
   95 % intervals, numbers of people and attempts, the thresholds with their
   own bootstrap intervals, the steps, the command and the wall time;
 * ``docs/attack_vs_steps.png``: the rates after 0, 5, 10, 30, 100 steps of
-  one run (its snapshots), with interval bands;
+  one run (its snapshots), with interval bands, for each ``--curve``;
 * the markdown table, printed.
 
 A row is ``LABEL=REPORT[:ARM[@STEP]]``: the arm of that report (default its
@@ -20,7 +20,8 @@ Development data only; never a test fixture::
   python docs/make_celeba_attack.py \\
       --row 'optimisation, ID, 30 steps=runs/attack_celeba_id/report.json' \\
       --row 'shipped regressor, 0 steps=runs/attack_celeba_id/report.json:id@0' \\
-      --curve runs/attack_celeba_steps/report.json
+      --curve '290 people=runs/attack_celeba_id/report.json' \\
+      --curve '50 people=runs/attack_celeba_steps/report.json'
 """
 
 from __future__ import annotations
@@ -124,42 +125,52 @@ def curve(report: dict[str, Any], arm: str | None = None
           'scores': {str(s): pick(report, arm, s) for s in steps}}
 
 
-def plot_curve(data: dict[str, Any], fmrs: Sequence[str], path: str) -> None:
+def plot_curves(curves: Sequence[dict[str, Any]], fmrs: Sequence[str],
+                path: str) -> None:
   """TMR against optimisation steps, one panel per role and attack type,
-  with the 95 % intervals as bands."""
+  with the 95 % intervals as bands; a colour per FMR, a line style per
+  curve (e.g. every person to 30 steps, a subset to 100)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  steps = np.asarray(data['steps'])
-  fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharey=True)
+  fig, axes = plt.subplots(1, 4, figsize=(15, 3.8), sharey=True)
   panels = [(r, k) for r in ROLES for k in KINDS]
+  all_steps = sorted({s for c in curves for s in c['steps']})
   for ax, (role, kind) in zip(axes, panels):
-    for i, (fmr, style) in enumerate(zip(fmrs, ('-', '--', ':'))):
-      entries = [data['scores'][str(s)].get(role, {}).get('rates', {})
-                 .get(kind, {}).get(fmr) for s in steps]
-      ok = np.asarray([bool(e and e.get('tmr') is not None)
-                       for e in entries])
-      if not ok.any():
-        continue
-      rate = np.asarray([e['tmr'] for e, k in zip(entries, ok) if k])
-      low = np.asarray([e['interval'][0] for e, k in zip(entries, ok) if k])
-      high = np.asarray([e['interval'][1] for e, k in zip(entries, ok) if k])
-      x = steps[ok]
-      ax.plot(x, rate, style, marker='o', color=f'C{i}', label=f'FMR {fmr}')
-      ax.fill_between(x, low, high, color=f'C{i}', alpha=0.15)
+    for data, style, marker in zip(curves, ('-', '--', ':'), 'osd'):
+      _plot_one(ax, data, role, kind, fmrs, style, marker)
     ax.set_xscale('symlog', linthresh=5)
-    ax.set_xticks(steps)
-    ax.set_xticklabels([str(s) for s in steps])
+    ax.set_xticks(all_steps)
+    ax.set_xticklabels([str(s) for s in all_steps])
     ax.set_xlabel('Adam steps (0 = the initialisation)')
     ax.set_title(f'{ROLES[role]}: {KINDS[kind]}', fontsize=10)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
   axes[0].set_ylabel('true-match rate (95 % interval)')
-  axes[0].legend(loc='lower right', fontsize=8)
+  axes[0].legend(loc='lower right', fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _plot_one(ax, data: dict[str, Any], role: str, kind: str,
+              fmrs: Sequence[str], style: str, marker: str) -> None:
+  """One curve's rates (a line per FMR) and interval bands on `ax`."""
+  steps = np.asarray(data['steps'])
+  for i, fmr in enumerate(fmrs):
+    entries = [data['scores'][str(s)].get(role, {}).get('rates', {})
+               .get(kind, {}).get(fmr) for s in steps]
+    ok = np.asarray([bool(e and e.get('tmr') is not None) for e in entries])
+    if not ok.any():
+      continue
+    kept = [e for e, k in zip(entries, ok) if k]
+    x = steps[ok]
+    ax.plot(x, [e['tmr'] for e in kept], style, marker=marker,
+            color=f'C{i}', label=f'{data["label"]}, FMR {fmr}')
+    ax.fill_between(x, [e['interval'][0] for e in kept],
+                    [e['interval'][1] for e in kept], color=f'C{i}',
+                    alpha=0.12)
 
 
 def _parse_row(text: str) -> tuple[str, str, str | None, int | None]:
@@ -172,6 +183,12 @@ def _parse_row(text: str) -> tuple[str, str, str | None, int | None]:
   return label, path, arm or None, step
 
 
+def _parse_curve(text: str) -> tuple[str, str, str | None]:
+  label, _, spec = text.rpartition('=')
+  path, _, arm = spec.partition(':')
+  return label, path, arm or None
+
+
 def _load(path: str) -> dict[str, Any]:
   with open(path) as f:
     return json.load(f)
@@ -181,9 +198,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--row', action='append', default=[],
                       help='LABEL=REPORT[:ARM[@STEP]] (repeatable, in order)')
-  parser.add_argument('--curve', default='',
-                      help='report whose snapshots give the steps curve')
-  parser.add_argument('--curve-arm', default=None)
+  parser.add_argument('--curve', action='append', default=[],
+                      help='[LABEL=]REPORT[:ARM] whose snapshots give a '
+                      'steps curve (repeatable)')
   parser.add_argument('--out', default='docs/results/celeba_attack.json')
   parser.add_argument('--plot', default='docs/attack_vs_steps.png')
   args = parser.parse_args(argv)
@@ -213,12 +230,17 @@ def main(argv: Sequence[str] | None = None) -> None:
          'interval': ('95 % Wilson score interval over attempts, attempts of '
                       'one person counted as fewer independent ones '
                       '(evaluation.scores.INTERVAL_METHOD)')}
-  if args.curve:
-    report = _load(args.curve)
+  curves = []
+  for text in args.curve:
+    label, path, arm = _parse_curve(text)
+    report = _load(path)
     fmrs = fmrs or [f'{f:g}' for f in report['fmrs']]
-    out['curve'] = {**curve(report, args.curve_arm), 'report': args.curve,
-                    'num_targets': report['num_targets']}
-    plot_curve(out['curve'], fmrs, args.plot)
+    curves.append({**curve(report, arm), 'report': path,
+                   'num_targets': report['num_targets'],
+                   'label': label or f'{report["num_targets"]} people'})
+  if curves:
+    out['curves'] = curves
+    plot_curves(curves, fmrs, args.plot)
   os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(out, f, indent=1)

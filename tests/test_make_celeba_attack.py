@@ -51,7 +51,7 @@ def test_rows_pick_the_arm_at_a_snapshot_and_the_table_shows_intervals(
   out = tmp_path / 'attack.json'
   maker.main(['--row', f'start={path}:id@0', '--row', f'final={path}',
               '--out', str(out), '--curve', str(path),
-              '--plot', str(tmp_path / 'curve.png')])
+              '--curve', f'again={path}:id', '--plot', str(tmp_path / 'curve.png')])
   got = json.loads(out.read_text())
   start = got['rows']['start']['evaluation']['rates']
   assert start['type1']['0.001']['tmr'] == 0.1
@@ -59,7 +59,8 @@ def test_rows_pick_the_arm_at_a_snapshot_and_the_table_shows_intervals(
       'tmr'] == 0.45
   assert got['sources']['start']['step'] == 0
   assert got['sources']['final']['step'] == 30
-  assert got['curve']['steps'] == [0, 30]
+  assert [c['steps'] for c in got['curves']] == [[0, 30], [0, 30]]
+  assert [c['label'] for c in got['curves']] == ['10 people', 'again']
   assert (tmp_path / 'curve.png').stat().st_size > 0
   table = maker.table({'final': maker.pick(_report())}, ['0.001'])
   assert '| final | 0.90 [0.80, 1.00], 10 | 0.45 [0.00, 0.90], 10 |' in table
