@@ -76,7 +76,8 @@ def _invert(workdir=None):
 def test_a_full_disk_is_one_line_and_finished_chunks_resume(
     small_disk, caplog, capfd):
   whole = _invert()
-  filler = _fill(small_disk, 200_000)  # room for a few chunks, not ten
+  # ~60 kB a chunk (orbax files on tmpfs): room for a few chunks, not ten.
+  filler = _fill(small_disk, 300_000)
   workdir = small_disk / 'run'
   with caplog.at_level(logging.INFO), pytest.raises(OSError) as raised:
     _invert(workdir)
