@@ -1,21 +1,14 @@
 """docs/make_celeba_attack.py: report.json -> the README's table and JSON."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import repo_scripts
 
 
 @pytest.fixture(scope='module')
 def maker():
-  spec = importlib.util.spec_from_file_location(
-      'make_celeba_attack', ROOT / 'docs' / 'make_celeba_attack.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return repo_scripts.load('docs/make_celeba_attack.py')
 
 
 def _entry(tmr, low, high, people):

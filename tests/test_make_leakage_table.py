@@ -1,18 +1,8 @@
 """docs/make_leakage_table.py: leakage.json -> the README's Table 1."""
 
-import importlib.util
 import json
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _maker():
-  spec = importlib.util.spec_from_file_location(
-      'make_leakage_table', ROOT / 'docs' / 'make_leakage_table.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+import repo_scripts
 
 
 def _attribute(acc, gain_low, leaks, head='linear', mlp_leaks=False):
@@ -44,7 +34,7 @@ def _report():
 
 def test_rows_are_the_leaking_attributes_with_the_winning_head(tmp_path,
                                                                capsys):
-  maker = _maker()
+  maker = repo_scripts.load('docs/make_leakage_table.py')
   path = tmp_path / 'leakage.json'
   path.write_text(json.dumps(_report()))
   maker.main([str(path)])
